@@ -1,0 +1,143 @@
+//! Every setting of `realtide serve` and `realtide token`: a flag and an
+//! environment variable each, with the defaults of PROTOCOL.md §7.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The command line: `realtide [serve]` or `realtide token`.
+#[derive(Debug, Parser)]
+#[command(name = "realtide", version, about = "A self-hosted realtime server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(Box<Config>),
+    /// Print a token signed with the configured secret, for development.
+    Token(TokenArgs),
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "REALTIDE_BIND", default_value = "127.0.0.1:4000")]
+    pub bind: String,
+
+    /// `sqlite://relative.db`, `sqlite:///abs/path.db`, a bare path, or `postgres://...`.
+    #[arg(
+        long,
+        env = "REALTIDE_DATABASE_URL",
+        default_value = "sqlite://realtide.db"
+    )]
+    pub database_url: String,
+
+    /// Tables served as table topics: `*` for every non-reserved table, else a comma list.
+    #[arg(long, env = "REALTIDE_TABLES", default_value = "*")]
+    pub tables: String,
+
+    /// The one project id this server answers for.
+    #[arg(long, env = "REALTIDE_PROJECT_ID", default_value = "realtide")]
+    pub project_id: String,
+
+    /// The change tracker's poll period in milliseconds (at most 200).
+    #[arg(long, env = "REALTIDE_POLL_INTERVAL_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=200))]
+    pub poll_interval_ms: u64,
+
+    /// Close a connection from which nothing arrived for this long.
+    #[arg(long, env = "REALTIDE_IDLE_TIMEOUT_MS", default_value_t = 75_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    pub idle_timeout_ms: u64,
+
+    /// Largest whole client message in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "REALTIDE_MAX_FRAME_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(64..=(64 * 1024 * 1024)))]
+    pub max_frame_bytes: u64,
+
+    /// Bytes that may wait unsent for one client before it is closed with 4008.
+    #[arg(long, env = "REALTIDE_MAX_PENDING_BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_pending_bytes: u64,
+
+    /// Publishes a second per connection (bursts of twice that).
+    #[arg(long, env = "REALTIDE_MAX_PUBLISH_RATE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_publish_rate: u32,
+
+    /// Events a pub/sub topic keeps for resuming clients.
+    #[arg(long, env = "REALTIDE_REPLAY_SIZE", default_value_t = 1000)]
+    pub replay_size: usize,
+
+    /// Seconds a pub/sub topic keeps events for resuming clients.
+    #[arg(long, env = "REALTIDE_REPLAY_TTL_S", default_value_t = 600)]
+    pub replay_ttl_s: u64,
+
+    /// Seconds the change log keeps table changes (used by the change tracker).
+    #[arg(long, env = "REALTIDE_CHANGES_RETENTION_S", default_value_t = 86_400)]
+    pub changes_retention_s: u64,
+
+    /// HS256 secret; without it the server runs in open mode.
+    #[arg(long, env = "REALTIDE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Bearer key for emit; without it emit answers loopback peers only.
+    #[arg(long, env = "REALTIDE_SERVER_KEY", hide_env_values = true)]
+    pub server_key: Option<String>,
+
+    /// Bearer key for the admin endpoints; without it they answer loopback peers only.
+    #[arg(long, env = "REALTIDE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Redis for several nodes. Not supported by this version: setting it refuses to start.
+    #[arg(long, env = "REALTIDE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Worker threads for HTTP and WebSocket sessions (default: one per core).
+    #[arg(long, env = "REALTIDE_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // unwrap: the defaults above are valid by construction.
+        let cli = Cli::try_parse_from(["realtide", "serve"]).unwrap();
+        match cli.command {
+            Some(Command::Serve(config)) => *config,
+            _ => unreachable!("`serve` parses to Command::Serve"),
+        }
+    }
+}
+
+impl Config {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn replay_ttl(&self) -> Duration {
+        Duration::from_secs(self.replay_ttl_s)
+    }
+}
+
+/// `realtide token`: sign a development token.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The identity (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// Lifetime, e.g. `1h`, `30m`, `90s`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// A JSON object whose keys are added to the claims.
+    #[arg(long)]
+    pub claims: Option<String>,
+
+    #[arg(long, env = "REALTIDE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}

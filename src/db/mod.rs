@@ -1,0 +1,174 @@
+//! The database: one diesel `MultiConnection` over SQLite (bundled, the
+//! default) and PostgreSQL, an r2d2 pool, and the migrations of each backend,
+//! embedded and run at start. Every call runs on the blocking thread pool
+//! through [`Database::run`], never on an actor's or worker's thread.
+
+pub mod url;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use r2d2::ManageConnection;
+
+pub use url::DatabaseUrl;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// How long a SQLite connection waits for another writer's lock. Every
+/// connection needs it: other programs write the same file.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// How long a caller waits for a pooled connection before giving up.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Pg(PgConnection),
+    // SQLite last: diesel's MultiConnection needs it so (see FACTS.md).
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("bad database url: {0}")]
+    Url(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] ConnectionError),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("the database task did not finish: {0}")]
+    Task(String),
+}
+
+/// Opens connections for r2d2, choosing the backend by the url's scheme so a
+/// bad password is reported at once rather than after a pool timeout.
+#[derive(Debug)]
+pub struct Manager {
+    url: DatabaseUrl,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = DbError;
+
+    fn connect(&self) -> Result<DbConnection, DbError> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => Ok(DbConnection::Pg(PgConnection::establish(url)?)),
+            DatabaseUrl::Sqlite(path) => {
+                let path = path
+                    .to_str()
+                    .ok_or_else(|| DbError::Url("path is not UTF-8".into()))?;
+                let mut conn = SqliteConnection::establish(path)?;
+                // WAL is a property of the file, set once by `Database::open`.
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
+                     PRAGMA synchronous = NORMAL;"
+                ))?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        conn.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+/// The pool and what was learnt opening it.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    backend: &'static str,
+    epoch: String,
+}
+
+#[derive(QueryableByName)]
+struct MetaValue {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+impl Database {
+    /// Connects, runs pending migrations and reads the database's epoch.
+    /// Blocking: call it before the server starts or from the blocking pool.
+    pub fn open(url: &str) -> Result<Database, DbError> {
+        let url = DatabaseUrl::parse(url)?;
+        let backend = url.backend();
+        let manager = Manager { url };
+        if let DbConnection::Sqlite(conn) = &mut manager.connect()? {
+            // WAL lets readers run while another process writes the file.
+            conn.batch_execute("PRAGMA journal_mode = WAL;")?;
+        }
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(POOL_WAIT)
+            .build(manager)?;
+        let mut conn = pool.get()?;
+        match &mut *conn {
+            DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop),
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(drop),
+        }
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+        let epoch = ensure_epoch(&mut conn)?;
+        drop(conn);
+        Ok(Database {
+            pool,
+            backend,
+            epoch,
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The id of this database's change history; stable across restarts.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Runs `work` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || work(&mut *pool.get()?))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Whether the database answers a query now.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(|conn| Ok(conn.batch_execute("SELECT 1")?)).await
+    }
+}
+
+fn ensure_epoch(conn: &mut DbConnection) -> Result<String, DbError> {
+    let fresh = uuid::Uuid::new_v4().simple().to_string();
+    diesel::sql_query(
+        "INSERT INTO _realtide_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind::<Text, _>(&fresh)
+    .execute(conn)?;
+    let row: MetaValue = diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'epoch'")
+        .get_result(conn)?;
+    Ok(row.value)
+}

@@ -1,0 +1,103 @@
+//! `POST /api/realtime/emit`: the application's backend publishes to pub/sub
+//! topics, one event or a batch in order (server key, or loopback).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, bearer};
+use crate::protocol::ProtocolError;
+use crate::protocol::client::validate_event_name;
+use crate::registry::PublishTo;
+use crate::state::AppState;
+use crate::topic::messages::Publish;
+use crate::topic::{TopicKind, TopicName};
+
+/// Largest batch of one emit request.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmitBody {
+    Batch { messages: Vec<EmitMessage> },
+    One(EmitMessage),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmitMessage {
+    topic: String,
+    event: String,
+    data: Value,
+    persist: Option<bool>,
+}
+
+fn validate(message: &EmitMessage, project_id: &str) -> Result<TopicName, ProtocolError> {
+    let name = TopicName::parse(&message.topic, project_id)?;
+    if name.kind() == TopicKind::Table {
+        return Err(ProtocolError::forbidden(format!(
+            "`{name}` is a table topic: its events are the table's changes"
+        )));
+    }
+    validate_event_name(&message.event)?;
+    if message.persist == Some(true) {
+        return Err(ProtocolError::unavailable(
+            "persisted messages are not available in this version of realtide",
+        ));
+    }
+    Ok(name)
+}
+
+pub async fn emit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    state
+        .server_guard
+        .check(bearer(&req), peer)
+        .inspect_err(|e| state.metrics.error(e.code))?;
+    let body: EmitBody = serde_json::from_value(body.into_inner()).map_err(|_| {
+        ProtocolError::bad_request(
+            "expected {\"topic\",\"event\",\"data\",\"persist\"?} or {\"messages\":[...]}",
+        )
+    })?;
+    let (messages, batch) = match body {
+        EmitBody::Batch { messages } => (messages, true),
+        EmitBody::One(message) => (vec![message], false),
+    };
+    if messages.len() > MAX_BATCH {
+        return Err(ProtocolError::new(
+            crate::protocol::ErrorCode::TooLarge,
+            format!("a batch holds at most {MAX_BATCH} messages"),
+        )
+        .into());
+    }
+    // Validate the whole batch first: a bad message emits nothing.
+    let names = messages
+        .iter()
+        .map(|m| validate(m, &state.config.project_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(messages.len());
+    for (message, topic) in messages.into_iter().zip(names) {
+        let published = state
+            .registry
+            .send(PublishTo {
+                topic,
+                publish: Publish {
+                    event: message.event,
+                    data: message.data,
+                    user_id: None,
+                    publisher: None,
+                },
+            })
+            .await
+            .map_err(|e| ProtocolError::unavailable(e.to_string()))??;
+        results.push(json!({"seq": published.seq}));
+    }
+    Ok(HttpResponse::Ok().json(if batch {
+        json!({"ok": true, "results": results})
+    } else {
+        json!({"ok": true, "seq": results[0]["seq"]})
+    }))
+}

@@ -1,0 +1,44 @@
+//! The HTTP edge: the WebSocket upgrade, the backend's emit endpoint, the
+//! admin API, health and metrics. Every error leaves as the JSON body of
+//! PROTOCOL.md §5.
+
+pub mod admin;
+pub mod emit;
+pub mod errors;
+pub mod health;
+pub mod ws;
+
+use actix_web::{HttpRequest, web};
+
+pub use errors::ApiError;
+
+/// Largest HTTP request body (emit batches), in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Registers every route; shared by the server and any app embedding realtide.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(errors::json_config())
+        .app_data(errors::query_config())
+        .service(resource("/api/realtime").route(web::get().to(ws::connect)))
+        .service(resource("/api/realtime/emit").route(web::post().to(emit::emit)))
+        .service(resource("/admin/topics").route(web::get().to(admin::topics)))
+        .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
+        .default_service(web::to(errors::not_found));
+}
+
+/// A resource whose other methods get a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(errors::method_not_allowed))
+}
+
+/// The `Authorization: Bearer <credential>` of a request.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+}

@@ -1,0 +1,85 @@
+//! `GET /api/realtime`: authenticates before the upgrade (401/403 with a JSON
+//! body), then hands the socket to a new `SessionActor`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+use serde::Deserialize;
+
+use super::{ApiError, bearer};
+use crate::protocol::{ErrorCode, ProtocolError, close};
+use crate::session::SessionActor;
+use crate::session::outbound::{GaugedStream, OutboundGauge};
+use crate::state::AppState;
+
+/// The subprotocol the Aerostack SDKs offer; the handshake must select it.
+pub const SUBPROTOCOL: &str = "aerostack-v1";
+const TOKEN_PROTOCOL_PREFIX: &str = "aerostack-token.";
+
+#[derive(Debug, Deserialize)]
+pub struct ConnectQuery {
+    #[serde(rename = "projectId")]
+    project_id: Option<String>,
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    token: Option<String>,
+}
+
+/// A token offered as the `aerostack-token.<JWT>` subprotocol.
+fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX))
+}
+
+fn is_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+pub async fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    query: web::Query<ConnectQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !is_upgrade(&req) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "this endpoint speaks WebSocket: send an upgrade request",
+        ));
+    }
+    let query = query.into_inner();
+    let token = query
+        .token
+        .as_deref()
+        .or_else(|| bearer(&req))
+        .or_else(|| subprotocol_token(&req));
+    let identity = state
+        .verifier
+        .identify(token, query.user_id)
+        .inspect_err(|e| state.metrics.error(e.code))?;
+    if let Some(project) = query.project_id.filter(|p| *p != state.config.project_id) {
+        state.metrics.error(ErrorCode::Forbidden);
+        return Err(ProtocolError::forbidden(format!(
+            "project `{project}` is not served here; this server is `{}`",
+            state.config.project_id
+        ))
+        .into());
+    }
+    let mut response = ws::handshake_with_protocols(&req, &[SUBPROTOCOL])
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let gauge = OutboundGauge::new(state.config.max_pending_bytes);
+    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
+    let session = SessionActor::new(state, identity, gauge.clone());
+    let output = ws::WebsocketContext::with_codec(session, payload, codec);
+    Ok(response.streaming(GaugedStream::new(
+        Box::pin(output),
+        gauge,
+        close::SLOW_CONSUMER,
+    )))
+}

@@ -1,0 +1,27 @@
+//! realtide: a self-hosted realtime server. One WebSocket per client carries
+//! table change feeds, pub/sub topics, presence and token streams.
+//!
+//! The map of the crate:
+//! - [`config`]: every setting, as a flag and an environment variable.
+//! - [`server`]: the composition root, shared by `main` and the tests.
+//! - [`http`]: actix-web routes: the WebSocket upgrade, emit, admin, health, metrics.
+//! - [`protocol`]: client requests, server frames, error and close codes.
+//! - [`session`]: `SessionActor`, one per socket, and its outbound accounting.
+//! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions.
+//! - [`topic`]: `TopicActor`, topic names and the replay ring.
+//! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
+//! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`state`]: what handlers and sessions share.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod topic;

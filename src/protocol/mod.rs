@@ -1,0 +1,7 @@
+//! The wire protocol: client requests, server frames, error and close codes.
+
+pub mod client;
+pub mod codes;
+pub mod server;
+
+pub use codes::{ErrorCode, ProtocolError, close};

@@ -1,0 +1,184 @@
+//! Frames the server sends. Replies are built with `serde_json`; events, the
+//! fan-out hot path, are encoded once as a [`TopicFrame`] whose topic name is
+//! spliced in per spelling, so each subscriber gets shared bytes.
+
+use bytestring::ByteString;
+use serde_json::{Map, Value, json};
+
+use super::codes::ProtocolError;
+
+fn text(value: Value) -> ByteString {
+    ByteString::from(value.to_string())
+}
+
+/// Adds `ref` to a reply when the request carried one.
+fn with_ref(mut reply: Map<String, Value>, reference: Option<&Value>) -> ByteString {
+    if let Some(r) = reference {
+        reply.insert("ref".into(), r.clone());
+    }
+    text(Value::Object(reply))
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("json! object literal"),
+    }
+}
+
+pub struct Welcome<'a> {
+    pub conn: &'a str,
+    pub user_id: Option<&'a str>,
+    pub node: &'a str,
+    pub idle_timeout_ms: u64,
+    pub max_frame: u64,
+}
+
+pub fn welcome(w: &Welcome<'_>) -> ByteString {
+    text(json!({
+        "type": "welcome",
+        "conn": w.conn,
+        "userId": w.user_id,
+        "node": w.node,
+        "idle_timeout_ms": w.idle_timeout_ms,
+        "max_frame": w.max_frame,
+    }))
+}
+
+pub fn pong(reference: Option<&Value>) -> ByteString {
+    with_ref(object(json!({"type": "pong"})), reference)
+}
+
+pub struct Subscribed<'a> {
+    pub topic: &'a str,
+    pub seq: u64,
+    pub epoch: &'a str,
+    pub recovered: bool,
+}
+
+pub fn subscribed(reference: Option<&Value>, s: &Subscribed<'_>) -> ByteString {
+    with_ref(
+        object(json!({
+            "type": "subscribed",
+            "topic": s.topic,
+            "seq": s.seq,
+            "epoch": s.epoch,
+            "recovered": s.recovered,
+        })),
+        reference,
+    )
+}
+
+pub fn unsubscribed(reference: Option<&Value>, topic: &str, reason: Option<&str>) -> ByteString {
+    let mut reply = object(json!({"type": "unsubscribed", "topic": topic}));
+    if let Some(reason) = reason {
+        reply.insert("reason".into(), reason.into());
+    }
+    with_ref(reply, reference)
+}
+
+pub fn ack(reference: Option<&Value>) -> ByteString {
+    with_ref(object(json!({"type": "ack"})), reference)
+}
+
+pub fn publish_ack(
+    reference: Option<&Value>,
+    id: Option<&Value>,
+    seq: u64,
+    message_id: Option<&str>,
+) -> ByteString {
+    let mut reply = object(json!({"type": "ack", "seq": seq}));
+    if let Some(id) = id {
+        reply.insert("id".into(), id.clone());
+    }
+    if let Some(message_id) = message_id {
+        reply.insert("message_id".into(), message_id.into());
+    }
+    with_ref(reply, reference)
+}
+
+pub fn error(reference: Option<&Value>, topic: Option<&str>, e: &ProtocolError) -> ByteString {
+    let mut reply = object(json!({
+        "type": "error",
+        "code": e.code.as_str(),
+        "message": e.message,
+    }));
+    if let Some(topic) = topic {
+        reply.insert("topic".into(), topic.into());
+    }
+    with_ref(reply, reference)
+}
+
+/// A topic frame encoded once: everything but the `topic` field, which differs
+/// between subscribers that spelled the topic differently.
+#[derive(Debug, Clone)]
+pub struct TopicFrame {
+    /// `{"type":"event","topic":` (the frame's type prefix).
+    head: &'static str,
+    /// `,"event":...}`: the rest of the object after the topic.
+    tail: ByteString,
+}
+
+impl TopicFrame {
+    /// An `event` frame of a pub/sub topic.
+    pub fn event(
+        event: &str,
+        data: &Value,
+        user_id: Option<&str>,
+        timestamp_ms: i64,
+        seq: u64,
+    ) -> Self {
+        let fields = json!({
+            "event": event,
+            "data": data,
+            "userId": user_id,
+            "timestamp": timestamp_ms,
+            "seq": seq,
+        });
+        Self::from_fields(r#"{"type":"event","topic":"#, fields)
+    }
+
+    fn from_fields(head: &'static str, fields: Value) -> Self {
+        // `{"a":1,...}` becomes `,"a":1,...}`: the fields after the topic.
+        let mut tail = fields.to_string();
+        tail.replace_range(0..1, ",");
+        TopicFrame {
+            head,
+            tail: ByteString::from(tail),
+        }
+    }
+
+    /// The whole frame for a subscriber that spelled the topic `spelling`.
+    pub fn for_spelling(&self, spelling: &str) -> ByteString {
+        let topic = Value::from(spelling).to_string();
+        let mut frame = String::with_capacity(self.head.len() + topic.len() + self.tail.len());
+        frame.push_str(self.head);
+        frame.push_str(&topic);
+        frame.push_str(&self.tail);
+        ByteString::from(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_frame_is_one_json_object_with_the_spelling_as_topic() {
+        let frame = TopicFrame::event("msg", &json!({"t": "a\"b"}), Some("ann"), 5, 9);
+        let parsed: Value = serde_json::from_str(&frame.for_spelling("chat/x/realtide")).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"type":"event","topic":"chat/x/realtide","event":"msg","data":{"t":"a\"b"},
+                   "userId":"ann","timestamp":5,"seq":9})
+        );
+    }
+
+    #[test]
+    fn replies_carry_the_ref_only_when_given() {
+        let with: Value = serde_json::from_str(&pong(Some(&json!(3)))).unwrap();
+        assert_eq!(with, json!({"type":"pong","ref":3}));
+        let without: Value = serde_json::from_str(&pong(None)).unwrap();
+        assert_eq!(without, json!({"type":"pong"}));
+    }
+}

@@ -1,0 +1,236 @@
+//! The registry: canonical topic name -> `Addr<TopicActor>`. It starts topics
+//! lazily on a small pool of arbiters, stops them once idle past their replay
+//! window, and knows every open session so shutdown can reach them all.
+//!
+//! Every subscribe, unsubscribe and publish is routed through here. That keeps
+//! the idle sweep race-free: a message forwarded to a topic always reaches it
+//! before a later `StopIfIdle`, and while a sweep waits for its answers the
+//! registry forwards nothing, so no message can reach a topic that stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use crate::metrics::Metrics;
+use crate::protocol::ProtocolError;
+use crate::session::messages::{ConnId, Shutdown};
+use crate::topic::TopicActor;
+use crate::topic::TopicName;
+use crate::topic::messages::{Publish, Published, StopIfIdle, Subscribe, Unsubscribe};
+
+pub struct Registry {
+    topics: HashMap<Arc<str>, Addr<TopicActor>>,
+    /// Open sessions; each removes itself when it stops.
+    sessions: HashMap<ConnId, Recipient<Shutdown>>,
+    /// Topic actors are spread over these threads, round robin.
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    replay_size: usize,
+    replay_ttl: Duration,
+    metrics: Metrics,
+}
+
+impl Registry {
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        replay_size: usize,
+        replay_ttl: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Registry {
+            topics: HashMap::new(),
+            sessions: HashMap::new(),
+            arbiters,
+            next_arbiter: 0,
+            replay_size,
+            replay_ttl,
+            metrics,
+        }
+    }
+
+    fn topic(&mut self, name: &TopicName) -> Addr<TopicActor> {
+        if let Some(addr) = self.topics.get(name.as_str()) {
+            return addr.clone();
+        }
+        let actor = TopicActor::new(
+            name.clone(),
+            self.replay_size,
+            self.replay_ttl,
+            self.metrics.clone(),
+        );
+        let addr = if self.arbiters.is_empty() {
+            actor.start()
+        } else {
+            self.next_arbiter = (self.next_arbiter + 1) % self.arbiters.len();
+            TopicActor::start_in_arbiter(&self.arbiters[self.next_arbiter], |_| actor)
+        };
+        self.topics.insert(name.shared(), addr.clone());
+        addr
+    }
+
+    /// How often idle topics are looked for: often enough that a topic outlives
+    /// its replay window by at most half of it, never more than every 30 s.
+    fn sweep_period(&self) -> Duration {
+        (self.replay_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let asks: Vec<_> = self
+            .topics
+            .iter()
+            .map(|(name, addr)| {
+                let name = name.clone();
+                let answer = addr.send(StopIfIdle);
+                async move { (name, answer.await.unwrap_or(true)) }
+            })
+            .collect();
+        if asks.is_empty() {
+            return;
+        }
+        // `wait`: forward nothing until the answers are in (see the module doc).
+        ctx.wait(join_all(asks).into_actor(self).map(|answers, registry, _| {
+            for (name, stopped) in answers {
+                if stopped {
+                    registry.topics.remove(&name);
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
+    }
+}
+
+/// Subscribe a connection to a topic, starting the topic if needed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeTo {
+    pub topic: TopicName,
+    pub subscribe: Subscribe,
+}
+
+impl Handler<SubscribeTo> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeTo, _ctx: &mut Self::Context) {
+        self.topic(&msg.topic).do_send(msg.subscribe);
+    }
+}
+
+/// End a connection's subscription to a topic, if the topic runs.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct UnsubscribeFrom {
+    pub topic: Arc<str>,
+    pub conn: ConnId,
+}
+
+impl Handler<UnsubscribeFrom> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeFrom, _ctx: &mut Self::Context) {
+        if let Some(addr) = self.topics.get(&msg.topic) {
+            addr.do_send(Unsubscribe { conn: msg.conn });
+        }
+    }
+}
+
+/// Publish to a topic, starting it if needed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Published, ProtocolError>")]
+pub struct PublishTo {
+    pub topic: TopicName,
+    pub publish: Publish,
+}
+
+impl Handler<PublishTo> for Registry {
+    type Result = ResponseFuture<Result<Published, ProtocolError>>;
+
+    fn handle(&mut self, msg: PublishTo, _ctx: &mut Self::Context) -> Self::Result {
+        let answer = self.topic(&msg.topic).send(msg.publish);
+        Box::pin(async move {
+            answer
+                .await
+                .map_err(|e| ProtocolError::unavailable(format!("topic unavailable: {e}")))?
+        })
+    }
+}
+
+/// Every running topic, for the admin API.
+#[derive(Message)]
+#[rtype(result = "Vec<Addr<TopicActor>>")]
+pub struct ListTopics;
+
+impl Handler<ListTopics> for Registry {
+    type Result = MessageResult<ListTopics>;
+
+    fn handle(&mut self, _msg: ListTopics, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.topics.values().cloned().collect())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionOpened {
+    pub conn: ConnId,
+    pub shutdown: Recipient<Shutdown>,
+}
+
+impl Handler<SessionOpened> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionOpened, _ctx: &mut Self::Context) {
+        self.sessions.insert(msg.conn, msg.shutdown);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub conn: ConnId,
+}
+
+impl Handler<SessionClosed> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionClosed, _ctx: &mut Self::Context) {
+        self.sessions.remove(&msg.conn);
+    }
+}
+
+/// Tell every session to close with 1001. Answers how many were told.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ShutdownSessions;
+
+impl Handler<ShutdownSessions> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: ShutdownSessions, _ctx: &mut Self::Context) -> usize {
+        for session in self.sessions.values() {
+            session.do_send(Shutdown);
+        }
+        self.sessions.len()
+    }
+}
+
+/// How many sessions are still open.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSessions;
+
+impl Handler<CountSessions> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: CountSessions, _ctx: &mut Self::Context) -> usize {
+        self.sessions.len()
+    }
+}

@@ -1,0 +1,143 @@
+//! The composition root: `start` builds the database, the registry, the
+//! shared state and the HTTP server on a listener; `main` and the tests share
+//! it. `RunningServer::shutdown` closes every client with 1001 first, then
+//! stops the HTTP server, so clients know to reconnect elsewhere.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Config;
+use crate::db::{Database, DbError};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::registry::{CountSessions, Registry, ShutdownSessions};
+use crate::state::AppState;
+
+/// How long shutdown waits for sessions to send their close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long the HTTP server then waits for connections to finish.
+const HTTP_SHUTDOWN_TIMEOUT_S: u64 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A started server: await [`RunningServer::wait`], or stop it with a [`Controller`].
+pub struct RunningServer {
+    server: Server,
+    controller: Controller,
+}
+
+/// Stops a running server from any thread.
+#[derive(Clone)]
+pub struct Controller {
+    pub addr: SocketAddr,
+    http: ServerHandle,
+    registry: Addr<Registry>,
+}
+
+/// Starts realtide on `listener`. Call it inside an actix system; it blocks
+/// while it opens the database and runs migrations.
+pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, StartError> {
+    if config.redis_url.is_some() {
+        return Err(StartError::Unsupported(
+            "--redis-url: several nodes through Redis are not supported by this version yet".into(),
+        ));
+    }
+    let config = Arc::new(config);
+    let db = Database::open(&config.database_url)?;
+    tracing::info!(backend = db.backend(), epoch = db.epoch(), "database ready");
+    let metrics = Metrics::new();
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
+    let registry = Registry::new(
+        arbiters,
+        config.replay_size,
+        config.replay_ttl(),
+        metrics.clone(),
+    )
+    .start();
+    let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
+    let addr = listener.local_addr()?;
+    let server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
+            .listen(listener)?
+            .run();
+    tracing::info!(%addr, "realtide listening");
+    let controller = Controller {
+        addr,
+        http: server.handle(),
+        registry,
+    };
+    Ok(RunningServer { server, controller })
+}
+
+impl RunningServer {
+    pub fn controller(&self) -> Controller {
+        self.controller.clone()
+    }
+
+    /// Runs until the server is stopped, then stops the actix system with its arbiters.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        System::current().stop();
+        result
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        let controller = self.controller.clone();
+        let server = actix_web::rt::spawn(self.server);
+        wait_for_signal().await?;
+        tracing::info!("signal received: shutting down");
+        controller.shutdown().await;
+        let result = server.await.map_err(std::io::Error::other)?;
+        System::current().stop();
+        result
+    }
+}
+
+impl Controller {
+    /// Closes every client with 1001, waits briefly for them to go, then stops
+    /// the HTTP server. Callable from any thread or runtime.
+    pub async fn shutdown(&self) {
+        if let Ok(told) = self.registry.send(ShutdownSessions).await {
+            tracing::info!(sessions = told, "closing sessions");
+            let deadline = Instant::now() + CLOSE_GRACE;
+            while Instant::now() < deadline {
+                match self.registry.send(CountSessions).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+        self.http.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,540 @@
+//! `SessionActor`: one per WebSocket connection.
+//!
+//! It owns the connection's identity and grants, its subscriptions (canonical
+//! topic -> spelling and subscription id), its publish rate limiter, the
+//! reassembly of fragmented messages, and three timers: a WebSocket ping every
+//! third of the idle timeout, the idle deadline itself (close 4000), and the
+//! token's expiry (close 4001). Frames it writes itself are reserved on the
+//! same [`OutboundGauge`] as the topics' deliveries.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::web;
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use bytes::BytesMut;
+use bytestring::ByteString;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::Value;
+
+use super::messages::{ClientTooSlow, ConnId, Deliver, Shutdown};
+use super::outbound::{OutboundGauge, Reserve};
+use crate::auth::Identity;
+use crate::protocol::client::{Envelope, PublishRequest, Request, SubscribeRequest};
+use crate::protocol::server;
+use crate::protocol::{ErrorCode, ProtocolError, close};
+use crate::registry::{PublishTo, SessionClosed, SessionOpened, SubscribeTo, UnsubscribeFrom};
+use crate::state::AppState;
+use crate::topic::messages::{Publish, Subscribe, SubscriberHandle};
+use crate::topic::{TopicKind, TopicName};
+
+/// One subscription of this connection, keyed by canonical topic name.
+struct Subscription {
+    /// Frames from a topic carry this id; older ones are dropped.
+    id: u64,
+}
+
+/// A fragmented message being reassembled.
+struct Fragments {
+    text: bool,
+    bytes: BytesMut,
+}
+
+pub struct SessionActor {
+    conn: ConnId,
+    /// The `conn` id clients see (and presence keys on, when anonymous).
+    wire_id: String,
+    identity: Identity,
+    state: web::Data<AppState>,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+    next_sub_id: u64,
+    last_heard: Instant,
+    publish_limiter: DefaultDirectRateLimiter,
+    /// Shared with the topics delivering here and the output stream.
+    gauge: Arc<OutboundGauge>,
+    fragments: Option<Fragments>,
+    /// The pending token-expiry timer; replaced when an `auth` frame swaps tokens.
+    expiry: Option<SpawnHandle>,
+    /// A close frame was sent: nothing more goes out, and the session stops
+    /// when the client answers the close or after [`CLOSE_LINGER`].
+    closing: bool,
+}
+
+/// How long a closing session waits for the client's close reply. Closing the
+/// TCP connection at once could lose the close frame (a client writing a pong
+/// into a closed socket gets a reset, and a reset discards what it had not read).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+impl SessionActor {
+    pub fn new(state: web::Data<AppState>, identity: Identity, gauge: Arc<OutboundGauge>) -> Self {
+        let rate = NonZeroU32::new(state.config.max_publish_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+        SessionActor {
+            conn: state.next_conn_id(),
+            wire_id: uuid::Uuid::new_v4().simple().to_string(),
+            identity,
+            publish_limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            subscriptions: HashMap::new(),
+            next_sub_id: 1,
+            last_heard: Instant::now(),
+            gauge,
+            fragments: None,
+            expiry: None,
+            closing: false,
+            state,
+        }
+    }
+
+    /// Writes a frame of the session's own (replies, errors), counted on the gauge.
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        if self.closing {
+            return;
+        }
+        match self.gauge.reserve(frame.len()) {
+            Reserve::Ok => ctx.text(frame),
+            Reserve::BecameSlow => {
+                self.state.metrics.slow_consumer_closes.inc();
+                ctx.stop();
+            }
+            Reserve::AlreadySlow => ctx.stop(),
+        }
+    }
+
+    fn send_error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        reference: Option<&Value>,
+        topic: Option<&str>,
+        error: &ProtocolError,
+    ) {
+        self.state.metrics.error(error.code);
+        self.send(ctx, server::error(reference, topic, error));
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, why: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(why.into()),
+        }));
+        ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+    }
+
+    fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.closing {
+            return;
+        }
+        self.state.metrics.messages_in.inc();
+        let envelope = Envelope::parse(text);
+        let reference = envelope.reference;
+        let result = envelope
+            .request
+            .and_then(|request| self.dispatch(request, reference.clone(), ctx));
+        if let Err(error) = result {
+            self.send_error(ctx, reference.as_ref(), envelope.topic.as_deref(), &error);
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        request: Request,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        match request {
+            Request::Ping => {
+                self.send(ctx, server::pong(reference.as_ref()));
+                Ok(())
+            }
+            Request::Subscribe(subscribe) => self.subscribe(subscribe, reference, ctx),
+            Request::Unsubscribe { topic } => {
+                let name = self.parse_topic(&topic)?;
+                self.drop_subscription(&name.shared());
+                self.send(ctx, server::unsubscribed(reference.as_ref(), &topic, None));
+                Ok(())
+            }
+            Request::Publish(publish) => self.publish(publish, reference, ctx),
+            Request::Auth { token } => self.reauthenticate(&token, reference, ctx),
+            Request::Track { .. } | Request::Untrack { .. } => Err(ProtocolError::unavailable(
+                "presence is not available in this version of realtide",
+            )),
+            Request::History(_) => Err(ProtocolError::unavailable(
+                "message history is not available in this version of realtide",
+            )),
+        }
+    }
+
+    fn parse_topic(&self, spelling: &str) -> Result<TopicName, ProtocolError> {
+        TopicName::parse(spelling, &self.state.config.project_id)
+    }
+
+    fn subscribe(
+        &mut self,
+        request: SubscribeRequest,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        let name = self.parse_topic(&request.topic)?;
+        if !self.identity.grants.can_subscribe(name.as_str()) {
+            return Err(ProtocolError::forbidden(format!(
+                "your token does not allow subscribing to `{name}`"
+            )));
+        }
+        match name.kind() {
+            TopicKind::Table => {
+                if !self.state.table_allowed(name.as_str()) {
+                    return Err(ProtocolError::forbidden(format!(
+                        "table `{name}` is not served (see --tables)"
+                    )));
+                }
+                return Err(ProtocolError::unavailable(
+                    "table topics are not available in this version of realtide",
+                ));
+            }
+            TopicKind::PubSub if request.filter.is_some() => {
+                return Err(ProtocolError::bad_request(
+                    "`filter` applies to table topics only",
+                ));
+            }
+            TopicKind::PubSub => {}
+        }
+        let sub_id = self.next_sub_id;
+        self.next_sub_id += 1;
+        if self
+            .subscriptions
+            .insert(name.shared(), Subscription { id: sub_id })
+            .is_none()
+        {
+            tracing::trace!(conn = self.conn.0, topic = %name, "subscribed");
+        }
+        self.state.registry.do_send(SubscribeTo {
+            subscribe: Subscribe {
+                conn: self.conn,
+                sub_id,
+                spelling: request.topic.into(),
+                reference,
+                echo: request.echo.unwrap_or(true),
+                since: request.since,
+                epoch: request.epoch,
+                handle: SubscriberHandle {
+                    deliver: ctx.address().recipient(),
+                    too_slow: ctx.address().recipient(),
+                    gauge: self.gauge.clone(),
+                },
+            },
+            topic: name,
+        });
+        Ok(())
+    }
+
+    fn drop_subscription(&mut self, topic: &Arc<str>) {
+        if self.subscriptions.remove(topic).is_some() {
+            self.state.registry.do_send(UnsubscribeFrom {
+                topic: topic.clone(),
+                conn: self.conn,
+            });
+        }
+    }
+
+    fn publish(
+        &mut self,
+        request: PublishRequest,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        let name = self.parse_topic(&request.topic)?;
+        if name.kind() == TopicKind::Table {
+            return Err(ProtocolError::forbidden(
+                "table topics receive database changes only; publish to a topic with a `/`",
+            ));
+        }
+        if !self.identity.grants.can_publish(name.as_str()) {
+            return Err(ProtocolError::forbidden(format!(
+                "your token does not allow publishing to `{name}`"
+            )));
+        }
+        if request.persist == Some(true) {
+            return Err(ProtocolError::unavailable(
+                "persisted messages are not available in this version of realtide",
+            ));
+        }
+        if self.publish_limiter.check().is_err() {
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} publishes a second",
+                    self.state.config.max_publish_rate
+                ),
+            ));
+        }
+        let answer = self.state.registry.send(PublishTo {
+            topic: name,
+            publish: Publish {
+                event: request.event,
+                data: request.data,
+                user_id: self.identity.user_id.clone(),
+                publisher: Some(self.conn),
+            },
+        });
+        let (id, topic) = (request.id, request.topic);
+        ctx.spawn(answer.into_actor(self).map(move |answer, session, ctx| {
+            let answer = answer
+                .map_err(|e| ProtocolError::unavailable(format!("registry unavailable: {e}")))
+                .and_then(|published| published);
+            match answer {
+                Ok(published) => session.send(
+                    ctx,
+                    server::publish_ack(reference.as_ref(), id.as_ref(), published.seq, None),
+                ),
+                Err(error) => session.send_error(ctx, reference.as_ref(), Some(&topic), &error),
+            }
+        }));
+        Ok(())
+    }
+
+    fn reauthenticate(
+        &mut self,
+        token: &str,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        if self.state.verifier.is_open() {
+            // Open mode has no secret to check a token against: nothing changes.
+            self.send(ctx, server::ack(reference.as_ref()));
+            return Ok(());
+        }
+        let identity = self.state.verifier.verify(token)?;
+        if identity.user_id != self.identity.user_id {
+            return Err(ProtocolError::forbidden(
+                "the new token is for another identity; reconnect to change identity",
+            ));
+        }
+        self.identity = identity;
+        self.schedule_expiry(ctx);
+        let revoked: Vec<Arc<str>> = self
+            .subscriptions
+            .keys()
+            .filter(|topic| !self.identity.grants.can_subscribe(topic))
+            .cloned()
+            .collect();
+        for topic in revoked {
+            self.drop_subscription(&topic);
+            self.send(ctx, server::unsubscribed(None, &topic, Some("forbidden")));
+        }
+        self.send(ctx, server::ack(reference.as_ref()));
+        Ok(())
+    }
+
+    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        let Some(left) = self.identity.time_left() else {
+            return;
+        };
+        self.expiry = Some(ctx.run_later(left, |session, ctx| {
+            if session.identity.time_left() == Some(Duration::ZERO) {
+                let error = ProtocolError::unauthorized("the token has expired");
+                session.send_error(ctx, None, None, &error);
+                session.close(ctx, CloseCode::Other(close::TOKEN_EXPIRED), "token expired");
+            } else {
+                session.schedule_expiry(ctx);
+            }
+        }));
+    }
+
+    /// Closes with 4000 once nothing has arrived for the idle timeout.
+    fn schedule_idle_check(&self, ctx: &mut ws::WebsocketContext<Self>, after: Duration) {
+        ctx.run_later(after, |session, ctx| {
+            let idle = session.state.config.idle_timeout();
+            let silent = session.last_heard.elapsed();
+            if silent >= idle {
+                session.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout");
+            } else {
+                session.schedule_idle_check(ctx, idle - silent);
+            }
+        });
+    }
+
+    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (first, bytes) = match item {
+            actix_http::ws::Item::FirstText(b) => (Some(true), b),
+            actix_http::ws::Item::FirstBinary(b) => (Some(false), b),
+            actix_http::ws::Item::Continue(b) | actix_http::ws::Item::Last(b) => (None, b),
+        };
+        match (first, self.fragments.as_mut()) {
+            (Some(text), None) => {
+                self.fragments = Some(Fragments {
+                    text,
+                    bytes: BytesMut::from(&bytes[..]),
+                });
+            }
+            (None, Some(fragments)) => fragments.bytes.extend_from_slice(&bytes),
+            _ => {
+                self.close(ctx, CloseCode::Protocol, "unexpected continuation frame");
+                return;
+            }
+        }
+        let size = self.fragments.as_ref().map_or(0, |f| f.bytes.len());
+        if size as u64 > self.state.config.max_frame_bytes {
+            self.close(ctx, CloseCode::Size, "message larger than max_frame");
+        }
+    }
+
+    fn finish_fragments(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(fragments) = self.fragments.take() else {
+            return;
+        };
+        if !fragments.text {
+            self.reject_binary(ctx);
+            return;
+        }
+        match std::str::from_utf8(&fragments.bytes) {
+            Ok(text) => self.handle_text(text, ctx),
+            Err(_) => self.close(ctx, CloseCode::Invalid, "text message is not UTF-8"),
+        }
+    }
+
+    fn reject_binary(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let error =
+            ProtocolError::bad_request("binary frames are not supported: send JSON text frames");
+        self.send_error(ctx, None, None, &error);
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let state = self.state.clone();
+        state.metrics.connections.inc();
+        state.registry.do_send(SessionOpened {
+            conn: self.conn,
+            shutdown: ctx.address().recipient(),
+        });
+        let welcome = server::welcome(&server::Welcome {
+            conn: &self.wire_id,
+            user_id: self.identity.user_id.as_deref(),
+            node: &state.node_id,
+            idle_timeout_ms: state.config.idle_timeout_ms,
+            max_frame: state.config.max_frame_bytes,
+        });
+        self.send(ctx, welcome);
+        let idle = state.config.idle_timeout();
+        ctx.run_interval(idle / 3, |session, ctx| {
+            if session.gauge.reserve(0) == Reserve::Ok {
+                ctx.ping(b"");
+            }
+        });
+        self.schedule_idle_check(ctx, idle);
+        self.schedule_expiry(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.state.metrics.connections.dec();
+        for (topic, _) in self.subscriptions.drain() {
+            self.state.registry.do_send(UnsubscribeFrom {
+                topic,
+                conn: self.conn,
+            });
+        }
+        self.state
+            .registry
+            .do_send(SessionClosed { conn: self.conn });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        if self.closing {
+            // Only the client's close reply matters now.
+            if let Ok(ws::Message::Close(_)) = item {
+                ctx.stop();
+            }
+            return;
+        }
+        match item {
+            Ok(ws::Message::Text(text)) if self.fragments.is_none() => self.handle_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) if self.fragments.is_none() => self.reject_binary(ctx),
+            Ok(ws::Message::Text(_) | ws::Message::Binary(_)) => self.close(
+                ctx,
+                CloseCode::Protocol,
+                "new message inside a fragmented one",
+            ),
+            Ok(ws::Message::Continuation(item)) => {
+                let last = matches!(item, actix_http::ws::Item::Last(_));
+                self.continuation(item, ctx);
+                if last {
+                    self.finish_fragments(ctx);
+                }
+            }
+            Ok(ws::Message::Ping(payload)) => {
+                if self.gauge.reserve(payload.len()) == Reserve::Ok {
+                    ctx.pong(&payload);
+                }
+            }
+            Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => {
+                self.close(ctx, CloseCode::Size, "message larger than max_frame")
+            }
+            Err(error) => {
+                tracing::debug!(conn = self.conn.0, %error, "websocket protocol error");
+                self.close(ctx, CloseCode::Protocol, "websocket protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        if self.gauge.is_slow() {
+            ctx.stop();
+            return;
+        }
+        let current = !self.closing
+            && self
+                .subscriptions
+                .get(&msg.topic)
+                .is_some_and(|s| s.id == msg.sub_id);
+        if current {
+            ctx.text(msg.frame);
+        } else {
+            // Reserved by the topic but never sent: give the bytes back.
+            self.gauge.release(msg.frame.len());
+        }
+    }
+}
+
+impl Handler<ClientTooSlow> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ClientTooSlow, ctx: &mut Self::Context) {
+        // The output stream sends the 4008 close frame itself, ahead of the backlog.
+        ctx.stop();
+    }
+}
+
+impl Handler<Shutdown> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        self.close(ctx, CloseCode::Away, "server shutting down");
+    }
+}

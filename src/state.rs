@@ -1,0 +1,61 @@
+//! `AppState`: what every HTTP handler and session shares, built once per
+//! server by `server::start` and handed out through `web::Data`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::Addr;
+
+use crate::auth::TokenVerifier;
+use crate::auth::keys::KeyGuard;
+use crate::config::Config;
+use crate::db::Database;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::messages::ConnId;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// This process's id in `welcome` frames (several nodes share a Redis later).
+    pub node_id: String,
+    pub registry: Addr<Registry>,
+    pub db: Database,
+    pub verifier: TokenVerifier,
+    /// Guards emit (and streaming): the server key.
+    pub server_guard: KeyGuard,
+    /// Guards the admin endpoints: the admin key.
+    pub admin_guard: KeyGuard,
+    pub metrics: Metrics,
+    next_conn: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Addr<Registry>,
+        db: Database,
+        metrics: Metrics,
+    ) -> Self {
+        AppState {
+            node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            verifier: TokenVerifier::new(config.jwt_secret.as_deref()),
+            server_guard: KeyGuard::new("server key", config.server_key.clone()),
+            admin_guard: KeyGuard::new("admin key", config.admin_key.clone()),
+            config,
+            registry,
+            db,
+            metrics,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether `--tables` lets clients subscribe to `table`.
+    pub fn table_allowed(&self, table: &str) -> bool {
+        let tables = self.config.tables.trim();
+        tables == "*" || tables.split(',').any(|t| t.trim() == table)
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,83 @@
+//! Messages a topic actor answers: from sessions (through the registry) and
+//! from the HTTP API.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::ProtocolError;
+use crate::session::messages::{ClientTooSlow, ConnId, Deliver};
+use crate::session::outbound::OutboundGauge;
+
+/// Where a topic sends one subscriber's frames.
+#[derive(Clone)]
+pub struct SubscriberHandle {
+    pub deliver: Recipient<Deliver>,
+    pub too_slow: Recipient<ClientTooSlow>,
+    /// The subscriber's outbound bytes, reserved before each delivery.
+    pub gauge: Arc<OutboundGauge>,
+}
+
+/// Add or replace a connection's subscription. The topic answers on the
+/// subscriber's own channel: `subscribed`, then any replayed events, so the
+/// client sees them in that order before live events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub conn: ConnId,
+    pub sub_id: u64,
+    /// The topic as this client spelled it; every frame to it uses this.
+    pub spelling: Arc<str>,
+    pub reference: Option<Value>,
+    pub echo: bool,
+    /// Resume after this seq, when `epoch` is the topic's.
+    pub since: Option<u64>,
+    pub epoch: Option<String>,
+    pub handle: SubscriberHandle,
+}
+
+/// End a connection's subscription (no reply frame: the session answers).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub conn: ConnId,
+}
+
+/// Publish an event to every subscriber.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Published, ProtocolError>")]
+pub struct Publish {
+    pub event: String,
+    pub data: Value,
+    /// The publisher's identity (`userId` in the event); none for server emits.
+    pub user_id: Option<Arc<str>>,
+    /// The publishing connection, so `echo: false` subscribers can skip their own.
+    pub publisher: Option<ConnId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+}
+
+/// One topic's figures, for `GET /admin/topics`.
+#[derive(Message)]
+#[rtype(result = "TopicInfo")]
+pub struct GetTopicInfo;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicInfo {
+    pub topic: String,
+    pub kind: &'static str,
+    pub subscribers: usize,
+    pub presence: usize,
+    pub seq: u64,
+}
+
+/// Asked by the registry: stop if no one is subscribed and the replay window
+/// has passed. Answers whether the topic stopped.
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct StopIfIdle;

@@ -1,0 +1,10 @@
+//! Topics: names, and the `TopicActor` that owns one topic's subscribers,
+//! sequence, epoch and replay buffer.
+
+pub mod actor;
+pub mod messages;
+pub mod name;
+pub mod replay;
+
+pub use actor::TopicActor;
+pub use name::{TopicKind, TopicName};

@@ -1,0 +1,371 @@
+//! The test harness: `TestApp::spawn()` starts the whole server on
+//! 127.0.0.1:0 with a database of its own, and `Client` is a real WebSocket
+//! client (tokio-tungstenite) speaking the protocol as an app would.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use realtide::config::Config;
+use realtide::server::Controller;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A database for one test: a fresh SQLite file, or a fresh PostgreSQL
+/// database on the server named by `REALTIDE_TEST_POSTGRES_URL`.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("realtide.db").display());
+        TestDb {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when no test server is configured.
+    pub fn postgres() -> Option<TestDb> {
+        use diesel::{Connection, PgConnection, RunQueryDsl};
+        let base = std::env::var("REALTIDE_TEST_POSTGRES_URL").ok()?;
+        let name = format!("realtide_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin =
+            PgConnection::establish(&base).expect("connect to REALTIDE_TEST_POSTGRES_URL");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let (prefix, _) = base.rsplit_once('/').expect("postgres url with a database");
+        Some(TestDb {
+            url: format!("{prefix}/{name}"),
+            _dir: None,
+            postgres: Some((base, name)),
+        })
+    }
+
+    /// Every backend this machine can test: SQLite always, PostgreSQL when configured.
+    pub fn all() -> Vec<TestDb> {
+        let mut dbs = vec![TestDb::sqlite()];
+        dbs.extend(TestDb::postgres());
+        dbs
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        use diesel::{Connection, PgConnection, RunQueryDsl};
+        if let Some((base, name)) = &self.postgres
+            && let Ok(mut admin) = PgConnection::establish(base)
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// The whole server, running on its own actix system thread.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    controller: Controller,
+    http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_on(TestDb::sqlite(), adjust).await
+    }
+
+    pub async fn spawn_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config::default();
+        config.database_url = db.url.clone();
+        config.workers = Some(2);
+        config.jwt_secret = None;
+        config.server_key = None;
+        config.admin_key = None;
+        config.redis_url = None;
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                match realtide::server::start(listener, config) {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(server.controller()));
+                        let _ = server.wait().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+        });
+        let controller = rx.await.expect("server thread").expect("server starts");
+        TestApp {
+            addr: controller.addr,
+            db,
+            controller,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/api/realtime{}", self.addr, query)
+    }
+
+    /// An anonymous client in open mode, past its `welcome`.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url("")).await
+    }
+
+    pub async fn client_as(&self, user: &str) -> Client {
+        Client::connect(&self.ws_url(&format!("?userId={user}"))).await
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn emit(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url("/api/realtime/emit"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST emit");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
+    }
+
+    pub async fn shutdown(&self) {
+        self.controller.shutdown().await;
+    }
+}
+
+/// What a client reads next.
+#[derive(Debug)]
+pub enum Incoming {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Socket,
+    pub welcome: Value,
+    next_ref: u64,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        Self::connect_request(url, &[])
+            .await
+            .expect("websocket upgrade")
+    }
+
+    /// Connects with extra headers; `Err` carries the refused status and body.
+    pub async fn connect_request(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, (u16, Value)> {
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        match connect_async(request).await {
+            Ok((ws, _response)) => {
+                let mut client = Client {
+                    ws,
+                    welcome: Value::Null,
+                    next_ref: 1,
+                };
+                client.welcome = client.recv().await;
+                assert_eq!(
+                    client.welcome["type"], "welcome",
+                    "first frame: {}",
+                    client.welcome
+                );
+                Ok(client)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next frame or close, within `WAIT`; WebSocket pings are answered by the library.
+    pub async fn next(&mut self) -> Incoming {
+        self.next_within(WAIT)
+            .await
+            .expect("a frame within the wait")
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(Incoming::Frame(
+                        serde_json::from_str(&text).expect("server frames are JSON"),
+                    ));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Incoming::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+                Some(Err(_)) | None => return Some(Incoming::Closed(None)),
+            }
+        }
+    }
+
+    /// The next JSON frame; panics on a close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Incoming::Frame(v) => v,
+            Incoming::Closed(code) => panic!("closed with {code:?} while waiting for a frame"),
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(incoming) = self.next_within(wait).await {
+            panic!("expected silence, got {incoming:?}");
+        }
+    }
+
+    /// Sends `frame` with a fresh `ref` and returns the reply carrying it;
+    /// any other frame arriving first is a test failure.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let reference = format!("r{}", self.next_ref);
+        self.next_ref += 1;
+        frame["ref"] = json!(reference);
+        self.send(frame).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["ref"], json!(reference), "reply: {reply}");
+        reply
+    }
+
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
+        let reply = self
+            .request(json!({"type": "subscribe", "topic": topic}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    pub async fn publish(&mut self, topic: &str, event: &str, data: Value) -> Value {
+        self.send(
+            json!({"type": "publish", "topic": topic, "event": event, "data": data, "ref": "p"}),
+        )
+        .await;
+        loop {
+            let frame = self.recv().await;
+            if frame["ref"] == "p" {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads until a close arrives (skipping frames) and returns its code.
+    pub async fn closed_code(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Incoming::Closed(code)) => return code,
+                Some(Incoming::Frame(_)) => continue,
+                None => panic!("no close within {wait:?}"),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.send_raw(Message::Binary(Bytes::from(bytes))).await;
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
