@@ -89,6 +89,7 @@ pub async fn emit(
                     data: message.data,
                     user_id: None,
                     publisher: None,
+                    ack: None,
                 },
             })
             .await

@@ -28,7 +28,7 @@ use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::registry::{PublishTo, SessionClosed, SessionOpened, SubscribeTo, UnsubscribeFrom};
 use crate::state::AppState;
-use crate::topic::messages::{Publish, Subscribe, SubscriberHandle};
+use crate::topic::messages::{AckTo, Publish, Subscribe, SubscriberHandle};
 use crate::topic::{TopicKind, TopicName};
 
 /// One subscription of this connection, keyed by canonical topic name.
@@ -222,15 +222,20 @@ impl SessionActor {
                 echo: request.echo.unwrap_or(true),
                 since: request.since,
                 epoch: request.epoch,
-                handle: SubscriberHandle {
-                    deliver: ctx.address().recipient(),
-                    too_slow: ctx.address().recipient(),
-                    gauge: self.gauge.clone(),
-                },
+                handle: self.subscriber_handle(ctx),
             },
             topic: name,
         });
         Ok(())
+    }
+
+    /// Where topics send this session's frames.
+    fn subscriber_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SubscriberHandle {
+        SubscriberHandle {
+            deliver: ctx.address().recipient(),
+            too_slow: ctx.address().recipient(),
+            gauge: self.gauge.clone(),
+        }
     }
 
     fn drop_subscription(&mut self, topic: &Arc<str>) {
@@ -273,6 +278,8 @@ impl SessionActor {
                 ),
             ));
         }
+        // The topic sends the ack itself, ahead of this client's own echo;
+        // only a failure to reach the topic is answered from here.
         let answer = self.state.registry.send(PublishTo {
             topic: name,
             publish: Publish {
@@ -280,19 +287,20 @@ impl SessionActor {
                 data: request.data,
                 user_id: self.identity.user_id.clone(),
                 publisher: Some(self.conn),
+                ack: Some(AckTo {
+                    reference: reference.clone(),
+                    id: request.id,
+                    handle: self.subscriber_handle(ctx),
+                }),
             },
         });
-        let (id, topic) = (request.id, request.topic);
+        let topic = request.topic;
         ctx.spawn(answer.into_actor(self).map(move |answer, session, ctx| {
             let answer = answer
                 .map_err(|e| ProtocolError::unavailable(format!("registry unavailable: {e}")))
                 .and_then(|published| published);
-            match answer {
-                Ok(published) => session.send(
-                    ctx,
-                    server::publish_ack(reference.as_ref(), id.as_ref(), published.seq, None),
-                ),
-                Err(error) => session.send_error(ctx, reference.as_ref(), Some(&topic), &error),
+            if let Err(error) = answer {
+                session.send_error(ctx, reference.as_ref(), Some(&topic), &error);
             }
         }));
         Ok(())
@@ -509,10 +517,13 @@ impl Handler<Deliver> for SessionActor {
             return;
         }
         let current = !self.closing
-            && self
-                .subscriptions
-                .get(&msg.topic)
-                .is_some_and(|s| s.id == msg.sub_id);
+            && match msg.sub_id {
+                None => true,
+                Some(id) => self
+                    .subscriptions
+                    .get(&msg.topic)
+                    .is_some_and(|s| s.id == id),
+            };
         if current {
             ctx.text(msg.frame);
         } else {

@@ -10,13 +10,14 @@ use bytestring::ByteString;
 pub struct ConnId(pub u64);
 
 /// A frame for the client, from a topic: `subscribed`, replayed and live
-/// events. Dropped by the session unless subscription `sub_id` of `topic`
-/// is still current, so nothing leaks past an unsubscribe or re-subscribe.
+/// events, and publish acks. A frame for subscription `sub_id` of `topic` is
+/// dropped unless that subscription is still current, so nothing leaks past
+/// an unsubscribe or re-subscribe; a reply (`sub_id: None`) always goes out.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Deliver {
     pub topic: Arc<str>,
-    pub sub_id: u64,
+    pub sub_id: Option<u64>,
     pub frame: ByteString,
 }
 

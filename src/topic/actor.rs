@@ -69,22 +69,22 @@ impl TopicActor {
         }
     }
 
-    /// Sends `frame` to one subscriber unless it reads too slowly; a subscriber
-    /// that crosses its pending-bytes limit is dropped and told to close.
-    fn send_to(&self, conn: ConnId, sub: &Subscriber, frame: ByteString) -> bool {
-        match sub.handle.gauge.reserve(frame.len()) {
+    /// Sends `frame` to one client unless it reads too slowly; a client that
+    /// crosses its pending-bytes limit is told to close, and `false` returned.
+    fn send_to(&self, handle: &SubscriberHandle, sub_id: Option<u64>, frame: ByteString) -> bool {
+        match handle.gauge.reserve(frame.len()) {
             Reserve::Ok => {
-                sub.handle.deliver.do_send(Deliver {
+                handle.deliver.do_send(Deliver {
                     topic: self.name.shared(),
-                    sub_id: sub.sub_id,
+                    sub_id,
                     frame,
                 });
                 true
             }
             Reserve::BecameSlow => {
-                tracing::info!(topic = %self.name, conn = conn.0, "closing a slow consumer");
+                tracing::info!(topic = %self.name, "closing a slow consumer");
                 self.metrics.slow_consumer_closes.inc();
-                sub.handle.too_slow.do_send(ClientTooSlow);
+                handle.too_slow.do_send(ClientTooSlow);
                 false
             }
             Reserve::AlreadySlow => false,
@@ -109,7 +109,7 @@ impl TopicActor {
                     bytes
                 }
             };
-            if self.send_to(*conn, sub, bytes) {
+            if self.send_to(&sub.handle, Some(sub.sub_id), bytes) {
                 delivered += 1;
             } else {
                 slow.push(*conn);
@@ -173,14 +173,10 @@ impl Handler<Subscribe> for TopicActor {
                 recovered: replayed.is_some(),
             },
         );
-        let mut ok = self.send_to(msg.conn, &subscriber, reply);
+        let (handle, sub_id) = (&subscriber.handle, Some(subscriber.sub_id));
+        let mut ok = self.send_to(handle, sub_id, reply);
         for frame in replayed.unwrap_or_default() {
-            ok = ok
-                && self.send_to(
-                    msg.conn,
-                    &subscriber,
-                    frame.for_spelling(&subscriber.spelling),
-                );
+            ok = ok && self.send_to(handle, sub_id, frame.for_spelling(&subscriber.spelling));
         }
         if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
             self.metrics.subscriptions.inc();
@@ -203,6 +199,11 @@ impl Handler<Publish> for TopicActor {
         let now = Instant::now();
         self.last_active = now;
         self.seq += 1;
+        if let Some(ack) = &msg.ack {
+            let reply =
+                server::publish_ack(ack.reference.as_ref(), ack.id.as_ref(), self.seq, None);
+            self.send_to(&ack.handle, None, reply);
+        }
         let frame = TopicFrame::event(
             &msg.event,
             &msg.data,

@@ -55,6 +55,26 @@ pub struct Publish {
     pub user_id: Option<Arc<str>>,
     /// The publishing connection, so `echo: false` subscribers can skip their own.
     pub publisher: Option<ConnId>,
+    /// Where to send the `ack`, ahead of the publisher's own echo.
+    pub ack: Option<AckTo>,
+}
+
+/// A publishing client's ack, sent by the topic through the client's own
+/// channel so that it always precedes the echo of the same event.
+#[derive(Clone)]
+pub struct AckTo {
+    pub reference: Option<Value>,
+    /// The client's own `id` for the message, echoed back.
+    pub id: Option<Value>,
+    pub handle: SubscriberHandle,
+}
+
+impl std::fmt::Debug for AckTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckTo")
+            .field("reference", &self.reference)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
