@@ -25,13 +25,18 @@ pub struct ConnectQuery {
     token: Option<String>,
 }
 
-/// A token offered as the `aerostack-token.<JWT>` subprotocol.
-fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+/// The subprotocols a client offers.
+fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {
     req.headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        .map(str::trim)
+}
+
+/// A token offered as the `aerostack-token.<JWT>` subprotocol.
+fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+    offered_protocols(req).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
 }
 
 fn is_upgrade(req: &HttpRequest) -> bool {
@@ -71,7 +76,14 @@ pub async fn connect(
         ))
         .into());
     }
-    let mut response = ws::handshake_with_protocols(&req, &[SUBPROTOCOL])
+    // Select aerostack-v1 when offered; else the token protocol, since a
+    // browser drops a handshake that selects none of the protocols it offered.
+    let token_protocol = match offered_protocols(&req).any(|p| p == SUBPROTOCOL) {
+        true => None,
+        false => subprotocol_token(&req).map(|t| format!("{TOKEN_PROTOCOL_PREFIX}{t}")),
+    };
+    let protocols: Vec<&str> = std::iter::once(SUBPROTOCOL).chain(token_protocol.as_deref()).collect();
+    let mut response = ws::handshake_with_protocols(&req, &protocols)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let gauge = OutboundGauge::new(state.config.max_pending_bytes);
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);

@@ -152,6 +152,10 @@ impl TestApp {
         Client::connect(&self.ws_url(&format!("?userId={user}"))).await
     }
 
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        Client::connect(&self.ws_url(&format!("?token={token}"))).await
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
