@@ -26,19 +26,31 @@ async fn a_token_is_read_from_the_query_the_header_or_the_subprotocol() {
     let token = token_for("ann", json!({}));
 
     let by_query = Client::connect(&app.ws_url(&format!("?token={token}&userId=mallory"))).await;
-    assert_eq!(by_query.welcome["userId"], "ann", "the token's sub wins over userId");
+    assert_eq!(
+        by_query.welcome["userId"], "ann",
+        "the token's sub wins over userId"
+    );
 
     let bearer = format!("Bearer {token}");
-    let by_header = Client::connect_request(&app.ws_url(""), &[("Authorization", bearer.as_str())]).await;
+    let by_header =
+        Client::connect_request(&app.ws_url(""), &[("Authorization", bearer.as_str())]).await;
     assert_eq!(by_header.unwrap().welcome["userId"], "ann");
 
     let protocols = format!("aerostack-token.{token}, aerostack-v1");
-    let by_protocol = Client::connect_request(&app.ws_url(""), &[("Sec-WebSocket-Protocol", protocols.as_str())]).await;
+    let by_protocol = Client::connect_request(
+        &app.ws_url(""),
+        &[("Sec-WebSocket-Protocol", protocols.as_str())],
+    )
+    .await;
     assert_eq!(by_protocol.unwrap().welcome["userId"], "ann");
 
     // Without aerostack-v1 offered, the token subprotocol still counts.
     let alone = format!("aerostack-token.{token}");
-    let only_token = Client::connect_request(&app.ws_url(""), &[("Sec-WebSocket-Protocol", alone.as_str())]).await;
+    let only_token = Client::connect_request(
+        &app.ws_url(""),
+        &[("Sec-WebSocket-Protocol", alone.as_str())],
+    )
+    .await;
     assert!(only_token.is_ok());
 }
 
@@ -58,30 +70,45 @@ async fn missing_bad_and_expired_tokens_are_refused_with_401_before_the_upgrade(
         format!("?token={wrong_secret}"),
     ] {
         let refused = Client::connect_request(&app.ws_url(&query), &[]).await;
-        let (status, body) = refused.err().unwrap_or_else(|| panic!("{query} was accepted"));
+        let (status, body) = refused
+            .err()
+            .unwrap_or_else(|| panic!("{query} was accepted"));
         assert_eq!(status, 401, "{query}");
         assert_eq!(body["error"]["code"], "unauthorized", "{query}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
 }
 
 #[tokio::test]
 async fn the_realtime_claim_limits_subscribing_and_publishing() {
     let app = secured().await;
-    let token = token_for("ann", json!({"realtime": {"subscribe": ["chat/*", "news/main"], "publish": ["chat/*"]}}));
+    let token = token_for(
+        "ann",
+        json!({"realtime": {"subscribe": ["chat/*", "news/main"], "publish": ["chat/*"]}}),
+    );
     let mut client = Client::connect(&app.ws_url(&format!("?token={token}"))).await;
 
     client.subscribe("chat/a").await;
     client.subscribe("chat/a/b").await;
     client.subscribe("news/main").await;
     for topic in ["news/other", "chat", "orders"] {
-        let reply = client.request(json!({"type": "subscribe", "topic": topic})).await;
+        let reply = client
+            .request(json!({"type": "subscribe", "topic": topic}))
+            .await;
         assert_eq!(reply["code"], "forbidden", "{topic}");
     }
-    let ack = client.request(json!({"type": "publish", "topic": "chat/a", "event": "m", "data": 1})).await;
+    let ack = client
+        .request(json!({"type": "publish", "topic": "chat/a", "event": "m", "data": 1}))
+        .await;
     assert_eq!(ack["type"], "ack");
     assert_eq!(client.recv().await["type"], "event", "its own echo");
-    let refused = client.request(json!({"type": "publish", "topic": "news/main", "event": "m", "data": 1})).await;
+    let refused = client
+        .request(json!({"type": "publish", "topic": "news/main", "event": "m", "data": 1}))
+        .await;
     assert_eq!(refused["code"], "forbidden");
 }
 
@@ -91,7 +118,9 @@ async fn a_claim_without_a_publish_list_allows_no_publishing() {
     let token = token_for("ann", json!({"realtime": {"subscribe": ["*"]}}));
     let mut client = Client::connect(&app.ws_url(&format!("?token={token}"))).await;
     client.subscribe("any/topic").await;
-    let refused = client.request(json!({"type": "publish", "topic": "any/topic", "event": "m", "data": 1})).await;
+    let refused = client
+        .request(json!({"type": "publish", "topic": "any/topic", "event": "m", "data": 1}))
+        .await;
     assert_eq!(refused["code"], "forbidden");
 }
 
@@ -103,26 +132,42 @@ async fn an_auth_frame_swaps_the_token_and_ends_subscriptions_it_no_longer_allow
     client.subscribe("chat/a").await;
     client.subscribe("admin/alerts").await;
 
-    let narrow = token_for("ann", json!({"realtime": {"subscribe": ["chat/*"], "publish": []}}));
-    client.send(json!({"type": "auth", "token": narrow, "ref": "swap"})).await;
+    let narrow = token_for(
+        "ann",
+        json!({"realtime": {"subscribe": ["chat/*"], "publish": []}}),
+    );
+    client
+        .send(json!({"type": "auth", "token": narrow, "ref": "swap"}))
+        .await;
     let ended = client.recv().await;
-    assert_eq!(ended, json!({"type": "unsubscribed", "topic": "admin/alerts", "reason": "forbidden"}));
+    assert_eq!(
+        ended,
+        json!({"type": "unsubscribed", "topic": "admin/alerts", "reason": "forbidden"})
+    );
     assert_eq!(client.recv().await, json!({"type": "ack", "ref": "swap"}));
 
     let mut publisher = app.client_with_token(&token_for("ops", json!({}))).await;
     publisher.publish("admin/alerts", "a", json!(1)).await;
     publisher.publish("chat/a", "m", json!(2)).await;
     let event = client.recv().await;
-    assert_eq!((event["topic"].clone(), event["data"].clone()), (json!("chat/a"), json!(2)));
+    assert_eq!(
+        (event["topic"].clone(), event["data"].clone()),
+        (json!("chat/a"), json!(2))
+    );
 }
 
 #[tokio::test]
 async fn an_auth_frame_for_another_identity_or_a_bad_token_changes_nothing() {
     let app = secured().await;
-    let mut client = Client::connect(&app.ws_url(&format!("?token={}", token_for("ann", json!({}))))).await;
-    let reply = client.request(json!({"type": "auth", "token": token_for("bob", json!({}))})).await;
+    let mut client =
+        Client::connect(&app.ws_url(&format!("?token={}", token_for("ann", json!({}))))).await;
+    let reply = client
+        .request(json!({"type": "auth", "token": token_for("bob", json!({}))}))
+        .await;
     assert_eq!(reply["code"], "forbidden");
-    let reply = client.request(json!({"type": "auth", "token": "garbage"})).await;
+    let reply = client
+        .request(json!({"type": "auth", "token": "garbage"}))
+        .await;
     assert_eq!(reply["code"], "unauthorized");
     client.subscribe("still/works").await;
 }
@@ -134,22 +179,32 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
     let mut expiring = Client::connect(&app.ws_url(&format!("?token={short}"))).await;
     let mut refreshed = Client::connect(&app.ws_url(&format!("?token={short}"))).await;
     let fresh = token_for("ann", json!({}));
-    let ack = refreshed.request(json!({"type": "auth", "token": fresh})).await;
+    let ack = refreshed
+        .request(json!({"type": "auth", "token": fresh}))
+        .await;
     assert_eq!(ack["type"], "ack");
 
     let error = expiring.recv().await;
     assert_eq!(error["type"], "error");
     assert_eq!(error["code"], "unauthorized");
-    assert_eq!(expiring.closed_code(Duration::from_secs(8)).await, Some(4001));
+    assert_eq!(
+        expiring.closed_code(Duration::from_secs(8)).await,
+        Some(4001)
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(refreshed.request(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(
+        refreshed.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
 }
 
 #[tokio::test]
 async fn in_open_mode_an_auth_frame_is_acknowledged() {
     let app = TestApp::spawn().await;
     let mut client = app.client_as("ann").await;
-    let reply = client.request(json!({"type": "auth", "token": "anything"})).await;
+    let reply = client
+        .request(json!({"type": "auth", "token": "anything"}))
+        .await;
     assert_eq!(reply["type"], "ack");
 }

@@ -62,7 +62,9 @@ async fn the_handshake_selects_the_aerostack_subprotocol() {
     let mut request = app.ws_url("").into_client_request().unwrap();
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        "aerostack-v1, aerostack-key.abc".parse().unwrap(),
+        "aerostack-key.abc, aerostack-token.xyz, aerostack-v1"
+            .parse()
+            .unwrap(),
     );
     let (_ws, response) = tokio_tungstenite::connect_async(request)
         .await

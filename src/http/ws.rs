@@ -82,7 +82,9 @@ pub async fn connect(
         true => None,
         false => subprotocol_token(&req).map(|t| format!("{TOKEN_PROTOCOL_PREFIX}{t}")),
     };
-    let protocols: Vec<&str> = std::iter::once(SUBPROTOCOL).chain(token_protocol.as_deref()).collect();
+    let protocols: Vec<&str> = std::iter::once(SUBPROTOCOL)
+        .chain(token_protocol.as_deref())
+        .collect();
     let mut response = ws::handshake_with_protocols(&req, &protocols)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let gauge = OutboundGauge::new(state.config.max_pending_bytes);

@@ -260,6 +260,22 @@ impl Client {
         }
     }
 
+    /// Wraps an upgraded socket and reads its `welcome`.
+    pub async fn from_socket(ws: Socket) -> Client {
+        let mut client = Client {
+            ws,
+            welcome: Value::Null,
+            next_ref: 1,
+        };
+        client.welcome = client.recv().await;
+        assert_eq!(
+            client.welcome["type"], "welcome",
+            "first frame: {}",
+            client.welcome
+        );
+        client
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))

@@ -1,0 +1,249 @@
+//! The HTTP API: emit, admin topics, health, metrics, and JSON errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestApp;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_emit_reaches_subscribers_as_a_server_event() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client.subscribe("orders/alerts").await;
+    let (status, body) = app
+        .emit(json!({"topic": "orders/alerts", "event": "late", "data": {"id": 7}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"ok": true, "seq": 1}));
+    let event = client.recv().await;
+    assert_eq!(event["event"], "late");
+    assert_eq!(event["data"], json!({"id": 7}));
+    assert_eq!(event["userId"], Value::Null);
+    assert_eq!(event["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_batch_emit_arrives_in_order_and_answers_each_seq() {
+    let app = TestApp::spawn().await;
+    let mut a = app.client().await;
+    let mut b = app.client().await;
+    a.subscribe("batch/a").await;
+    b.subscribe("batch/b").await;
+    let (status, body) = app
+        .emit(json!({"messages": [
+            {"topic": "batch/a", "event": "e", "data": 1},
+            {"topic": "batch/b", "event": "e", "data": 2},
+            {"topic": "batch/a", "event": "e", "data": 3},
+        ]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"ok": true, "results": [{"seq": 1}, {"seq": 1}, {"seq": 2}]})
+    );
+    assert_eq!(a.recv().await["data"], 1);
+    assert_eq!(a.recv().await["data"], 3);
+    assert_eq!(b.recv().await["data"], 2);
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_message_emits_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client.subscribe("batch/x").await;
+    let (status, body) = app
+        .emit(json!({"messages": [
+            {"topic": "batch/x", "event": "e", "data": 1},
+            {"topic": "orders", "event": "e", "data": 2},
+        ]}))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "forbidden");
+    client.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn bad_emits_get_json_errors_with_fitting_statuses() {
+    let app = TestApp::spawn().await;
+    for (body, status, code) in [
+        (json!({"event": "e", "data": 1}), 400, "bad_request"),
+        (
+            json!({"topic": "a/b", "event": "", "data": 1}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"topic": "a b/c", "event": "e", "data": 1}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"topic": "orders", "event": "e", "data": 1}),
+            403,
+            "forbidden",
+        ),
+        (
+            json!({"topic": "_x/y", "event": "e", "data": 1}),
+            403,
+            "forbidden",
+        ),
+        (
+            json!({"topic": "a/b", "event": "e", "data": 1, "persist": true}),
+            503,
+            "unavailable",
+        ),
+        (json!([1, 2]), 400, "bad_request"),
+    ] {
+        let (got, reply) = app.emit(body.clone()).await;
+        assert_eq!(got, status, "{body} -> {reply}");
+        assert_eq!(reply["error"]["code"], code, "{body}");
+    }
+    let response = app
+        .http()
+        .post(app.url("/api/realtime/emit"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let huge = json!({"topic": "a/b", "event": "e", "data": "x".repeat(2 * 1024 * 1024)});
+    let (status, reply) = app.emit(huge).await;
+    assert_eq!(status, 413);
+    assert_eq!(reply["error"]["code"], "too_large");
+}
+
+#[tokio::test]
+async fn with_a_server_key_emit_requires_it_even_from_loopback() {
+    let app = TestApp::spawn_with(|c| c.server_key = Some("backend-key".into())).await;
+    let body = json!({"topic": "a/b", "event": "e", "data": 1});
+    let (status, reply) = app.emit(body.clone()).await;
+    assert_eq!(status, 401);
+    assert_eq!(reply["error"]["code"], "unauthorized");
+    let post = |key: &'static str| {
+        app.http()
+            .post(app.url("/api/realtime/emit"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post("wrong").await.unwrap().status(), 401);
+    assert_eq!(post("backend-key").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn admin_topics_lists_running_topics_with_their_figures() {
+    let app = TestApp::spawn_with(|c| c.admin_key = Some("ops".into())).await;
+    let mut a = app.client().await;
+    let mut b = app.client().await;
+    a.subscribe("room/1").await;
+    b.subscribe("room/1").await;
+    b.subscribe("room/2").await;
+    a.publish("room/1", "e", json!(1)).await;
+    a.publish("room/1", "e", json!(2)).await;
+
+    let (status, _) = app.get_json("/admin/topics").await;
+    assert_eq!(status, 401, "the admin key is required");
+    let topics: Value = app
+        .http()
+        .get(app.url("/admin/topics"))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        topics,
+        json!([
+            {"topic": "room/1", "kind": "pubsub", "subscribers": 2, "presence": 0, "seq": 2},
+            {"topic": "room/2", "kind": "pubsub", "subscribers": 1, "presence": 0, "seq": 0},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_topic_with_no_subscribers_stops_after_its_replay_window() {
+    let app = TestApp::spawn_with(|c| c.replay_ttl_s = 1).await;
+    let mut client = app.client().await;
+    client.subscribe("brief/x").await;
+    client.subscribe("kept/x").await;
+    client
+        .request(json!({"type": "unsubscribe", "topic": "brief/x"}))
+        .await;
+    let listed = |topics: Value| -> Vec<String> {
+        topics
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["topic"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, topics) = app.get_json("/admin/topics").await;
+    assert_eq!(listed(topics), vec!["brief/x", "kept/x"]);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (_, topics) = app.get_json("/admin/topics").await;
+    assert_eq!(listed(topics), vec!["kept/x"], "the subscribed topic stays");
+    // A stopped topic starts afresh, with a new epoch.
+    let again = client.subscribe("brief/x").await;
+    assert_eq!(again["seq"], 0);
+}
+
+#[tokio::test]
+async fn metrics_count_connections_deliveries_and_errors() {
+    let app = TestApp::spawn().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut client = app.client().await;
+        client.subscribe("m/x").await;
+        subscribers.push(client);
+    }
+    assert_eq!(app.metric("realtide_connections").await, 3.0);
+    assert_eq!(app.metric("realtide_subscriptions").await, 3.0);
+    app.emit(json!({"topic": "m/x", "event": "e", "data": 1}))
+        .await;
+    for client in &mut subscribers {
+        client.recv().await;
+    }
+    assert_eq!(app.metric("realtide_deliveries_total").await, 3.0);
+    assert_eq!(app.metric("realtide_events_published_total").await, 1.0);
+    let errors_before = app
+        .metric("realtide_errors_total{code=\"bad_request\"}")
+        .await;
+    subscribers[0].request(json!({"type": "nonsense"})).await;
+    let errors_after = app
+        .metric("realtide_errors_total{code=\"bad_request\"}")
+        .await;
+    assert_eq!(errors_after - errors_before, 1.0);
+    drop(subscribers);
+    for _ in 0..50 {
+        if app.metric("realtide_connections").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric("realtide_connections").await, 0.0);
+    assert_eq!(app.metric("realtide_subscriptions").await, 0.0);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get_json("/healthz").await, (200, json!({"ok": true})));
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["database"], "sqlite");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_get_json_errors() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get_json("/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, body) = app.get_json("/api/realtime/emit").await;
+    assert_eq!(status, 405);
+    assert!(body["error"]["message"].as_str().is_some());
+}
