@@ -103,13 +103,16 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let mut config = Config::default();
-        config.database_url = db.url.clone();
-        config.workers = Some(2);
-        config.jwt_secret = None;
-        config.server_key = None;
-        config.admin_key = None;
-        config.redis_url = None;
+        // Explicit values, so REALTIDE_* variables in the environment change nothing.
+        let mut config = Config {
+            database_url: db.url.clone(),
+            workers: Some(2),
+            jwt_secret: None,
+            server_key: None,
+            admin_key: None,
+            redis_url: None,
+            ..Config::default()
+        };
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel();
