@@ -1,0 +1,306 @@
+//! A small load client for realtide: it starts the release server itself
+//! (so it can read the server's CPU time and RSS from /proc) and drives it
+//! over loopback with lean WebSocket clients. It prints figures; it asserts
+//! nothing.
+//!
+//! ```text
+//! cargo bench --bench load -- fanout --subscribers 1000 --rate 100 --seconds 10 --payload 100
+//! cargo bench --bench load -- idle --connections 5000
+//! ```
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N subscribers on one topic, one publisher at R messages a second.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes of padding in each message's data.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
+    /// N idle connections: the server's RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+    },
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The release server under test, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args(["serve", "--bind", &addr, "--max-publish-rate", "1000000"])
+            .arg("--database-url")
+            .arg(dir.path().join("bench.db"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start realtide");
+        for _ in 0..200 {
+            if reqwest::get(format!("http://{addr}/healthz")).await.is_ok() {
+                return Server {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("realtide did not start");
+    }
+
+    /// (user, system) CPU seconds so far.
+    fn cpu(&self) -> (f64, f64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (
+            fields[11].parse::<f64>().unwrap() / ticks,
+            fields[12].parse::<f64>().unwrap() / ticks,
+        )
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+/// A client with small buffers: tokio-tungstenite's defaults cost ~137 KB each.
+async fn connect(addr: &str) -> Socket {
+    let socket = TcpSocket::new_v4().unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let url = format!("ws://{addr}/api/realtime");
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await
+    .expect("upgrade");
+    let _welcome = ws.next().await;
+    ws
+}
+
+async fn subscribe(ws: &mut Socket, topic: &str) {
+    let frame = format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#);
+    ws.send(Message::text(frame)).await.unwrap();
+    while let Some(Ok(message)) = ws.next().await {
+        if let Message::Text(text) = message
+            && text.contains(r#""type":"subscribed""#)
+        {
+            return;
+        }
+    }
+    panic!("no subscribed");
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// The send time a publisher put in `"t":`, without parsing the whole frame.
+fn sent_at(frame: &str) -> Option<u64> {
+    let start = frame.find(r#""t":"#)? + 4;
+    let digits = frame[start..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+async fn fanout(subscribers: usize, rate: u64, seconds: u64, payload: usize) {
+    let server = Server::start().await;
+    let topic = "bench/fanout";
+    let messages = rate * seconds;
+    let mut sockets = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let mut ws = connect(&server.addr).await;
+        subscribe(&mut ws, topic).await;
+        sockets.push(ws);
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds + 10);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut got = 0;
+                while got < messages {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Ok(Some(Ok(message))) = tokio::time::timeout(left, ws.next()).await else {
+                        break;
+                    };
+                    if let Message::Text(text) = message
+                        && let Some(t) = sent_at(&text)
+                    {
+                        let micros = now_ns().saturating_sub(t) / 1000;
+                        latencies.saturating_record(micros.max(1));
+                        got += 1;
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    let mut publisher = connect(&server.addr).await;
+    let pad = "x".repeat(payload);
+    let (user0, sys0) = server.cpu();
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..messages {
+        let due = started + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let frame = format!(
+            r#"{{"type":"publish","topic":"{topic}","event":"tick","data":{{"p":"{pad}","t":{}}}}}"#,
+            now_ns()
+        );
+        publisher.send(Message::text(frame)).await.unwrap();
+    }
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for reader in readers {
+        merged.add(reader.await.unwrap()).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (user1, sys1) = server.cpu();
+    let delivered = received.load(Ordering::Relaxed);
+    let expected = messages * subscribers as u64;
+    let per = |cpu: f64| cpu * 1e6 / delivered.max(1) as f64;
+    println!(
+        "fanout: {subscribers} subscribers, {rate} msg/s for {seconds} s, {payload} B payload"
+    );
+    println!(
+        "  delivered      {delivered} of {expected} (loss {})",
+        expected - delivered
+    );
+    println!("  deliveries/s   {:.0}", delivered as f64 / elapsed);
+    println!(
+        "  latency µs     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        merged.value_at_quantile(0.5),
+        merged.value_at_quantile(0.9),
+        merged.value_at_quantile(0.99),
+        merged.value_at_quantile(0.999),
+        merged.max()
+    );
+    println!(
+        "  server CPU     {:.2} µs/delivery (user {:.2}, system {:.2}); {:.0}% of a core",
+        per(user1 - user0 + sys1 - sys0),
+        per(user1 - user0),
+        per(sys1 - sys0),
+        (user1 - user0 + sys1 - sys0) / elapsed * 100.0
+    );
+    println!(
+        "  server RSS     {:.1} MiB",
+        server.rss_bytes() as f64 / 1048576.0
+    );
+}
+
+async fn idle(connections: usize) {
+    let server = Server::start().await;
+    drop(connect(&server.addr).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss_bytes();
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        sockets.push(connect(&server.addr).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_bytes();
+    println!("idle: {connections} connections");
+    println!(
+        "  server RSS     {:.1} MiB before, {:.1} MiB after",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    println!(
+        "  per connection {:.1} KiB",
+        (after - before) as f64 / connections as f64 / 1024.0
+    );
+    drop(sockets);
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        match args.mode {
+            Mode::Fanout {
+                subscribers,
+                rate,
+                seconds,
+                payload,
+            } => fanout(subscribers, rate, seconds, payload).await,
+            Mode::Idle { connections } => idle(connections).await,
+        }
+    });
+}
