@@ -84,13 +84,17 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .expect("start realtide");
+        let server = Server {
+            child,
+            addr,
+            _dir: dir,
+        };
         for _ in 0..200 {
-            if reqwest::get(format!("http://{addr}/healthz")).await.is_ok() {
-                return Server {
-                    child,
-                    addr,
-                    _dir: dir,
-                };
+            if reqwest::get(format!("http://{}/healthz", server.addr))
+                .await
+                .is_ok()
+            {
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
