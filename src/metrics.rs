@@ -16,6 +16,8 @@ pub struct Metrics {
     pub topics: IntGauge,
     /// Frames received from clients.
     pub messages_in: IntCounter,
+    /// Frames written to clients: replies, errors and events.
+    pub messages_out: IntCounter,
     /// Events accepted by topics (publishes and emits).
     pub events_published: IntCounter,
     /// Event frames handed to subscribers (one event to N subscribers is N).
@@ -55,6 +57,7 @@ impl Metrics {
         let subscriptions = gauge("subscriptions", "Live subscriptions");
         let topics = gauge("topics", "Topic actors running");
         let messages_in = counter("messages_in_total", "Frames received from clients");
+        let messages_out = counter("messages_out_total", "Frames written to clients");
         let events_published = counter("events_published_total", "Events accepted by topics");
         let deliveries = counter("deliveries_total", "Event frames handed to subscribers");
         let slow_consumer_closes = counter(
@@ -76,6 +79,7 @@ impl Metrics {
             subscriptions,
             topics,
             messages_in,
+            messages_out,
             events_published,
             deliveries,
             errors,

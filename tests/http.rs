@@ -209,6 +209,14 @@ async fn metrics_count_connections_deliveries_and_errors() {
     }
     assert_eq!(app.metric("realtide_deliveries_total").await, 3.0);
     assert_eq!(app.metric("realtide_events_published_total").await, 1.0);
+    let messages_in = app.metric("realtide_messages_in_total").await;
+    let messages_out = app.metric("realtide_messages_out_total").await;
+    assert_eq!(messages_in, 3.0, "three subscribe frames");
+    assert_eq!(
+        messages_out,
+        3.0 * 3.0,
+        "welcome, subscribed and one event each"
+    );
     let errors_before = app
         .metric("realtide_errors_total{code=\"bad_request\"}")
         .await;

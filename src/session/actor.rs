@@ -94,7 +94,10 @@ impl SessionActor {
             return;
         }
         match self.gauge.reserve(frame.len()) {
-            Reserve::Ok => ctx.text(frame),
+            Reserve::Ok => {
+                self.state.metrics.messages_out.inc();
+                ctx.text(frame);
+            }
             Reserve::BecameSlow => {
                 self.state.metrics.slow_consumer_closes.inc();
                 ctx.stop();
@@ -525,6 +528,7 @@ impl Handler<Deliver> for SessionActor {
                     .is_some_and(|s| s.id == id),
             };
         if current {
+            self.state.metrics.messages_out.inc();
             ctx.text(msg.frame);
         } else {
             // Reserved by the topic but never sent: give the bytes back.
