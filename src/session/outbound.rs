@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn a_client_becomes_slow_once_past_the_limit_and_only_once() {
         let gauge = OutboundGauge::new(1000);
-        assert_eq!(gauge.reserve(498), Reserve::Ok); // 500 on the wire
-        assert_eq!(gauge.reserve(498), Reserve::Ok); // 1000: at the limit
+        assert_eq!(gauge.reserve(496), Reserve::Ok); // 500 on the wire
+        assert_eq!(gauge.reserve(496), Reserve::Ok); // 1000: at the limit
         assert_eq!(gauge.pending(), 1000);
         assert_eq!(gauge.reserve(0), Reserve::BecameSlow);
         assert_eq!(gauge.reserve(0), Reserve::AlreadySlow);
@@ -171,7 +171,7 @@ mod tests {
     fn flushed_bytes_make_room() {
         let gauge = OutboundGauge::new(1000);
         assert_eq!(gauge.reserve(898), Reserve::Ok);
-        gauge.flushed(900);
+        gauge.flushed(902);
         assert_eq!(gauge.pending(), 0);
         assert_eq!(gauge.reserve(898), Reserve::Ok);
     }
