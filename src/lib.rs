@@ -10,11 +10,13 @@
 //! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions.
 //! - [`topic`]: `TopicActor`, topic names and the replay ring.
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
+//! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`state`]: what handlers and sessions share.
 
 pub mod auth;
+pub mod changes;
 pub mod config;
 pub mod db;
 pub mod http;

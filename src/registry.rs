@@ -14,11 +14,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::changes::poller::PruneChanges;
 use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::session::messages::{ConnId, Shutdown};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
+use crate::topic::actor::Tracking;
 use crate::topic::messages::{Publish, Published, StopIfIdle, Subscribe, Unsubscribe};
 
 pub struct Registry {
@@ -30,14 +32,20 @@ pub struct Registry {
     next_arbiter: usize,
     replay_size: usize,
     replay_ttl: Duration,
+    /// The change tracker and database, handed to table topics.
+    tracking: Tracking,
     metrics: Metrics,
 }
+
+/// How often the change log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Registry {
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
         replay_size: usize,
         replay_ttl: Duration,
+        tracking: Tracking,
         metrics: Metrics,
     ) -> Self {
         Registry {
@@ -47,6 +55,7 @@ impl Registry {
             next_arbiter: 0,
             replay_size,
             replay_ttl,
+            tracking,
             metrics,
         }
     }
@@ -59,6 +68,7 @@ impl Registry {
             name.clone(),
             self.replay_size,
             self.replay_ttl,
+            Some(self.tracking.clone()),
             self.metrics.clone(),
         );
         let addr = if self.arbiters.is_empty() {
@@ -106,6 +116,10 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
+        self.tracking.poller.do_send(PruneChanges);
+        ctx.run_interval(PRUNE_EVERY, |registry, _| {
+            registry.tracking.poller.do_send(PruneChanges)
+        });
     }
 }
 
@@ -143,24 +157,36 @@ impl Handler<UnsubscribeFrom> for Registry {
     }
 }
 
-/// Publish to a topic, starting it if needed.
+/// Publish to a topic, starting it if needed. Forwarded with `do_send`, so
+/// one sender's publishes reach the topic in the order sent.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Published, ProtocolError>")]
+#[rtype(result = "()")]
 pub struct PublishTo {
     pub topic: TopicName,
     pub publish: Publish,
 }
 
 impl Handler<PublishTo> for Registry {
-    type Result = ResponseFuture<Result<Published, ProtocolError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: PublishTo, _ctx: &mut Self::Context) -> Self::Result {
-        let answer = self.topic(&msg.topic).send(msg.publish);
-        Box::pin(async move {
-            answer
-                .await
-                .map_err(|e| ProtocolError::unavailable(format!("topic unavailable: {e}")))?
-        })
+    fn handle(&mut self, msg: PublishTo, _ctx: &mut Self::Context) {
+        self.topic(&msg.topic).do_send(msg.publish);
+    }
+}
+
+/// Publishes at once (so calls keep their order) and returns the outcome to await.
+pub fn publish(
+    registry: &Addr<Registry>,
+    topic: TopicName,
+    mut publish: Publish,
+) -> impl Future<Output = Result<Published, ProtocolError>> + 'static {
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    publish.reply = Some(reply);
+    registry.do_send(PublishTo { topic, publish });
+    async move {
+        outcome
+            .await
+            .map_err(|_| ProtocolError::unavailable("the topic stopped before publishing"))?
     }
 }
 

@@ -336,17 +336,3 @@ async fn presence_and_history_requests_are_answered_unavailable_for_now() {
         assert_eq!(reply["code"], "unavailable", "{request}");
     }
 }
-
-#[tokio::test]
-async fn table_topics_are_forbidden_outside_tables_and_unavailable_inside() {
-    let app = TestApp::spawn_with(|c| c.tables = "orders, customers".into()).await;
-    let mut client = app.client().await;
-    let reply = client
-        .request(json!({"type": "subscribe", "topic": "secrets"}))
-        .await;
-    assert_eq!(reply["code"], "forbidden");
-    let reply = client
-        .request(json!({"type": "subscribe", "topic": "table/orders/realtide"}))
-        .await;
-    assert_eq!(reply["code"], "unavailable");
-}

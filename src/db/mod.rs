@@ -92,6 +92,7 @@ pub type Pool = r2d2::Pool<Manager>;
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
+    url: DatabaseUrl,
     backend: &'static str,
     epoch: String,
 }
@@ -108,7 +109,7 @@ impl Database {
     pub fn open(url: &str) -> Result<Database, DbError> {
         let url = DatabaseUrl::parse(url)?;
         let backend = url.backend();
-        let manager = Manager { url };
+        let manager = Manager { url: url.clone() };
         if let DbConnection::Sqlite(conn) = &mut manager.connect()? {
             // WAL lets readers run while another process writes the file.
             conn.batch_execute("PRAGMA journal_mode = WAL;")?;
@@ -128,9 +129,19 @@ impl Database {
         drop(conn);
         Ok(Database {
             pool,
+            url,
             backend,
             epoch,
         })
+    }
+
+    /// A connection outside the pool, for the change tracker's own thread.
+    /// Blocking.
+    pub fn dedicated_connection(&self) -> Result<DbConnection, DbError> {
+        Manager {
+            url: self.url.clone(),
+        }
+        .connect()
     }
 
     /// `sqlite` or `postgres`.
@@ -159,6 +170,15 @@ impl Database {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.run(|conn| Ok(conn.batch_execute("SELECT 1")?)).await
     }
+}
+
+/// One connection outside any pool (SQLite with its busy timeout), e.g. for
+/// tools and tests that write the database as another program would.
+pub fn connect(url: &str) -> Result<DbConnection, DbError> {
+    Manager {
+        url: DatabaseUrl::parse(url)?,
+    }
+    .connect()
 }
 
 fn ensure_epoch(conn: &mut DbConnection) -> Result<String, DbError> {

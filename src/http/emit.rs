@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{ApiError, bearer};
 use crate::protocol::ProtocolError;
 use crate::protocol::client::validate_event_name;
-use crate::registry::PublishTo;
+use crate::registry;
 use crate::state::AppState;
 use crate::topic::messages::Publish;
 use crate::topic::{TopicKind, TopicName};
@@ -78,23 +78,25 @@ pub async fn emit(
         .iter()
         .map(|m| validate(m, &state.config.project_id))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut results = Vec::with_capacity(messages.len());
-    for (message, topic) in messages.into_iter().zip(names) {
-        let published = state
-            .registry
-            .send(PublishTo {
-                topic,
-                publish: Publish {
-                    event: message.event,
-                    data: message.data,
-                    user_id: None,
-                    publisher: None,
-                    ack: None,
-                },
-            })
-            .await
-            .map_err(|e| ProtocolError::unavailable(e.to_string()))??;
-        results.push(json!({"seq": published.seq}));
+    // Sent all at once, in order (do_send keeps it), then awaited.
+    let outcomes: Vec<_> = messages
+        .into_iter()
+        .zip(names)
+        .map(|(message, topic)| {
+            let publish = Publish {
+                event: message.event,
+                data: message.data,
+                user_id: None,
+                publisher: None,
+                ack: None,
+                reply: None,
+            };
+            registry::publish(&state.registry, topic, publish)
+        })
+        .collect();
+    let mut results = Vec::with_capacity(outcomes.len());
+    for outcome in futures_util::future::join_all(outcomes).await {
+        results.push(json!({"seq": outcome?.seq}));
     }
     Ok(HttpResponse::Ok().json(if batch {
         json!({"ok": true, "results": results})

@@ -138,6 +138,30 @@ impl TopicFrame {
         Self::from_fields(r#"{"type":"event","topic":"#, fields)
     }
 
+    /// A `db_change` frame of a table topic.
+    pub fn db_change(change: &crate::changes::Change) -> Self {
+        use crate::changes::Operation;
+        let mut fields = Map::new();
+        fields.insert("operation".into(), change.operation.as_str().into());
+        fields.insert("seq".into(), change.seq.into());
+        fields.insert("timestamp".into(), change.at_ms.into());
+        let data = match change.operation {
+            Operation::Delete => &change.old,
+            Operation::Insert | Operation::Update => &change.new,
+        };
+        fields.insert(
+            "data".into(),
+            data.clone().map_or(Value::Null, Value::Object),
+        );
+        if change.operation != Operation::Insert {
+            fields.insert(
+                "old".into(),
+                change.old.clone().map_or(Value::Null, Value::Object),
+            );
+        }
+        Self::from_fields(r#"{"type":"db_change","topic":"#, Value::Object(fields))
+    }
+
     fn from_fields(head: &'static str, fields: Value) -> Self {
         // `{"a":1,...}` becomes `,"a":1,...}`: the fields after the topic.
         let mut tail = fields.to_string();

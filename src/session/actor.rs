@@ -20,13 +20,14 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ClientTooSlow, ConnId, Deliver, Shutdown};
+use super::messages::{ClientTooSlow, ConnId, Deliver, FrameKind, Shutdown};
 use super::outbound::{OutboundGauge, Reserve};
 use crate::auth::Identity;
+use crate::changes::Filter;
 use crate::protocol::client::{Envelope, PublishRequest, Request, SubscribeRequest};
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
-use crate::registry::{PublishTo, SessionClosed, SessionOpened, SubscribeTo, UnsubscribeFrom};
+use crate::registry::{self, SessionClosed, SessionOpened, SubscribeTo, UnsubscribeFrom};
 use crate::state::AppState;
 use crate::topic::messages::{AckTo, Publish, Subscribe, SubscriberHandle};
 use crate::topic::{TopicKind, TopicName};
@@ -189,24 +190,15 @@ impl SessionActor {
                 "your token does not allow subscribing to `{name}`"
             )));
         }
-        match name.kind() {
-            TopicKind::Table => {
-                if !self.state.table_allowed(name.as_str()) {
-                    return Err(ProtocolError::forbidden(format!(
-                        "table `{name}` is not served (see --tables)"
-                    )));
-                }
-                return Err(ProtocolError::unavailable(
-                    "table topics are not available in this version of realtide",
-                ));
-            }
+        let filter = match name.kind() {
+            TopicKind::Table => self.table_filter(&name, request.filter.as_ref())?,
             TopicKind::PubSub if request.filter.is_some() => {
                 return Err(ProtocolError::bad_request(
                     "`filter` applies to table topics only",
                 ));
             }
-            TopicKind::PubSub => {}
-        }
+            TopicKind::PubSub => Filter::default(),
+        };
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         if self
@@ -225,11 +217,40 @@ impl SessionActor {
                 echo: request.echo.unwrap_or(true),
                 since: request.since,
                 epoch: request.epoch,
+                filter,
                 handle: self.subscriber_handle(ctx),
             },
             topic: name,
         });
         Ok(())
+    }
+
+    /// The filter of a table subscription: the client's, and the token's
+    /// forced filter for that table. Checks `--tables` first.
+    fn table_filter(
+        &self,
+        name: &TopicName,
+        requested: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Filter, ProtocolError> {
+        if !self.state.table_allowed(name.as_str()) {
+            return Err(ProtocolError::forbidden(format!(
+                "table `{name}` is not served (see --tables)"
+            )));
+        }
+        let own = requested
+            .map(Filter::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let forced = match self.identity.grants.forced_filters.get(name.as_str()) {
+            None => Filter::default(),
+            Some(Value::Object(forced)) => Filter::parse(forced)?,
+            Some(_) => {
+                return Err(ProtocolError::forbidden(format!(
+                    "your token's filter for `{name}` is not an object"
+                )));
+            }
+        };
+        Ok(forced.and(own))
     }
 
     /// Where topics send this session's frames.
@@ -283,9 +304,10 @@ impl SessionActor {
         }
         // The topic sends the ack itself, ahead of this client's own echo;
         // only a failure to reach the topic is answered from here.
-        let answer = self.state.registry.send(PublishTo {
-            topic: name,
-            publish: Publish {
+        let answer = registry::publish(
+            &self.state.registry,
+            name,
+            Publish {
                 event: request.event,
                 data: request.data,
                 user_id: self.identity.user_id.clone(),
@@ -295,13 +317,11 @@ impl SessionActor {
                     id: request.id,
                     handle: self.subscriber_handle(ctx),
                 }),
+                reply: None,
             },
-        });
+        );
         let topic = request.topic;
         ctx.spawn(answer.into_actor(self).map(move |answer, session, ctx| {
-            let answer = answer
-                .map_err(|e| ProtocolError::unavailable(format!("registry unavailable: {e}")))
-                .and_then(|published| published);
             if let Err(error) = answer {
                 session.send_error(ctx, reference.as_ref(), Some(&topic), &error);
             }
@@ -520,12 +540,15 @@ impl Handler<Deliver> for SessionActor {
             return;
         }
         let current = !self.closing
-            && match msg.sub_id {
-                None => true,
-                Some(id) => self
-                    .subscriptions
-                    .get(&msg.topic)
-                    .is_some_and(|s| s.id == id),
+            && match msg.kind {
+                FrameKind::Reply => true,
+                FrameKind::Stream { sub_id } => self.is_current(&msg.topic, sub_id),
+                FrameKind::Refusal { sub_id } => {
+                    if self.is_current(&msg.topic, sub_id) {
+                        self.subscriptions.remove(&msg.topic);
+                    }
+                    true
+                }
             };
         if current {
             self.state.metrics.messages_out.inc();
@@ -534,6 +557,14 @@ impl Handler<Deliver> for SessionActor {
             // Reserved by the topic but never sent: give the bytes back.
             self.gauge.release(msg.frame.len());
         }
+    }
+}
+
+impl SessionActor {
+    fn is_current(&self, topic: &Arc<str>, sub_id: u64) -> bool {
+        self.subscriptions
+            .get(topic)
+            .is_some_and(|s| s.id == sub_id)
     }
 }
 

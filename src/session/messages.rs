@@ -10,15 +10,25 @@ use bytestring::ByteString;
 pub struct ConnId(pub u64);
 
 /// A frame for the client, from a topic: `subscribed`, replayed and live
-/// events, and publish acks. A frame for subscription `sub_id` of `topic` is
-/// dropped unless that subscription is still current, so nothing leaks past
-/// an unsubscribe or re-subscribe; a reply (`sub_id: None`) always goes out.
+/// events, refusals and publish acks.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Deliver {
     pub topic: Arc<str>,
-    pub sub_id: Option<u64>,
+    pub kind: FrameKind,
     pub frame: ByteString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Part of subscription `sub_id`'s stream; dropped unless that subscription
+    /// is still current, so nothing leaks past an unsubscribe or re-subscribe.
+    Stream { sub_id: u64 },
+    /// A reply to a request (a publish ack): always written.
+    Reply,
+    /// Subscription `sub_id` was refused (an `error` frame): always written,
+    /// and the session forgets that subscription.
+    Refusal { sub_id: u64 },
 }
 
 /// A topic found that the client reads too slowly: the session must close (4008).

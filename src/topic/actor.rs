@@ -1,7 +1,8 @@
 //! `TopicActor`: one per live topic. It owns the subscriber set (each with its
-//! spelling and options), the topic's `seq` and `epoch`, and the replay ring.
-//! Each event is encoded once; subscribers that spelled the topic alike share
-//! the same bytes.
+//! spelling, options and filter), the topic's `seq` and `epoch`, and, for a
+//! pub/sub topic, the replay ring. A table topic gets its events from the
+//! change tracker and resumes clients from the change log. Each event is
+//! encoded once; subscribers that spelled the topic alike share its bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,33 +12,55 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::{
-    GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle, TopicInfo,
-    Unsubscribe,
+    GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle, TableChanged,
+    TopicInfo, Unsubscribe,
 };
-use super::name::TopicName;
+use super::name::{TopicKind, TopicName};
 use super::replay::ReplayRing;
+use crate::changes::poller::{PollerActor, Watch};
+use crate::changes::{self, Change, Filter, TableShape};
+use crate::db::Database;
 use crate::metrics::Metrics;
-use crate::protocol::ProtocolError;
 use crate::protocol::server::{self, TopicFrame};
-use crate::session::messages::{ClientTooSlow, ConnId, Deliver};
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::session::messages::{ClientTooSlow, ConnId, Deliver, FrameKind};
 use crate::session::outbound::Reserve;
+
+/// Most changes a resuming table subscriber is sent from the log; further
+/// behind, it is told `recovered: false` and should reload.
+pub const MAX_TABLE_CATCH_UP: i64 = 10_000;
 
 struct Subscriber {
     sub_id: u64,
     spelling: Arc<str>,
     echo: bool,
+    filter: Filter,
     handle: SubscriberHandle,
+}
+
+/// What a table topic needs from the change tracker and the database.
+#[derive(Clone)]
+pub struct Tracking {
+    pub poller: Addr<PollerActor>,
+    pub db: Database,
+}
+
+struct TableState {
+    tracking: Tracking,
+    /// Known once the tracker watches the table.
+    shape: Option<TableShape>,
 }
 
 pub struct TopicActor {
     name: TopicName,
-    /// Changes whenever this topic's seq starts again (a new actor), so a
-    /// client resuming across it is told `recovered: false`.
+    /// A pub/sub topic's epoch changes whenever its seq starts again (a new
+    /// actor); a table topic's is the database's, stable across restarts.
     epoch: Arc<str>,
     seq: u64,
     subscribers: HashMap<ConnId, Subscriber>,
     replay: ReplayRing,
     replay_ttl: Duration,
+    table: Option<TableState>,
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
     last_active: Instant,
     metrics: Metrics,
@@ -51,19 +74,33 @@ pub fn now_ms() -> i64 {
 }
 
 impl TopicActor {
+    /// A topic; a table topic needs `tracking`.
     pub fn new(
         name: TopicName,
         replay_size: usize,
         replay_ttl: Duration,
+        tracking: Option<Tracking>,
         metrics: Metrics,
     ) -> Self {
+        let table = match name.kind() {
+            TopicKind::Table => tracking.map(|tracking| TableState {
+                tracking,
+                shape: None,
+            }),
+            TopicKind::PubSub => None,
+        };
+        let epoch = match &table {
+            Some(t) => t.tracking.db.epoch().into(),
+            None => uuid::Uuid::new_v4().simple().to_string()[..16].into(),
+        };
         TopicActor {
             name,
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..16].into(),
+            epoch,
             seq: 0,
             subscribers: HashMap::new(),
             replay: ReplayRing::new(replay_size, replay_ttl),
             replay_ttl,
+            table,
             last_active: Instant::now(),
             metrics,
         }
@@ -71,12 +108,12 @@ impl TopicActor {
 
     /// Sends `frame` to one client unless it reads too slowly; a client that
     /// crosses its pending-bytes limit is told to close, and `false` returned.
-    fn send_to(&self, handle: &SubscriberHandle, sub_id: Option<u64>, frame: ByteString) -> bool {
+    fn send_to(&self, handle: &SubscriberHandle, kind: FrameKind, frame: ByteString) -> bool {
         match handle.gauge.reserve(frame.len()) {
             Reserve::Ok => {
                 handle.deliver.do_send(Deliver {
                     topic: self.name.shared(),
-                    sub_id,
+                    kind,
                     frame,
                 });
                 true
@@ -91,14 +128,14 @@ impl TopicActor {
         }
     }
 
-    /// Delivers an encoded event to every subscriber (but the publisher when it
-    /// asked for no echo), encoding the topic once per distinct spelling.
-    fn fan_out(&mut self, frame: &TopicFrame, publisher: Option<ConnId>) {
+    /// Delivers an encoded event to every subscriber `wants`, encoding the
+    /// topic once per distinct spelling.
+    fn fan_out(&mut self, frame: &TopicFrame, wants: impl Fn(ConnId, &Subscriber) -> bool) {
         let mut by_spelling: Vec<(Arc<str>, ByteString)> = Vec::with_capacity(1);
         let mut slow = Vec::new();
         let mut delivered = 0;
         for (conn, sub) in &self.subscribers {
-            if !sub.echo && publisher == Some(*conn) {
+            if !wants(*conn, sub) {
                 continue;
             }
             let bytes = match by_spelling.iter().find(|(s, _)| *s == sub.spelling) {
@@ -109,7 +146,8 @@ impl TopicActor {
                     bytes
                 }
             };
-            if self.send_to(&sub.handle, Some(sub.sub_id), bytes) {
+            let kind = FrameKind::Stream { sub_id: sub.sub_id };
+            if self.send_to(&sub.handle, kind, bytes) {
                 delivered += 1;
             } else {
                 slow.push(*conn);
@@ -126,6 +164,184 @@ impl TopicActor {
             self.metrics.subscriptions.dec();
         }
         self.last_active = Instant::now();
+    }
+
+    /// Answers a subscription with `subscribed` and the events it missed, then
+    /// adds it to the live set.
+    fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
+        let subscriber = Subscriber {
+            sub_id: msg.sub_id,
+            spelling: msg.spelling,
+            echo: msg.echo,
+            filter: msg.filter,
+            handle: msg.handle,
+        };
+        let reply = server::subscribed(
+            msg.reference.as_ref(),
+            &server::Subscribed {
+                topic: &subscriber.spelling,
+                seq: self.seq,
+                epoch: &self.epoch,
+                recovered,
+            },
+        );
+        let (handle, kind) = (
+            &subscriber.handle,
+            FrameKind::Stream {
+                sub_id: subscriber.sub_id,
+            },
+        );
+        let mut ok = self.send_to(handle, kind, reply);
+        for frame in missed {
+            ok = ok && self.send_to(handle, kind, frame);
+        }
+        if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
+            self.metrics.subscriptions.inc();
+        }
+    }
+
+    fn refuse(&self, msg: &Subscribe, error: ProtocolError) {
+        self.metrics.error(error.code);
+        let frame = server::error(msg.reference.as_ref(), Some(&msg.spelling), &error);
+        self.send_to(
+            &msg.handle,
+            FrameKind::Refusal { sub_id: msg.sub_id },
+            frame,
+        );
+    }
+
+    fn subscribe_pubsub(&mut self, msg: Subscribe) {
+        let replayed = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch => {
+                self.replay.after(since, self.seq, Instant::now())
+            }
+            _ => None,
+        };
+        let recovered = replayed.is_some();
+        let missed = replayed
+            .unwrap_or_default()
+            .iter()
+            .map(|frame| frame.for_spelling(&msg.spelling))
+            .collect();
+        self.admit(msg, recovered, missed);
+    }
+
+    /// A table subscription waits (the topic handles nothing else meanwhile)
+    /// until the tracker watches the table, so every change committed after
+    /// `subscribed` is delivered.
+    fn subscribe_table(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(table) = &self.table else {
+            return self.refuse(
+                &msg,
+                ProtocolError::unavailable("table topics are not tracked here"),
+            );
+        };
+        if table.shape.is_some() {
+            return self.admit_to_table(msg, ctx);
+        }
+        let watch = table.tracking.poller.send(Watch {
+            table: self.name.to_string(),
+            topic: ctx.address().recipient(),
+        });
+        ctx.wait(
+            watch
+                .into_actor(self)
+                .map(move |answer, topic, ctx| match answer {
+                    Ok(Ok(Some(watched))) => {
+                        topic.seq = topic.seq.max(watched.latest_seq);
+                        if let Some(table) = &mut topic.table {
+                            table.shape = Some(watched.shape);
+                        }
+                        topic.admit_to_table(msg, ctx);
+                    }
+                    Ok(Ok(None)) => {
+                        let name = topic.name.to_string();
+                        topic.refuse(
+                            &msg,
+                            ProtocolError::new(
+                                ErrorCode::NotFound,
+                                format!("there is no table `{name}`"),
+                            ),
+                        );
+                    }
+                    Ok(Err(e)) => topic.refuse(
+                        &msg,
+                        ProtocolError::unavailable(format!("change tracker: {e}")),
+                    ),
+                    Err(e) => topic.refuse(
+                        &msg,
+                        ProtocolError::unavailable(format!("change tracker: {e}")),
+                    ),
+                }),
+        );
+    }
+
+    fn admit_to_table(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(TableState {
+            tracking,
+            shape: Some(shape),
+        }) = &self.table
+        else {
+            return;
+        };
+        if let Some(column) = msg.filter.unknown_column(&shape.columns) {
+            let error = ProtocolError::bad_request(format!(
+                "table `{}` has no column `{column}`",
+                self.name
+            ));
+            return self.refuse(&msg, error);
+        }
+        let since = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => since,
+            _ => return self.admit(msg, false, Vec::new()),
+        };
+        if since == self.seq {
+            return self.admit(msg, true, Vec::new());
+        }
+        // Catch up from the log; nothing else is handled until it is done,
+        // so live changes queue behind the missed ones.
+        let (db, decoder, table, up_to) = (
+            tracking.db.clone(),
+            shape.decoder.clone(),
+            self.name.to_string(),
+            self.seq,
+        );
+        let read = async move {
+            db.run(move |conn| {
+                if since < changes::pruned_through(conn)? {
+                    return Ok(None);
+                }
+                let rows = changes::read_range(conn, &table, since, up_to, MAX_TABLE_CATCH_UP + 1)?;
+                Ok((rows.len() as i64 <= MAX_TABLE_CATCH_UP).then_some(rows))
+            })
+            .await
+        };
+        ctx.wait(
+            read.into_actor(self)
+                .map(move |rows, topic, _ctx| match rows {
+                    Ok(Some(rows)) => {
+                        let missed: Vec<ByteString> = rows
+                            .into_iter()
+                            .filter_map(|row| row.decode(&decoder))
+                            .filter(|change| change.visible_through(&msg.filter))
+                            .map(|change| {
+                                TopicFrame::db_change(&change).for_spelling(&msg.spelling)
+                            })
+                            .collect();
+                        topic.admit(msg, true, missed);
+                    }
+                    Ok(None) => topic.admit(msg, false, Vec::new()),
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, error = %e, "resume read failed");
+                        topic.admit(msg, false, Vec::new());
+                    }
+                }),
+        );
+    }
+
+    fn publish_change(&mut self, change: &Change) {
+        let frame = TopicFrame::db_change(change);
+        self.fan_out(&frame, |_, sub| change.visible_through(&sub.filter));
     }
 }
 
@@ -149,37 +365,11 @@ impl Actor for TopicActor {
 impl Handler<Subscribe> for TopicActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
-        let now = Instant::now();
-        self.last_active = now;
-        let replayed = match (msg.since, &msg.epoch) {
-            (Some(since), Some(epoch)) if **epoch == *self.epoch => {
-                self.replay.after(since, self.seq, now)
-            }
-            _ => None,
-        };
-        let subscriber = Subscriber {
-            sub_id: msg.sub_id,
-            spelling: msg.spelling,
-            echo: msg.echo,
-            handle: msg.handle,
-        };
-        let reply = server::subscribed(
-            msg.reference.as_ref(),
-            &server::Subscribed {
-                topic: &subscriber.spelling,
-                seq: self.seq,
-                epoch: &self.epoch,
-                recovered: replayed.is_some(),
-            },
-        );
-        let (handle, sub_id) = (&subscriber.handle, Some(subscriber.sub_id));
-        let mut ok = self.send_to(handle, sub_id, reply);
-        for frame in replayed.unwrap_or_default() {
-            ok = ok && self.send_to(handle, sub_id, frame.for_spelling(&subscriber.spelling));
-        }
-        if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
-            self.metrics.subscriptions.inc();
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        match self.name.kind() {
+            TopicKind::PubSub => self.subscribe_pubsub(msg),
+            TopicKind::Table => self.subscribe_table(msg, ctx),
         }
     }
 }
@@ -193,16 +383,30 @@ impl Handler<Unsubscribe> for TopicActor {
 }
 
 impl Handler<Publish> for TopicActor {
-    type Result = Result<Published, ProtocolError>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Publish, _ctx: &mut Self::Context) {
+        let outcome = self.publish(&mut msg);
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl TopicActor {
+    fn publish(&mut self, msg: &mut Publish) -> Result<Published, ProtocolError> {
+        if self.name.kind() == TopicKind::Table {
+            return Err(ProtocolError::forbidden(
+                "table topics receive database changes only",
+            ));
+        }
         let now = Instant::now();
         self.last_active = now;
         self.seq += 1;
         if let Some(ack) = &msg.ack {
             let reply =
                 server::publish_ack(ack.reference.as_ref(), ack.id.as_ref(), self.seq, None);
-            self.send_to(&ack.handle, None, reply);
+            self.send_to(&ack.handle, FrameKind::Reply, reply);
         }
         let frame = TopicFrame::event(
             &msg.event,
@@ -211,10 +415,28 @@ impl Handler<Publish> for TopicActor {
             now_ms(),
             self.seq,
         );
-        self.fan_out(&frame, msg.publisher);
+        let publisher = msg.publisher;
+        self.fan_out(&frame, |conn, sub| sub.echo || publisher != Some(conn));
         self.replay.push(self.seq, frame, now);
         self.metrics.events_published.inc();
         Ok(Published { seq: self.seq })
+    }
+}
+
+impl Handler<TableChanged> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TableChanged, _ctx: &mut Self::Context) {
+        for change in msg.changes {
+            // Changes up to the seq reported at subscription were committed
+            // before it; the tracker may still be behind that point.
+            if change.seq <= self.seq {
+                continue;
+            }
+            self.seq = change.seq;
+            self.last_active = Instant::now();
+            self.publish_change(&change);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::changes::{Change, Filter};
 use crate::protocol::ProtocolError;
 use crate::session::messages::{ClientTooSlow, ConnId, Deliver};
 use crate::session::outbound::OutboundGauge;
@@ -35,6 +36,8 @@ pub struct Subscribe {
     /// Resume after this seq, when `epoch` is the topic's.
     pub since: Option<u64>,
     pub epoch: Option<String>,
+    /// Table topics: the rows this subscriber sees (the token's forced filter included).
+    pub filter: Filter,
     pub handle: SubscriberHandle,
 }
 
@@ -45,9 +48,12 @@ pub struct Unsubscribe {
     pub conn: ConnId,
 }
 
-/// Publish an event to every subscriber.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Published, ProtocolError>")]
+/// Publish an event to every subscriber. Sent with `do_send` all the way
+/// (a `send` to a full mailbox is held back and can be overtaken), so events
+/// keep the order their publisher sent them in; the outcome comes back on
+/// `reply`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
 pub struct Publish {
     pub event: String,
     pub data: Value,
@@ -57,6 +63,8 @@ pub struct Publish {
     pub publisher: Option<ConnId>,
     /// Where to send the `ack`, ahead of the publisher's own echo.
     pub ack: Option<AckTo>,
+    /// Where the outcome goes; dropped unanswered if the topic is gone.
+    pub reply: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
 }
 
 /// A publishing client's ack, sent by the topic through the client's own
@@ -101,3 +109,10 @@ pub struct TopicInfo {
 #[derive(Message, Debug)]
 #[rtype(result = "bool")]
 pub struct StopIfIdle;
+
+/// A table's committed changes, in seq order, from the change tracker.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TableChanged {
+    pub changes: Vec<Change>,
+}

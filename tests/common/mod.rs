@@ -64,6 +64,39 @@ impl TestDb {
         dbs
     }
 
+    /// Runs SQL on a connection of its own, as another program would.
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        let mut conn = realtide::db::connect(&self.url).expect("connect");
+        conn.batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The same SQL text run by the backend's own command-line client.
+    pub fn shell(&self, sql: &str) {
+        let output = match &self.postgres {
+            Some(_) => std::process::Command::new("psql")
+                .args([self.url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+                .output(),
+            None => {
+                let path = self.url.trim_start_matches("sqlite://");
+                std::process::Command::new("sqlite3")
+                    .args(["-cmd", ".timeout 10000", path, sql])
+                    .output()
+            }
+        }
+        .expect("run the database shell");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
     pub fn backend(&self) -> &'static str {
         if self.postgres.is_some() {
             "postgres"
@@ -199,6 +232,22 @@ impl TestApp {
 
     pub async fn shutdown(&self) {
         self.controller.shutdown().await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop the server (and its change tracker) from a thread of its own:
+        // this may run inside the test's runtime, which must not block.
+        let controller = self.controller.clone();
+        std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(controller.shutdown());
+            }
+        });
     }
 }
 

@@ -1,0 +1,2 @@
+DROP FUNCTION _realtide_capture() CASCADE;
+DROP TABLE _realtide_changes;

@@ -1,0 +1,342 @@
+//! The change tracker: triggers append every committed row change of a
+//! watched table to the `_realtide_changes` log; the [`PollerActor`] reads the
+//! log and sends each table topic its changes in `seq` order. One
+//! [`ChangeSource`] per database backend knows how to install the triggers,
+//! notice commits cheaply and read the log.
+
+pub mod filter;
+pub mod poller;
+pub mod postgres;
+pub mod sqlite;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use serde_json::{Map, Value};
+
+pub use filter::Filter;
+pub use poller::PollerActor;
+
+use crate::db::{DbConnection, DbError};
+
+/// Name of the change log table (reserved: no client can subscribe to it).
+pub const LOG_TABLE: &str = "_realtide_changes";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+
+    fn parse(op: &str) -> Option<Operation> {
+        match op {
+            "INSERT" => Some(Operation::Insert),
+            "UPDATE" => Some(Operation::Update),
+            "DELETE" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One committed row change, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The change's position in the log: rises in commit order, never reused.
+    pub seq: u64,
+    pub table: String,
+    pub operation: Operation,
+    /// The row after the change (INSERT, UPDATE).
+    pub new: Option<Map<String, Value>>,
+    /// The row before the change (UPDATE, DELETE).
+    pub old: Option<Map<String, Value>>,
+    /// When the change was written, in ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+impl Change {
+    /// Whether a subscriber with `filter` sees this change: an INSERT when the
+    /// new row matches, a DELETE when the old one did, an UPDATE when either.
+    pub fn visible_through(&self, filter: &Filter) -> bool {
+        let matches =
+            |row: &Option<Map<String, Value>>| row.as_ref().is_some_and(|r| filter.matches(r));
+        filter.is_empty() || matches(&self.new) || matches(&self.old)
+    }
+}
+
+/// A log row as stored.
+#[derive(Debug, QueryableByName)]
+pub struct LogRow {
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Text)]
+    pub table_name: String,
+    #[diesel(sql_type = Text)]
+    pub op: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub new_row: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub old_row: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pub changed_at: i64,
+}
+
+/// How one table's stored values become protocol values. SQLite's triggers
+/// mark BLOBs as `{"$blob": "<hex>"}`; PostgreSQL's `row_to_json` writes bytea
+/// as a `\x<hex>` string. Both leave as standard padded base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowDecoder {
+    Sqlite,
+    /// The table's bytea columns.
+    Postgres {
+        binary: std::collections::HashSet<String>,
+    },
+}
+
+impl RowDecoder {
+    pub fn decode_value(&self, column: &str, value: Value) -> Value {
+        match (self, value) {
+            (RowDecoder::Sqlite, Value::Object(marked)) => {
+                match (marked.len(), marked.get("$blob").and_then(Value::as_str)) {
+                    (1, Some(hex)) => match hex_to_base64(hex) {
+                        Some(b64) => Value::String(b64),
+                        None => Value::Object(marked),
+                    },
+                    _ => Value::Object(marked),
+                }
+            }
+            (RowDecoder::Postgres { binary }, Value::String(text)) if binary.contains(column) => {
+                match text.strip_prefix("\\x").and_then(hex_to_base64) {
+                    Some(b64) => Value::String(b64),
+                    None => Value::String(text),
+                }
+            }
+            (_, value) => value,
+        }
+    }
+}
+
+impl LogRow {
+    pub fn decode(self, decoder: &RowDecoder) -> Option<Change> {
+        let table = self.table_name;
+        let parse = |text: Option<String>| -> Option<Map<String, Value>> {
+            let Value::Object(row) = serde_json::from_str(&text?).ok()? else {
+                return None;
+            };
+            Some(
+                row.into_iter()
+                    .map(|(column, value)| {
+                        let value = decoder.decode_value(&column, value);
+                        (column, value)
+                    })
+                    .collect(),
+            )
+        };
+        let new = parse(self.new_row);
+        let old = parse(self.old_row);
+        Some(Change {
+            seq: u64::try_from(self.seq).ok()?,
+            operation: Operation::parse(&self.op)?,
+            new,
+            old,
+            at_ms: self.changed_at,
+            table,
+        })
+    }
+}
+
+/// Hex digits to standard padded base64.
+pub fn hex_to_base64(hex: &str) -> Option<String> {
+    use base64::Engine;
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A backend's side of the tracker. Implementations run on the poller's own
+/// thread with a dedicated connection; every method may block.
+///
+/// Guarantee: `poll` returns each committed change exactly once over the
+/// source's life, in `seq` order, and `seq` order agrees with commit order
+/// for any one row; a transaction's changes keep their statement order.
+pub trait ChangeSource: Send {
+    /// Installs capture on `table` (idempotent) and returns its columns and
+    /// decoder, or `None` when there is no such table.
+    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError>;
+    /// Cheaply tells whether anything may have committed since the last call.
+    fn probe(&mut self) -> Result<Probe, DbError>;
+    /// Changes after `cursor`, oldest first, at most `limit`.
+    fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError>;
+    /// The highest `seq` the log holds, for one table or all (0 when none).
+    fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError>;
+    /// Deletes changes written before `before_ms`; returns the highest seq deleted.
+    fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError>;
+}
+
+/// What the tracker knows of a watched table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableShape {
+    pub columns: Vec<String>,
+    pub decoder: RowDecoder,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Probe {
+    /// Something may have committed: read the log.
+    pub committed: bool,
+    /// The schema may have changed: re-check watched tables.
+    pub schema_changed: bool,
+}
+
+#[derive(QueryableByName)]
+struct MaxSeq {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<i64>,
+}
+
+/// The highest seq the log holds (0 when empty).
+pub fn latest_seq(conn: &mut DbConnection) -> Result<u64, DbError> {
+    let row: MaxSeq =
+        diesel::sql_query("SELECT max(seq) AS seq FROM _realtide_changes").get_result(conn)?;
+    Ok(row.seq.unwrap_or(0).max(0) as u64)
+}
+
+/// Deletes every change up to the newest one written before `before_ms`
+/// (by seq, so what is left is always a suffix of the log) and remembers how
+/// far pruning went. Returns that seq, if anything was deleted.
+pub fn prune_before(conn: &mut DbConnection, before_ms: i64) -> Result<Option<u64>, DbError> {
+    let newest: MaxSeq =
+        diesel::sql_query("SELECT max(seq) AS seq FROM _realtide_changes WHERE changed_at < $1")
+            .bind::<BigInt, _>(before_ms)
+            .get_result(conn)?;
+    let Some(through) = newest.seq else {
+        return Ok(None);
+    };
+    diesel::sql_query("DELETE FROM _realtide_changes WHERE seq <= $1")
+        .bind::<BigInt, _>(through)
+        .execute(conn)?;
+    record_pruned_through(conn, through as u64)?;
+    Ok(Some(through as u64))
+}
+
+/// The highest seq the log holds for `table` (0 when none).
+pub fn latest_seq_of(conn: &mut DbConnection, table: &str) -> Result<u64, DbError> {
+    let row: MaxSeq =
+        diesel::sql_query("SELECT max(seq) AS seq FROM _realtide_changes WHERE table_name = $1")
+            .bind::<Text, _>(table)
+            .get_result(conn)?;
+    Ok(row.seq.unwrap_or(0).max(0) as u64)
+}
+
+/// A table's changes with `since < seq <= up_to`, oldest first, at most `limit`.
+pub fn read_range(
+    conn: &mut DbConnection,
+    table: &str,
+    since: u64,
+    up_to: u64,
+    limit: i64,
+) -> Result<Vec<LogRow>, DbError> {
+    Ok(diesel::sql_query(
+        "SELECT seq, table_name, op, new_row, old_row, changed_at FROM _realtide_changes \
+         WHERE table_name = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+    )
+    .bind::<Text, _>(table)
+    .bind::<BigInt, _>(since as i64)
+    .bind::<BigInt, _>(up_to as i64)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?)
+}
+
+/// The highest seq pruning has deleted (0 when none): a resume from below it
+/// cannot be complete.
+pub fn pruned_through(conn: &mut DbConnection) -> Result<u64, DbError> {
+    #[derive(QueryableByName)]
+    struct Meta {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let rows: Vec<Meta> =
+        diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'pruned_through'")
+            .load(conn)?;
+    Ok(rows.first().and_then(|m| m.value.parse().ok()).unwrap_or(0))
+}
+
+fn record_pruned_through(conn: &mut DbConnection, seq: u64) -> Result<(), DbError> {
+    diesel::sql_query(
+        "INSERT INTO _realtide_meta (key, value) VALUES ('pruned_through', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind::<Text, _>(seq.to_string())
+    .execute(conn)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hex_becomes_padded_base64() {
+        assert_eq!(hex_to_base64("0102FF").as_deref(), Some("AQL/"));
+        assert_eq!(hex_to_base64("01").as_deref(), Some("AQ=="));
+        assert_eq!(hex_to_base64("").as_deref(), Some(""));
+        assert_eq!(hex_to_base64("0"), None);
+        assert_eq!(hex_to_base64("zz"), None);
+    }
+
+    #[test]
+    fn blobs_are_decoded_by_each_backends_convention() {
+        let sqlite = RowDecoder::Sqlite;
+        assert_eq!(
+            sqlite.decode_value("b", json!({"$blob": "01"})),
+            json!("AQ==")
+        );
+        assert_eq!(
+            sqlite.decode_value("b", json!({"$blob": "01", "x": 1})),
+            json!({"$blob": "01", "x": 1})
+        );
+        assert_eq!(sqlite.decode_value("b", json!("\\x01")), json!("\\x01"));
+        let pg = RowDecoder::Postgres {
+            binary: ["b".to_string()].into_iter().collect(),
+        };
+        assert_eq!(pg.decode_value("b", json!("\\x01ff")), json!("Af8="));
+        assert_eq!(
+            pg.decode_value("t", json!("\\x01ff")),
+            json!("\\x01ff"),
+            "text stays text"
+        );
+    }
+
+    #[test]
+    fn an_update_is_visible_when_either_row_matches() {
+        let filter = Filter::parse(json!({"status": "open"}).as_object().unwrap()).unwrap();
+        let row = |s: &str| Some(json!({"status": s}).as_object().unwrap().clone());
+        let change = |operation, new, old| Change {
+            seq: 1,
+            table: "t".into(),
+            operation,
+            new,
+            old,
+            at_ms: 0,
+        };
+        assert!(change(Operation::Update, row("closed"), row("open")).visible_through(&filter));
+        assert!(change(Operation::Update, row("open"), row("new")).visible_through(&filter));
+        assert!(!change(Operation::Update, row("closed"), row("new")).visible_through(&filter));
+        assert!(change(Operation::Insert, row("open"), None).visible_through(&filter));
+        assert!(!change(Operation::Delete, None, row("closed")).visible_through(&filter));
+    }
+}

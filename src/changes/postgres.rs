@@ -1,0 +1,213 @@
+//! The PostgreSQL change source. One trigger function serves every table
+//! (`row_to_json` follows schema changes by itself) and notifies
+//! `_realtide_changes` at commit, so the tracker wakes without polling the log.
+//!
+//! Change ids come from a sequence and can commit out of order, so the log is
+//! read through a sequencer: a change receives its `seq` only once every
+//! transaction that might precede it has ended (its xid is below the xmin of
+//! a fresh snapshot), and changes are numbered in id order. For one row, a
+//! later change always has a larger id (its writer waited for the row lock),
+//! so `seq` order is commit order per row; within a transaction it is
+//! statement order. xmin is cluster-wide: a transaction left open anywhere
+//! delays delivery until it ends.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+
+use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
+use crate::db::{DbConnection, DbError};
+
+/// Key of the advisory lock that lets one sequencer run at a time per database.
+const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
+/// How often watched tables' columns are re-read (PostgreSQL has no cheap
+/// schema version to watch): new bytea columns must decode as base64.
+const SHAPE_REFRESH: Duration = Duration::from_secs(2);
+
+pub struct PostgresSource {
+    conn: DbConnection,
+    /// Watched tables' decoders (their bytea columns).
+    watched: HashMap<String, RowDecoder>,
+    /// Changes were waiting for an older transaction at the last poll.
+    pending: bool,
+    listening: bool,
+    shapes_read: Instant,
+}
+
+#[derive(QueryableByName)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+}
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    value: bool,
+}
+
+impl PostgresSource {
+    /// `conn` must be a PostgreSQL connection of its own (the poller's).
+    pub fn new(conn: DbConnection) -> Self {
+        PostgresSource {
+            conn,
+            watched: HashMap::new(),
+            pending: false,
+            listening: false,
+            shapes_read: Instant::now(),
+        }
+    }
+
+    fn shape(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+        let is_table: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = $1 AND table_type = 'BASE TABLE') AS value",
+        )
+        .bind::<Text, _>(table)
+        .get_result(&mut self.conn)?;
+        if !is_table.value {
+            return Ok(None);
+        }
+        let columns: Vec<Column> = diesel::sql_query(
+            "SELECT column_name::text AS name, data_type::text AS data_type FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind::<Text, _>(table)
+        .load(&mut self.conn)?;
+        let binary: HashSet<String> = columns
+            .iter()
+            .filter(|c| c.data_type == "bytea")
+            .map(|c| c.name.clone())
+            .collect();
+        Ok(Some(TableShape {
+            columns: columns.into_iter().map(|c| c.name).collect(),
+            decoder: RowDecoder::Postgres { binary },
+        }))
+    }
+
+    fn pg(&mut self) -> Option<&mut PgConnection> {
+        match &mut self.conn {
+            DbConnection::Pg(pg) => Some(pg),
+            DbConnection::Sqlite(_) => None,
+        }
+    }
+
+    /// Numbers every change whose transaction can no longer be overtaken.
+    fn sequence(&mut self, limit: i64) -> Result<(), DbError> {
+        self.conn.transaction::<_, DbError, _>(|conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(SEQUENCER_LOCK)
+                .execute(conn)?;
+            diesel::sql_query(
+                "WITH ready AS ( \
+                   SELECT id FROM _realtide_changes \
+                   WHERE seq IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                   ORDER BY id LIMIT $1), \
+                 top AS (SELECT COALESCE(max(seq), 0) AS seq FROM _realtide_changes), \
+                 numbered AS ( \
+                   SELECT ready.id, top.seq + row_number() OVER (ORDER BY ready.id) AS seq FROM ready, top) \
+                 UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id",
+            )
+            .bind::<BigInt, _>(limit)
+            .execute(conn)?;
+            Ok(())
+        })?;
+        let waiting: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM _realtide_changes WHERE seq IS NULL) AS value",
+        )
+        .get_result(&mut self.conn)?;
+        self.pending = waiting.value;
+        Ok(())
+    }
+}
+
+impl ChangeSource for PostgresSource {
+    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+        if !self.listening {
+            self.conn.batch_execute("LISTEN _realtide_changes")?;
+            self.listening = true;
+        }
+        let Some(shape) = self.shape(table)? else {
+            return Ok(None);
+        };
+        let installed: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+             WHERE tgname = '_realtide_capture' AND tgrelid = to_regclass(quote_ident($1))) AS value",
+        )
+        .bind::<Text, _>(table)
+        .get_result(&mut self.conn)?;
+        if !installed.value {
+            // The name was validated as an identifier; quoting keeps its case.
+            self.conn.batch_execute(&format!(
+                "CREATE OR REPLACE TRIGGER _realtide_capture AFTER INSERT OR UPDATE OR DELETE ON \"{table}\" \
+                 FOR EACH ROW EXECUTE FUNCTION _realtide_capture()"
+            ))?;
+            tracing::info!(table, "change capture installed");
+        }
+        self.watched
+            .insert(table.to_string(), shape.decoder.clone());
+        Ok(Some(shape))
+    }
+
+    fn probe(&mut self) -> Result<Probe, DbError> {
+        let mut notified = false;
+        if let Some(pg) = self.pg() {
+            for notification in pg.notifications_iter() {
+                notification?;
+                notified = true;
+            }
+        }
+        let schema_changed = self.shapes_read.elapsed() >= SHAPE_REFRESH;
+        if schema_changed {
+            self.shapes_read = Instant::now();
+            let tables: Vec<String> = self.watched.keys().cloned().collect();
+            for table in tables {
+                match self.shape(&table)? {
+                    Some(shape) => self.watched.insert(table, shape.decoder),
+                    None => self.watched.remove(&table),
+                };
+            }
+        }
+        Ok(Probe {
+            committed: notified || self.pending,
+            schema_changed,
+        })
+    }
+
+    fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
+        self.sequence(limit)?;
+        let rows: Vec<LogRow> = diesel::sql_query(
+            "SELECT seq, table_name, op, new_row, old_row, changed_at FROM _realtide_changes \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind::<BigInt, _>(cursor as i64)
+        .bind::<BigInt, _>(limit)
+        .load(&mut self.conn)?;
+        let plain = RowDecoder::Postgres {
+            binary: HashSet::new(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let decoder = self.watched.get(&row.table_name).unwrap_or(&plain);
+                row.decode(decoder)
+            })
+            .collect())
+    }
+
+    fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError> {
+        match table {
+            Some(table) => super::latest_seq_of(&mut self.conn, table),
+            None => super::latest_seq(&mut self.conn),
+        }
+    }
+
+    fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError> {
+        super::prune_before(&mut self.conn, before_ms)
+    }
+}
