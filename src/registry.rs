@@ -37,9 +37,6 @@ pub struct Registry {
     metrics: Metrics,
 }
 
-/// How often the change log is pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
 impl Registry {
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
@@ -117,7 +114,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
         self.tracking.poller.do_send(PruneChanges);
-        ctx.run_interval(PRUNE_EVERY, |registry, _| {
+        ctx.run_interval(self.tracking.prune_every, |registry, _| {
             registry.tracking.poller.do_send(PruneChanges)
         });
     }

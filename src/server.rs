@@ -96,6 +96,10 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
     let tracking = Tracking {
         poller: poller.clone(),
         db: db.clone(),
+        // Often enough that nothing outlives the retention by more than half
+        // of it; at most once a minute.
+        prune_every: (Duration::from_secs(config.changes_retention_s) / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60)),
     };
     let registry = Registry::new(
         arbiters,

@@ -499,3 +499,40 @@ async fn a_postgres_transaction_that_commits_late_is_still_delivered() {
     assert_eq!(ids, vec![json!("early"), json!("later")]);
     assert!(second["seq"].as_u64() > first["seq"].as_u64());
 }
+
+#[tokio::test]
+async fn changes_older_than_the_retention_are_pruned_and_cannot_be_resumed() {
+    for db in TestDb::all() {
+        db.execute(ORDERS);
+        let app = TestApp::spawn_on(db, |c| c.changes_retention_s = 1).await;
+        let mut client = app.client().await;
+        let epoch = client.subscribe("orders").await["epoch"].clone();
+        app.db
+            .execute("INSERT INTO orders VALUES ('1', 'Ann', 1, 'pending', 0)");
+        let old = change(&mut client).await["seq"].as_u64().unwrap();
+        app.db
+            .execute("INSERT INTO orders VALUES ('2', 'Ann', 1, 'pending', 0)");
+        change(&mut client).await;
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        app.db
+            .execute("UPDATE orders SET status = 'kept' WHERE id = '2'");
+        assert_eq!(
+            change(&mut client).await["data"]["status"],
+            "kept",
+            "live delivery goes on"
+        );
+
+        let mut late = app.client().await;
+        let reply = late
+            .request(json!({"type": "subscribe", "topic": "orders", "since": old, "epoch": epoch}))
+            .await;
+        assert_eq!(
+            reply["recovered"],
+            false,
+            "{}: seq {} was pruned",
+            app.db.backend(),
+            old + 1
+        );
+        late.expect_silence(Duration::from_millis(300)).await;
+    }
+}

@@ -8,8 +8,9 @@
 //! a fresh snapshot), and changes are numbered in id order. For one row, a
 //! later change always has a larger id (its writer waited for the row lock),
 //! so `seq` order is commit order per row; within a transaction it is
-//! statement order. xmin is cluster-wide: a transaction left open anywhere
-//! delays delivery until it ends.
+//! statement order. Numbering continues from the highest seq ever given out,
+//! pruned ones included, so a seq is never reused. xmin is cluster-wide: a
+//! transaction left open anywhere delays delivery until it ends.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -108,7 +109,10 @@ impl PostgresSource {
                    SELECT id FROM _realtide_changes \
                    WHERE seq IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
                    ORDER BY id LIMIT $1), \
-                 top AS (SELECT COALESCE(max(seq), 0) AS seq FROM _realtide_changes), \
+                 top AS (SELECT GREATEST( \
+                   (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
+                   (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
+                 ) AS seq), \
                  numbered AS ( \
                    SELECT ready.id, top.seq + row_number() OVER (ORDER BY ready.id) AS seq FROM ready, top) \
                  UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id",

@@ -43,6 +43,8 @@ struct Subscriber {
 pub struct Tracking {
     pub poller: Addr<PollerActor>,
     pub db: Database,
+    /// How often the registry asks the tracker to prune the change log.
+    pub prune_every: Duration,
 }
 
 struct TableState {
