@@ -8,6 +8,7 @@
 //! cargo bench --bench load -- idle --connections 5000
 //! ```
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -50,6 +51,28 @@ enum Mode {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
     },
+    /// Table change -> client latency for single writes by an external
+    /// writer, the tracker's idle CPU, and its CPU per change.
+    Changes {
+        /// `sqlite` or `postgres`.
+        #[arg(long, default_value = "sqlite")]
+        backend: String,
+        /// Rows in the table before the run: poll cost must not depend on it.
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
+        #[arg(long, default_value_t = 300)]
+        writes: u64,
+        /// Writes a second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// PostgreSQL server to create a scratch database on.
+        #[arg(
+            long,
+            env = "REALTIDE_TEST_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
+    },
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -58,7 +81,7 @@ type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 struct Server {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -71,6 +94,11 @@ impl Drop for Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        Self::start_on(&url, Some(dir)).await
+    }
+
+    async fn start_on(database_url: &str, dir: Option<tempfile::TempDir>) -> Server {
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -78,8 +106,7 @@ impl Server {
             .to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
             .args(["serve", "--bind", &addr, "--max-publish-rate", "1000000"])
-            .arg("--database-url")
-            .arg(dir.path().join("bench.db"))
+            .args(["--database-url", database_url])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -289,6 +316,156 @@ async fn idle(connections: usize) {
     drop(sockets);
 }
 
+/// A scratch database for the `changes` mode, dropped afterwards.
+struct ScratchDb {
+    url: String,
+    dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl ScratchDb {
+    fn new(backend: &str, postgres_url: &str) -> ScratchDb {
+        use diesel::connection::SimpleConnection;
+        if backend == "postgres" {
+            let name = format!("realtide_bench_{}", std::process::id());
+            let mut admin = realtide::db::connect(postgres_url).expect("PostgreSQL");
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"));
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+            let (prefix, _) = postgres_url.rsplit_once('/').unwrap();
+            ScratchDb {
+                url: format!("{prefix}/{name}"),
+                dir: None,
+                postgres: Some((postgres_url.to_string(), name)),
+            }
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            ScratchDb {
+                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+                dir: Some(dir),
+                postgres: None,
+            }
+        }
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        use diesel::connection::SimpleConnection;
+        if let Some((admin, name)) = &self.postgres
+            && let Ok(mut conn) = realtide::db::connect(admin)
+        {
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    )
+}
+
+async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url: &str) {
+    use diesel::connection::SimpleConnection;
+    let mut scratch = ScratchDb::new(backend, postgres_url);
+    {
+        let mut conn = realtide::db::connect(&scratch.url).unwrap();
+        conn.batch_execute("CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)")
+            .unwrap();
+        let fill = if backend == "postgres" {
+            format!("INSERT INTO bench_rows SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
+        } else {
+            format!(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
+                 INSERT INTO bench_rows SELECT x, 0, 0 FROM c"
+            )
+        };
+        conn.batch_execute(&fill).unwrap();
+    }
+    let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
+    let mut ws = connect(&server.addr).await;
+    subscribe(&mut ws, "bench_rows").await;
+
+    // Idle: subscribed, nothing written.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_window = Duration::from_secs(5);
+    let (u0, s0) = server.cpu();
+    tokio::time::sleep(idle_window).await;
+    let (u1, s1) = server.cpu();
+    let idle_percent = (u1 - u0 + s1 - s0) / idle_window.as_secs_f64() * 100.0;
+
+    // Writes from a connection of the bench's own, as an external program would.
+    let url = scratch.url.clone();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let writer = std::thread::spawn(move || {
+        let mut conn = realtide::db::connect(&url).unwrap();
+        let mut committed = HashMap::new();
+        let started = Instant::now();
+        for i in 0..writes {
+            let due = started + period * i as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let id = 1 + (i * 7919) % rows;
+            let sent = now_ns();
+            conn.batch_execute(&format!(
+                "UPDATE bench_rows SET value = value + 1, sent_ns = {sent} WHERE id = {id}"
+            ))
+            .unwrap();
+            committed.insert(sent, now_ns());
+        }
+        committed
+    });
+    let (u2, s2) = server.cpu();
+    let writing_started = Instant::now();
+    let mut received = Vec::with_capacity(writes as usize);
+    let deadline = Instant::now() + period * writes as u32 + Duration::from_secs(10);
+    while (received.len() as u64) < writes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(left, ws.next()).await else {
+            break;
+        };
+        if let Some(start) = text.find(r#""sent_ns":"#) {
+            let digits: String = text[start + 10..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            received.push((digits.parse::<u64>().unwrap(), now_ns()));
+        }
+    }
+    let (u3, s3) = server.cpu();
+    let writing_elapsed = writing_started.elapsed();
+    let committed = writer.join().unwrap();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for (sent, arrived) in &received {
+        if let Some(commit) = committed.get(sent) {
+            latency.saturating_record((arrived.saturating_sub(*commit) / 1000).max(1));
+        }
+    }
+    println!(
+        "changes: {backend}, {rows} rows, {writes} single-row UPDATEs at {rate}/s by an external writer"
+    );
+    println!("  delivered      {} of {writes}", received.len());
+    println!("  commit->client {}", percentiles(&latency));
+    println!(
+        "  tracker idle   {idle_percent:.2}% of a core (server subscribed, nothing written, {}s)",
+        idle_window.as_secs()
+    );
+    let busy = u3 - u2 + s3 - s2;
+    let idle_share = idle_percent / 100.0 * writing_elapsed.as_secs_f64();
+    let changes = received.len().max(1) as f64;
+    println!(
+        "  server CPU     {:.0} µs per change while writing; {:.0} µs above the idle loop",
+        busy * 1e6 / changes,
+        (busy - idle_share).max(0.0) * 1e6 / changes
+    );
+    drop(server);
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -305,6 +482,13 @@ fn main() {
                 payload,
             } => fanout(subscribers, rate, seconds, payload).await,
             Mode::Idle { connections } => idle(connections).await,
+            Mode::Changes {
+                backend,
+                rows,
+                writes,
+                rate,
+                postgres_url,
+            } => changes(&backend, rows, writes, rate, &postgres_url).await,
         }
     });
 }

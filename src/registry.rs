@@ -14,7 +14,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use crate::changes::poller::PruneChanges;
 use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::session::messages::{ConnId, Shutdown};
@@ -113,9 +112,9 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
-        self.tracking.poller.do_send(PruneChanges);
+        self.tracking.tracker.prune();
         ctx.run_interval(self.tracking.prune_every, |registry, _| {
-            registry.tracking.poller.do_send(PruneChanges)
+            registry.tracking.tracker.prune()
         });
     }
 }

@@ -11,14 +11,12 @@ use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
-use std::sync::Mutex;
-
 use crate::changes::ChangeSource;
-use crate::changes::poller::{PollerActor, StopTracking};
+use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
 use crate::changes::sqlite::SqliteSource;
 use crate::config::Config;
-use crate::db::{Database, DbConnection, DbError};
+use crate::db::{Database, DatabaseUrl, DbConnection, DbError};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, Registry, ShutdownSessions};
@@ -52,28 +50,23 @@ pub struct Controller {
     pub addr: SocketAddr,
     http: ServerHandle,
     registry: Addr<Registry>,
-    poller: Addr<PollerActor>,
+    tracker: Tracker,
 }
 
 /// Starts the change tracker on a thread of its own with its own connection.
-fn start_tracker(db: &Database, config: &Config) -> Result<Addr<PollerActor>, StartError> {
+fn start_tracker(db: &Database, config: &Config) -> Result<Tracker, StartError> {
     let conn = db.dedicated_connection()?;
-    let source: Box<dyn ChangeSource> = match conn {
-        conn @ DbConnection::Pg(_) => Box::new(PostgresSource::new(conn)),
-        conn @ DbConnection::Sqlite(_) => Box::new(SqliteSource::new(conn)),
+    let source: Box<dyn ChangeSource> = match (conn, db.url()) {
+        (conn @ DbConnection::Sqlite(_), DatabaseUrl::Sqlite(path)) => {
+            Box::new(SqliteSource::new(conn, path.clone()))
+        }
+        (conn, _) => Box::new(PostgresSource::new(conn)),
     };
-    let source = Mutex::new(Some(source));
-    let probe_every = Duration::from_millis(config.poll_interval_ms);
-    let retention = Duration::from_secs(config.changes_retention_s);
-    Ok(SyncArbiter::start(1, move || {
-        // unwrap: a SyncArbiter of one thread calls this factory once.
-        let source = source
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take())
-            .expect("one tracker thread");
-        PollerActor::new(source, probe_every, retention)
-    }))
+    Ok(Tracker::start(
+        source,
+        Duration::from_millis(config.poll_interval_ms),
+        Duration::from_secs(config.changes_retention_s),
+    ))
 }
 
 /// Starts realtide on `listener`. Call it inside an actix system; it blocks
@@ -92,9 +85,9 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
-    let poller = start_tracker(&db, &config)?;
+    let tracker = start_tracker(&db, &config)?;
     let tracking = Tracking {
-        poller: poller.clone(),
+        tracker: tracker.clone(),
         db: db.clone(),
         // Often enough that nothing outlives the retention by more than half
         // of it; at most once a minute.
@@ -123,7 +116,7 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
         addr,
         http: server.handle(),
         registry,
-        poller,
+        tracker,
     };
     Ok(RunningServer { server, controller })
 }
@@ -136,7 +129,7 @@ impl RunningServer {
     /// Runs until the server is stopped, then stops the actix system with its arbiters.
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.controller.poller.do_send(StopTracking);
+        self.controller.tracker.stop();
         System::current().stop();
         result
     }
@@ -169,7 +162,7 @@ impl Controller {
             }
         }
         self.http.stop(true).await;
-        self.poller.do_send(StopTracking);
+        self.tracker.stop();
     }
 }
 

@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use serde_json::{Map, Value};
 
 pub use filter::Filter;
-pub use poller::PollerActor;
+pub use poller::{PollerActor, Tracker};
 
 use crate::db::{DbConnection, DbError};
 

@@ -2,12 +2,14 @@
 //! own with a dedicated database connection, so its blocking reads never hold
 //! up an actor thread.
 //!
-//! The loop. While at least one table topic watches, the actor handles a
-//! `Tick` every `--poll-interval-ms`: it asks its [`ChangeSource`] whether
-//! anything may have committed (SQLite: `PRAGMA data_version`; PostgreSQL:
-//! pending notifications), which costs no read of the log, and reads the log
-//! after its cursor when so, or when [`FULL_READ_EVERY`] has passed without a
-//! read. Changes go to each table's topic as one `TableChanged` per table per
+//! The loop. While at least one table topic watches, the actor's `Tick`
+//! handler loops: every `--poll-interval-ms` it asks its [`ChangeSource`]
+//! whether anything may have committed (SQLite: a stat of the database and
+//! WAL files, then `PRAGMA data_version`; PostgreSQL: pending notifications),
+//! which costs no read of the log, and reads the log after its cursor when
+//! so, or when [`FULL_READ_EVERY`] has passed without a read. It leaves the
+//! loop (and lets its mailbox run) only when a [`Tracker`] call knocks, so an
+//! idle tracker costs one timed sleep per period and no message traffic. Changes go to each table's topic as one `TableChanged` per table per
 //! read, in `seq` order. On a database error it logs, waits
 //! [`ERROR_BACKOFF`] and carries on from the same cursor, so nothing is
 //! skipped. With no topic watching it stops ticking, and a `Watch` starts it
@@ -16,6 +18,9 @@
 //! older than `--changes-retention-s`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -31,8 +36,76 @@ pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// Changes read per query.
 const BATCH: i64 = 1000;
 
+/// The handle everyone else holds: it sends the poller a message and then
+/// knocks, so the poller's loop yields to its mailbox.
+#[derive(Clone)]
+pub struct Tracker {
+    addr: Addr<PollerActor>,
+    /// Set after a message is queued; the loop checks it every period.
+    knock: Arc<AtomicBool>,
+}
+
+impl Tracker {
+    /// Starts the poller on a thread of its own.
+    pub fn start(
+        source: Box<dyn ChangeSource>,
+        probe_every: Duration,
+        retention: Duration,
+    ) -> Tracker {
+        let knock = Arc::new(AtomicBool::new(false));
+        let source = Mutex::new(Some(source));
+        let loop_knock = knock.clone();
+        let addr = SyncArbiter::start(1, move || {
+            // unwrap: a SyncArbiter of one thread calls this factory once.
+            let source = source
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .expect("one tracker thread");
+            PollerActor::new(source, probe_every, retention, loop_knock.clone())
+        });
+        Tracker { addr, knock }
+    }
+
+    fn knock(&self) {
+        self.knock.store(true, Ordering::Release);
+    }
+
+    /// Start delivering `table`'s changes to `topic`: see [`Watch`].
+    pub fn watch(
+        &self,
+        table: String,
+        topic: Recipient<TableChanged>,
+    ) -> impl Future<Output = Result<Option<Watched>, DbError>> + 'static {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // do_send, then knock: the message is queued before the loop yields.
+        self.addr.do_send(Watch {
+            table,
+            topic,
+            reply,
+        });
+        self.knock();
+        async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(DbError::Task("the change tracker stopped".into())))
+        }
+    }
+
+    pub fn prune(&self) {
+        self.addr.do_send(PruneChanges);
+        self.knock();
+    }
+
+    pub fn stop(&self) {
+        self.addr.do_send(StopTracking);
+        self.knock();
+    }
+}
+
 pub struct PollerActor {
     source: Box<dyn ChangeSource>,
+    knock: Arc<AtomicBool>,
     /// The seq of the last change read; the next read starts after it.
     cursor: u64,
     /// Each watched table's topic. A topic that stopped is dropped at the next dispatch.
@@ -44,9 +117,15 @@ pub struct PollerActor {
 }
 
 impl PollerActor {
-    pub fn new(source: Box<dyn ChangeSource>, probe_every: Duration, retention: Duration) -> Self {
+    fn new(
+        source: Box<dyn ChangeSource>,
+        probe_every: Duration,
+        retention: Duration,
+        knock: Arc<AtomicBool>,
+    ) -> Self {
         PollerActor {
             source,
+            knock,
             cursor: 0,
             topics: HashMap::new(),
             probe_every,
@@ -109,17 +188,23 @@ impl Handler<Tick> for PollerActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Tick, ctx: &mut Self::Context) {
-        self.topics.retain(|_, topic| topic.connected());
-        if self.topics.is_empty() {
-            self.ticking = false;
-            return;
+        loop {
+            self.topics.retain(|_, topic| topic.connected());
+            if self.topics.is_empty() {
+                self.ticking = false;
+                return;
+            }
+            if let Err(error) = self.read() {
+                tracing::warn!(%error, "change tracker: reading the log failed; retrying");
+                std::thread::sleep(ERROR_BACKOFF);
+            }
+            std::thread::sleep(self.probe_every);
+            if self.knock.swap(false, Ordering::AcqRel) {
+                // Let the queued messages run; this Tick comes after them.
+                ctx.address().do_send(Tick);
+                return;
+            }
         }
-        if let Err(error) = self.read() {
-            tracing::warn!(%error, "change tracker: reading the log failed; retrying");
-            std::thread::sleep(ERROR_BACKOFF);
-        }
-        std::thread::sleep(self.probe_every);
-        ctx.address().do_send(Tick);
     }
 }
 
@@ -127,10 +212,11 @@ impl Handler<Tick> for PollerActor {
 /// needed. Answers the table's shape and its latest seq, or `None` when
 /// there is no such table.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Watched>, DbError>")]
+#[rtype(result = "()")]
 pub struct Watch {
     pub table: String,
     pub topic: Recipient<TableChanged>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Option<Watched>, DbError>>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,10 +227,22 @@ pub struct Watched {
 }
 
 impl Handler<Watch> for PollerActor {
-    type Result = Result<Option<Watched>, DbError>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Watch, ctx: &mut Self::Context) -> Self::Result {
-        let Some(shape) = self.source.watch(&msg.table)? else {
+    fn handle(&mut self, msg: Watch, ctx: &mut Self::Context) {
+        let answer = self.watch(msg.table, msg.topic, ctx);
+        let _ = msg.reply.send(answer);
+    }
+}
+
+impl PollerActor {
+    fn watch(
+        &mut self,
+        table: String,
+        topic: Recipient<TableChanged>,
+        ctx: &mut SyncContext<Self>,
+    ) -> Result<Option<Watched>, DbError> {
+        let Some(shape) = self.source.watch(&table)? else {
             return Ok(None);
         };
         if !self.ticking {
@@ -154,8 +252,8 @@ impl Handler<Watch> for PollerActor {
             self.ticking = true;
             ctx.address().do_send(Tick);
         }
-        let latest_seq = self.source.latest_seq(Some(&msg.table))?;
-        self.topics.insert(msg.table, msg.topic);
+        let latest_seq = self.source.latest_seq(Some(&table))?;
+        self.topics.insert(table, topic);
         Ok(Some(Watched { shape, latest_seq }))
     }
 }
@@ -163,7 +261,7 @@ impl Handler<Watch> for PollerActor {
 /// Delete changes older than the retention window.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PruneChanges;
+struct PruneChanges;
 
 impl Handler<PruneChanges> for PollerActor {
     type Result = ();
@@ -181,7 +279,7 @@ impl Handler<PruneChanges> for PollerActor {
 /// Stop the tracker (server shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StopTracking;
+struct StopTracking;
 
 impl Handler<StopTracking> for PollerActor {
     type Result = ();

@@ -7,6 +7,8 @@
 //! of the log.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -20,10 +22,36 @@ const PAIRS_PER_CALL: usize = 60;
 
 pub struct SqliteSource {
     conn: DbConnection,
+    /// The database file; its WAL file's size and mtime change with every commit.
+    path: PathBuf,
+    files: Option<FileStamp>,
     data_version: i64,
     schema_version: i64,
     /// Watched tables and the columns their triggers list.
     watched: HashMap<String, Vec<String>>,
+}
+
+/// Size and modification time of the database file and its WAL: every commit
+/// appends to the WAL, every checkpoint writes the database file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    db: (u64, SystemTime),
+    wal: Option<(u64, SystemTime)>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let stamp = |p: &Path| {
+            let meta = std::fs::metadata(p).ok()?;
+            Some((meta.len(), meta.modified().ok()?))
+        };
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Some(FileStamp {
+            db: stamp(path)?,
+            wal: stamp(Path::new(&wal)),
+        })
+    }
 }
 
 #[derive(QueryableByName)]
@@ -101,10 +129,12 @@ pub fn trigger_sql(table: &str, columns: &[String], op: &str) -> String {
 }
 
 impl SqliteSource {
-    /// `conn` must be a SQLite connection of its own (the poller's).
-    pub fn new(conn: DbConnection) -> Self {
+    /// `conn` must be a SQLite connection of its own (the poller's) to the file at `path`.
+    pub fn new(conn: DbConnection, path: PathBuf) -> Self {
         SqliteSource {
             conn,
+            path,
+            files: None,
             data_version: -1,
             schema_version: -1,
             watched: HashMap::new(),
@@ -193,6 +223,13 @@ impl ChangeSource for SqliteSource {
     }
 
     fn probe(&mut self) -> Result<Probe, DbError> {
+        // A stat of two files costs far less than a query: ask SQLite only
+        // when one of them moved.
+        let files = FileStamp::of(&self.path);
+        if files.is_some() && files == self.files {
+            return Ok(Probe::default());
+        }
+        self.files = files;
         let v: Versions = diesel::sql_query(
             "SELECT d.data_version AS data_version, s.schema_version AS schema_version \
              FROM pragma_data_version() AS d, pragma_schema_version() AS s",

@@ -144,6 +144,10 @@ impl Database {
         .connect()
     }
 
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         self.backend

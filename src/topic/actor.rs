@@ -17,7 +17,7 @@ use super::messages::{
 };
 use super::name::{TopicKind, TopicName};
 use super::replay::ReplayRing;
-use crate::changes::poller::{PollerActor, Watch};
+use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
 use crate::db::Database;
 use crate::metrics::Metrics;
@@ -41,7 +41,7 @@ struct Subscriber {
 /// What a table topic needs from the change tracker and the database.
 #[derive(Clone)]
 pub struct Tracking {
-    pub poller: Addr<PollerActor>,
+    pub tracker: Tracker,
     pub db: Database,
     /// How often the registry asks the tracker to prune the change log.
     pub prune_every: Duration,
@@ -241,22 +241,22 @@ impl TopicActor {
         if table.shape.is_some() {
             return self.admit_to_table(msg, ctx);
         }
-        let watch = table.tracking.poller.send(Watch {
-            table: self.name.to_string(),
-            topic: ctx.address().recipient(),
-        });
+        let watch = table
+            .tracking
+            .tracker
+            .watch(self.name.to_string(), ctx.address().recipient());
         ctx.wait(
             watch
                 .into_actor(self)
                 .map(move |answer, topic, ctx| match answer {
-                    Ok(Ok(Some(watched))) => {
+                    Ok(Some(watched)) => {
                         topic.seq = topic.seq.max(watched.latest_seq);
                         if let Some(table) = &mut topic.table {
                             table.shape = Some(watched.shape);
                         }
                         topic.admit_to_table(msg, ctx);
                     }
-                    Ok(Ok(None)) => {
+                    Ok(None) => {
                         let name = topic.name.to_string();
                         topic.refuse(
                             &msg,
@@ -266,10 +266,6 @@ impl TopicActor {
                             ),
                         );
                     }
-                    Ok(Err(e)) => topic.refuse(
-                        &msg,
-                        ProtocolError::unavailable(format!("change tracker: {e}")),
-                    ),
                     Err(e) => topic.refuse(
                         &msg,
                         ProtocolError::unavailable(format!("change tracker: {e}")),
