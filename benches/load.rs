@@ -394,7 +394,7 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
 
     // Idle: subscribed, nothing written.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_window = Duration::from_secs(5);
+    let idle_window = Duration::from_secs(10);
     let (u0, s0) = server.cpu();
     tokio::time::sleep(idle_window).await;
     let (u1, s1) = server.cpu();
