@@ -60,7 +60,7 @@ fn start_tracker(db: &Database, config: &Config) -> Result<Tracker, StartError> 
         (conn @ DbConnection::Sqlite(_), DatabaseUrl::Sqlite(path)) => {
             Box::new(SqliteSource::new(conn, path.clone()))
         }
-        (conn, _) => Box::new(PostgresSource::new(conn)),
+        (conn, url) => Box::new(PostgresSource::new(conn, url.clone())),
     };
     Ok(Tracker::start(
         source,

@@ -536,3 +536,44 @@ async fn changes_older_than_the_retention_are_pruned_and_cannot_be_resumed() {
         late.expect_silence(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn the_tracker_reconnects_after_postgres_drops_its_connection() {
+    let Some(db) = TestDb::postgres() else { return };
+    let app = app_with_orders(db).await;
+    let mut client = app.client().await;
+    client.subscribe("orders").await;
+    app.db
+        .execute("INSERT INTO orders VALUES ('1', 'Ann', 1, 'pending', 0)");
+    change(&mut client).await;
+    app.db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    app.db
+        .execute("INSERT INTO orders VALUES ('2', 'Bob', 2, 'pending', 0)");
+    let after = change(&mut client).await;
+    assert_eq!(
+        after["data"]["id"], "2",
+        "delivered once the tracker is back"
+    );
+}
+
+#[tokio::test]
+async fn dropped_triggers_come_back_so_a_column_can_be_dropped_on_sqlite() {
+    let db = TestDb::sqlite();
+    let app = app_with_orders(db).await;
+    let mut client = app.client().await;
+    client.subscribe("orders").await;
+    // SQLite refuses to drop a column a trigger names: drop ours first.
+    app.db.shell(
+        "DROP TRIGGER _realtide_orders_insert; DROP TRIGGER _realtide_orders_update; \
+         DROP TRIGGER _realtide_orders_delete; ALTER TABLE orders DROP COLUMN created_at;",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.db
+        .execute("INSERT INTO orders (id, customer_name, amount) VALUES ('1', 'Ann', 1)");
+    let insert = change(&mut client).await;
+    assert_eq!(insert["data"]["id"], "1");
+    assert!(insert["data"].get("created_at").is_none());
+}

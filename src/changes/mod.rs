@@ -184,6 +184,8 @@ pub trait ChangeSource: Send {
     fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError>;
     /// Deletes changes written before `before_ms`; returns the highest seq deleted.
     fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError>;
+    /// Replaces a connection that failed, keeping what is watched.
+    fn reconnect(&mut self) -> Result<(), DbError>;
 }
 
 /// What the tracker knows of a watched table.

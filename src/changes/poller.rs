@@ -195,8 +195,11 @@ impl Handler<Tick> for PollerActor {
                 return;
             }
             if let Err(error) = self.read() {
-                tracing::warn!(%error, "change tracker: reading the log failed; retrying");
+                tracing::warn!(%error, "change tracker: reading the log failed; reconnecting");
                 std::thread::sleep(ERROR_BACKOFF);
+                if let Err(error) = self.source.reconnect() {
+                    tracing::warn!(%error, "change tracker: cannot reconnect yet");
+                }
             }
             std::thread::sleep(self.probe_every);
             if self.knock.swap(false, Ordering::AcqRel) {

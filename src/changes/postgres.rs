@@ -20,7 +20,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
 use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
-use crate::db::{DbConnection, DbError};
+use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
 const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
@@ -30,6 +30,7 @@ const SHAPE_REFRESH: Duration = Duration::from_secs(2);
 
 pub struct PostgresSource {
     conn: DbConnection,
+    url: DatabaseUrl,
     /// Watched tables' decoders (their bytea columns).
     watched: HashMap<String, RowDecoder>,
     /// Changes were waiting for an older transaction at the last poll.
@@ -53,10 +54,11 @@ struct Flag {
 }
 
 impl PostgresSource {
-    /// `conn` must be a PostgreSQL connection of its own (the poller's).
-    pub fn new(conn: DbConnection) -> Self {
+    /// `conn` must be a PostgreSQL connection of its own (the poller's) to `url`.
+    pub fn new(conn: DbConnection, url: DatabaseUrl) -> Self {
         PostgresSource {
             conn,
+            url,
             watched: HashMap::new(),
             pending: false,
             listening: false,
@@ -213,5 +215,15 @@ impl ChangeSource for PostgresSource {
 
     fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError> {
         super::prune_before(&mut self.conn, before_ms)
+    }
+
+    fn reconnect(&mut self) -> Result<(), DbError> {
+        self.conn = crate::db::connect_to(&self.url)?;
+        self.listening = false;
+        self.conn.batch_execute("LISTEN _realtide_changes")?;
+        self.listening = true;
+        // Notifications may have been missed while disconnected.
+        self.pending = true;
+        Ok(())
     }
 }

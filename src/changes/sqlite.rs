@@ -15,7 +15,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
-use crate::db::{DbConnection, DbError};
+use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Column pairs per `json_object` / `json_set` call: SQLite allows 127 arguments.
 const PAIRS_PER_CALL: usize = 60;
@@ -195,11 +195,12 @@ impl SqliteSource {
         let tables: Vec<String> = self.watched.keys().cloned().collect();
         for table in tables {
             match self.columns(&table)? {
-                Some(columns) if self.watched.get(&table) != Some(&columns) => {
+                // `install` rewrites the triggers only if they differ or are
+                // gone (someone dropped them, e.g. to drop a column).
+                Some(columns) => {
                     self.install(&table, &columns)?;
                     self.watched.insert(table, columns);
                 }
-                Some(_) => {}
                 None => {
                     self.watched.remove(&table);
                 }
@@ -270,6 +271,12 @@ impl ChangeSource for SqliteSource {
 
     fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError> {
         super::prune_before(&mut self.conn, before_ms)
+    }
+
+    fn reconnect(&mut self) -> Result<(), DbError> {
+        self.conn = crate::db::connect_to(&DatabaseUrl::Sqlite(self.path.clone()))?;
+        self.files = None;
+        Ok(())
     }
 }
 

@@ -138,10 +138,7 @@ impl Database {
     /// A connection outside the pool, for the change tracker's own thread.
     /// Blocking.
     pub fn dedicated_connection(&self) -> Result<DbConnection, DbError> {
-        Manager {
-            url: self.url.clone(),
-        }
-        .connect()
+        connect_to(&self.url)
     }
 
     pub fn url(&self) -> &DatabaseUrl {
@@ -179,10 +176,12 @@ impl Database {
 /// One connection outside any pool (SQLite with its busy timeout), e.g. for
 /// tools and tests that write the database as another program would.
 pub fn connect(url: &str) -> Result<DbConnection, DbError> {
-    Manager {
-        url: DatabaseUrl::parse(url)?,
-    }
-    .connect()
+    connect_to(&DatabaseUrl::parse(url)?)
+}
+
+/// One connection outside any pool, to a parsed url.
+pub fn connect_to(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
+    Manager { url: url.clone() }.connect()
 }
 
 fn ensure_epoch(conn: &mut DbConnection) -> Result<String, DbError> {
