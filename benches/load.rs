@@ -145,6 +145,18 @@ impl Server {
         )
     }
 
+    /// CPU seconds of every thread so far, from the scheduler's exact
+    /// accounting (`schedstat`), not the tick-sampled `stat` fields, which
+    /// misjudge a thread that wakes briefly every few milliseconds.
+    fn cpu_exact(&self) -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        let ns: u64 = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns as f64 / 1e9
+    }
+
     fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kb: u64 = status
@@ -395,10 +407,9 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
     // Idle: subscribed, nothing written.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_window = Duration::from_secs(10);
-    let (u0, s0) = server.cpu();
+    let c0 = server.cpu_exact();
     tokio::time::sleep(idle_window).await;
-    let (u1, s1) = server.cpu();
-    let idle_percent = (u1 - u0 + s1 - s0) / idle_window.as_secs_f64() * 100.0;
+    let idle_percent = (server.cpu_exact() - c0) / idle_window.as_secs_f64() * 100.0;
 
     // Writes from a connection of the bench's own, as an external program would.
     let url = scratch.url.clone();
@@ -420,7 +431,7 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
         }
         committed
     });
-    let (u2, s2) = server.cpu();
+    let c2 = server.cpu_exact();
     let writing_started = Instant::now();
     let mut received = Vec::with_capacity(writes as usize);
     let deadline = Instant::now() + period * writes as u32 + Duration::from_secs(10);
@@ -437,7 +448,7 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
             received.push((digits.parse::<u64>().unwrap(), now_ns()));
         }
     }
-    let (u3, s3) = server.cpu();
+    let busy = server.cpu_exact() - c2;
     let writing_elapsed = writing_started.elapsed();
     let committed = writer.join().unwrap();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -455,7 +466,6 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
         "  tracker idle   {idle_percent:.2}% of a core (server subscribed, nothing written, {}s)",
         idle_window.as_secs()
     );
-    let busy = u3 - u2 + s3 - s2;
     let idle_share = idle_percent / 100.0 * writing_elapsed.as_secs_f64();
     let changes = received.len().max(1) as f64;
     println!(
