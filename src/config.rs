@@ -83,6 +83,16 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_CHANGES_RETENTION_S", default_value_t = 86_400)]
     pub changes_retention_s: u64,
 
+    /// Stored messages a pub/sub topic keeps (the oldest go first).
+    #[arg(long, env = "REALTIDE_HISTORY_MAX_MESSAGES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub history_max_messages: i64,
+
+    /// Seconds a stored message is kept.
+    #[arg(long, env = "REALTIDE_HISTORY_MAX_AGE_S", default_value_t = 30 * 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_age_s: u64,
+
     /// HS256 secret; without it the server runs in open mode.
     #[arg(long, env = "REALTIDE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -12,6 +12,7 @@
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
 //! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
+//! - [`history`]: persisted messages and their pages.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`state`]: what handlers and sessions share.
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod db;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod protocol;

@@ -20,7 +20,9 @@ use crate::session::messages::{ConnId, Shutdown};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::Tracking;
-use crate::topic::messages::{Publish, Published, StopIfIdle, Subscribe, Unsubscribe};
+use crate::topic::messages::{
+    Publish, Published, StopIfIdle, Subscribe, Track, Unsubscribe, Untrack,
+};
 
 pub struct Registry {
     topics: HashMap<Arc<str>, Addr<TopicActor>>,
@@ -33,7 +35,22 @@ pub struct Registry {
     replay_ttl: Duration,
     /// The change tracker and database, handed to table topics.
     tracking: Tracking,
+    history: HistoryRetention,
     metrics: Metrics,
+}
+
+/// How much message history each topic keeps; enforced by a periodic job on
+/// the blocking pool, never in the publish path.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryRetention {
+    pub max_messages: i64,
+    pub max_age: Duration,
+}
+
+impl HistoryRetention {
+    fn period(&self) -> Duration {
+        (self.max_age / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
 }
 
 impl Registry {
@@ -42,6 +59,7 @@ impl Registry {
         replay_size: usize,
         replay_ttl: Duration,
         tracking: Tracking,
+        history: HistoryRetention,
         metrics: Metrics,
     ) -> Self {
         Registry {
@@ -52,8 +70,24 @@ impl Registry {
             replay_size,
             replay_ttl,
             tracking,
+            history,
             metrics,
         }
+    }
+
+    fn prune_history(&self) {
+        let (db, retention) = (self.tracking.db.clone(), self.history);
+        actix::spawn(async move {
+            let cutoff = crate::topic::actor::now_ms() - retention.max_age.as_millis() as i64;
+            let pruned = db
+                .run(move |conn| crate::history::prune(conn, cutoff, retention.max_messages))
+                .await;
+            match pruned {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "message history pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning message history failed"),
+            }
+        });
     }
 
     fn topic(&mut self, name: &TopicName) -> Addr<TopicActor> {
@@ -64,7 +98,7 @@ impl Registry {
             name.clone(),
             self.replay_size,
             self.replay_ttl,
-            Some(self.tracking.clone()),
+            self.tracking.clone(),
             self.metrics.clone(),
         );
         let addr = if self.arbiters.is_empty() {
@@ -113,6 +147,9 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
         self.tracking.tracker.prune();
+        ctx.run_interval(self.history.period(), |registry, _| {
+            registry.prune_history()
+        });
         ctx.run_interval(self.tracking.prune_every, |registry, _| {
             registry.tracking.tracker.prune()
         });
@@ -183,6 +220,47 @@ pub fn publish(
         outcome
             .await
             .map_err(|_| ProtocolError::unavailable("the topic stopped before publishing"))?
+    }
+}
+
+/// A command for a running topic; dropped if the topic does not run.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForTopic {
+    pub topic: Arc<str>,
+    pub message: TopicCommand,
+}
+
+pub enum TopicCommand {
+    Track(Track),
+    Untrack(Untrack),
+}
+
+impl Handler<ForTopic> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForTopic, _ctx: &mut Self::Context) {
+        if let Some(addr) = self.topics.get(&msg.topic) {
+            match msg.message {
+                TopicCommand::Track(track) => addr.do_send(track),
+                TopicCommand::Untrack(untrack) => addr.do_send(untrack),
+            }
+        }
+    }
+}
+
+/// The running topic of that name, if any.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<TopicActor>>")]
+pub struct FindTopic {
+    pub topic: Arc<str>,
+}
+
+impl Handler<FindTopic> for Registry {
+    type Result = Option<Addr<TopicActor>>;
+
+    fn handle(&mut self, msg: FindTopic, _ctx: &mut Self::Context) -> Self::Result {
+        self.topics.get(&msg.topic).cloned()
     }
 }
 

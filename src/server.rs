@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::{Database, DatabaseUrl, DbConnection, DbError};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::registry::{CountSessions, Registry, ShutdownSessions};
+use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
 use crate::state::AppState;
 use crate::topic::actor::Tracking;
 
@@ -99,6 +99,10 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
         config.replay_size,
         config.replay_ttl(),
         tracking,
+        HistoryRetention {
+            max_messages: config.history_max_messages,
+            max_age: Duration::from_secs(config.history_max_age_s),
+        },
         metrics.clone(),
     )
     .start();

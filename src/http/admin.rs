@@ -5,11 +5,13 @@ use futures_util::future::join_all;
 
 use super::{ApiError, bearer};
 use crate::protocol::ProtocolError;
-use crate::registry::ListTopics;
+use crate::registry::{FindTopic, ListTopics};
 use crate::state::AppState;
-use crate::topic::messages::GetTopicInfo;
+use crate::topic::TopicName;
+use crate::topic::messages::{GetPresence, GetTopicInfo};
+use serde_json::json;
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
     state.admin_guard.check(bearer(req), peer).map_err(|e| {
         state.metrics.error(e.code);
@@ -35,4 +37,31 @@ pub async fn topics(
         .collect();
     infos.sort_by(|a, b| a.topic.cmp(&b.topic));
     Ok(HttpResponse::Ok().json(infos))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct PresenceQuery {
+    topic: String,
+}
+
+/// `GET /admin/presence?topic=`: the topic's presence entries (none when it does not run).
+pub async fn presence(
+    req: HttpRequest,
+    query: web::Query<PresenceQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let name = TopicName::parse(&query.topic, &state.config.project_id)?;
+    let topic = state
+        .registry
+        .send(FindTopic {
+            topic: name.shared(),
+        })
+        .await
+        .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
+    let presences = match topic {
+        Some(topic) => topic.send(GetPresence).await.unwrap_or_else(|_| json!({})),
+        None => json!({}),
+    };
+    Ok(HttpResponse::Ok().json(json!({"topic": name.as_str(), "presences": presences})))
 }

@@ -39,11 +39,6 @@ fn validate(message: &EmitMessage, project_id: &str) -> Result<TopicName, Protoc
         )));
     }
     validate_event_name(&message.event)?;
-    if message.persist == Some(true) {
-        return Err(ProtocolError::unavailable(
-            "persisted messages are not available in this version of realtide",
-        ));
-    }
     Ok(name)
 }
 
@@ -88,6 +83,7 @@ pub async fn emit(
                 data: message.data,
                 user_id: None,
                 publisher: None,
+                persist: message.persist == Some(true),
                 ack: None,
                 reply: None,
             };
@@ -96,11 +92,18 @@ pub async fn emit(
         .collect();
     let mut results = Vec::with_capacity(outcomes.len());
     for outcome in futures_util::future::join_all(outcomes).await {
-        results.push(json!({"seq": outcome?.seq}));
+        let published = outcome?;
+        let mut result = json!({"seq": published.seq});
+        if let Some(id) = published.message_id {
+            result["message_id"] = id.into();
+        }
+        results.push(result);
     }
     Ok(HttpResponse::Ok().json(if batch {
         json!({"ok": true, "results": results})
     } else {
-        json!({"ok": true, "seq": results[0]["seq"]})
+        let mut one = results.swap_remove(0);
+        one["ok"] = true.into();
+        one
     }))
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod emit;
 pub mod errors;
 pub mod health;
+pub mod history;
 pub mod ws;
 
 use actix_web::{HttpRequest, web};
@@ -22,6 +23,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
         .service(resource("/api/realtime/emit").route(web::post().to(emit::emit)))
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))
+        .service(resource("/admin/presence").route(web::get().to(admin::presence)))
+        .service(
+            resource("/admin/history")
+                .route(web::get().to(history::admin_read))
+                .route(web::delete().to(history::admin_delete)),
+        )
+        .service(resource("/api/v1/public/realtime/history").route(web::get().to(history::public)))
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(resource("/metrics").route(web::get().to(health::metrics)))

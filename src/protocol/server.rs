@@ -77,6 +77,13 @@ pub fn unsubscribed(reference: Option<&Value>, topic: &str, reason: Option<&str>
     with_ref(reply, reference)
 }
 
+pub fn history(reference: Option<&Value>, topic: &str, messages: Vec<Value>) -> ByteString {
+    with_ref(
+        object(json!({"type": "history", "topic": topic, "messages": messages})),
+        reference,
+    )
+}
+
 pub fn ack(reference: Option<&Value>) -> ByteString {
     with_ref(object(json!({"type": "ack"})), reference)
 }
@@ -127,14 +134,24 @@ impl TopicFrame {
         user_id: Option<&str>,
         timestamp_ms: i64,
         seq: u64,
+        message_id: Option<&str>,
     ) -> Self {
-        let fields = json!({
+        let mut fields = json!({
             "event": event,
             "data": data,
             "userId": user_id,
             "timestamp": timestamp_ms,
             "seq": seq,
         });
+        if let Some(id) = message_id {
+            fields["message_id"] = id.into();
+        }
+        Self::from_fields(r#"{"type":"event","topic":"#, fields)
+    }
+
+    /// A presence event: no `seq`, never replayed.
+    pub fn presence(event: &str, data: &Value, timestamp_ms: i64) -> Self {
+        let fields = json!({"event": event, "data": data, "timestamp": timestamp_ms});
         Self::from_fields(r#"{"type":"event","topic":"#, fields)
     }
 
@@ -189,7 +206,7 @@ mod tests {
 
     #[test]
     fn an_event_frame_is_one_json_object_with_the_spelling_as_topic() {
-        let frame = TopicFrame::event("msg", &json!({"t": "a\"b"}), Some("ann"), 5, 9);
+        let frame = TopicFrame::event("msg", &json!({"t": "a\"b"}), Some("ann"), 5, 9, None);
         let parsed: Value = serde_json::from_str(&frame.for_spelling("chat/x/realtide")).unwrap();
         assert_eq!(
             parsed,

@@ -24,13 +24,21 @@ use super::messages::{ClientTooSlow, ConnId, Deliver, FrameKind, Shutdown};
 use super::outbound::{OutboundGauge, Reserve};
 use crate::auth::Identity;
 use crate::changes::Filter;
-use crate::protocol::client::{Envelope, PublishRequest, Request, SubscribeRequest};
+use crate::history;
+use crate::protocol::client::{
+    Envelope, HistoryRequest, PublishRequest, Request, SubscribeRequest,
+};
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
-use crate::registry::{self, SessionClosed, SessionOpened, SubscribeTo, UnsubscribeFrom};
+use crate::registry::{
+    self, ForTopic, SessionClosed, SessionOpened, SubscribeTo, TopicCommand, UnsubscribeFrom,
+};
 use crate::state::AppState;
-use crate::topic::messages::{AckTo, Publish, Subscribe, SubscriberHandle};
+use crate::topic::messages::{AckTo, Publish, Subscribe, SubscriberHandle, Track, Untrack};
 use crate::topic::{TopicKind, TopicName};
+
+/// Largest presence state, in bytes of compact JSON.
+pub const MAX_PRESENCE_STATE: usize = 4096;
 
 /// One subscription of this connection, keyed by canonical topic name.
 struct Subscription {
@@ -165,12 +173,17 @@ impl SessionActor {
             }
             Request::Publish(publish) => self.publish(publish, reference, ctx),
             Request::Auth { token } => self.reauthenticate(&token, reference, ctx),
-            Request::Track { .. } | Request::Untrack { .. } => Err(ProtocolError::unavailable(
-                "presence is not available in this version of realtide",
-            )),
-            Request::History(_) => Err(ProtocolError::unavailable(
-                "message history is not available in this version of realtide",
-            )),
+            Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
+            Request::Untrack { topic } => {
+                let name = self.parse_topic(&topic)?;
+                self.state.registry.do_send(ForTopic {
+                    topic: name.shared(),
+                    message: TopicCommand::Untrack(Untrack { conn: self.conn }),
+                });
+                self.send(ctx, server::ack(reference.as_ref()));
+                Ok(())
+            }
+            Request::History(request) => self.history(request, reference, ctx),
         }
     }
 
@@ -218,6 +231,7 @@ impl SessionActor {
                 since: request.since,
                 epoch: request.epoch,
                 filter,
+                history: request.history,
                 handle: self.subscriber_handle(ctx),
             },
             topic: name,
@@ -251,6 +265,86 @@ impl SessionActor {
             }
         };
         Ok(forced.and(own))
+    }
+
+    /// `track`: the topic must be subscribed; the state is at most
+    /// [`MAX_PRESENCE_STATE`] bytes of compact JSON.
+    fn track(
+        &mut self,
+        topic: &str,
+        state: serde_json::Map<String, Value>,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        let name = self.parse_topic(topic)?;
+        if !self.subscriptions.contains_key(name.as_str()) {
+            return Err(ProtocolError::bad_request(format!(
+                "subscribe to `{topic}` before tracking presence there"
+            )));
+        }
+        let size = Value::Object(state.clone()).to_string().len();
+        if size > MAX_PRESENCE_STATE {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("presence state is {size} bytes; at most {MAX_PRESENCE_STATE}"),
+            ));
+        }
+        let key = match &self.identity.user_id {
+            Some(user) => user.to_string(),
+            None => self.wire_id.clone(),
+        };
+        self.state.registry.do_send(ForTopic {
+            topic: name.shared(),
+            message: TopicCommand::Track(Track {
+                conn: self.conn,
+                key,
+                wire_conn: self.wire_id.clone(),
+                state,
+            }),
+        });
+        self.send(ctx, server::ack(reference.as_ref()));
+        Ok(())
+    }
+
+    /// `history`: a page of a pub/sub topic's stored messages, newest first.
+    fn history(
+        &mut self,
+        request: HistoryRequest,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ProtocolError> {
+        let name = self.parse_topic(&request.topic)?;
+        if name.kind() == TopicKind::Table {
+            return Err(ProtocolError::bad_request(
+                "history is kept for pub/sub topics only",
+            ));
+        }
+        if !self.identity.grants.can_subscribe(name.as_str()) {
+            return Err(ProtocolError::forbidden(format!(
+                "your token does not allow reading `{name}`"
+            )));
+        }
+        let page =
+            history::PageRequest::new(request.limit, request.before, request.before_id.as_deref())?;
+        let (db, room, topic) = (self.state.db.clone(), name.to_string(), request.topic);
+        let read = async move { db.run(move |conn| history::page(conn, &room, page)).await };
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |messages, session, ctx| match messages {
+                    Ok(messages) => {
+                        let messages: Vec<Value> = messages
+                            .iter()
+                            .map(history::StoredMessage::to_json)
+                            .collect();
+                        session.send(ctx, server::history(reference.as_ref(), &topic, messages));
+                    }
+                    Err(e) => {
+                        let error = ProtocolError::unavailable(format!("history unavailable: {e}"));
+                        session.send_error(ctx, reference.as_ref(), Some(&topic), &error);
+                    }
+                }),
+        );
+        Ok(())
     }
 
     /// Where topics send this session's frames.
@@ -288,11 +382,6 @@ impl SessionActor {
                 "your token does not allow publishing to `{name}`"
             )));
         }
-        if request.persist == Some(true) {
-            return Err(ProtocolError::unavailable(
-                "persisted messages are not available in this version of realtide",
-            ));
-        }
         if self.publish_limiter.check().is_err() {
             return Err(ProtocolError::new(
                 ErrorCode::RateLimited,
@@ -312,6 +401,7 @@ impl SessionActor {
                 data: request.data,
                 user_id: self.identity.user_id.clone(),
                 publisher: Some(self.conn),
+                persist: request.persist == Some(true),
                 ack: Some(AckTo {
                     reference: reference.clone(),
                     id: request.id,

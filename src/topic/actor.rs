@@ -12,19 +12,22 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::{
-    GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle, TableChanged,
-    TopicInfo, Unsubscribe,
+    GetPresence, GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle,
+    TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
 };
 use super::name::{TopicKind, TopicName};
+use super::presence::Presence;
 use super::replay::ReplayRing;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
 use crate::db::Database;
+use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::session::messages::{ClientTooSlow, ConnId, Deliver, FrameKind};
 use crate::session::outbound::Reserve;
+use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further
 /// behind, it is told `recovered: false` and should reload.
@@ -63,6 +66,9 @@ pub struct TopicActor {
     replay: ReplayRing,
     replay_ttl: Duration,
     table: Option<TableState>,
+    presence: Presence,
+    /// Where persisted messages go (and table changes are read from).
+    db: Database,
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
     last_active: Instant,
     metrics: Metrics,
@@ -76,16 +82,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl TopicActor {
-    /// A topic; a table topic needs `tracking`.
     pub fn new(
         name: TopicName,
         replay_size: usize,
         replay_ttl: Duration,
-        tracking: Option<Tracking>,
+        tracking: Tracking,
         metrics: Metrics,
     ) -> Self {
+        let db = tracking.db.clone();
         let table = match name.kind() {
-            TopicKind::Table => tracking.map(|tracking| TableState {
+            TopicKind::Table => Some(TableState {
                 tracking,
                 shape: None,
             }),
@@ -103,6 +109,8 @@ impl TopicActor {
             replay: ReplayRing::new(replay_size, replay_ttl),
             replay_ttl,
             table,
+            presence: Presence::default(),
+            db,
             last_active: Instant::now(),
             metrics,
         }
@@ -165,7 +173,16 @@ impl TopicActor {
         if self.subscribers.remove(&conn).is_some() {
             self.metrics.subscriptions.dec();
         }
+        self.untrack(conn);
         self.last_active = Instant::now();
+    }
+
+    /// Ends a connection's presence, telling every subscriber.
+    fn untrack(&mut self, conn: ConnId) {
+        if let Some(left) = self.presence.remove(conn) {
+            let frame = TopicFrame::presence("presence:leave", &left, now_ms());
+            self.fan_out(&frame, |_, _| true);
+        }
     }
 
     /// Answers a subscription with `subscribed` and the events it missed, then
@@ -197,6 +214,14 @@ impl TopicActor {
         for frame in missed {
             ok = ok && self.send_to(handle, kind, frame);
         }
+        if ok && !self.presence.is_empty() {
+            let sync = TopicFrame::presence(
+                "presence:sync",
+                &json!({"presences": self.presence.snapshot()}),
+                now_ms(),
+            );
+            ok = self.send_to(handle, kind, sync.for_spelling(&subscriber.spelling));
+        }
         if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
             self.metrics.subscriptions.inc();
         }
@@ -212,7 +237,34 @@ impl TopicActor {
         );
     }
 
-    fn subscribe_pubsub(&mut self, msg: Subscribe) {
+    /// With `history: N`, the last N stored messages come first, read under
+    /// `ctx.wait` so no event can slip between them and the live ones.
+    fn subscribe_pubsub(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let wanted = i64::from(msg.history.unwrap_or(0)).min(history::MAX_PAGE);
+        if wanted == 0 {
+            return self.admit_pubsub(msg, Vec::new());
+        }
+        let (db, room) = (self.db.clone(), self.name.to_string());
+        let read = async move {
+            db.run(move |conn| history::latest(conn, &room, wanted))
+                .await
+        };
+        ctx.wait(read.into_actor(self).map(move |stored, topic, _ctx| {
+            let frames = match stored {
+                Ok(stored) => stored
+                    .iter()
+                    .map(|m| stored_event(m).for_spelling(&msg.spelling))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(topic = %topic.name, error = %e, "history read failed");
+                    Vec::new()
+                }
+            };
+            topic.admit_pubsub(msg, frames);
+        }));
+    }
+
+    fn admit_pubsub(&mut self, msg: Subscribe, mut earlier: Vec<ByteString>) {
         let replayed = match (msg.since, &msg.epoch) {
             (Some(since), Some(epoch)) if **epoch == *self.epoch => {
                 self.replay.after(since, self.seq, Instant::now())
@@ -220,12 +272,13 @@ impl TopicActor {
             _ => None,
         };
         let recovered = replayed.is_some();
-        let missed = replayed
-            .unwrap_or_default()
-            .iter()
-            .map(|frame| frame.for_spelling(&msg.spelling))
-            .collect();
-        self.admit(msg, recovered, missed);
+        earlier.extend(
+            replayed
+                .unwrap_or_default()
+                .iter()
+                .map(|frame| frame.for_spelling(&msg.spelling)),
+        );
+        self.admit(msg, recovered, earlier);
     }
 
     /// A table subscription waits (the topic handles nothing else meanwhile)
@@ -366,7 +419,7 @@ impl Handler<Subscribe> for TopicActor {
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
         self.last_active = Instant::now();
         match self.name.kind() {
-            TopicKind::PubSub => self.subscribe_pubsub(msg),
+            TopicKind::PubSub => self.subscribe_pubsub(msg, ctx),
             TopicKind::Table => self.subscribe_table(msg, ctx),
         }
     }
@@ -383,41 +436,124 @@ impl Handler<Unsubscribe> for TopicActor {
 impl Handler<Publish> for TopicActor {
     type Result = ();
 
-    fn handle(&mut self, mut msg: Publish, _ctx: &mut Self::Context) {
-        let outcome = self.publish(&mut msg);
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(outcome);
+    /// A persisted publish is stored before it is acked or delivered, under
+    /// `ctx.wait`: later publishes queue behind it, so seq order, storage
+    /// order and delivery order agree.
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        if self.name.kind() == TopicKind::Table {
+            if let Some(reply) = msg.reply {
+                let _ = reply.send(Err(ProtocolError::forbidden(
+                    "table topics receive database changes only",
+                )));
+            }
+            return;
         }
+        self.seq += 1;
+        let (seq, at_ms) = (self.seq, now_ms());
+        if !msg.persist {
+            return self.complete_publish(msg, seq, at_ms, None);
+        }
+        let message = NewMessage {
+            room_id: self.name.to_string(),
+            user_id: msg.user_id.as_deref().map(str::to_owned),
+            event: msg.event.clone(),
+            data: msg.data.to_string(),
+            created_at: at_ms,
+            seq,
+        };
+        let db = self.db.clone();
+        let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
+        ctx.wait(
+            store
+                .into_actor(self)
+                .map(move |stored, topic, _ctx| match stored {
+                    Ok(stored) => topic.complete_publish(msg, seq, at_ms, Some(stored.id())),
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, error = %e, "storing a message failed");
+                        // Nothing else ran meanwhile (ctx.wait): the seq can be given back.
+                        topic.seq -= 1;
+                        if let Some(reply) = msg.reply {
+                            let _ = reply.send(Err(ProtocolError::unavailable(format!(
+                                "the message was not stored: {e}"
+                            ))));
+                        }
+                    }
+                }),
+        );
     }
 }
 
 impl TopicActor {
-    fn publish(&mut self, msg: &mut Publish) -> Result<Published, ProtocolError> {
-        if self.name.kind() == TopicKind::Table {
-            return Err(ProtocolError::forbidden(
-                "table topics receive database changes only",
-            ));
-        }
-        let now = Instant::now();
-        self.last_active = now;
-        self.seq += 1;
+    /// Acks the publisher, delivers the event, keeps it for resuming clients.
+    fn complete_publish(&mut self, msg: Publish, seq: u64, at_ms: i64, message_id: Option<String>) {
         if let Some(ack) = &msg.ack {
-            let reply =
-                server::publish_ack(ack.reference.as_ref(), ack.id.as_ref(), self.seq, None);
+            let reply = server::publish_ack(
+                ack.reference.as_ref(),
+                ack.id.as_ref(),
+                seq,
+                message_id.as_deref(),
+            );
             self.send_to(&ack.handle, FrameKind::Reply, reply);
         }
         let frame = TopicFrame::event(
             &msg.event,
             &msg.data,
             msg.user_id.as_deref(),
-            now_ms(),
-            self.seq,
+            at_ms,
+            seq,
+            message_id.as_deref(),
         );
         let publisher = msg.publisher;
         self.fan_out(&frame, |conn, sub| sub.echo || publisher != Some(conn));
-        self.replay.push(self.seq, frame, now);
+        self.replay.push(seq, frame, Instant::now());
+        self.last_active = Instant::now();
         self.metrics.events_published.inc();
-        Ok(Published { seq: self.seq })
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(Ok(Published { seq, message_id }));
+        }
+    }
+}
+
+/// A stored message as an `event` frame (history on subscribe).
+fn stored_event(message: &StoredMessage) -> TopicFrame {
+    TopicFrame::event(
+        &message.event,
+        &message.data_value(),
+        message.user_id.as_deref(),
+        message.created_at,
+        message.seq as u64,
+        Some(&message.id()),
+    )
+}
+
+impl Handler<Track> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Track, _ctx: &mut Self::Context) {
+        if !self.subscribers.contains_key(&msg.conn) {
+            return;
+        }
+        let joined = self
+            .presence
+            .track(&msg.key, msg.conn, &msg.wire_conn, msg.state);
+        let frame = TopicFrame::presence("presence:join", &joined, now_ms());
+        self.fan_out(&frame, |_, _| true);
+    }
+}
+
+impl Handler<Untrack> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Untrack, _ctx: &mut Self::Context) {
+        self.untrack(msg.conn);
+    }
+}
+
+impl Handler<GetPresence> for TopicActor {
+    type Result = MessageResult<GetPresence>;
+
+    fn handle(&mut self, _msg: GetPresence, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.presence.snapshot())
     }
 }
 
@@ -446,7 +582,7 @@ impl Handler<GetTopicInfo> for TopicActor {
             topic: self.name.to_string(),
             kind: self.name.kind().as_str(),
             subscribers: self.subscribers.len(),
-            presence: 0,
+            presence: self.presence.entries(),
             seq: self.seq,
         })
     }

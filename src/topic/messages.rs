@@ -38,6 +38,8 @@ pub struct Subscribe {
     pub epoch: Option<String>,
     /// Table topics: the rows this subscriber sees (the token's forced filter included).
     pub filter: Filter,
+    /// Pub/sub topics: deliver the last N stored messages first.
+    pub history: Option<u32>,
     pub handle: SubscriberHandle,
 }
 
@@ -61,6 +63,8 @@ pub struct Publish {
     pub user_id: Option<Arc<str>>,
     /// The publishing connection, so `echo: false` subscribers can skip their own.
     pub publisher: Option<ConnId>,
+    /// Store the message (history) before acking and delivering it.
+    pub persist: bool,
     /// Where to send the `ack`, ahead of the publisher's own echo.
     pub ack: Option<AckTo>,
     /// Where the outcome goes; dropped unanswered if the topic is gone.
@@ -85,9 +89,11 @@ impl std::fmt::Debug for AckTo {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub seq: u64,
+    /// The stored message's id, when persisted.
+    pub message_id: Option<String>,
 }
 
 /// One topic's figures, for `GET /admin/topics`.
@@ -116,3 +122,26 @@ pub struct StopIfIdle;
 pub struct TableChanged {
     pub changes: Vec<Change>,
 }
+
+/// Add or replace a subscribed connection's presence entry.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Track {
+    pub conn: ConnId,
+    /// The identity, or the wire connection id when anonymous.
+    pub key: String,
+    pub wire_conn: String,
+    pub state: serde_json::Map<String, Value>,
+}
+
+/// End a connection's presence entry.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Untrack {
+    pub conn: ConnId,
+}
+
+/// The presence snapshot, `{"<key>":[{"conn","state"}]}`.
+#[derive(Message, Debug)]
+#[rtype(result = "Value")]
+pub struct GetPresence;

@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod messages;
 pub mod name;
+pub mod presence;
 pub mod replay;
 
 pub use actor::TopicActor;

@@ -98,7 +98,7 @@ mod tests {
     use serde_json::json;
 
     fn frame(seq: u64) -> TopicFrame {
-        TopicFrame::event("e", &json!(seq), None, 0, seq)
+        TopicFrame::event("e", &json!(seq), None, 0, seq, None)
     }
 
     fn seqs(frames: Vec<TopicFrame>) -> Vec<u64> {

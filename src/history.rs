@@ -1,0 +1,220 @@
+//! Message history: persisted pub/sub messages in `_realtide_messages`, and
+//! the pages clients read back. Every function here blocks: call it through
+//! `Database::run`.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use serde_json::{Value, json};
+
+use crate::db::{DbConnection, DbError};
+use crate::protocol::ProtocolError;
+
+/// Most messages one page returns, and the default.
+pub const MAX_PAGE: i64 = 100;
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct StoredMessage {
+    #[diesel(sql_type = BigInt)]
+    pub num: i64,
+    #[diesel(sql_type = Text)]
+    pub room_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub user_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub event: String,
+    #[diesel(sql_type = Text)]
+    pub data: String,
+    #[diesel(sql_type = BigInt)]
+    pub created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+}
+
+/// The id clients see: `num` zero-padded, so ids sort in publish order.
+pub fn message_id(num: i64) -> String {
+    format!("{num:020}")
+}
+
+/// Parses a `before_id`.
+pub fn parse_message_id(id: &str) -> Result<i64, ProtocolError> {
+    if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProtocolError::bad_request(format!(
+            "`{id}` is not a message id"
+        )));
+    }
+    id.parse()
+        .map_err(|_| ProtocolError::bad_request(format!("`{id}` is not a message id")))
+}
+
+impl StoredMessage {
+    pub fn id(&self) -> String {
+        message_id(self.num)
+    }
+
+    pub fn data_value(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+
+    /// The history message of PROTOCOL.md §5.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id(),
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "event": self.event,
+            "data": self.data_value(),
+            "created_at": self.created_at,
+            "seq": self.seq,
+        })
+    }
+}
+
+/// One page: at most `limit` messages, newest first, strictly before the
+/// given time (ms) and/or message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: i64,
+    pub before_ms: Option<i64>,
+    pub before_num: Option<i64>,
+}
+
+impl PageRequest {
+    /// Clamps `limit` to 1..=100 (default 50) and parses `before_id`.
+    pub fn new(
+        limit: Option<i64>,
+        before_ms: Option<i64>,
+        before_id: Option<&str>,
+    ) -> Result<Self, ProtocolError> {
+        Ok(PageRequest {
+            limit: limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+            before_ms,
+            before_num: before_id.map(parse_message_id).transpose()?,
+        })
+    }
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room_id: String,
+    pub user_id: Option<String>,
+    pub event: String,
+    pub data: String,
+    pub created_at: i64,
+    pub seq: u64,
+}
+
+const COLUMNS: &str = "num, room_id, user_id, event, data, created_at, seq";
+
+pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMessage, DbError> {
+    Ok(diesel::sql_query(format!(
+        "INSERT INTO _realtide_messages (room_id, user_id, event, data, created_at, seq) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+    ))
+    .bind::<Text, _>(&message.room_id)
+    .bind::<Nullable<Text>, _>(message.user_id.as_deref())
+    .bind::<Text, _>(&message.event)
+    .bind::<Text, _>(&message.data)
+    .bind::<BigInt, _>(message.created_at)
+    .bind::<BigInt, _>(message.seq as i64)
+    .get_result(conn)?)
+}
+
+/// A page of a room's messages, newest first.
+pub fn page(
+    conn: &mut DbConnection,
+    room: &str,
+    request: PageRequest,
+) -> Result<Vec<StoredMessage>, DbError> {
+    Ok(diesel::sql_query(format!(
+        "SELECT {COLUMNS} FROM _realtide_messages \
+         WHERE room_id = $1 AND created_at < $2 AND num < $3 \
+         ORDER BY num DESC LIMIT $4"
+    ))
+    .bind::<Text, _>(room)
+    .bind::<BigInt, _>(request.before_ms.unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(request.before_num.unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(request.limit)
+    .load(conn)?)
+}
+
+/// A room's last `count` messages, oldest first.
+pub fn latest(
+    conn: &mut DbConnection,
+    room: &str,
+    count: i64,
+) -> Result<Vec<StoredMessage>, DbError> {
+    let mut newest_first = page(
+        conn,
+        room,
+        PageRequest {
+            limit: count.clamp(1, MAX_PAGE),
+            before_ms: None,
+            before_num: None,
+        },
+    )?;
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
+/// Deletes a room's messages; returns how many.
+pub fn delete_room(conn: &mut DbConnection, room: &str) -> Result<usize, DbError> {
+    Ok(
+        diesel::sql_query("DELETE FROM _realtide_messages WHERE room_id = $1")
+            .bind::<Text, _>(room)
+            .execute(conn)?,
+    )
+}
+
+/// Applies the retention: messages older than `before_ms` go, and each room
+/// keeps at most `max_per_room`. Returns how many were deleted.
+pub fn prune(conn: &mut DbConnection, before_ms: i64, max_per_room: i64) -> Result<usize, DbError> {
+    let old = diesel::sql_query("DELETE FROM _realtide_messages WHERE created_at < $1")
+        .bind::<BigInt, _>(before_ms)
+        .execute(conn)?;
+    #[derive(QueryableByName)]
+    struct Room {
+        #[diesel(sql_type = Text)]
+        room_id: String,
+    }
+    let crowded: Vec<Room> = diesel::sql_query(
+        "SELECT room_id FROM _realtide_messages GROUP BY room_id HAVING count(*) > $1",
+    )
+    .bind::<BigInt, _>(max_per_room)
+    .load(conn)?;
+    let mut excess = 0;
+    for room in crowded {
+        excess += diesel::sql_query(
+            "DELETE FROM _realtide_messages WHERE room_id = $1 AND num <= \
+             (SELECT num FROM _realtide_messages WHERE room_id = $1 ORDER BY num DESC LIMIT 1 OFFSET $2)",
+        )
+        .bind::<Text, _>(&room.room_id)
+        .bind::<BigInt, _>(max_per_room)
+        .execute(conn)?;
+    }
+    Ok(old + excess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_in_publish_order_and_parse_back() {
+        assert!(message_id(9) < message_id(10));
+        assert!(message_id(99_999) < message_id(100_000));
+        assert_eq!(parse_message_id(&message_id(42)).unwrap(), 42);
+        for bad in ["", "abc", "-1", "1e3", "123456789012345678901"] {
+            assert!(parse_message_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_limits_are_clamped() {
+        assert_eq!(PageRequest::new(None, None, None).unwrap().limit, 50);
+        assert_eq!(PageRequest::new(Some(0), None, None).unwrap().limit, 1);
+        assert_eq!(PageRequest::new(Some(1000), None, None).unwrap().limit, 100);
+    }
+}

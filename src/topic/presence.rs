@@ -1,0 +1,137 @@
+//! Presence: who is on a topic and with what state. One key per identity (the
+//! user id, or the connection id when anonymous) and one entry per connection
+//! under it, so several tabs of one user are several entries. A plain struct,
+//! owned by the topic actor.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::session::messages::ConnId;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    conn: ConnId,
+    /// The connection's id as clients see it.
+    wire_conn: String,
+    state: Map<String, Value>,
+}
+
+#[derive(Debug, Default)]
+pub struct Presence {
+    by_key: BTreeMap<String, Vec<Entry>>,
+}
+
+/// The `data` of a `presence:join` or `presence:leave` event.
+pub fn change_data(key: &str, wire_conn: &str, state: &Map<String, Value>) -> Value {
+    json!({"key": key, "conn": wire_conn, "state": state})
+}
+
+impl Presence {
+    /// Adds or replaces a connection's entry; returns the join event's data.
+    pub fn track(
+        &mut self,
+        key: &str,
+        conn: ConnId,
+        wire_conn: &str,
+        state: Map<String, Value>,
+    ) -> Value {
+        // A connection tracks under one key; drop any entry it had.
+        self.remove(conn);
+        let data = change_data(key, wire_conn, &state);
+        self.by_key.entry(key.to_string()).or_default().push(Entry {
+            conn,
+            wire_conn: wire_conn.to_string(),
+            state,
+        });
+        data
+    }
+
+    /// Removes a connection's entry; returns the leave event's data if it had one.
+    pub fn remove(&mut self, conn: ConnId) -> Option<Value> {
+        let key = self
+            .by_key
+            .iter()
+            .find(|(_, entries)| entries.iter().any(|e| e.conn == conn))
+            .map(|(key, _)| key.clone())?;
+        let entries = self.by_key.get_mut(&key)?;
+        let at = entries.iter().position(|e| e.conn == conn)?;
+        let entry = entries.remove(at);
+        if entries.is_empty() {
+            self.by_key.remove(&key);
+        }
+        Some(change_data(&key, &entry.wire_conn, &entry.state))
+    }
+
+    /// Every entry, as `{"<key>":[{"conn","state"}]}`.
+    pub fn snapshot(&self) -> Value {
+        let presences: Map<String, Value> = self
+            .by_key
+            .iter()
+            .map(|(key, entries)| {
+                let list = entries
+                    .iter()
+                    .map(|e| json!({"conn": e.wire_conn, "state": e.state}))
+                    .collect();
+                (key.clone(), Value::Array(list))
+            })
+            .collect();
+        Value::Object(presences)
+    }
+
+    pub fn entries(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn one_key_holds_one_entry_per_connection() {
+        let mut presence = Presence::default();
+        presence.track("ann", ConnId(1), "c1", state(json!({"tab": 1})));
+        presence.track("ann", ConnId(2), "c2", state(json!({"tab": 2})));
+        presence.track("bob", ConnId(3), "c3", state(json!({})));
+        assert_eq!(presence.entries(), 3);
+        assert_eq!(
+            presence.snapshot(),
+            json!({"ann": [{"conn": "c1", "state": {"tab": 1}}, {"conn": "c2", "state": {"tab": 2}}],
+                   "bob": [{"conn": "c3", "state": {}}]})
+        );
+    }
+
+    #[test]
+    fn tracking_again_replaces_the_state() {
+        let mut presence = Presence::default();
+        presence.track("ann", ConnId(1), "c1", state(json!({"typing": false})));
+        let join = presence.track("ann", ConnId(1), "c1", state(json!({"typing": true})));
+        assert_eq!(
+            join,
+            json!({"key": "ann", "conn": "c1", "state": {"typing": true}})
+        );
+        assert_eq!(presence.entries(), 1);
+    }
+
+    #[test]
+    fn removing_the_last_entry_removes_the_key() {
+        let mut presence = Presence::default();
+        presence.track("ann", ConnId(1), "c1", state(json!({"a": 1})));
+        assert_eq!(
+            presence.remove(ConnId(1)),
+            Some(json!({"key": "ann", "conn": "c1", "state": {"a": 1}}))
+        );
+        assert_eq!(presence.remove(ConnId(1)), None);
+        assert!(presence.is_empty());
+        assert_eq!(presence.snapshot(), json!({}));
+    }
+}
