@@ -89,11 +89,6 @@ async fn bad_emits_get_json_errors_with_fitting_statuses() {
             403,
             "forbidden",
         ),
-        (
-            json!({"topic": "a/b", "event": "e", "data": 1, "persist": true}),
-            503,
-            "unavailable",
-        ),
         (json!([1, 2]), 400, "bad_request"),
     ] {
         let (got, reply) = app.emit(body.clone()).await;

@@ -320,19 +320,3 @@ async fn publishing_past_the_rate_limit_is_refused_and_the_connection_stays() {
         "pong"
     );
 }
-
-#[tokio::test]
-async fn presence_and_history_requests_are_answered_unavailable_for_now() {
-    let app = TestApp::spawn().await;
-    let mut client = app.client().await;
-    client.subscribe("a/b").await;
-    for request in [
-        json!({"type": "track", "topic": "a/b", "state": {}}),
-        json!({"type": "untrack", "topic": "a/b"}),
-        json!({"type": "history", "topic": "a/b"}),
-        json!({"type": "publish", "topic": "a/b", "event": "e", "data": 1, "persist": true}),
-    ] {
-        let reply = client.request(request.clone()).await;
-        assert_eq!(reply["code"], "unavailable", "{request}");
-    }
-}
