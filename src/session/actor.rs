@@ -135,7 +135,19 @@ impl SessionActor {
             code,
             description: Some(why.into()),
         }));
+        // The connection is over for its topics now (presence leaves at once),
+        // even while the close handshake lingers.
+        self.leave_all_topics();
         ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+    }
+
+    fn leave_all_topics(&mut self) {
+        for (topic, _) in self.subscriptions.drain() {
+            self.state.registry.do_send(UnsubscribeFrom {
+                topic,
+                conn: self.conn,
+            });
+        }
     }
 
     fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -559,12 +571,7 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.state.metrics.connections.dec();
-        for (topic, _) in self.subscriptions.drain() {
-            self.state.registry.do_send(UnsubscribeFrom {
-                topic,
-                conn: self.conn,
-            });
-        }
+        self.leave_all_topics();
         self.state
             .registry
             .do_send(SessionClosed { conn: self.conn });
