@@ -1,0 +1,373 @@
+//! Message history: persisted publishes and emits, read back newest first,
+//! paged without gaps or repeats, on SQLite and (with
+//! REALTIDE_TEST_POSTGRES_URL) PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{TestApp, TestDb};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_persisted_publish_is_acked_with_its_id_and_read_back() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let mut ann = app.client_as("ann").await;
+        let mut bob = app.client_as("bob").await;
+        bob.subscribe("chat/general").await;
+        let ack = ann
+            .request(
+                json!({"type": "publish", "topic": "chat/general", "event": "message",
+                            "data": {"text": "hi"}, "persist": true}),
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let id = ack["message_id"].as_str().expect("message_id").to_string();
+        let event = bob.recv().await;
+        assert_eq!(event["message_id"], id.as_str(), "{}", app.db.backend());
+        assert_eq!(event["seq"], ack["seq"]);
+
+        let history = ann
+            .request(json!({"type": "history", "topic": "chat/general"}))
+            .await;
+        assert_eq!(history["type"], "history");
+        assert_eq!(history["topic"], "chat/general");
+        let messages = history["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1);
+        let m = &messages[0];
+        assert_eq!(m["id"], id.as_str());
+        assert_eq!(m["room_id"], "chat/general");
+        assert_eq!(m["user_id"], "ann");
+        assert_eq!(m["event"], "message");
+        assert_eq!(m["data"], json!({"text": "hi"}));
+        assert_eq!(m["seq"], ack["seq"]);
+        assert_eq!(m["created_at"], event["timestamp"]);
+    }
+}
+
+#[tokio::test]
+async fn messages_not_persisted_are_not_in_history() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client
+        .request(json!({"type": "publish", "topic": "a/b", "event": "e", "data": 1}))
+        .await;
+    let ack = client
+        .request(
+            json!({"type": "publish", "topic": "a/b", "event": "e", "data": 2, "persist": true}),
+        )
+        .await;
+    assert!(ack["message_id"].is_string());
+    let history = client
+        .request(json!({"type": "history", "topic": "a/b"}))
+        .await;
+    let data: Vec<&Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(data, vec![&json!(2)]);
+}
+
+#[tokio::test]
+async fn emitted_messages_are_persisted_with_a_null_user() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let (status, one) = app
+            .emit(json!({"topic": "news/x", "event": "e", "data": 1, "persist": true}))
+            .await;
+        assert_eq!(status, 200);
+        assert!(one["message_id"].is_string(), "{one}");
+        let (_, batch) = app
+            .emit(json!({"messages": [
+                {"topic": "news/x", "event": "e", "data": 2, "persist": true},
+                {"topic": "news/x", "event": "e", "data": 3},
+            ]}))
+            .await;
+        assert!(batch["results"][0]["message_id"].is_string());
+        assert!(batch["results"][1].get("message_id").is_none());
+        let (_, page) = app
+            .get_json("/api/v1/public/realtime/history?room=news/x")
+            .await;
+        let messages = page["messages"].as_array().unwrap();
+        assert_eq!(
+            messages
+                .iter()
+                .map(|m| m["data"].clone())
+                .collect::<Vec<_>>(),
+            vec![json!(2), json!(1)]
+        );
+        assert_eq!(messages[0]["user_id"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_with_history_delivers_the_last_n_oldest_first_before_live_events() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let mut writer = app.client().await;
+        for n in 1..=5 {
+            writer
+                .request(json!({"type": "publish", "topic": "room/h", "event": "m", "data": n, "persist": true}))
+                .await;
+        }
+        let mut reader = app.client().await;
+        let subscribed = reader
+            .request(json!({"type": "subscribe", "topic": "room/h", "history": 3}))
+            .await;
+        assert_eq!(subscribed["type"], "subscribed");
+        for n in 3..=5 {
+            let event = reader.recv().await;
+            assert_eq!(event["data"], n, "{}", app.db.backend());
+            assert!(event["message_id"].is_string());
+        }
+        writer
+            .request(json!({"type": "publish", "topic": "room/h", "event": "m", "data": 6}))
+            .await;
+        assert_eq!(reader.recv().await["data"], 6);
+    }
+}
+
+/// Pages through a room `limit` at a time with `before_id`, newest first.
+async fn page_all(app: &TestApp, room: &str, limit: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/public/realtime/history?room={room}&limit={limit}");
+        if let Some(id) = &before {
+            path.push_str(&format!("&before_id={id}"));
+        }
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            return all;
+        }
+        before = Some(messages.last().unwrap()["id"].as_str().unwrap().to_string());
+        all.extend(messages);
+    }
+}
+
+#[tokio::test]
+async fn paging_a_thousand_messages_sharing_milliseconds_returns_each_once_in_order() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let messages: Vec<Value> = (0..1000)
+            .map(|n| json!({"topic": "burst/x", "event": "e", "data": n, "persist": true}))
+            .collect();
+        let (status, body) = app.emit(json!({"messages": messages})).await;
+        assert_eq!(status, 200, "{body}");
+
+        let all = page_all(&app, "burst/x", 100).await;
+        assert_eq!(all.len(), 1000, "{}", app.db.backend());
+        let data: Vec<i64> = all.iter().map(|m| m["data"].as_i64().unwrap()).collect();
+        let expected: Vec<i64> = (0..1000).rev().collect();
+        assert_eq!(data, expected, "newest first, none missing, none twice");
+        let distinct_ms: BTreeSet<i64> = all
+            .iter()
+            .map(|m| m["created_at"].as_i64().unwrap())
+            .collect();
+        assert!(
+            distinct_ms.len() < 1000,
+            "the test needs messages that share a millisecond"
+        );
+
+        // `before` (ms) is strict.
+        let newest_ms = all[0]["created_at"].as_i64().unwrap();
+        let (_, older) = app
+            .get_json(&format!(
+                "/api/v1/public/realtime/history?room=burst/x&limit=100&before={newest_ms}"
+            ))
+            .await;
+        assert!(
+            older["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["created_at"].as_i64().unwrap() < newest_ms)
+        );
+    }
+}
+
+#[tokio::test]
+async fn limits_are_clamped_and_bad_ids_refused() {
+    let app = TestApp::spawn().await;
+    let messages: Vec<Value> = (0..120)
+        .map(|n| json!({"topic": "c/x", "event": "e", "data": n, "persist": true}))
+        .collect();
+    app.emit(json!({"messages": messages})).await;
+    let mut client = app.client().await;
+    let reply = client
+        .request(json!({"type": "history", "topic": "c/x", "limit": 1000}))
+        .await;
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 100);
+    let reply = client
+        .request(json!({"type": "history", "topic": "c/x"}))
+        .await;
+    assert_eq!(
+        reply["messages"].as_array().unwrap().len(),
+        50,
+        "default 50"
+    );
+    let reply = client
+        .request(json!({"type": "history", "topic": "c/x", "limit": 0}))
+        .await;
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 1);
+    let reply = client
+        .request(json!({"type": "history", "topic": "c/x", "before_id": "nope"}))
+        .await;
+    assert_eq!(reply["code"], "bad_request");
+    let reply = client
+        .request(json!({"type": "history", "topic": "orders"}))
+        .await;
+    assert_eq!(reply["code"], "bad_request", "tables have no history");
+    let (status, _) = app
+        .get_json("/api/v1/public/realtime/history?room=c/x&before_id=x1")
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn history_is_readable_only_under_the_subscribe_patterns() {
+    use realtide::auth::token::sign;
+    let app = TestApp::spawn_with(|c| c.jwt_secret = Some("s".into())).await;
+    app.emit(json!({"topic": "team/a", "event": "e", "data": 1, "persist": true}))
+        .await;
+    let claims = json!({"realtime": {"subscribe": ["team/b"]}});
+    let token = sign(
+        "s",
+        "ann",
+        Duration::from_secs(600),
+        serde_json::from_value(claims).unwrap(),
+    )
+    .unwrap();
+    let mut client = app.client_with_token(&token).await;
+    let reply = client
+        .request(json!({"type": "history", "topic": "team/a"}))
+        .await;
+    assert_eq!(reply["code"], "forbidden");
+    let (status, body) = app
+        .get_json(&format!(
+            "/api/v1/public/realtime/history?room=team/a&token={token}"
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    let (status, _) = app
+        .get_json("/api/v1/public/realtime/history?room=team/a")
+        .await;
+    assert_eq!(status, 401, "a token is required when a secret is set");
+    let response = app
+        .http()
+        .get(app.url("/api/v1/public/realtime/history?room=team/b"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn admins_read_and_delete_history() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |c| c.admin_key = Some("ops".into())).await;
+        for n in 0..3 {
+            app.emit(json!({"topic": "ops/log", "event": "e", "data": n, "persist": true}))
+                .await;
+        }
+        let get = |path: &str| app.http().get(app.url(path)).bearer_auth("ops").send();
+        let page: Value = get("/admin/history?topic=ops/log&limit=2")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["topic"], "ops/log");
+        let ids: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        let rest: Value = get(&format!(
+            "/admin/history?topic=ops/log&before_id={}",
+            ids[1]
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
+
+        let (status, _) = app.get_json("/admin/history?topic=ops/log").await;
+        assert_eq!(status, 401, "the admin key is required");
+        let deleted: Value = app
+            .http()
+            .delete(app.url("/admin/history?topic=ops/log"))
+            .bearer_auth("ops")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(deleted, json!({"ok": true, "deleted": 3}));
+        let (_, empty) = app
+            .get_json("/api/v1/public/realtime/history?room=ops/log")
+            .await;
+        assert_eq!(empty["messages"], json!([]));
+    }
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_messages_per_topic_and_drops_old_ones() {
+    for db in TestDb::all() {
+        let app = TestApp::spawn_on(db, |c| {
+            c.history_max_messages = 5;
+            c.history_max_age_s = 3;
+        })
+        .await;
+        for n in 0..8 {
+            app.emit(json!({"topic": "keep/x", "event": "e", "data": n, "persist": true}))
+                .await;
+        }
+        app.emit(json!({"topic": "keep/y", "event": "e", "data": 0, "persist": true}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        let (_, page) = app
+            .get_json("/api/v1/public/realtime/history?room=keep/x")
+            .await;
+        let data: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            data,
+            vec![7, 6, 5, 4, 3],
+            "{}: the newest five",
+            app.db.backend()
+        );
+        let (_, other) = app
+            .get_json("/api/v1/public/realtime/history?room=keep/y")
+            .await;
+        assert_eq!(
+            other["messages"].as_array().unwrap().len(),
+            1,
+            "other topics keep theirs"
+        );
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        let (_, aged) = app
+            .get_json("/api/v1/public/realtime/history?room=keep/x")
+            .await;
+        assert_eq!(aged["messages"], json!([]), "older than the maximum age");
+    }
+}
