@@ -51,6 +51,22 @@ enum Mode {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
     },
+    /// The cost of `persist: true`: ack latency with and without, and the
+    /// persisted publishes per second one topic sustains.
+    Persist {
+        /// `sqlite` or `postgres`.
+        #[arg(long, default_value = "sqlite")]
+        backend: String,
+        /// Publishes per measurement.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        #[arg(
+            long,
+            env = "REALTIDE_TEST_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
+    },
     /// Table change -> client latency for single writes by an external
     /// writer, the tracker's idle CPU, and its CPU per change.
     Changes {
@@ -476,6 +492,70 @@ async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url:
     drop(server);
 }
 
+/// Ack round trips of `count` publishes sent one at a time (µs histogram).
+async fn ack_latency(ws: &mut Socket, persist: bool, count: u64) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for i in 0..count {
+        let frame = format!(
+            r#"{{"type":"publish","topic":"bench/persist","event":"m","data":{{"n":{i}}},"persist":{persist},"ref":{i}}}"#
+        );
+        let sent = Instant::now();
+        ws.send(Message::text(frame)).await.unwrap();
+        wait_acks(ws, 1).await;
+        h.saturating_record(sent.elapsed().as_micros() as u64);
+    }
+    h
+}
+
+async fn wait_acks(ws: &mut Socket, mut count: u64) {
+    while count > 0 {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""type":"ack""#) => count -= 1,
+            Some(Ok(Message::Text(text))) if text.contains(r#""type":"error""#) => panic!("{text}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// Publishes/s when `count` publishes are sent back to back.
+async fn pipelined(ws: &mut Socket, persist: bool, count: u64) -> f64 {
+    let started = Instant::now();
+    for i in 0..count {
+        let frame = format!(
+            r#"{{"type":"publish","topic":"bench/persist","event":"m","data":{{"n":{i}}},"persist":{persist}}}"#
+        );
+        ws.feed(Message::text(frame)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    wait_acks(ws, count).await;
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn persist(backend: &str, messages: u64, postgres_url: &str) {
+    let mut scratch = ScratchDb::new(backend, postgres_url);
+    let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
+    let mut ws = connect(&server.addr).await;
+    let plain = ack_latency(&mut ws, false, messages / 4).await;
+    let stored = ack_latency(&mut ws, true, messages / 4).await;
+    let plain_rate = pipelined(&mut ws, false, messages).await;
+    let stored_rate = pipelined(&mut ws, true, messages).await;
+    let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("persist: {backend}, one topic, one publisher");
+    println!(
+        "  ack latency    plain p50 {:.2} ms p99 {:.2} ms; persisted p50 {:.2} ms p99 {:.2} ms (added p50 {:.2} ms)",
+        ms(&plain, 0.5),
+        ms(&plain, 0.99),
+        ms(&stored, 0.5),
+        ms(&stored, 0.99),
+        ms(&stored, 0.5) - ms(&plain, 0.5)
+    );
+    println!(
+        "  throughput     plain {plain_rate:.0}/s; persisted {stored_rate:.0}/s ({messages} back to back)"
+    );
+    drop(server);
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -492,6 +572,11 @@ fn main() {
                 payload,
             } => fanout(subscribers, rate, seconds, payload).await,
             Mode::Idle { connections } => idle(connections).await,
+            Mode::Persist {
+                backend,
+                messages,
+                postgres_url,
+            } => persist(&backend, messages, &postgres_url).await,
             Mode::Changes {
                 backend,
                 rows,
