@@ -180,12 +180,23 @@ pub trait ChangeSource: Send {
     fn probe(&mut self) -> Result<Probe, DbError>;
     /// Changes after `cursor`, oldest first, at most `limit`.
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError>;
-    /// The highest `seq` the log holds, for one table or all (0 when none).
-    fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError>;
-    /// Deletes changes written before `before_ms`; returns the highest seq deleted.
-    fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError>;
     /// Replaces a connection that failed, keeping what is watched.
     fn reconnect(&mut self) -> Result<(), DbError>;
+    /// The source's own connection, for the queries both backends share.
+    fn connection(&mut self) -> &mut DbConnection;
+
+    /// The highest `seq` the log holds, for one table or all (0 when none).
+    fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError> {
+        match table {
+            Some(table) => latest_seq_of(self.connection(), table),
+            None => latest_seq(self.connection()),
+        }
+    }
+
+    /// Deletes changes written before `before_ms`; returns the highest seq deleted.
+    fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError> {
+        prune_before(self.connection(), before_ms)
+    }
 }
 
 /// What the tracker knows of a watched table.

@@ -262,15 +262,8 @@ impl ChangeSource for SqliteSource {
             .collect())
     }
 
-    fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError> {
-        match table {
-            Some(table) => super::latest_seq_of(&mut self.conn, table),
-            None => super::latest_seq(&mut self.conn),
-        }
-    }
-
-    fn prune(&mut self, before_ms: i64) -> Result<Option<u64>, DbError> {
-        super::prune_before(&mut self.conn, before_ms)
+    fn connection(&mut self) -> &mut DbConnection {
+        &mut self.conn
     }
 
     fn reconnect(&mut self) -> Result<(), DbError> {
