@@ -84,6 +84,7 @@ pub async fn emit(
                 user_id: None,
                 publisher: None,
                 persist: message.persist == Some(true),
+                stream: None,
                 ack: None,
                 reply: None,
             };

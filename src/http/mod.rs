@@ -7,6 +7,7 @@ pub mod emit;
 pub mod errors;
 pub mod health;
 pub mod history;
+pub mod stream;
 pub mod ws;
 
 use actix_web::{HttpRequest, web};
@@ -22,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .app_data(errors::query_config())
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
         .service(resource("/api/realtime/emit").route(web::post().to(emit::emit)))
+        .service(resource("/api/realtime/stream").route(web::post().to(stream::stream)))
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))
         .service(resource("/admin/presence").route(web::get().to(admin::presence)))
         .service(

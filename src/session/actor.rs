@@ -414,6 +414,7 @@ impl SessionActor {
                 user_id: self.identity.user_id.clone(),
                 publisher: Some(self.conn),
                 persist: request.persist == Some(true),
+                stream: None,
                 ack: Some(AckTo {
                     reference: reference.clone(),
                     id: request.id,

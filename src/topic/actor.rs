@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use super::messages::StreamPart;
 use super::messages::{
     GetPresence, GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle,
     TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
@@ -18,6 +19,7 @@ use super::messages::{
 use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
 use super::replay::ReplayRing;
+use super::streams::RunningStreams;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
 use crate::db::Database;
@@ -67,6 +69,8 @@ pub struct TopicActor {
     replay_ttl: Duration,
     table: Option<TableState>,
     presence: Presence,
+    /// Token streams in progress, for subscribers who join mid-stream.
+    streams: RunningStreams,
     /// Where persisted messages go (and table changes are read from).
     db: Database,
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
@@ -110,6 +114,7 @@ impl TopicActor {
             replay_ttl,
             table,
             presence: Presence::default(),
+            streams: RunningStreams::default(),
             db,
             last_active: Instant::now(),
             metrics,
@@ -272,10 +277,17 @@ impl TopicActor {
             _ => None,
         };
         let recovered = replayed.is_some();
+        // A resumed client has every token up to `since` and gets the rest
+        // replayed; any other joiner first gets the running streams' tokens.
+        let running = match recovered {
+            true => Vec::new(),
+            false => self.streams.tokens(),
+        };
         earlier.extend(
             replayed
                 .unwrap_or_default()
                 .iter()
+                .chain(running.iter())
                 .map(|frame| frame.for_spelling(&msg.spelling)),
         );
         self.admit(msg, recovered, earlier);
@@ -505,6 +517,11 @@ impl TopicActor {
         );
         let publisher = msg.publisher;
         self.fan_out(&frame, |conn, sub| sub.echo || publisher != Some(conn));
+        match &msg.stream {
+            Some(StreamPart::Token { stream }) => self.streams.keep(stream, frame.clone()),
+            Some(StreamPart::Done { stream }) => self.streams.end(stream),
+            None => {}
+        }
         self.replay.push(seq, frame, Instant::now());
         self.last_active = Instant::now();
         self.metrics.events_published.inc();

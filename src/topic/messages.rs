@@ -65,6 +65,8 @@ pub struct Publish {
     pub publisher: Option<ConnId>,
     /// Store the message (history) before acking and delivering it.
     pub persist: bool,
+    /// Part of a token stream: kept for late joiners while the stream runs.
+    pub stream: Option<StreamPart>,
     /// Where to send the `ack`, ahead of the publisher's own echo.
     pub ack: Option<AckTo>,
     /// Where the outcome goes; dropped unanswered if the topic is gone.
@@ -145,3 +147,12 @@ pub struct Untrack {
 #[derive(Message, Debug)]
 #[rtype(result = "Value")]
 pub struct GetPresence;
+
+/// A publish's place in a token stream (`POST /api/realtime/stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPart {
+    /// A token: kept so that a subscriber joining mid-stream gets it first.
+    Token { stream: Arc<str> },
+    /// The stream's end: its tokens are no longer kept.
+    Done { stream: Arc<str> },
+}

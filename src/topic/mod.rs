@@ -6,6 +6,7 @@ pub mod messages;
 pub mod name;
 pub mod presence;
 pub mod replay;
+pub mod streams;
 
 pub use actor::TopicActor;
 pub use name::{TopicKind, TopicName};
