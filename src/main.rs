@@ -1,6 +1,5 @@
 //! `realtide serve` (the default) and `realtide token`.
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,7 +31,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
-        let listener = TcpListener::bind(&config.bind)
+        let listener = realtide::server::bind(&config.bind)
             .map_err(|e| format!("cannot bind {}: {e}", config.bind))?;
         let server = realtide::server::start(listener, config).map_err(|e| e.to_string())?;
         server.run_until_signal().await.map_err(|e| e.to_string())

@@ -38,6 +38,25 @@ pub enum StartError {
     Unsupported(String),
 }
 
+/// Binds the listening socket with `SO_REUSEADDR`, so a restarted server gets
+/// its port back while the old connections sit in TIME_WAIT.
+pub fn bind(address: &str) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("`{address}` resolves to no address")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// A started server: await [`RunningServer::wait`], or stop it with a [`Controller`].
 pub struct RunningServer {
     server: Server,

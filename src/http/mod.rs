@@ -33,9 +33,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/v1/public/realtime/history").route(web::get().to(history::public)))
         .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/realtide.js").route(web::get().to(client_module)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(resource("/metrics").route(web::get().to(health::metrics)))
         .default_service(web::to(errors::not_found));
+}
+
+/// The JavaScript client (`clients/js/realtide.js`), served as is.
+async fn client_module() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(include_str!("../../clients/js/realtide.js"))
 }
 
 /// A resource whose other methods get a JSON 405.

@@ -1,0 +1,191 @@
+// The JavaScript client against a real realtide server (the debug binary by
+// default, REALTIDE_BIN to choose). Run: node --experimental-websocket --test clients/js/test/
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+import { createClient } from '../realtide.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.REALTIDE_BIN ?? join(here, '../../../target/debug/realtide');
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts realtide; `restart()` kills it (SIGKILL) and starts it again on the same port and database. */
+async function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), 'realtide-js-'));
+  const dbPath = join(dir, 'rt.db');
+  const port = await freePort();
+  const server = { dbPath, port, http: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}/api/realtime` };
+  server.launch = async () => {
+    server.child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`], {
+      stdio: 'ignore',
+    });
+    for (let i = 0; i < 200; i++) {
+      try {
+        if ((await fetch(`${server.http}/healthz`)).ok) return;
+      } catch {}
+      await sleep(25);
+    }
+    throw new Error('realtide did not start');
+  };
+  server.kill = () => new Promise((resolve) => {
+    server.child.once('exit', resolve);
+    server.child.kill('SIGKILL');
+  });
+  server.restart = async () => {
+    await server.kill();
+    await server.launch();
+  };
+  server.emit = (body) =>
+    fetch(`${server.http}/api/realtime/emit`, { method: 'POST', body: JSON.stringify(body) }).then((r) => r.json());
+  server.sql = (sql) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, sql]);
+  await server.launch();
+  return server;
+}
+
+function waitFor(predicate, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const check = () => {
+      if (predicate()) resolve();
+      else if (Date.now() - started > timeoutMs) reject(new Error('timed out'));
+      else setTimeout(check, 10);
+    };
+    check();
+  });
+}
+
+test('a channel receives publishes, emits, presence and history', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  const ann = createClient({ url: server.ws, userId: 'ann' });
+  const bob = createClient({ url: server.ws, userId: 'bob' });
+  t.after(() => { ann.disconnect(); bob.disconnect(); });
+  const statuses = [];
+  ann.onStatusChange((s) => statuses.push(s));
+
+  const annRoom = ann.channel('chat/room');
+  const seen = [];
+  annRoom.on('message', ({ data, userId }) => seen.push([userId, data.text]));
+  await annRoom.subscribe();
+  assert.deepEqual(statuses, ['connecting', 'connected']);
+
+  const bobRoom = bob.channel('chat/room');
+  await bobRoom.subscribe();
+  const ack = await bobRoom.publish('message', { text: 'hi' }, { persist: true });
+  assert.equal(typeof ack.message_id, 'string');
+  await server.emit({ topic: 'chat/room', event: 'message', data: { text: 'from backend' } });
+  await waitFor(() => seen.length === 2);
+  assert.deepEqual(seen, [['bob', 'hi'], [null, 'from backend']]);
+
+  await bobRoom.track({ typing: true });
+  await waitFor(() => annRoom.presence().bob !== undefined);
+  assert.deepEqual(annRoom.presence().bob[0].state, { typing: true });
+  await bobRoom.untrack();
+  await waitFor(() => annRoom.presence().bob === undefined);
+
+  const history = await annRoom.getHistory(10);
+  assert.equal(history.length, 1);
+  assert.equal(history[0].data.text, 'hi');
+});
+
+test('table changes arrive as INSERT, UPDATE and DELETE', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  server.sql("CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT)");
+  const client = createClient({ url: server.ws });
+  t.after(() => client.disconnect());
+  const got = [];
+  const orders = client.channel('orders');
+  orders
+    .on('INSERT', ({ data }) => got.push(['INSERT', data.status]))
+    .on('UPDATE', ({ data, old }) => got.push(['UPDATE', `${old.status}->${data.status}`]))
+    .on('DELETE', ({ old }) => got.push(['DELETE', old.id]));
+  await orders.subscribe();
+  server.sql("INSERT INTO orders VALUES ('1', 'pending'); UPDATE orders SET status = 'shipped'; DELETE FROM orders");
+  await waitFor(() => got.length === 3);
+  assert.deepEqual(got, [['INSERT', 'pending'], ['UPDATE', 'pending->shipped'], ['DELETE', '1']]);
+});
+
+test('a dropped socket in the middle of a stream of events loses and repeats nothing', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  const client = createClient({ url: server.ws, minDelayMs: 50 });
+  t.after(() => client.disconnect());
+  const statuses = [];
+  client.onStatusChange((s) => statuses.push(s));
+  const feed = client.channel('feed/x');
+  const seen = [];
+  feed.on('tick', ({ data }) => seen.push(data));
+  let resyncs = 0;
+  feed.on('resync', () => resyncs++);
+  await feed.subscribe();
+
+  for (let n = 0; n < 300; n++) {
+    await server.emit({ topic: 'feed/x', event: 'tick', data: n });
+    if (n === 100) client.socket.close(); // the connection drops mid-stream
+    if (n % 50 === 0) await sleep(5);
+  }
+  await waitFor(() => seen.length >= 300);
+  await sleep(200);
+  assert.deepEqual(seen, [...Array(300).keys()], 'every event exactly once, in order');
+  assert.equal(resyncs, 0);
+  assert.ok(statuses.includes('reconnecting'));
+  assert.equal(statuses.at(-1), 'connected');
+});
+
+test('a server restart in the middle of table changes loses and repeats nothing', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  server.sql('CREATE TABLE items (n INTEGER PRIMARY KEY)');
+  const client = createClient({ url: server.ws, minDelayMs: 50, maxDelayMs: 500 });
+  t.after(() => client.disconnect());
+  const items = client.channel('items');
+  const seen = [];
+  items.on('INSERT', ({ data }) => seen.push(data.n));
+  let resyncs = 0;
+  items.on('resync', () => resyncs++);
+  await items.subscribe();
+
+  for (let n = 0; n < 60; n++) {
+    server.sql(`INSERT INTO items VALUES (${n})`);
+    if (n === 20) await server.restart(); // rows keep coming while it is down and after
+    if (n === 20) server.sql('INSERT INTO items VALUES (1000)');
+  }
+  await waitFor(() => seen.length >= 61, 15000);
+  await sleep(300);
+  const expected = [...Array(21).keys(), 1000, ...Array.from({ length: 39 }, (_, i) => i + 21)];
+  assert.deepEqual(seen, expected, 'every row exactly once, in commit order');
+  assert.equal(resyncs, 0, 'the resume recovered everything');
+});
+
+test('when the server cannot recover what was missed, the app is told', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  const client = createClient({ url: server.ws, minDelayMs: 50, maxDelayMs: 500 });
+  t.after(() => client.disconnect());
+  const room = client.channel('chat/volatile');
+  let resyncs = 0;
+  room.on('resync', () => resyncs++);
+  await room.subscribe();
+  await server.emit({ topic: 'chat/volatile', event: 'm', data: 1 });
+  await sleep(100);
+  await server.restart(); // pub/sub replay lives in memory: a restart loses it
+  await waitFor(() => resyncs === 1, 10000);
+});
