@@ -91,6 +91,15 @@ fn start_tracker(db: &Database, config: &Config) -> Result<Tracker, StartError> 
 /// Starts realtide on `listener`. Call it inside an actix system; it blocks
 /// while it opens the database and runs migrations.
 pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, StartError> {
+    start_with(listener, config, |_| {})
+}
+
+/// [`start`], with the embedding application's own routes registered ahead
+/// of realtide's (see `examples/demo.rs`).
+pub fn start_with<F>(listener: TcpListener, config: Config, app_routes: F) -> Result<RunningServer, StartError>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
     if config.redis_url.is_some() {
         return Err(StartError::Unsupported(
             "--redis-url: several nodes through Redis are not supported by this version yet".into(),
@@ -128,7 +137,12 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
     let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
     let addr = listener.local_addr()?;
     let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(app_routes.clone())
+                .configure(http::routes)
+        })
             .workers(workers)
             .disable_signals()
             .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
