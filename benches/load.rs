@@ -51,6 +51,16 @@ enum Mode {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
     },
+    /// N viewers of one token stream: token -> viewer latency.
+    Stream {
+        #[arg(long, default_value_t = 1000)]
+        viewers: usize,
+        /// Tokens a second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 1000)]
+        tokens: u64,
+    },
     /// The cost of `persist: true`: ack latency with and without, and the
     /// persisted publishes per second one topic sustains.
     Persist {
@@ -556,6 +566,91 @@ async fn persist(backend: &str, messages: u64, postgres_url: &str) {
     drop(server);
 }
 
+async fn stream(viewers: usize, rate: u64, tokens: u64) {
+    let server = Server::start().await;
+    let topic = "bench/stream";
+    let mut sockets = Vec::with_capacity(viewers);
+    for _ in 0..viewers {
+        let mut ws = connect(&server.addr).await;
+        subscribe(&mut ws, topic).await;
+        sockets.push(ws);
+    }
+    let deadline = Instant::now() + Duration::from_secs(tokens / rate + 20);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Ok(Some(Ok(Message::Text(text)))) =
+                        tokio::time::timeout(left, ws.next()).await
+                    else {
+                        break;
+                    };
+                    if text.contains(r#""event":"ai:done""#) {
+                        break;
+                    }
+                    // The token is the send time in ns: `"token":123...`.
+                    if let Some(start) = text.find(r#""token":"#) {
+                        let digits: String = text[start + 8..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_digit())
+                            .collect();
+                        if let Ok(sent) = digits.parse::<u64>() {
+                            latencies
+                                .saturating_record((now_ns().saturating_sub(sent) / 1000).max(1));
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let body = futures_util::stream::unfold(0u64, move |i| async move {
+        if i == tokens {
+            return None;
+        }
+        tokio::time::sleep_until((started + period * i as u32).into()).await;
+        Some((Ok::<_, std::io::Error>(format!("{}\n", now_ns())), i + 1))
+    });
+    let c0 = server.cpu_exact();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/realtime/stream?topic={topic}",
+            server.addr
+        ))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for reader in readers {
+        merged.add(reader.await.unwrap()).unwrap();
+    }
+    let cpu = server.cpu_exact() - c0;
+    println!("stream: {viewers} viewers, {tokens} tokens at {rate}/s");
+    println!(
+        "  received       {} of {}",
+        merged.len(),
+        tokens * viewers as u64
+    );
+    println!(
+        "  token->viewer  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        merged.value_at_quantile(0.5) as f64 / 1000.0,
+        merged.value_at_quantile(0.9) as f64 / 1000.0,
+        merged.value_at_quantile(0.99) as f64 / 1000.0,
+        merged.max() as f64 / 1000.0
+    );
+    println!(
+        "  server CPU     {:.0}% of a core",
+        cpu / started.elapsed().as_secs_f64() * 100.0
+    );
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -572,6 +667,11 @@ fn main() {
                 payload,
             } => fanout(subscribers, rate, seconds, payload).await,
             Mode::Idle { connections } => idle(connections).await,
+            Mode::Stream {
+                viewers,
+                rate,
+                tokens,
+            } => stream(viewers, rate, tokens).await,
             Mode::Persist {
                 backend,
                 messages,

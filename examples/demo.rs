@@ -47,7 +47,9 @@ struct Order {
 }
 
 fn html(page: &'static str) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page)
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page)
 }
 
 async fn list_orders(state: web::Data<AppState>) -> HttpResponse {
@@ -80,10 +82,12 @@ async fn update_order(state: web::Data<AppState>, update: web::Json<StatusUpdate
     let updated = state
         .db
         .run(move |conn| {
-            Ok(diesel::sql_query("UPDATE orders SET status = $1 WHERE id = $2")
-                .bind::<Text, _>(status)
-                .bind::<Text, _>(order_id)
-                .execute(conn)?)
+            Ok(
+                diesel::sql_query("UPDATE orders SET status = $1 WHERE id = $2")
+                    .bind::<Text, _>(status)
+                    .bind::<Text, _>(order_id)
+                    .execute(conn)?,
+            )
         })
         .await;
     match updated {
@@ -102,13 +106,20 @@ struct Ask {
 async fn ask(ask: web::Json<Ask>, base: web::Data<String>) -> HttpResponse {
     let url = format!("{}/api/realtime/stream?topic={}", base.as_str(), ask.room);
     actix_web::rt::spawn(async move {
-        let tokens: Vec<String> = ANSWER.split_inclusive(' ').map(|t| format!("{}\n", json!(t))).collect();
+        let tokens: Vec<String> = ANSWER
+            .split_inclusive(' ')
+            .map(|t| format!("{}\n", json!(t)))
+            .collect();
         let body = futures_util::stream::unfold(tokens.into_iter(), |mut tokens| async move {
             let token = tokens.next()?;
             tokio::time::sleep(Duration::from_millis(60)).await;
             Some((Ok::<_, std::io::Error>(token), tokens))
         });
-        let sent = reqwest::Client::new().post(url).body(reqwest::Body::wrap_stream(body)).send().await;
+        let sent = reqwest::Client::new()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "streaming the answer failed");
         }
@@ -154,7 +165,9 @@ fn seed(database_url: &str) -> Result<(), String> {
 }
 
 fn main() -> Result<(), String> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = std::iter::once("demo".to_string())
         .chain(std::iter::once("serve".to_string()))
         .chain(std::env::args().skip(1));
@@ -165,8 +178,14 @@ fn main() -> Result<(), String> {
     seed(&config.database_url)?;
     actix_web::rt::System::new().block_on(async move {
         let listener = realtide::server::bind(&config.bind).map_err(|e| e.to_string())?;
-        let base = web::Data::new(format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?));
-        println!("demo: dashboard {base} and chat {base}/chat", base = base.as_str());
+        let base = web::Data::new(format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        ));
+        println!(
+            "demo: dashboard {base} and chat {base}/chat",
+            base = base.as_str()
+        );
         let server = realtide::server::start_with(listener, config, move |cfg| {
             cfg.app_data(base.clone())
                 .route("/", web::get().to(|| async { html(DASHBOARD) }))

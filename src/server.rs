@@ -96,7 +96,11 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
 
 /// [`start`], with the embedding application's own routes registered ahead
 /// of realtide's (see `examples/demo.rs`).
-pub fn start_with<F>(listener: TcpListener, config: Config, app_routes: F) -> Result<RunningServer, StartError>
+pub fn start_with<F>(
+    listener: TcpListener,
+    config: Config,
+    app_routes: F,
+) -> Result<RunningServer, StartError>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
@@ -136,18 +140,17 @@ where
     .start();
     let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
     let addr = listener.local_addr()?;
-    let server =
-        HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(app_routes.clone())
-                .configure(http::routes)
-        })
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
-            .listen(listener)?
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(app_routes.clone())
+            .configure(http::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
+    .listen(listener)?
+    .run();
     tracing::info!(%addr, "realtide listening");
     let controller = Controller {
         addr,
