@@ -130,7 +130,7 @@ async fn an_auth_frame_swaps_the_token_and_ends_subscriptions_it_no_longer_allow
     let broad = token_for("ann", json!({}));
     let mut client = Client::connect(&app.ws_url(&format!("?token={broad}"))).await;
     client.subscribe("chat/a").await;
-    client.subscribe("admin/alerts").await;
+    client.subscribe("admin/alerts/realtide").await;
 
     let narrow = token_for(
         "ann",
@@ -142,7 +142,8 @@ async fn an_auth_frame_swaps_the_token_and_ends_subscriptions_it_no_longer_allow
     let ended = client.recv().await;
     assert_eq!(
         ended,
-        json!({"type": "unsubscribed", "topic": "admin/alerts", "reason": "forbidden"})
+        json!({"type": "unsubscribed", "topic": "admin/alerts/realtide", "reason": "forbidden"}),
+        "named as the client spelled it"
     );
     assert_eq!(client.recv().await, json!({"type": "ack", "ref": "swap"}));
 

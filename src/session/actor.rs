@@ -44,6 +44,8 @@ pub const MAX_PRESENCE_STATE: usize = 4096;
 struct Subscription {
     /// Frames from a topic carry this id; older ones are dropped.
     id: u64,
+    /// The topic as the client spelled it last, for frames the session writes.
+    spelling: Arc<str>,
 }
 
 /// A fragmented message being reassembled.
@@ -226,18 +228,17 @@ impl SessionActor {
         };
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
-        if self
-            .subscriptions
-            .insert(name.shared(), Subscription { id: sub_id })
-            .is_none()
-        {
-            tracing::trace!(conn = self.conn.0, topic = %name, "subscribed");
-        }
+        let spelling: Arc<str> = request.topic.into();
+        let subscription = Subscription {
+            id: sub_id,
+            spelling: spelling.clone(),
+        };
+        self.subscriptions.insert(name.shared(), subscription);
         self.state.registry.do_send(SubscribeTo {
             subscribe: Subscribe {
                 conn: self.conn,
                 sub_id,
-                spelling: request.topic.into(),
+                spelling,
                 reference,
                 echo: request.echo.unwrap_or(true),
                 since: request.since,
@@ -451,15 +452,18 @@ impl SessionActor {
         }
         self.identity = identity;
         self.schedule_expiry(ctx);
-        let revoked: Vec<Arc<str>> = self
+        let revoked: Vec<(Arc<str>, Arc<str>)> = self
             .subscriptions
-            .keys()
-            .filter(|topic| !self.identity.grants.can_subscribe(topic))
-            .cloned()
+            .iter()
+            .filter(|(topic, _)| !self.identity.grants.can_subscribe(topic))
+            .map(|(topic, sub)| (topic.clone(), sub.spelling.clone()))
             .collect();
-        for topic in revoked {
+        for (topic, spelling) in revoked {
             self.drop_subscription(&topic);
-            self.send(ctx, server::unsubscribed(None, &topic, Some("forbidden")));
+            self.send(
+                ctx,
+                server::unsubscribed(None, &spelling, Some("forbidden")),
+            );
         }
         self.send(ctx, server::ack(reference.as_ref()));
         Ok(())
