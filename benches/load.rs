@@ -45,11 +45,17 @@ enum Mode {
         /// Bytes of padding in each message's data.
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// Run the same load against the Node `ws` peer and print the ratios.
+        #[arg(long)]
+        against_node: bool,
     },
     /// N idle connections: the server's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
+        /// Measure the Node `ws` peer too and print the ratio.
+        #[arg(long)]
+        against_node: bool,
     },
     /// N viewers of one token stream: token -> viewer latency.
     Stream {
@@ -137,21 +143,53 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .expect("start realtide");
-        let server = Server {
+        Server {
             child,
             addr,
             _dir: dir,
-        };
+        }
+        .ready()
+        .await
+    }
+
+    /// The reference peer: `benches/peers/node-ws` (run `npm ci` there first).
+    async fn start_node_peer() -> Server {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/node-ws");
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new("node")
+            .arg("server.mjs")
+            .args(["--port", &addr.port().to_string()])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the Node peer (node on PATH, npm ci in benches/peers/node-ws)");
+        Server {
+            child,
+            addr: addr.to_string(),
+            _dir: None,
+        }
+        .ready()
+        .await
+    }
+
+    async fn start_target(target: Target) -> Server {
+        match target {
+            Target::Realtide => Self::start().await,
+            Target::NodeWs => Self::start_node_peer().await,
+        }
+    }
+
+    async fn ready(self) -> Server {
         for _ in 0..200 {
-            if reqwest::get(format!("http://{}/healthz", server.addr))
-                .await
-                .is_ok()
-            {
-                return server;
+            if tokio::net::TcpStream::connect(&self.addr).await.is_ok() {
+                return self;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("realtide did not start");
+        panic!("the server under test did not start");
     }
 
     /// (user, system) CPU seconds so far.
@@ -240,8 +278,75 @@ fn sent_at(frame: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-async fn fanout(subscribers: usize, rate: u64, seconds: u64, payload: usize) {
-    let server = Server::start().await;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Realtide,
+    NodeWs,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Realtide => "realtide",
+            Target::NodeWs => "node-ws",
+        }
+    }
+}
+
+/// One fan-out run's figures.
+#[derive(Debug, Clone, Copy)]
+struct FanoutReport {
+    deliveries_per_s: f64,
+    loss: u64,
+    p50_us: u64,
+    p99_us: u64,
+    user_us: f64,
+    system_us: f64,
+}
+
+/// Runs `fanout` against realtide, and against the Node peer too when asked,
+/// then prints realtide's figures over the peer's from this one run.
+async fn fanout_compared(
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+    payload: usize,
+    against_node: bool,
+) {
+    let ours = fanout(Target::Realtide, subscribers, rate, seconds, payload).await;
+    if !against_node {
+        return;
+    }
+    let peer = fanout(Target::NodeWs, subscribers, rate, seconds, payload).await;
+    println!("realtide / node-ws (same run)");
+    println!(
+        "  deliveries/s   {:.2}x",
+        ours.deliveries_per_s / peer.deliveries_per_s
+    );
+    println!(
+        "  p50 latency    {:.2}x",
+        ours.p50_us as f64 / peer.p50_us.max(1) as f64
+    );
+    println!(
+        "  p99 latency    {:.2}x",
+        ours.p99_us as f64 / peer.p99_us.max(1) as f64
+    );
+    println!(
+        "  CPU/delivery   {:.2}x (user {:.2}x)",
+        (ours.user_us + ours.system_us) / (peer.user_us + peer.system_us),
+        ours.user_us / peer.user_us
+    );
+    println!("  loss           {} vs {}", ours.loss, peer.loss);
+}
+
+async fn fanout(
+    target: Target,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+    payload: usize,
+) -> FanoutReport {
+    let server = Server::start_target(target).await;
     let topic = "bench/fanout";
     let messages = rate * seconds;
     let mut sockets = Vec::with_capacity(subscribers);
@@ -302,7 +407,8 @@ async fn fanout(subscribers: usize, rate: u64, seconds: u64, payload: usize) {
     let expected = messages * subscribers as u64;
     let per = |cpu: f64| cpu * 1e6 / delivered.max(1) as f64;
     println!(
-        "fanout: {subscribers} subscribers, {rate} msg/s for {seconds} s, {payload} B payload"
+        "fanout ({}): {subscribers} subscribers, {rate} msg/s for {seconds} s, {payload} B payload",
+        target.name()
     );
     println!(
         "  delivered      {delivered} of {expected} (loss {})",
@@ -328,10 +434,30 @@ async fn fanout(subscribers: usize, rate: u64, seconds: u64, payload: usize) {
         "  server RSS     {:.1} MiB",
         server.rss_bytes() as f64 / 1048576.0
     );
+    FanoutReport {
+        deliveries_per_s: delivered as f64 / elapsed,
+        loss: expected - delivered,
+        p50_us: merged.value_at_quantile(0.5),
+        p99_us: merged.value_at_quantile(0.99),
+        user_us: per(user1 - user0),
+        system_us: per(sys1 - sys0),
+    }
 }
 
-async fn idle(connections: usize) {
-    let server = Server::start().await;
+async fn idle_compared(connections: usize, against_node: bool) {
+    let ours = idle(Target::Realtide, connections).await;
+    if against_node {
+        let peer = idle(Target::NodeWs, connections).await;
+        println!(
+            "realtide / node-ws (same run): {:.2}x the memory per idle connection",
+            ours / peer
+        );
+    }
+}
+
+/// Returns KiB of server RSS per idle connection.
+async fn idle(target: Target, connections: usize) -> f64 {
+    let server = Server::start_target(target).await;
     drop(connect(&server.addr).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_bytes();
@@ -341,17 +467,16 @@ async fn idle(connections: usize) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss_bytes();
-    println!("idle: {connections} connections");
+    println!("idle ({}): {connections} connections", target.name());
     println!(
         "  server RSS     {:.1} MiB before, {:.1} MiB after",
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );
-    println!(
-        "  per connection {:.1} KiB",
-        (after - before) as f64 / connections as f64 / 1024.0
-    );
+    let per_connection = after.saturating_sub(before) as f64 / connections as f64 / 1024.0;
+    println!("  per connection {per_connection:.1} KiB");
     drop(sockets);
+    per_connection
 }
 
 /// A scratch database for the `changes` mode, dropped afterwards.
@@ -665,8 +790,12 @@ fn main() {
                 rate,
                 seconds,
                 payload,
-            } => fanout(subscribers, rate, seconds, payload).await,
-            Mode::Idle { connections } => idle(connections).await,
+                against_node,
+            } => fanout_compared(subscribers, rate, seconds, payload, against_node).await,
+            Mode::Idle {
+                connections,
+                against_node,
+            } => idle_compared(connections, against_node).await,
             Mode::Stream {
                 viewers,
                 rate,
