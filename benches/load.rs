@@ -48,6 +48,19 @@ enum Mode {
         /// Run the same load against the Node `ws` peer and print the ratios.
         #[arg(long)]
         against_node: bool,
+        /// Repeat the run and report medians (the machine is noisy).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Raise the rate from `--rate` by 1.5x per step until p99 > 100 ms
+        /// or loss, and plot latency against rate.
+        #[arg(long)]
+        find_max: bool,
+        /// Where `--find-max` writes its plot.
+        #[arg(long, default_value = "docs/fanout-latency.svg")]
+        svg: String,
+        /// Also write every run's figures as JSON here.
+        #[arg(long)]
+        json: Option<String>,
     },
     /// N idle connections: the server's RSS per connection.
     Idle {
@@ -233,8 +246,16 @@ impl Server {
 }
 
 /// A client with small buffers: tokio-tungstenite's defaults cost ~137 KB each.
+/// Source addresses are spread over 127.0.0.1-16, so one load process can open
+/// tens of thousands of connections without running out of ephemeral ports.
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
+
 async fn connect(addr: &str) -> Socket {
     let socket = TcpSocket::new_v4().unwrap();
+    let source = 1 + NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16;
+    socket
+        .bind(format!("127.0.0.{source}:0").parse().unwrap())
+        .unwrap();
     let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -294,58 +315,220 @@ impl Target {
 }
 
 /// One fan-out run's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 struct FanoutReport {
+    target: &'static str,
+    subscribers: usize,
+    rate: u64,
     deliveries_per_s: f64,
     loss: u64,
     p50_us: u64,
+    p90_us: u64,
     p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
     user_us: f64,
     system_us: f64,
+    rss_mib: f64,
 }
 
-/// Runs `fanout` against realtide, and against the Node peer too when asked,
-/// then prints realtide's figures over the peer's from this one run.
-async fn fanout_compared(
-    subscribers: usize,
-    rate: u64,
-    seconds: u64,
-    payload: usize,
-    against_node: bool,
-) {
-    let ours = fanout(Target::Realtide, subscribers, rate, seconds, payload).await;
-    if !against_node {
-        return;
+impl FanoutReport {
+    /// Sustained: nothing lost, p99 within 100 ms.
+    fn sustained(&self) -> bool {
+        self.loss == 0 && self.p99_us <= 100_000
     }
-    let peer = fanout(Target::NodeWs, subscribers, rate, seconds, payload).await;
-    println!("realtide / node-ws (same run)");
-    println!(
-        "  deliveries/s   {:.2}x",
-        ours.deliveries_per_s / peer.deliveries_per_s
-    );
-    println!(
-        "  p50 latency    {:.2}x",
-        ours.p50_us as f64 / peer.p50_us.max(1) as f64
-    );
-    println!(
-        "  p99 latency    {:.2}x",
-        ours.p99_us as f64 / peer.p99_us.max(1) as f64
-    );
-    println!(
-        "  CPU/delivery   {:.2}x (user {:.2}x)",
-        (ours.user_us + ours.system_us) / (peer.user_us + peer.system_us),
-        ours.user_us / peer.user_us
-    );
-    println!("  loss           {} vs {}", ours.loss, peer.loss);
 }
 
-async fn fanout(
-    target: Target,
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Runs `fanout` `runs` times against realtide (and the Node peer when
+/// asked, alternating), then prints medians and realtide's over the peer's.
+async fn fanout_compared(load: Load, runs: usize, against_node: bool, json: Option<&str>) {
+    let mut ours = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..runs.max(1) {
+        ours.push(fanout(Target::Realtide, load).await);
+        if against_node {
+            peers.push(fanout(Target::NodeWs, load).await);
+        }
+    }
+    let summary = |reports: &[FanoutReport]| {
+        let m = |f: fn(&FanoutReport) -> f64| median(reports.iter().map(f).collect());
+        (
+            m(|r| r.deliveries_per_s),
+            m(|r| r.p50_us as f64),
+            m(|r| r.p99_us as f64),
+            m(|r| r.user_us),
+            m(|r| r.user_us + r.system_us),
+        )
+    };
+    let (dps, p50, p99, user, total) = summary(&ours);
+    println!(
+        "median of {} run(s), realtide: {dps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {user:.2} µs user / {total:.2} µs total CPU per delivery",
+        ours.len(),
+        p50 / 1000.0,
+        p99 / 1000.0
+    );
+    if against_node {
+        let (pdps, pp50, pp99, puser, ptotal) = summary(&peers);
+        println!(
+            "median of {} run(s), node-ws: {pdps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {puser:.2} µs user / {ptotal:.2} µs total CPU per delivery",
+            peers.len(),
+            pp50 / 1000.0,
+            pp99 / 1000.0
+        );
+        println!(
+            "realtide / node-ws: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x (user {:.2}x)",
+            dps / pdps,
+            p50 / pp50.max(1.0),
+            p99 / pp99.max(1.0),
+            total / ptotal,
+            user / puser
+        );
+    }
+    if let Some(path) = json {
+        let all: Vec<&FanoutReport> = ours.iter().chain(peers.iter()).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
+
+/// Raises the rate until p99 passes 100 ms or anything is lost, for
+/// realtide and (when asked) the peer; prints the highest sustained rate of
+/// each and plots latency against rate.
+async fn find_max(load: Load, start: u64, against_node: bool, svg: &str, json: Option<&str>) {
+    let mut ladders = Vec::new();
+    let targets: &[Target] = if against_node {
+        &[Target::Realtide, Target::NodeWs]
+    } else {
+        &[Target::Realtide]
+    };
+    for &target in targets {
+        let mut steps: Vec<FanoutReport> = Vec::new();
+        let mut rate = start;
+        loop {
+            let report = fanout(target, Load { rate, ..load }).await;
+            steps.push(report);
+            if !report.sustained() || steps.len() >= 14 {
+                break;
+            }
+            rate = rate * 3 / 2;
+        }
+        let best = steps
+            .iter()
+            .filter(|r| r.sustained())
+            .map(|r| r.deliveries_per_s)
+            .fold(0.0, f64::max);
+        println!(
+            "find-max ({}): {best:.0} deliveries/s sustained (p99 <= 100 ms, no loss)",
+            target.name()
+        );
+        ladders.push((target, steps, best));
+    }
+    if let [(_, _, ours), (_, _, peer)] = ladders.as_slice() {
+        println!(
+            "realtide / node-ws: {:.2}x the sustained deliveries/s",
+            ours / peer
+        );
+    }
+    plot(&ladders, load.subscribers, svg);
+    println!("wrote {svg}");
+    if let Some(path) = json {
+        let all: Vec<&FanoutReport> = ladders.iter().flat_map(|(_, steps, _)| steps).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
+
+/// Latency percentiles against publish rate, one colour per server.
+fn plot(ladders: &[(Target, Vec<FanoutReport>, f64)], subscribers: usize, path: &str) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let max_rate = ladders
+        .iter()
+        .flat_map(|(_, s, _)| s.iter().map(|r| r.rate))
+        .max()
+        .unwrap_or(100) as f64;
+    let max_ms = ladders
+        .iter()
+        .flat_map(|(_, s, _)| s.iter().map(|r| r.p99_us as f64 / 1000.0))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("fan-out to {subscribers} subscribers: latency vs publish rate"),
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_rate * 1.05, (0.1..max_ms * 1.5).log_scale())
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("messages per second")
+        .y_desc("latency (ms, log)")
+        .draw()
+        .unwrap();
+    for (target, steps, _) in ladders {
+        let colour = if *target == Target::Realtide {
+            BLUE
+        } else {
+            RED
+        };
+        for (quantile, style) in [("p50", colour.mix(0.45)), ("p99", colour.mix(1.0))] {
+            let points: Vec<(f64, f64)> = steps
+                .iter()
+                .map(|r| {
+                    let us = if quantile == "p50" {
+                        r.p50_us
+                    } else {
+                        r.p99_us
+                    };
+                    (r.rate as f64, (us as f64 / 1000.0).max(0.1))
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
+                .unwrap()
+                .label(format!("{} {quantile}", target.name()))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], style.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, style.filled())))
+                .unwrap();
+        }
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+}
+
+/// The shape of a fan-out load.
+#[derive(Debug, Clone, Copy)]
+struct Load {
     subscribers: usize,
     rate: u64,
     seconds: u64,
     payload: usize,
-) -> FanoutReport {
+}
+
+async fn fanout(target: Target, load: Load) -> FanoutReport {
+    let Load {
+        subscribers,
+        rate,
+        seconds,
+        payload,
+    } = load;
+
     let server = Server::start_target(target).await;
     let topic = "bench/fanout";
     let messages = rate * seconds;
@@ -435,12 +618,19 @@ async fn fanout(
         server.rss_bytes() as f64 / 1048576.0
     );
     FanoutReport {
+        target: target.name(),
+        subscribers,
+        rate,
         deliveries_per_s: delivered as f64 / elapsed,
         loss: expected - delivered,
         p50_us: merged.value_at_quantile(0.5),
+        p90_us: merged.value_at_quantile(0.9),
         p99_us: merged.value_at_quantile(0.99),
+        p999_us: merged.value_at_quantile(0.999),
+        max_us: merged.max(),
         user_us: per(user1 - user0),
         system_us: per(sys1 - sys0),
+        rss_mib: server.rss_bytes() as f64 / 1048576.0,
     }
 }
 
@@ -791,7 +981,23 @@ fn main() {
                 seconds,
                 payload,
                 against_node,
-            } => fanout_compared(subscribers, rate, seconds, payload, against_node).await,
+                runs,
+                find_max: climb,
+                svg,
+                json,
+            } => {
+                let load = Load {
+                    subscribers,
+                    rate,
+                    seconds,
+                    payload,
+                };
+                if climb {
+                    find_max(load, rate, against_node, &svg, json.as_deref()).await;
+                } else {
+                    fanout_compared(load, runs, against_node, json.as_deref()).await;
+                }
+            }
             Mode::Idle {
                 connections,
                 against_node,
