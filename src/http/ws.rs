@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{ApiError, bearer};
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::session::SessionActor;
-use crate::session::outbound::{GaugedStream, OutboundGauge};
+use crate::session::outbound::{Outbox, OutboxStream};
 use crate::state::AppState;
 
 /// The subprotocol the Aerostack SDKs offer; the handshake must select it.
@@ -87,13 +87,16 @@ pub async fn connect(
         .collect();
     let mut response = ws::handshake_with_protocols(&req, &protocols)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let gauge = OutboundGauge::new(state.config.max_pending_bytes);
+    let outbox = Outbox::new(
+        state.config.max_pending_bytes,
+        state.metrics.messages_out.clone(),
+    );
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
-    let session = SessionActor::new(state, identity, gauge.clone());
+    let session = SessionActor::new(state, identity, outbox.clone());
     let output = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(GaugedStream::new(
+    Ok(response.streaming(OutboxStream::new(
         Box::pin(output),
-        gauge,
+        outbox,
         close::SLOW_CONSUMER,
     )))
 }

@@ -4,10 +4,10 @@
 //! topic -> spelling and subscription id), its publish rate limiter, the
 //! reassembly of fragmented messages, and three timers: a WebSocket ping every
 //! third of the idle timeout, the idle deadline itself (close 4000), and the
-//! token's expiry (close 4001). Frames it writes itself are reserved on the
-//! same [`OutboundGauge`] as the topics' deliveries.
+//! token's expiry (close 4001). Its subscriptions live in its [`Outbox`],
+//! which topics write frames into directly; frames it writes itself are
+//! reserved on the same outbox.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +20,8 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ClientTooSlow, ConnId, Deliver, FrameKind, Shutdown};
-use super::outbound::{OutboundGauge, Reserve};
+use super::messages::{ClientTooSlow, ConnId, Shutdown};
+use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
 use crate::history;
@@ -40,14 +40,6 @@ use crate::topic::{TopicKind, TopicName};
 /// Largest presence state, in bytes of compact JSON.
 pub const MAX_PRESENCE_STATE: usize = 4096;
 
-/// One subscription of this connection, keyed by canonical topic name.
-struct Subscription {
-    /// Frames from a topic carry this id; older ones are dropped.
-    id: u64,
-    /// The topic as the client spelled it last, for frames the session writes.
-    spelling: Arc<str>,
-}
-
 /// A fragmented message being reassembled.
 struct Fragments {
     text: bool,
@@ -60,12 +52,11 @@ pub struct SessionActor {
     wire_id: String,
     identity: Identity,
     state: web::Data<AppState>,
-    subscriptions: HashMap<Arc<str>, Subscription>,
     next_sub_id: u64,
     last_heard: Instant,
     publish_limiter: DefaultDirectRateLimiter,
     /// Shared with the topics delivering here and the output stream.
-    gauge: Arc<OutboundGauge>,
+    outbox: Arc<Outbox>,
     fragments: Option<Fragments>,
     /// The pending token-expiry timer; replaced when an `auth` frame swaps tokens.
     expiry: Option<SpawnHandle>,
@@ -80,7 +71,7 @@ pub struct SessionActor {
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 impl SessionActor {
-    pub fn new(state: web::Data<AppState>, identity: Identity, gauge: Arc<OutboundGauge>) -> Self {
+    pub fn new(state: web::Data<AppState>, identity: Identity, outbox: Arc<Outbox>) -> Self {
         let rate = NonZeroU32::new(state.config.max_publish_rate).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
         SessionActor {
@@ -88,10 +79,9 @@ impl SessionActor {
             wire_id: uuid::Uuid::new_v4().simple().to_string(),
             identity,
             publish_limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            subscriptions: HashMap::new(),
             next_sub_id: 1,
             last_heard: Instant::now(),
-            gauge,
+            outbox,
             fragments: None,
             expiry: None,
             closing: false,
@@ -99,12 +89,12 @@ impl SessionActor {
         }
     }
 
-    /// Writes a frame of the session's own (replies, errors), counted on the gauge.
+    /// Writes a frame of the session's own (replies, errors), counted on the outbox.
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
         if self.closing {
             return;
         }
-        match self.gauge.reserve(frame.len()) {
+        match self.outbox.reserve(frame.len()) {
             Reserve::Ok => {
                 self.state.metrics.messages_out.inc();
                 ctx.text(frame);
@@ -133,6 +123,7 @@ impl SessionActor {
             return;
         }
         self.closing = true;
+        self.outbox.start_closing();
         ctx.close(Some(CloseReason {
             code,
             description: Some(why.into()),
@@ -144,7 +135,7 @@ impl SessionActor {
     }
 
     fn leave_all_topics(&mut self) {
-        for (topic, _) in self.subscriptions.drain() {
+        for topic in self.outbox.unsubscribe_all() {
             self.state.registry.do_send(UnsubscribeFrom {
                 topic,
                 conn: self.conn,
@@ -233,7 +224,7 @@ impl SessionActor {
             id: sub_id,
             spelling: spelling.clone(),
         };
-        self.subscriptions.insert(name.shared(), subscription);
+        self.outbox.subscribe(name.shared(), subscription);
         self.state.registry.do_send(SubscribeTo {
             subscribe: Subscribe {
                 conn: self.conn,
@@ -290,7 +281,7 @@ impl SessionActor {
         ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(topic)?;
-        if !self.subscriptions.contains_key(name.as_str()) {
+        if !self.outbox.is_subscribed(name.as_str()) {
             return Err(ProtocolError::bad_request(format!(
                 "subscribe to `{topic}` before tracking presence there"
             )));
@@ -363,14 +354,13 @@ impl SessionActor {
     /// Where topics send this session's frames.
     fn subscriber_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SubscriberHandle {
         SubscriberHandle {
-            deliver: ctx.address().recipient(),
+            outbox: self.outbox.clone(),
             too_slow: ctx.address().recipient(),
-            gauge: self.gauge.clone(),
         }
     }
 
     fn drop_subscription(&mut self, topic: &Arc<str>) {
-        if self.subscriptions.remove(topic).is_some() {
+        if self.outbox.unsubscribe(topic) {
             self.state.registry.do_send(UnsubscribeFrom {
                 topic: topic.clone(),
                 conn: self.conn,
@@ -453,10 +443,10 @@ impl SessionActor {
         self.identity = identity;
         self.schedule_expiry(ctx);
         let revoked: Vec<(Arc<str>, Arc<str>)> = self
-            .subscriptions
-            .iter()
+            .outbox
+            .subscriptions()
+            .into_iter()
             .filter(|(topic, _)| !self.identity.grants.can_subscribe(topic))
-            .map(|(topic, sub)| (topic.clone(), sub.spelling.clone()))
             .collect();
         for (topic, spelling) in revoked {
             self.drop_subscription(&topic);
@@ -566,7 +556,7 @@ impl Actor for SessionActor {
         self.send(ctx, welcome);
         let idle = state.config.idle_timeout();
         ctx.run_interval(idle / 3, |session, ctx| {
-            if session.gauge.reserve(0) == Reserve::Ok {
+            if session.outbox.reserve(0) == Reserve::Ok {
                 ctx.ping(b"");
             }
         });
@@ -609,7 +599,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 }
             }
             Ok(ws::Message::Ping(payload)) => {
-                if self.gauge.reserve(payload.len()) == Reserve::Ok {
+                if self.outbox.reserve(payload.len()) == Reserve::Ok {
                     ctx.pong(&payload);
                 }
             }
@@ -630,43 +620,6 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-impl Handler<Deliver> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        if self.gauge.is_slow() {
-            ctx.stop();
-            return;
-        }
-        let current = !self.closing
-            && match msg.kind {
-                FrameKind::Reply => true,
-                FrameKind::Stream { sub_id } => self.is_current(&msg.topic, sub_id),
-                FrameKind::Refusal { sub_id } => {
-                    if self.is_current(&msg.topic, sub_id) {
-                        self.subscriptions.remove(&msg.topic);
-                    }
-                    true
-                }
-            };
-        if current {
-            self.state.metrics.messages_out.inc();
-            ctx.text(msg.frame);
-        } else {
-            // Reserved by the topic but never sent: give the bytes back.
-            self.gauge.release(msg.frame.len());
-        }
-    }
-}
-
-impl SessionActor {
-    fn is_current(&self, topic: &Arc<str>, sub_id: u64) -> bool {
-        self.subscriptions
-            .get(topic)
-            .is_some_and(|s| s.id == sub_id)
     }
 }
 

@@ -1,24 +1,12 @@
 //! Messages a session actor receives from topics and the registry.
 
-use std::sync::Arc;
-
 use actix::prelude::*;
-use bytestring::ByteString;
 
 /// A connection's id inside this process (the wire `conn` id is a separate string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
-/// A frame for the client, from a topic: `subscribed`, replayed and live
-/// events, refusals and publish acks.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub topic: Arc<str>,
-    pub kind: FrameKind,
-    pub frame: ByteString,
-}
-
+/// What a frame queued in a session's outbox belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
     /// Part of subscription `sub_id`'s stream; dropped unless that subscription

@@ -1,21 +1,37 @@
-//! Outbound accounting for one socket: how many bytes were accepted for the
-//! client and not yet handed to the HTTP layer, and the slow-consumer cut-off.
+//! The way out to one socket: the [`Outbox`] that topics write frames into
+//! directly, and the [`OutboxStream`] that turns them into the socket's bytes.
 //!
-//! Why it is shared and atomic: when a client stops reading, actix-http stops
-//! polling the response stream, so the session actor itself stops running and
-//! cannot notice. The topics that deliver to it can: they reserve bytes on
-//! this gauge before each delivery and, past the limit, mark the session slow
-//! and stop sending. The [`GaugedStream`] wrapped around the socket's output
-//! counts what actually left, and once the session is slow it sends a close
-//! frame (4008) ahead of everything still queued, which it discards.
+//! Why topics do not message the session actor per frame: a fan-out to
+//! thousands of sessions would cost an actor message (an allocation, a
+//! mailbox, a wake-up of the actor) per delivery. Instead a topic pushes the
+//! shared frame into the outbox and wakes the socket's writer; the writer
+//! drains every waiting frame into one buffer, so frames that pile up for one
+//! socket leave in one write.
+//!
+//! The outbox also owns the connection's subscriptions (canonical topic ->
+//! current subscription id and spelling), so the writer can drop frames of a
+//! subscription that ended or was replaced before they leave.
+//!
+//! Backpressure: when a client stops reading, actix-http stops polling the
+//! response stream, so neither the writer nor the session actor runs. The
+//! topics notice instead: they reserve bytes before each frame and, past
+//! `--max-pending-bytes` unsent, mark the outbox slow and stop sending. The
+//! writer then sends a close frame (4008) ahead of everything still queued,
+//! which it discards.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
 use futures_util::Stream;
+use futures_util::task::AtomicWaker;
+use prometheus::IntCounter;
+
+use super::messages::FrameKind;
 
 /// Bytes a WebSocket frame of `payload` bytes takes on the wire (server frames are unmasked).
 pub fn frame_len(payload: usize) -> u64 {
@@ -27,91 +43,22 @@ pub fn frame_len(payload: usize) -> u64 {
     (payload + header) as u64
 }
 
-/// Shared between a session, the topics delivering to it, and its output stream.
-#[derive(Debug)]
-pub struct OutboundGauge {
-    limit: u64,
-    queued: AtomicU64,
-    flushed: AtomicU64,
-    slow: AtomicBool,
-}
-
-impl OutboundGauge {
-    pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(OutboundGauge {
-            limit,
-            queued: AtomicU64::new(0),
-            flushed: AtomicU64::new(0),
-            slow: AtomicBool::new(false),
-        })
-    }
-
-    /// Counts a frame of `payload` bytes as queued. Returns false, and marks
-    /// the client slow, when that would leave more than the limit unsent; the
-    /// first caller to cross the limit gets `Reserve::BecameSlow`.
-    pub fn reserve(&self, payload: usize) -> Reserve {
-        if self.slow.load(Ordering::Relaxed) {
-            return Reserve::AlreadySlow;
+/// Appends a text frame (FIN, unmasked) to `out`.
+fn encode_text(out: &mut BytesMut, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    out.put_u8(0x81);
+    match payload.len() {
+        n @ 0..=125 => out.put_u8(n as u8),
+        n @ 126..=65_535 => {
+            out.put_u8(126);
+            out.put_u16(n as u16);
         }
-        let queued =
-            self.queued.fetch_add(frame_len(payload), Ordering::Relaxed) + frame_len(payload);
-        let pending = queued.saturating_sub(self.flushed.load(Ordering::Relaxed));
-        if pending <= self.limit {
-            Reserve::Ok
-        } else if self.slow.swap(true, Ordering::Relaxed) {
-            Reserve::AlreadySlow
-        } else {
-            Reserve::BecameSlow
+        n => {
+            out.put_u8(127);
+            out.put_u64(n as u64);
         }
     }
-
-    pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
-    }
-
-    /// Bytes accepted for the client and not yet handed to the HTTP layer.
-    pub fn pending(&self) -> u64 {
-        self.queued
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.flushed.load(Ordering::Relaxed))
-    }
-
-    /// Gives back a reservation for a frame of `payload` bytes that was not sent.
-    pub fn release(&self, payload: usize) {
-        self.flushed
-            .fetch_add(frame_len(payload), Ordering::Relaxed);
-    }
-
-    fn flushed(&self, bytes: usize) {
-        self.flushed.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserve {
-    Ok,
-    BecameSlow,
-    AlreadySlow,
-}
-
-/// The socket's output stream, counted on the gauge; once the client is slow,
-/// a close frame with `close_code` and then the end of the stream.
-pub struct GaugedStream<S> {
-    inner: S,
-    gauge: Arc<OutboundGauge>,
-    close_code: u16,
-    close_sent: bool,
-}
-
-impl<S> GaugedStream<S> {
-    pub fn new(inner: S, gauge: Arc<OutboundGauge>, close_code: u16) -> Self {
-        GaugedStream {
-            inner,
-            gauge,
-            close_code,
-            close_sent: false,
-        }
-    }
+    out.put_slice(payload);
 }
 
 fn close_frame(code: u16, reason: &str) -> Bytes {
@@ -123,7 +70,218 @@ fn close_frame(code: u16, reason: &str) -> Bytes {
     frame.freeze()
 }
 
-impl<S, E> Stream for GaugedStream<S>
+/// One of the connection's subscriptions.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Frames carry the id of the subscription they belong to; older ones are dropped.
+    pub id: u64,
+    /// The topic as the client spelled it last.
+    pub spelling: Arc<str>,
+}
+
+/// A frame waiting for the socket.
+#[derive(Debug)]
+struct Queued {
+    topic: Arc<str>,
+    kind: FrameKind,
+    frame: ByteString,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    frames: Vec<Queued>,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+}
+
+/// Shared by a session, the topics delivering to it, and its output stream.
+#[derive(Debug)]
+pub struct Outbox {
+    limit: u64,
+    queued: AtomicU64,
+    flushed: AtomicU64,
+    slow: AtomicBool,
+    /// Set when the session sends its close frame: nothing may follow it.
+    closing: AtomicBool,
+    shared: Mutex<Shared>,
+    /// The writer's waker: whoever queues a frame wakes it.
+    writer: AtomicWaker,
+    frames_out: IntCounter,
+}
+
+impl Outbox {
+    pub fn new(limit: u64, frames_out: IntCounter) -> Arc<Self> {
+        Arc::new(Outbox {
+            limit,
+            queued: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            slow: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            shared: Mutex::new(Shared::default()),
+            writer: AtomicWaker::new(),
+            frames_out,
+        })
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding this lock cannot leave it inconsistent: each
+        // critical section is a single push, insert, remove or swap.
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a frame of `payload` bytes as queued. Past the limit the
+    /// outbox turns slow; the first caller to cross it gets `BecameSlow`.
+    pub fn reserve(&self, payload: usize) -> Reserve {
+        if self.slow.load(Ordering::Relaxed) {
+            return Reserve::AlreadySlow;
+        }
+        let size = frame_len(payload);
+        let queued = self.queued.fetch_add(size, Ordering::Relaxed) + size;
+        let pending = queued.saturating_sub(self.flushed.load(Ordering::Relaxed));
+        if pending <= self.limit {
+            Reserve::Ok
+        } else if self.slow.swap(true, Ordering::Relaxed) {
+            Reserve::AlreadySlow
+        } else {
+            // Wake the writer so the 4008 close goes out as soon as it can.
+            self.writer.wake();
+            Reserve::BecameSlow
+        }
+    }
+
+    /// Queues a frame from a topic, unless the client reads too slowly.
+    pub fn deliver(&self, topic: Arc<str>, kind: FrameKind, frame: ByteString) -> Reserve {
+        let reserved = self.reserve(frame.len());
+        if reserved == Reserve::Ok {
+            self.shared().frames.push(Queued { topic, kind, frame });
+            self.writer.wake();
+        }
+        reserved
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.writer.wake();
+    }
+
+    /// Bytes accepted for the client and not yet handed to the HTTP layer.
+    pub fn pending(&self) -> u64 {
+        self.queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.flushed.load(Ordering::Relaxed))
+    }
+
+    /// Gives back a reservation for a frame of `payload` bytes that was not sent.
+    fn release(&self, payload: usize) {
+        self.flushed
+            .fetch_add(frame_len(payload), Ordering::Relaxed);
+    }
+
+    fn flushed(&self, bytes: usize) {
+        self.flushed.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Records a (new or replacing) subscription.
+    pub fn subscribe(&self, topic: Arc<str>, subscription: Subscription) {
+        self.shared().subscriptions.insert(topic, subscription);
+    }
+
+    /// Ends a subscription; answers whether there was one.
+    pub fn unsubscribe(&self, topic: &str) -> bool {
+        self.shared().subscriptions.remove(topic).is_some()
+    }
+
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.shared().subscriptions.contains_key(topic)
+    }
+
+    /// Every subscription: canonical topic and spelling.
+    pub fn subscriptions(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.shared()
+            .subscriptions
+            .iter()
+            .map(|(topic, s)| (topic.clone(), s.spelling.clone()))
+            .collect()
+    }
+
+    /// Ends every subscription; returns their topics.
+    pub fn unsubscribe_all(&self) -> Vec<Arc<str>> {
+        self.shared()
+            .subscriptions
+            .drain()
+            .map(|(topic, _)| topic)
+            .collect()
+    }
+
+    /// Moves every waiting frame that may still go out into `out`, encoded.
+    fn drain_into(&self, out: &mut BytesMut) {
+        let mut shared = self.shared();
+        let frames = std::mem::take(&mut shared.frames);
+        let closing = self.closing.load(Ordering::Relaxed);
+        for queued in frames {
+            let current = |shared: &Shared, sub_id: u64| {
+                shared
+                    .subscriptions
+                    .get(&queued.topic)
+                    .is_some_and(|s| s.id == sub_id)
+            };
+            let send = !closing
+                && match queued.kind {
+                    FrameKind::Reply => true,
+                    FrameKind::Stream { sub_id } => current(&shared, sub_id),
+                    FrameKind::Refusal { sub_id } => {
+                        if current(&shared, sub_id) {
+                            shared.subscriptions.remove(&queued.topic);
+                        }
+                        true
+                    }
+                };
+            if send {
+                encode_text(out, queued.frame.as_bytes());
+                self.frames_out.inc();
+            } else {
+                self.release(queued.frame.len());
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Ok,
+    BecameSlow,
+    AlreadySlow,
+}
+
+/// The socket's output: the session actor's own frames (`inner`: replies,
+/// pings, close), then whatever the topics queued, in one chunk per poll.
+/// Once the client is slow: a close frame with `close_code`, then the end.
+pub struct OutboxStream<S> {
+    inner: S,
+    inner_done: bool,
+    outbox: Arc<Outbox>,
+    close_code: u16,
+    close_sent: bool,
+}
+
+impl<S> OutboxStream<S> {
+    pub fn new(inner: S, outbox: Arc<Outbox>, close_code: u16) -> Self {
+        OutboxStream {
+            inner,
+            inner_done: false,
+            outbox,
+            close_code,
+            close_sent: false,
+        }
+    }
+}
+
+impl<S, E> Stream for OutboxStream<S>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
@@ -131,12 +289,14 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.gauge.is_slow() {
+        this.outbox.writer.register(cx.waker());
+        if this.outbox.is_slow() {
             if !this.close_sent {
                 this.close_sent = true;
                 return Poll::Ready(Some(Ok(close_frame(this.close_code, "slow consumer"))));
             }
-            // Drain what the session still queues (it is stopping) without sending it.
+            // Run the session to its end (it is stopping), sending nothing more.
+            this.outbox.shared().frames.clear();
             loop {
                 match Pin::new(&mut this.inner).poll_next(cx) {
                     Poll::Ready(Some(Ok(_))) => continue,
@@ -144,11 +304,29 @@ where
                 }
             }
         }
-        let next = Pin::new(&mut this.inner).poll_next(cx);
-        if let Poll::Ready(Some(Ok(bytes))) = &next {
-            this.gauge.flushed(bytes.len());
+        let mut out = BytesMut::new();
+        // The session's own frames first: it runs while its stream is polled,
+        // and an ack it writes must not trail the frames queued after it.
+        while !this.inner_done {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => out.extend_from_slice(&bytes),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.inner_done = true,
+                Poll::Pending => break,
+            }
         }
-        next
+        if !this.inner_done {
+            this.outbox.drain_into(&mut out);
+        }
+        if !out.is_empty() {
+            this.outbox.flushed(out.len());
+            return Poll::Ready(Some(Ok(out.freeze())));
+        }
+        if this.inner_done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -156,24 +334,28 @@ where
 mod tests {
     use super::*;
 
+    fn outbox(limit: u64) -> Arc<Outbox> {
+        Outbox::new(limit, IntCounter::new("t", "t").unwrap())
+    }
+
     #[test]
     fn a_client_becomes_slow_once_past_the_limit_and_only_once() {
-        let gauge = OutboundGauge::new(1000);
-        assert_eq!(gauge.reserve(496), Reserve::Ok); // 500 on the wire
-        assert_eq!(gauge.reserve(496), Reserve::Ok); // 1000: at the limit
-        assert_eq!(gauge.pending(), 1000);
-        assert_eq!(gauge.reserve(0), Reserve::BecameSlow);
-        assert_eq!(gauge.reserve(0), Reserve::AlreadySlow);
-        assert!(gauge.is_slow());
+        let outbox = outbox(1000);
+        assert_eq!(outbox.reserve(496), Reserve::Ok); // 500 on the wire
+        assert_eq!(outbox.reserve(496), Reserve::Ok); // 1000: at the limit
+        assert_eq!(outbox.pending(), 1000);
+        assert_eq!(outbox.reserve(0), Reserve::BecameSlow);
+        assert_eq!(outbox.reserve(0), Reserve::AlreadySlow);
+        assert!(outbox.is_slow());
     }
 
     #[test]
     fn flushed_bytes_make_room() {
-        let gauge = OutboundGauge::new(1000);
-        assert_eq!(gauge.reserve(898), Reserve::Ok);
-        gauge.flushed(902);
-        assert_eq!(gauge.pending(), 0);
-        assert_eq!(gauge.reserve(898), Reserve::Ok);
+        let outbox = outbox(1000);
+        assert_eq!(outbox.reserve(898), Reserve::Ok);
+        outbox.flushed(902);
+        assert_eq!(outbox.pending(), 0);
+        assert_eq!(outbox.reserve(898), Reserve::Ok);
     }
 
     #[test]
@@ -181,5 +363,49 @@ mod tests {
         assert_eq!(frame_len(125), 127);
         assert_eq!(frame_len(126), 130);
         assert_eq!(frame_len(70_000), 70_010);
+        for n in [0, 125, 126, 65_535, 65_536] {
+            let mut out = BytesMut::new();
+            encode_text(&mut out, &vec![b'x'; n]);
+            assert_eq!(out.len() as u64, frame_len(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn only_frames_of_current_subscriptions_go_out() {
+        let outbox = outbox(1 << 20);
+        let topic: Arc<str> = "a/b".into();
+        let subscription = |id| Subscription {
+            id,
+            spelling: topic.clone(),
+        };
+        outbox.subscribe(topic.clone(), subscription(2));
+        for (kind, text) in [
+            (FrameKind::Stream { sub_id: 1 }, "old"),
+            (FrameKind::Stream { sub_id: 2 }, "current"),
+            (FrameKind::Reply, "ack"),
+        ] {
+            outbox.deliver(topic.clone(), kind, ByteString::from(text));
+        }
+        let mut out = BytesMut::new();
+        outbox.drain_into(&mut out);
+        assert_eq!(&out[..], b"\x81\x07current\x81\x03ack");
+        assert_eq!(
+            outbox.pending(),
+            14,
+            "the dropped frame's bytes are given back; the rest await the writer"
+        );
+
+        outbox.deliver(
+            topic.clone(),
+            FrameKind::Refusal { sub_id: 2 },
+            ByteString::from("no"),
+        );
+        let mut out = BytesMut::new();
+        outbox.drain_into(&mut out);
+        assert_eq!(&out[..], b"\x81\x02no");
+        assert!(
+            !outbox.is_subscribed("a/b"),
+            "a refusal ends the subscription"
+        );
     }
 }

@@ -27,7 +27,7 @@ use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::session::messages::{ClientTooSlow, ConnId, Deliver, FrameKind};
+use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
 use crate::session::outbound::Reserve;
 use serde_json::json;
 
@@ -124,15 +124,8 @@ impl TopicActor {
     /// Sends `frame` to one client unless it reads too slowly; a client that
     /// crosses its pending-bytes limit is told to close, and `false` returned.
     fn send_to(&self, handle: &SubscriberHandle, kind: FrameKind, frame: ByteString) -> bool {
-        match handle.gauge.reserve(frame.len()) {
-            Reserve::Ok => {
-                handle.deliver.do_send(Deliver {
-                    topic: self.name.shared(),
-                    kind,
-                    frame,
-                });
-                true
-            }
+        match handle.outbox.deliver(self.name.shared(), kind, frame) {
+            Reserve::Ok => true,
             Reserve::BecameSlow => {
                 tracing::info!(topic = %self.name, "closing a slow consumer");
                 self.metrics.slow_consumer_closes.inc();

@@ -9,16 +9,16 @@ use serde_json::Value;
 
 use crate::changes::{Change, Filter};
 use crate::protocol::ProtocolError;
-use crate::session::messages::{ClientTooSlow, ConnId, Deliver};
-use crate::session::outbound::OutboundGauge;
+use crate::session::messages::{ClientTooSlow, ConnId};
+use crate::session::outbound::Outbox;
 
 /// Where a topic sends one subscriber's frames.
 #[derive(Clone)]
 pub struct SubscriberHandle {
-    pub deliver: Recipient<Deliver>,
+    /// Frames go straight into the session's outbox.
+    pub outbox: Arc<Outbox>,
+    /// Told once the client reads too slowly, so the session stops.
     pub too_slow: Recipient<ClientTooSlow>,
-    /// The subscriber's outbound bytes, reserved before each delivery.
-    pub gauge: Arc<OutboundGauge>,
 }
 
 /// Add or replace a connection's subscription. The topic answers on the
