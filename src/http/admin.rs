@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::join_all;
 
-use super::{ApiError, bearer};
+use super::ApiError;
 use crate::protocol::ProtocolError;
 use crate::registry::{FindTopic, ListTopics};
 use crate::state::AppState;
@@ -12,11 +12,7 @@ use crate::topic::messages::{GetPresence, GetTopicInfo};
 use serde_json::json;
 
 pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let peer = req.peer_addr().map(|a| a.ip());
-    state.admin_guard.check(bearer(req), peer).map_err(|e| {
-        state.metrics.error(e.code);
-        e.into()
-    })
+    super::require(req, &state.admin_guard, state)
 }
 
 /// `GET /admin/topics`: every running topic, sorted by name.

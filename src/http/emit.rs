@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, bearer};
+use super::ApiError;
 use crate::protocol::ProtocolError;
 use crate::protocol::client::validate_event_name;
 use crate::registry;
@@ -47,11 +47,7 @@ pub async fn emit(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let peer = req.peer_addr().map(|a| a.ip());
-    state
-        .server_guard
-        .check(bearer(&req), peer)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    super::require(&req, &state.server_guard, &state)?;
     let body: EmitBody = serde_json::from_value(body.into_inner()).map_err(|_| {
         ProtocolError::bad_request(
             "expected {\"topic\",\"event\",\"data\",\"persist\"?} or {\"messages\":[...]}",

@@ -12,6 +12,9 @@ pub mod ws;
 
 use actix_web::{HttpRequest, web};
 
+use crate::auth::keys::KeyGuard;
+use crate::state::AppState;
+
 pub use errors::ApiError;
 
 /// Largest HTTP request body (emit batches), in bytes.
@@ -49,6 +52,16 @@ async fn client_module() -> actix_web::HttpResponse {
 /// A resource whose other methods get a JSON 405.
 fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(errors::method_not_allowed))
+}
+
+/// Lets the request through `guard` (its bearer key, or a loopback peer when
+/// no key is configured), counting a refusal in the metrics.
+pub fn require(req: &HttpRequest, guard: &KeyGuard, state: &AppState) -> Result<(), ApiError> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    guard.check(bearer(req), peer).map_err(|e| {
+        state.metrics.error(e.code);
+        e.into()
+    })
 }
 
 /// The `Authorization: Bearer <credential>` of a request.

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, bearer};
+use super::ApiError;
 use crate::protocol::client::validate_event_name;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::registry;
@@ -66,11 +66,7 @@ pub async fn stream(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let peer = req.peer_addr().map(|a| a.ip());
-    state
-        .server_guard
-        .check(bearer(&req), peer)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    super::require(&req, &state.server_guard, &state)?;
     let query = query.into_inner();
     let topic = TopicName::parse(&query.topic, &state.config.project_id)?;
     if topic.kind() == TopicKind::Table {
