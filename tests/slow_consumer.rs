@@ -28,7 +28,11 @@ async fn tiny_buffered_client(app: &TestApp) -> Client {
 #[tokio::test]
 async fn a_reader_too_slow_is_closed_with_4008_and_the_others_get_everything() {
     const EVENTS: usize = 2000;
-    let app = TestApp::spawn_with(|c| c.max_pending_bytes = 256 * 1024).await;
+    const BATCH: usize = 20;
+    // Well above one batch (20 x 8 KiB), so a reader that keeps up is never
+    // cut off however the test machine schedules it; far below the 16 MiB
+    // the firehose sends, so a reader that stops is.
+    let app = TestApp::spawn_with(|c| c.max_pending_bytes = 2 * 1024 * 1024).await;
     let mut slow = tiny_buffered_client(&app).await;
     slow.subscribe("firehose/x").await;
     let mut fast = app.client().await;
@@ -44,9 +48,9 @@ async fn a_reader_too_slow_is_closed_with_4008_and_the_others_get_everything() {
         seen
     });
     let payload = "x".repeat(8 * 1024);
-    for batch in 0..EVENTS / 100 {
-        let messages: Vec<_> = (0..100)
-            .map(|i| json!({"topic": "firehose/x", "event": "chunk", "data": {"n": batch * 100 + i, "pad": payload}}))
+    for batch in 0..EVENTS / BATCH {
+        let messages: Vec<_> = (0..BATCH)
+            .map(|i| json!({"topic": "firehose/x", "event": "chunk", "data": {"n": batch * BATCH + i, "pad": payload}}))
             .collect();
         let (status, body) = app.emit(json!({"messages": messages})).await;
         assert_eq!(status, 200, "{body}");
