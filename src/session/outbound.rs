@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
-use futures_util::task::AtomicWaker;
+use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use prometheus::IntCounter;
 
 use super::messages::FrameKind;
@@ -91,6 +91,19 @@ struct Queued {
 struct Shared {
     frames: Vec<Queued>,
     subscriptions: HashMap<Arc<str>, Subscription>,
+    /// Bumped on every change to `subscriptions`, so the writer may remember
+    /// its last lookup across frames and polls.
+    version: u64,
+}
+
+/// The writer's last subscription lookup: most frames in a row belong to the
+/// same topic (the same `Arc`), so one comparison replaces a hash lookup.
+#[derive(Debug, Default, Clone, Copy)]
+struct LastLookup {
+    topic: usize,
+    sub_id: u64,
+    version: u64,
+    current: bool,
 }
 
 /// Shared by a session, the topics delivering to it, and its output stream.
@@ -188,12 +201,16 @@ impl Outbox {
 
     /// Records a (new or replacing) subscription.
     pub fn subscribe(&self, topic: Arc<str>, subscription: Subscription) {
-        self.shared().subscriptions.insert(topic, subscription);
+        let mut shared = self.shared();
+        shared.version += 1;
+        shared.subscriptions.insert(topic, subscription);
     }
 
     /// Ends a subscription; answers whether there was one.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        self.shared().subscriptions.remove(topic).is_some()
+        let mut shared = self.shared();
+        shared.version += 1;
+        shared.subscriptions.remove(topic).is_some()
     }
 
     pub fn is_subscribed(&self, topic: &str) -> bool {
@@ -211,7 +228,9 @@ impl Outbox {
 
     /// Ends every subscription; returns their topics.
     pub fn unsubscribe_all(&self) -> Vec<Arc<str>> {
-        self.shared()
+        let mut shared = self.shared();
+        shared.version += 1;
+        shared
             .subscriptions
             .drain()
             .map(|(topic, _)| topic)
@@ -219,16 +238,30 @@ impl Outbox {
     }
 
     /// Moves every waiting frame that may still go out into `out`, encoded.
-    fn drain_into(&self, out: &mut BytesMut) {
+    /// `batch` is the writer's spare queue, swapped in so that no allocation
+    /// is made per drain; `last` remembers the last subscription lookup.
+    fn drain_into(&self, out: &mut BytesMut, batch: &mut Vec<Queued>, last: &mut LastLookup) {
         let mut shared = self.shared();
-        let frames = std::mem::take(&mut shared.frames);
+        std::mem::swap(&mut shared.frames, batch);
         let closing = self.closing.load(Ordering::Relaxed);
-        for queued in frames {
-            let current = |shared: &Shared, sub_id: u64| {
-                shared
+        let mut written = 0;
+        for queued in batch.drain(..) {
+            let mut current = |shared: &Shared, sub_id: u64| {
+                let topic = Arc::as_ptr(&queued.topic) as *const u8 as usize;
+                if last.topic == topic && last.sub_id == sub_id && last.version == shared.version {
+                    return last.current;
+                }
+                let current = shared
                     .subscriptions
                     .get(&queued.topic)
-                    .is_some_and(|s| s.id == sub_id)
+                    .is_some_and(|s| s.id == sub_id);
+                *last = LastLookup {
+                    topic,
+                    sub_id,
+                    version: shared.version,
+                    current,
+                };
+                current
             };
             let send = !closing
                 && match queued.kind {
@@ -236,6 +269,7 @@ impl Outbox {
                     FrameKind::Stream { sub_id } => current(&shared, sub_id),
                     FrameKind::Refusal { sub_id } => {
                         if current(&shared, sub_id) {
+                            shared.version += 1;
                             shared.subscriptions.remove(&queued.topic);
                         }
                         true
@@ -243,11 +277,13 @@ impl Outbox {
                 };
             if send {
                 encode_text(out, queued.frame.as_bytes());
-                self.frames_out.inc();
+                written += 1;
             } else {
                 self.release(queued.frame.len());
             }
         }
+        // One update of the shared counter per drain, not per frame.
+        self.frames_out.inc_by(written);
     }
 }
 
@@ -264,9 +300,15 @@ pub enum Reserve {
 pub struct OutboxStream<S> {
     inner: S,
     inner_done: bool,
+    /// The waker `inner` is polled with: it notes that the session has work,
+    /// so a wake-up for queued frames alone does not poll the session actor
+    /// (its mailbox and timers) again.
+    inner_wake: Arc<InnerWake>,
     outbox: Arc<Outbox>,
     close_code: u16,
     close_sent: bool,
+    batch: Vec<Queued>,
+    last: LastLookup,
 }
 
 impl<S> OutboxStream<S> {
@@ -277,7 +319,25 @@ impl<S> OutboxStream<S> {
             outbox,
             close_code,
             close_sent: false,
+            batch: Vec::new(),
+            last: LastLookup::default(),
+            inner_wake: Arc::new(InnerWake {
+                pending: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
         }
+    }
+}
+
+struct InnerWake {
+    pending: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for InnerWake {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.pending.store(true, Ordering::Release);
+        arc_self.task.wake();
     }
 }
 
@@ -307,16 +367,22 @@ where
         let mut out = BytesMut::new();
         // The session's own frames first: it runs while its stream is polled,
         // and an ack it writes must not trail the frames queued after it.
-        while !this.inner_done {
-            match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => out.extend_from_slice(&bytes),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => this.inner_done = true,
-                Poll::Pending => break,
+        this.inner_wake.task.register(cx.waker());
+        if this.inner_wake.pending.swap(false, Ordering::AcqRel) {
+            let waker = waker_ref(&this.inner_wake);
+            let mut inner_cx = Context::from_waker(&waker);
+            while !this.inner_done {
+                match Pin::new(&mut this.inner).poll_next(&mut inner_cx) {
+                    Poll::Ready(Some(Ok(bytes))) => out.extend_from_slice(&bytes),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => this.inner_done = true,
+                    Poll::Pending => break,
+                }
             }
         }
         if !this.inner_done {
-            this.outbox.drain_into(&mut out);
+            this.outbox
+                .drain_into(&mut out, &mut this.batch, &mut this.last);
         }
         if !out.is_empty() {
             this.outbox.flushed(out.len());
@@ -386,8 +452,8 @@ mod tests {
         ] {
             outbox.deliver(topic.clone(), kind, ByteString::from(text));
         }
-        let mut out = BytesMut::new();
-        outbox.drain_into(&mut out);
+        let (mut out, mut batch, mut last) = (BytesMut::new(), Vec::new(), LastLookup::default());
+        outbox.drain_into(&mut out, &mut batch, &mut last);
         assert_eq!(&out[..], b"\x81\x07current\x81\x03ack");
         assert_eq!(
             outbox.pending(),
@@ -401,11 +467,44 @@ mod tests {
             ByteString::from("no"),
         );
         let mut out = BytesMut::new();
-        outbox.drain_into(&mut out);
+        outbox.drain_into(&mut out, &mut batch, &mut last);
         assert_eq!(&out[..], b"\x81\x02no");
         assert!(
             !outbox.is_subscribed("a/b"),
             "a refusal ends the subscription"
+        );
+    }
+
+    #[test]
+    fn the_remembered_lookup_never_outlives_an_unsubscribe() {
+        let outbox = outbox(1 << 20);
+        let topic: Arc<str> = "a/b".into();
+        let (mut out, mut batch, mut last) = (BytesMut::new(), Vec::new(), LastLookup::default());
+        outbox.subscribe(
+            topic.clone(),
+            Subscription {
+                id: 1,
+                spelling: topic.clone(),
+            },
+        );
+        outbox.deliver(
+            topic.clone(),
+            FrameKind::Stream { sub_id: 1 },
+            ByteString::from("one"),
+        );
+        outbox.drain_into(&mut out, &mut batch, &mut last);
+        assert_eq!(&out[..], b"\x81\x03one");
+        outbox.unsubscribe("a/b");
+        outbox.deliver(
+            topic.clone(),
+            FrameKind::Stream { sub_id: 1 },
+            ByteString::from("two"),
+        );
+        let mut out = BytesMut::new();
+        outbox.drain_into(&mut out, &mut batch, &mut last);
+        assert!(
+            out.is_empty(),
+            "a frame of an ended subscription is dropped"
         );
     }
 }
