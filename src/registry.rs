@@ -21,7 +21,7 @@ use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::Tracking;
 use crate::topic::messages::{
-    Publish, Published, StopIfIdle, Subscribe, Track, Unsubscribe, Untrack,
+    Publish, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe, Untrack,
 };
 
 pub struct Registry {
@@ -234,6 +234,7 @@ pub struct ForTopic {
 pub enum TopicCommand {
     Track(Track),
     Untrack(Untrack),
+    Refilter(Refilter),
 }
 
 impl Handler<ForTopic> for Registry {
@@ -244,6 +245,7 @@ impl Handler<ForTopic> for Registry {
             match msg.message {
                 TopicCommand::Track(track) => addr.do_send(track),
                 TopicCommand::Untrack(untrack) => addr.do_send(untrack),
+                TopicCommand::Refilter(refilter) => addr.do_send(refilter),
             }
         }
     }

@@ -591,3 +591,44 @@ async fn dropped_triggers_come_back_so_a_column_can_be_dropped_on_sqlite() {
     assert_eq!(insert["data"]["id"], "1");
     assert!(insert["data"].get("created_at").is_none());
 }
+
+#[tokio::test]
+async fn a_new_tokens_forced_filter_applies_to_a_live_subscription() {
+    use realtide::auth::token::sign;
+    let db = TestDb::sqlite();
+    db.execute(ORDERS);
+    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some("s".into())).await;
+    let token = |claims: Value| {
+        sign(
+            "s",
+            "ann",
+            Duration::from_secs(600),
+            serde_json::from_value(claims).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut ann = app.client_with_token(&token(json!({}))).await;
+    ann.subscribe("orders").await;
+    app.db
+        .execute("INSERT INTO orders VALUES ('1', 'Bob', 1, 'pending', 0)");
+    assert_eq!(
+        change(&mut ann).await["data"]["customer_name"],
+        "Bob",
+        "no filter yet"
+    );
+
+    let narrowed = token(
+        json!({"realtime": {"subscribe": ["orders"], "filters": {"orders": {"customer_name": "Ann"}}}}),
+    );
+    let ack = ann
+        .request(json!({"type": "auth", "token": narrowed}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    app.db
+        .execute("INSERT INTO orders VALUES ('2', 'Bob', 1, 'pending', 0)");
+    app.db
+        .execute("INSERT INTO orders VALUES ('3', 'Ann', 1, 'pending', 0)");
+    let next = change(&mut ann).await;
+    assert_eq!(next["data"]["id"], "3", "Bob's new row is no longer shown");
+    ann.expect_silence(Duration::from_millis(300)).await;
+}

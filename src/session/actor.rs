@@ -34,7 +34,9 @@ use crate::registry::{
     self, ForTopic, SessionClosed, SessionOpened, SubscribeTo, TopicCommand, UnsubscribeFrom,
 };
 use crate::state::AppState;
-use crate::topic::messages::{AckTo, Publish, Subscribe, SubscriberHandle, Track, Untrack};
+use crate::topic::messages::{
+    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
+};
 use crate::topic::{TopicKind, TopicName};
 
 /// Largest presence state, in bytes of compact JSON.
@@ -208,14 +210,14 @@ impl SessionActor {
                 "your token does not allow subscribing to `{name}`"
             )));
         }
-        let filter = match name.kind() {
+        let (own_filter, filter) = match name.kind() {
             TopicKind::Table => self.table_filter(&name, request.filter.as_ref())?,
             TopicKind::PubSub if request.filter.is_some() => {
                 return Err(ProtocolError::bad_request(
                     "`filter` applies to table topics only",
                 ));
             }
-            TopicKind::PubSub => Filter::default(),
+            TopicKind::PubSub => (Filter::default(), Filter::default()),
         };
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
@@ -223,6 +225,7 @@ impl SessionActor {
         let subscription = Subscription {
             id: sub_id,
             spelling: spelling.clone(),
+            own_filter,
         };
         self.outbox.subscribe(name.shared(), subscription);
         self.state.registry.do_send(SubscribeTo {
@@ -245,11 +248,12 @@ impl SessionActor {
 
     /// The filter of a table subscription: the client's, and the token's
     /// forced filter for that table. Checks `--tables` first.
+    /// Returns the client's own filter and the one the topic applies.
     fn table_filter(
         &self,
         name: &TopicName,
         requested: Option<&serde_json::Map<String, Value>>,
-    ) -> Result<Filter, ProtocolError> {
+    ) -> Result<(Filter, Filter), ProtocolError> {
         if !self.state.table_allowed(name.as_str()) {
             return Err(ProtocolError::forbidden(format!(
                 "table `{name}` is not served (see --tables)"
@@ -259,16 +263,18 @@ impl SessionActor {
             .map(Filter::parse)
             .transpose()?
             .unwrap_or_default();
-        let forced = match self.identity.grants.forced_filters.get(name.as_str()) {
-            None => Filter::default(),
-            Some(Value::Object(forced)) => Filter::parse(forced)?,
-            Some(_) => {
-                return Err(ProtocolError::forbidden(format!(
-                    "your token's filter for `{name}` is not an object"
-                )));
-            }
-        };
-        Ok(forced.and(own))
+        Ok((own.clone(), self.forced_filter(name.as_str())?.and(own)))
+    }
+
+    /// The token's `realtime.filters` entry for `table`.
+    fn forced_filter(&self, table: &str) -> Result<Filter, ProtocolError> {
+        match self.identity.grants.forced_filters.get(table) {
+            None => Ok(Filter::default()),
+            Some(Value::Object(forced)) => Filter::parse(forced),
+            Some(_) => Err(ProtocolError::forbidden(format!(
+                "your token's filter for `{table}` is not an object"
+            ))),
+        }
     }
 
     /// `track`: the topic must be subscribed; the state is at most
@@ -454,6 +460,25 @@ impl SessionActor {
                 ctx,
                 server::unsubscribed(None, &spelling, Some("forbidden")),
             );
+        }
+        // The new token's forced filters apply to live table subscriptions too.
+        for (topic, spelling, own) in self.outbox.table_filters() {
+            match self.forced_filter(&topic) {
+                Ok(forced) => self.state.registry.do_send(ForTopic {
+                    topic,
+                    message: TopicCommand::Refilter(Refilter {
+                        conn: self.conn,
+                        filter: forced.and(own),
+                    }),
+                }),
+                Err(_) => {
+                    self.drop_subscription(&topic);
+                    self.send(
+                        ctx,
+                        server::unsubscribed(None, &spelling, Some("forbidden")),
+                    );
+                }
+            }
         }
         self.send(ctx, server::ack(reference.as_ref()));
         Ok(())

@@ -32,6 +32,7 @@ use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use prometheus::IntCounter;
 
 use super::messages::FrameKind;
+use crate::changes::Filter;
 
 /// Bytes a WebSocket frame of `payload` bytes takes on the wire (server frames are unmasked).
 pub fn frame_len(payload: usize) -> u64 {
@@ -77,6 +78,8 @@ pub struct Subscription {
     pub id: u64,
     /// The topic as the client spelled it last.
     pub spelling: Arc<str>,
+    /// Table topics: the client's own filter, to combine with a new token's.
+    pub own_filter: Filter,
 }
 
 /// A frame waiting for the socket.
@@ -223,6 +226,16 @@ impl Outbox {
             .subscriptions
             .iter()
             .map(|(topic, s)| (topic.clone(), s.spelling.clone()))
+            .collect()
+    }
+
+    /// Every table subscription: topic, spelling and the client's own filter.
+    pub fn table_filters(&self) -> Vec<(Arc<str>, Arc<str>, Filter)> {
+        self.shared()
+            .subscriptions
+            .iter()
+            .filter(|(topic, _)| !topic.contains('/'))
+            .map(|(topic, s)| (topic.clone(), s.spelling.clone(), s.own_filter.clone()))
             .collect()
     }
 
@@ -443,6 +456,7 @@ mod tests {
         let subscription = |id| Subscription {
             id,
             spelling: topic.clone(),
+            own_filter: Filter::default(),
         };
         outbox.subscribe(topic.clone(), subscription(2));
         for (kind, text) in [
@@ -485,6 +499,7 @@ mod tests {
             Subscription {
                 id: 1,
                 spelling: topic.clone(),
+                own_filter: Filter::default(),
             },
         );
         outbox.deliver(

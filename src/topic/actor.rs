@@ -13,8 +13,8 @@ use bytestring::ByteString;
 
 use super::messages::StreamPart;
 use super::messages::{
-    GetPresence, GetTopicInfo, Publish, Published, StopIfIdle, Subscribe, SubscriberHandle,
-    TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
+    GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
+    SubscriberHandle, TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
 };
 use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
@@ -548,6 +548,16 @@ impl Handler<Track> for TopicActor {
             .track(&msg.key, msg.conn, &msg.wire_conn, msg.state);
         let frame = TopicFrame::presence("presence:join", &joined, now_ms());
         self.fan_out(&frame, |_, _| true);
+    }
+}
+
+impl Handler<Refilter> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Refilter, _ctx: &mut Self::Context) {
+        if let Some(subscriber) = self.subscribers.get_mut(&msg.conn) {
+            subscriber.filter = msg.filter;
+        }
     }
 }
 

@@ -156,3 +156,11 @@ pub enum StreamPart {
     /// The stream's end: its tokens are no longer kept.
     Done { stream: Arc<str> },
 }
+
+/// Replace a table subscriber's filter (its token changed).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Refilter {
+    pub conn: ConnId,
+    pub filter: Filter,
+}
