@@ -62,9 +62,6 @@ pub struct SessionActor {
     fragments: Option<Fragments>,
     /// The pending token-expiry timer; replaced when an `auth` frame swaps tokens.
     expiry: Option<SpawnHandle>,
-    /// A close frame was sent: nothing more goes out, and the session stops
-    /// when the client answers the close or after [`CLOSE_LINGER`].
-    closing: bool,
 }
 
 /// How long a closing session waits for the client's close reply. Closing the
@@ -86,14 +83,13 @@ impl SessionActor {
             outbox,
             fragments: None,
             expiry: None,
-            closing: false,
             state,
         }
     }
 
     /// Writes a frame of the session's own (replies, errors), counted on the outbox.
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
-        if self.closing {
+        if self.outbox.is_closing() {
             return;
         }
         match self.outbox.reserve(frame.len()) {
@@ -121,10 +117,9 @@ impl SessionActor {
     }
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, why: &str) {
-        if self.closing {
+        if self.outbox.is_closing() {
             return;
         }
-        self.closing = true;
         self.outbox.start_closing();
         ctx.close(Some(CloseReason {
             code,
@@ -146,7 +141,7 @@ impl SessionActor {
     }
 
     fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.closing {
+        if self.outbox.is_closing() {
             return;
         }
         self.state.metrics.messages_in.inc();
@@ -601,7 +596,7 @@ impl Actor for SessionActor {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
-        if self.closing {
+        if self.outbox.is_closing() {
             // Only the client's close reply matters now.
             if let Ok(ws::Message::Close(_)) = item {
                 ctx.stop();

@@ -180,13 +180,20 @@ impl Outbox {
         self.slow.load(Ordering::Relaxed)
     }
 
+    /// Whether the session sent its close frame: nothing more goes out, and
+    /// it stops when the client answers the close or after a linger.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     pub fn start_closing(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.writer.wake();
     }
 
     /// Bytes accepted for the client and not yet handed to the HTTP layer.
-    pub fn pending(&self) -> u64 {
+    #[cfg(test)]
+    fn pending(&self) -> u64 {
         self.queued
             .load(Ordering::Relaxed)
             .saturating_sub(self.flushed.load(Ordering::Relaxed))

@@ -78,11 +78,6 @@ impl ReplayRing {
         )
     }
 
-    /// When the newest kept event was accepted.
-    pub fn newest_at(&self) -> Option<Instant> {
-        self.kept.back().map(|k| k.at)
-    }
-
     pub fn len(&self) -> usize {
         self.kept.len()
     }
