@@ -43,7 +43,7 @@ async fn readiness_reports_each_backend() {
 }
 
 #[tokio::test]
-async fn the_server_tables_exist_and_cannot_be_subscribed() {
+async fn the_servers_own_tables_cannot_be_subscribed() {
     use serde_json::json;
     for db in TestDb::all() {
         let app = TestApp::spawn_on(db, |_| {}).await;

@@ -280,13 +280,8 @@ async fn admins_read_and_delete_history() {
             app.emit(json!({"topic": "ops/log", "event": "e", "data": n, "persist": true}))
                 .await;
         }
-        let get = |path: &str| app.http().get(app.url(path)).bearer_auth("ops").send();
-        let page: Value = get("/admin/history?topic=ops/log&limit=2")
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let get = async |path: String| app.keyed_json(reqwest::Method::GET, &path, "ops").await;
+        let page = get("/admin/history?topic=ops/log&limit=2".into()).await;
         assert_eq!(page["topic"], "ops/log");
         let ids: Vec<&str> = page["messages"]
             .as_array()
@@ -295,29 +290,18 @@ async fn admins_read_and_delete_history() {
             .map(|m| m["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids.len(), 2);
-        let rest: Value = get(&format!(
-            "/admin/history?topic=ops/log&before_id={}",
-            ids[1]
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let rest = get(format!("/admin/history?topic=ops/log&before_id={}", ids[1])).await;
         assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
 
         let (status, _) = app.get_json("/admin/history?topic=ops/log").await;
         assert_eq!(status, 401, "the admin key is required");
-        let deleted: Value = app
-            .http()
-            .delete(app.url("/admin/history?topic=ops/log"))
-            .bearer_auth("ops")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let deleted = app
+            .keyed_json(
+                reqwest::Method::DELETE,
+                "/admin/history?topic=ops/log",
+                "ops",
+            )
+            .await;
         assert_eq!(deleted, json!({"ok": true, "deleted": 3}));
         let (_, empty) = app
             .get_json("/api/v1/public/realtime/history?room=ops/log")

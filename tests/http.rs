@@ -140,16 +140,9 @@ async fn admin_topics_lists_running_topics_with_their_figures() {
 
     let (status, _) = app.get_json("/admin/topics").await;
     assert_eq!(status, 401, "the admin key is required");
-    let topics: Value = app
-        .http()
-        .get(app.url("/admin/topics"))
-        .bearer_auth("ops")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let topics = app
+        .keyed_json(reqwest::Method::GET, "/admin/topics", "ops")
+        .await;
     assert_eq!(
         topics,
         json!([

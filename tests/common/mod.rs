@@ -202,6 +202,18 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A request with `Authorization: Bearer <key>`; the JSON answer.
+    pub async fn keyed_json(&self, method: reqwest::Method, path: &str, key: &str) -> Value {
+        let response = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("keyed request");
+        response.json().await.expect("a JSON answer")
+    }
+
     pub async fn emit(&self, body: Value) -> (u16, Value) {
         let response = self
             .http
