@@ -4,7 +4,7 @@
 //! change tracker and resumes clients from the change log. Each event is
 //! encoded once; subscribers that spelled the topic alike share its bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,8 @@ pub struct TopicActor {
     replay_ttl: Duration,
     table: Option<TableState>,
     presence: Presence,
+    /// The spellings subscribers used, interned (see `admit`).
+    spellings: HashSet<Arc<str>>,
     /// Token streams in progress, for subscribers who join mid-stream.
     streams: RunningStreams,
     /// Where persisted messages go (and table changes are read from).
@@ -114,6 +116,7 @@ impl TopicActor {
             replay_ttl,
             table,
             presence: Presence::default(),
+            spellings: HashSet::new(),
             streams: RunningStreams::default(),
             db,
             last_active: Instant::now(),
@@ -146,7 +149,10 @@ impl TopicActor {
             if !wants(*conn, sub) {
                 continue;
             }
-            let bytes = match by_spelling.iter().find(|(s, _)| *s == sub.spelling) {
+            let bytes = match by_spelling
+                .iter()
+                .find(|(s, _)| Arc::ptr_eq(s, &sub.spelling))
+            {
                 Some((_, bytes)) => bytes.clone(),
                 None => {
                     let bytes = frame.for_spelling(&sub.spelling);
@@ -186,9 +192,18 @@ impl TopicActor {
     /// Answers a subscription with `subscribed` and the events it missed, then
     /// adds it to the live set.
     fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
+        // One `Arc` per distinct spelling (a topic has at most three), so the
+        // fan-out compares pointers, not strings.
+        let spelling = match self.spellings.get(&msg.spelling) {
+            Some(known) => known.clone(),
+            None => {
+                self.spellings.insert(msg.spelling.clone());
+                msg.spelling
+            }
+        };
         let subscriber = Subscriber {
             sub_id: msg.sub_id,
-            spelling: msg.spelling,
+            spelling,
             echo: msg.echo,
             filter: msg.filter,
             handle: msg.handle,
