@@ -8,8 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, web};
+use actix_http::body::BoxBody;
+use actix_http::error::DispatchError;
+use actix_http::{Extensions, HttpService, KeepAlive, Protocol};
+use actix_service::{
+    IntoServiceFactory, ServiceFactory, ServiceFactoryExt, fn_service, map_config,
+};
+use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
 
 use crate::changes::ChangeSource;
 use crate::changes::poller::Tracker;
@@ -18,6 +25,7 @@ use crate::changes::sqlite::SqliteSource;
 use crate::config::Config;
 use crate::db::{Database, DatabaseUrl, DbConnection, DbError};
 use crate::http;
+use crate::http::connection::Connection;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
 use crate::state::AppState;
@@ -140,17 +148,18 @@ where
     .start();
     let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
     let addr = listener.local_addr()?;
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(app_routes.clone())
-            .configure(http::routes)
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
-    .listen(listener)?
-    .run();
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
+        .listen("realtide", listener, move || {
+            let app = App::new()
+                .app_data(state.clone())
+                .configure(app_routes.clone())
+                .configure(http::routes);
+            http_service(app, addr)
+        })?
+        .run();
     tracing::info!(%addr, "realtide listening");
     let controller = Controller {
         addr,
@@ -159,6 +168,43 @@ where
         tracker,
     };
     Ok(RunningServer { server, controller })
+}
+
+/// actix-web's `HttpServer::listen`, but serving each connection on a
+/// [`Connection`], whose frame-writing side the WebSocket handler finds in
+/// the connection's data.
+fn http_service<T>(
+    app: App<T>,
+    addr: SocketAddr,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+{
+    let http = HttpService::build()
+        .keep_alive(KeepAlive::default())
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .local_addr(addr)
+        .on_connect_ext(|connection: &Connection, data: &mut Extensions| {
+            data.insert(connection.socket());
+        })
+        .finish(map_config(
+            app.into_factory().map_err(|err| err.error_response()),
+            |_| AppConfig::default(),
+        ));
+    fn_service(|stream: TcpStream| async move {
+        // Frames are small and latency-bound: never wait to coalesce them.
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        Ok((Connection::new(stream), Protocol::Http1, peer))
+    })
+    .and_then(http)
 }
 
 impl RunningServer {

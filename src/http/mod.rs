@@ -3,6 +3,7 @@
 //! PROTOCOL.md §5.
 
 pub mod admin;
+pub mod connection;
 pub mod emit;
 pub mod errors;
 pub mod health;

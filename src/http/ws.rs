@@ -7,6 +7,7 @@ use actix_web_actors::ws;
 use serde::Deserialize;
 
 use super::{ApiError, bearer};
+use crate::http::connection::Socket;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::session::SessionActor;
 use crate::session::outbound::{Outbox, OutboxStream};
@@ -87,16 +88,21 @@ pub async fn connect(
         .collect();
     let mut response = ws::handshake_with_protocols(&req, &protocols)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let Some(socket) = req.conn_data::<Socket>() else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "this server was not started by realtide::server: no socket to write frames to",
+        ));
+    };
+    socket.upgrade();
     let outbox = Outbox::new(
+        socket.clone(),
         state.config.max_pending_bytes,
-        state.metrics.messages_out.clone(),
+        close::SLOW_CONSUMER,
+        state.metrics.slow_consumer_closes.clone(),
     );
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
     let session = SessionActor::new(state, identity, outbox.clone());
     let output = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(OutboxStream::new(
-        Box::pin(output),
-        outbox,
-        close::SLOW_CONSUMER,
-    )))
+    Ok(response.streaming(OutboxStream::new(Box::pin(output), outbox)))
 }

@@ -5,8 +5,8 @@
 //! reassembly of fragmented messages, and three timers: a WebSocket ping every
 //! third of the idle timeout, the idle deadline itself (close 4000), and the
 //! token's expiry (close 4001). Its subscriptions live in its [`Outbox`],
-//! which topics write frames into directly; frames it writes itself are
-//! reserved on the same outbox.
+//! through which topics write frames to the socket directly; its own replies
+//! go the same way, so everything leaves in the order it was written.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -88,20 +88,11 @@ impl SessionActor {
     }
 
     /// Writes a frame of the session's own (replies, errors), counted on the outbox.
+    /// It goes straight to the socket, in order with what topics send.
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
-        if self.outbox.is_closing() {
-            return;
-        }
-        match self.outbox.reserve(frame.len()) {
-            Reserve::Ok => {
-                self.state.metrics.messages_out.inc();
-                ctx.text(frame);
-            }
-            Reserve::BecameSlow => {
-                self.state.metrics.slow_consumer_closes.inc();
-                ctx.stop();
-            }
-            Reserve::AlreadySlow => ctx.stop(),
+        match self.outbox.send_own(&frame) {
+            Reserve::Ok => self.state.metrics.messages_out.inc(),
+            Reserve::BecameSlow | Reserve::AlreadySlow => ctx.stop(),
         }
     }
 
@@ -178,11 +169,11 @@ impl SessionActor {
             Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
+                self.send(ctx, server::ack(reference.as_ref()));
                 self.state.registry.do_send(ForTopic {
                     topic: name.shared(),
                     message: TopicCommand::Untrack(Untrack { conn: self.conn }),
                 });
-                self.send(ctx, server::ack(reference.as_ref()));
                 Ok(())
             }
             Request::History(request) => self.history(request, reference, ctx),
@@ -298,6 +289,9 @@ impl SessionActor {
             Some(user) => user.to_string(),
             None => self.wire_id.clone(),
         };
+        // Acked before the topic hears of it, so the ack precedes the
+        // `presence:join` this client gets too.
+        self.send(ctx, server::ack(reference.as_ref()));
         self.state.registry.do_send(ForTopic {
             topic: name.shared(),
             message: TopicCommand::Track(Track {
@@ -307,7 +301,6 @@ impl SessionActor {
                 state,
             }),
         });
-        self.send(ctx, server::ack(reference.as_ref()));
         Ok(())
     }
 
@@ -576,7 +569,9 @@ impl Actor for SessionActor {
         self.send(ctx, welcome);
         let idle = state.config.idle_timeout();
         ctx.run_interval(idle / 3, |session, ctx| {
-            if session.outbox.reserve(0) == Reserve::Ok {
+            if session.outbox.is_slow() {
+                ctx.stop();
+            } else {
                 ctx.ping(b"");
             }
         });
@@ -596,6 +591,12 @@ impl Actor for SessionActor {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
+        if self.outbox.is_slow() {
+            // Too slow (the 4008 close is queued); whatever the client sends
+            // now goes unanswered.
+            ctx.stop();
+            return;
+        }
         if self.outbox.is_closing() {
             // Only the client's close reply matters now.
             if let Ok(ws::Message::Close(_)) = item {
@@ -619,9 +620,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 }
             }
             Ok(ws::Message::Ping(payload)) => {
-                if self.outbox.reserve(payload.len()) == Reserve::Ok {
-                    ctx.pong(&payload);
-                }
+                ctx.pong(&payload);
             }
             Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {

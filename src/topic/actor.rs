@@ -127,11 +127,19 @@ impl TopicActor {
     /// Sends `frame` to one client unless it reads too slowly; a client that
     /// crosses its pending-bytes limit is told to close, and `false` returned.
     fn send_to(&self, handle: &SubscriberHandle, kind: FrameKind, frame: ByteString) -> bool {
-        match handle.outbox.deliver(self.name.shared(), kind, frame) {
+        let sent = self.offer(handle, kind, &frame);
+        if sent {
+            self.metrics.messages_out.inc();
+        }
+        sent
+    }
+
+    /// [`Self::send_to`] without counting the frame (the fan-out counts once).
+    fn offer(&self, handle: &SubscriberHandle, kind: FrameKind, frame: &ByteString) -> bool {
+        match handle.outbox.deliver(self.name.as_arc(), kind, frame) {
             Reserve::Ok => true,
             Reserve::BecameSlow => {
                 tracing::info!(topic = %self.name, "closing a slow consumer");
-                self.metrics.slow_consumer_closes.inc();
                 handle.too_slow.do_send(ClientTooSlow);
                 false
             }
@@ -149,25 +157,25 @@ impl TopicActor {
             if !wants(*conn, sub) {
                 continue;
             }
-            let bytes = match by_spelling
+            let at = match by_spelling
                 .iter()
-                .find(|(s, _)| Arc::ptr_eq(s, &sub.spelling))
+                .position(|(s, _)| Arc::ptr_eq(s, &sub.spelling))
             {
-                Some((_, bytes)) => bytes.clone(),
+                Some(at) => at,
                 None => {
-                    let bytes = frame.for_spelling(&sub.spelling);
-                    by_spelling.push((sub.spelling.clone(), bytes.clone()));
-                    bytes
+                    by_spelling.push((sub.spelling.clone(), frame.for_spelling(&sub.spelling)));
+                    by_spelling.len() - 1
                 }
             };
             let kind = FrameKind::Stream { sub_id: sub.sub_id };
-            if self.send_to(&sub.handle, kind, bytes) {
+            if self.offer(&sub.handle, kind, &by_spelling[at].1) {
                 delivered += 1;
             } else {
                 slow.push(*conn);
             }
         }
         self.metrics.deliveries.inc_by(delivered);
+        self.metrics.messages_out.inc_by(delivered);
         for conn in slow {
             self.remove(conn);
         }

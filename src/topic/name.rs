@@ -101,6 +101,11 @@ impl TopicName {
         self.canonical.clone()
     }
 
+    /// The canonical name's `Arc`, borrowed (outboxes compare it by pointer).
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.canonical
+    }
+
     pub fn kind(&self) -> TopicKind {
         self.kind
     }
