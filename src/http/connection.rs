@@ -33,6 +33,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+/// Frames up to this size are copied into one buffer for a single `send`.
+const SMALL_FRAME: usize = 2048;
+
 /// Where the connection is in its life, as far as frames are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -312,12 +315,22 @@ impl Socket {
         let mut written = 0;
         let was_empty = output.backlog.is_empty();
         if output.phase == Phase::Frames && was_empty {
+            // Straight to the kernel, past tokio's readiness bookkeeping: a
+            // `WouldBlock` here only queues the frame, and the flush that
+            // follows goes through tokio, which then learns of it itself.
+            let socket = socket2::SockRef::from(&shared.stream);
             let result = if parts[1].is_empty() {
-                shared.stream.try_write(parts[0])
+                socket.send_with_flags(parts[0], libc::MSG_NOSIGNAL)
+            } else if total <= SMALL_FRAME {
+                // One contiguous `send` costs the kernel less than a
+                // two-part `sendmsg`; copying a small frame costs less still.
+                let mut frame = [0u8; SMALL_FRAME];
+                frame[..parts[0].len()].copy_from_slice(parts[0]);
+                frame[parts[0].len()..total].copy_from_slice(parts[1]);
+                socket.send_with_flags(&frame[..total], libc::MSG_NOSIGNAL)
             } else {
-                shared
-                    .stream
-                    .try_write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1])])
+                let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+                socket.send_vectored_with_flags(&slices, libc::MSG_NOSIGNAL)
             };
             match result {
                 Ok(n) if n == total => return Offer::Accepted,
