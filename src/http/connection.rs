@@ -283,6 +283,14 @@ impl Socket {
         }
     }
 
+    /// See [`crate::session::outbound::prefetch`].
+    pub fn prefetch(&self) {
+        let shared = self.shared.as_ptr() as *const u8;
+        crate::session::outbound::prefetch(shared);
+        // The output lock lies a cache line or two further on.
+        crate::session::outbound::prefetch(shared.wrapping_add(64));
+    }
+
     pub fn is_slow(&self) -> bool {
         self.shared
             .upgrade()

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
-use crate::session::outbound::Reserve;
+use crate::session::outbound::{Reserve, prefetch};
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further
@@ -153,7 +153,27 @@ impl TopicActor {
         let mut by_spelling: Vec<(Arc<str>, ByteString)> = Vec::with_capacity(1);
         let mut slow = Vec::new();
         let mut delivered = 0;
-        for (conn, sub) in &self.subscribers {
+        // Each delivery is a `send`, whose kernel work evicts the next
+        // subscribers from the CPU's cache: waiting on those misses one by
+        // one cost more than the rest of the delivery. So the loop fetches
+        // ahead, one pointer hop a step: the subscriber three ahead, the
+        // outbox of the one two ahead, the socket of the next.
+        let mut all = self.subscribers.iter();
+        let mut ahead = [all.next(), all.next(), all.next()];
+        while let Some((conn, sub)) = ahead[0] {
+            let incoming = all.next();
+            if let Some((_, sub)) = incoming {
+                let entry = sub as *const Subscriber as *const u8;
+                prefetch(entry);
+                prefetch(entry.wrapping_add(64));
+            }
+            if let Some((_, sub)) = ahead[2] {
+                sub.handle.outbox.prefetch();
+            }
+            if let Some((_, sub)) = ahead[1] {
+                sub.handle.outbox.prefetch_socket();
+            }
+            ahead = [ahead[1], ahead[2], incoming];
             if !wants(*conn, sub) {
                 continue;
             }
