@@ -34,7 +34,7 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Frames up to this size are copied into one buffer for a single `send`.
-const SMALL_FRAME: usize = 2048;
+const SMALL_FRAME: usize = 512;
 
 /// Where the connection is in its life, as far as frames are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,6 +384,13 @@ fn text_header(len: usize, buf: &mut [u8; 10]) -> &[u8] {
             &buf[..10]
         }
     }
+}
+
+/// Appends an unmasked, final text frame with `payload` to `out`.
+pub fn put_text_frame(out: &mut BytesMut, payload: &[u8]) {
+    let mut header = [0u8; 10];
+    out.put_slice(text_header(payload.len(), &mut header));
+    out.put_slice(payload);
 }
 
 /// A close frame with `code` and a short reason.

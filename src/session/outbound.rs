@@ -178,6 +178,24 @@ impl Outbox {
         self.counted(offer)
     }
 
+    /// Sends the wire bytes of whole frames of subscription `sub_id` (a
+    /// topic's batch, encoded once for many subscribers), unless that
+    /// subscription has ended or the client reads too slowly.
+    pub fn deliver_wire(&self, topic: &Arc<str>, sub_id: u64, wire: &[u8]) -> Reserve {
+        if self.is_closing() {
+            return Reserve::Ok;
+        }
+        let mut shared = self.shared();
+        if !shared.is_current(topic, sub_id) {
+            return Reserve::Ok;
+        }
+        let offer = self
+            .socket
+            .offer_frames(wire, self.limit, &self.slow_close);
+        drop(shared);
+        self.counted(offer)
+    }
+
     /// Sends a frame of the session's own (replies, errors).
     pub fn send_own(&self, frame: &ByteString) -> Reserve {
         if self.is_closing() {

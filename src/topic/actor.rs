@@ -29,6 +29,7 @@ use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
 use crate::session::outbound::{Reserve, prefetch};
+use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent};
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further
@@ -65,6 +66,8 @@ pub struct TopicActor {
     epoch: Arc<str>,
     seq: u64,
     subscribers: HashMap<ConnId, Subscriber>,
+    /// Events of this mailbox turn, not sent yet.
+    pending: Vec<PendingEvent>,
     replay: ReplayRing,
     replay_ttl: Duration,
     table: Option<TableState>,
@@ -112,6 +115,7 @@ impl TopicActor {
             epoch,
             seq: 0,
             subscribers: HashMap::new(),
+            pending: Vec::new(),
             replay: ReplayRing::new(replay_size, replay_ttl),
             replay_ttl,
             table,
@@ -134,9 +138,15 @@ impl TopicActor {
         sent
     }
 
-    /// [`Self::send_to`] without counting the frame (the fan-out counts once).
+    /// [`Self::send_to`] without counting the frame.
     fn offer(&self, handle: &SubscriberHandle, kind: FrameKind, frame: &ByteString) -> bool {
-        match handle.outbox.deliver(self.name.as_arc(), kind, frame) {
+        let reserve = handle.outbox.deliver(self.name.as_arc(), kind, frame);
+        self.settle(handle, reserve)
+    }
+
+    /// Whether a frame went; a client it found too slow is told to close.
+    fn settle(&self, handle: &SubscriberHandle, reserve: Reserve) -> bool {
+        match reserve {
             Reserve::Ok => true,
             Reserve::BecameSlow => {
                 tracing::info!(topic = %self.name, "closing a slow consumer");
@@ -147,10 +157,24 @@ impl TopicActor {
         }
     }
 
-    /// Delivers an encoded event to every subscriber `wants`, encoding the
-    /// topic once per distinct spelling.
-    fn fan_out(&mut self, frame: &TopicFrame, wants: impl Fn(ConnId, &Subscriber) -> bool) {
-        let mut by_spelling: Vec<(Arc<str>, ByteString)> = Vec::with_capacity(1);
+    /// Queues an event for the end of this mailbox turn (see [`fanout`]).
+    fn fan_out(&mut self, frame: TopicFrame, audience: Audience) {
+        self.pending.push(PendingEvent { frame, audience });
+    }
+
+    /// Sends every queued event. Runs after each mailbox turn, and before
+    /// anything that must come after them (a new subscriber's `subscribed`
+    /// carries a seq that counts them).
+    fn flush_fan_out(&mut self) {
+        while !self.pending.is_empty() {
+            let take = self.pending.len().min(MAX_BATCH);
+            let events: Vec<PendingEvent> = self.pending.drain(..take).collect();
+            self.send_batch(&events);
+        }
+    }
+
+    fn send_batch(&mut self, events: &[PendingEvent]) {
+        let mut batch = Batch::new(events);
         let mut slow = Vec::new();
         let mut delivered = 0;
         // Each delivery is a `send`, whose kernel work evicts the next
@@ -174,22 +198,17 @@ impl TopicActor {
                 sub.handle.outbox.prefetch_socket();
             }
             ahead = [ahead[1], ahead[2], incoming];
-            if !wants(*conn, sub) {
+            let wanted = batch.wanted_by(*conn, sub.echo, &sub.filter);
+            if wanted == 0 {
                 continue;
             }
-            let at = match by_spelling
-                .iter()
-                .position(|(s, _)| Arc::ptr_eq(s, &sub.spelling))
-            {
-                Some(at) => at,
-                None => {
-                    by_spelling.push((sub.spelling.clone(), frame.for_spelling(&sub.spelling)));
-                    by_spelling.len() - 1
-                }
-            };
-            let kind = FrameKind::Stream { sub_id: sub.sub_id };
-            if self.offer(&sub.handle, kind, &by_spelling[at].1) {
-                delivered += 1;
+            let wire = batch.wire(&sub.spelling, wanted);
+            let reserve = sub
+                .handle
+                .outbox
+                .deliver_wire(self.name.as_arc(), sub.sub_id, &wire);
+            if self.settle(&sub.handle, reserve) {
+                delivered += u64::from(wanted.count_ones());
             } else {
                 slow.push(*conn);
             }
@@ -213,7 +232,7 @@ impl TopicActor {
     fn untrack(&mut self, conn: ConnId) {
         if let Some(left) = self.presence.remove(conn) {
             let frame = TopicFrame::presence("presence:leave", &left, now_ms());
-            self.fan_out(&frame, |_, _| true);
+            self.fan_out(frame, Audience::Everyone);
         }
     }
 
@@ -438,21 +457,42 @@ impl TopicActor {
         );
     }
 
-    fn publish_change(&mut self, change: &Change) {
-        let frame = TopicFrame::db_change(change);
-        self.fan_out(&frame, |_, sub| change.visible_through(&sub.filter));
+    fn publish_change(&mut self, change: Change) {
+        let frame = TopicFrame::db_change(&change);
+        self.fan_out(frame, Audience::Change(change));
+    }
+}
+
+/// Sends what a mailbox turn queued. actix polls an actor's spawned items
+/// after each turn of its mailbox, so this item, spawned once and never
+/// done, runs at the end of every turn.
+struct FlushAfterEachTurn;
+
+impl ActorFuture<TopicActor> for FlushAfterEachTurn {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        topic: &mut TopicActor,
+        _ctx: &mut Context<TopicActor>,
+        _task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        topic.flush_fan_out();
+        std::task::Poll::Pending
     }
 }
 
 impl Actor for TopicActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(FlushAfterEachTurn);
         self.metrics.topics.inc();
         tracing::debug!(topic = %self.name, epoch = %self.epoch, "topic started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.flush_fan_out();
         self.metrics.topics.dec();
         self.metrics
             .subscriptions
@@ -465,6 +505,7 @@ impl Handler<Subscribe> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
+        self.flush_fan_out();
         self.last_active = Instant::now();
         match self.name.kind() {
             TopicKind::PubSub => self.subscribe_pubsub(msg, ctx),
@@ -477,6 +518,7 @@ impl Handler<Unsubscribe> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        self.flush_fan_out();
         self.remove(msg.conn);
     }
 }
@@ -509,6 +551,8 @@ impl Handler<Publish> for TopicActor {
             created_at: at_ms,
             seq,
         };
+        // The mailbox waits for the store; what this turn queued goes now.
+        self.flush_fan_out();
         let db = self.db.clone();
         let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
         ctx.wait(
@@ -551,8 +595,12 @@ impl TopicActor {
             seq,
             message_id.as_deref(),
         );
-        let publisher = msg.publisher;
-        self.fan_out(&frame, |conn, sub| sub.echo || publisher != Some(conn));
+        self.fan_out(
+            frame.clone(),
+            Audience::Publish {
+                publisher: msg.publisher,
+            },
+        );
         match &msg.stream {
             Some(StreamPart::Token { stream }) => self.streams.keep(stream, frame.clone()),
             Some(StreamPart::Done { stream }) => self.streams.end(stream),
@@ -590,7 +638,7 @@ impl Handler<Track> for TopicActor {
             .presence
             .track(&msg.key, msg.conn, &msg.wire_conn, msg.state);
         let frame = TopicFrame::presence("presence:join", &joined, now_ms());
-        self.fan_out(&frame, |_, _| true);
+        self.fan_out(frame, Audience::Everyone);
     }
 }
 
@@ -598,6 +646,8 @@ impl Handler<Refilter> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Refilter, _ctx: &mut Self::Context) {
+        // Events queued before the new filter go out under the old one.
+        self.flush_fan_out();
         if let Some(subscriber) = self.subscribers.get_mut(&msg.conn) {
             subscriber.filter = msg.filter;
         }
@@ -632,7 +682,7 @@ impl Handler<TableChanged> for TopicActor {
             }
             self.seq = change.seq;
             self.last_active = Instant::now();
-            self.publish_change(&change);
+            self.publish_change(change);
         }
     }
 }

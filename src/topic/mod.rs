@@ -2,6 +2,7 @@
 //! sequence, epoch and replay buffer.
 
 pub mod actor;
+pub mod fanout;
 pub mod messages;
 pub mod name;
 pub mod presence;
