@@ -1058,7 +1058,7 @@ async fn stream(viewers: usize, rate: u64, tokens: u64) {
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(std::env::var("BENCH_CLIENT_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
         .enable_all()
         .build()
         .unwrap();
