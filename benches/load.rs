@@ -149,7 +149,17 @@ impl Server {
             .local_addr()
             .unwrap()
             .to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+        // BENCH_SERVER_WRAPPER runs the server under a profiler, such as
+        // `heaptrack` or `perf record -g --` (its CPU and RSS figures are
+        // then the wrapper's, not the server's).
+        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let binary = env!("CARGO_BIN_EXE_realtide");
+        let mut command = Command::new(words.next().unwrap_or(binary));
+        if !wrapper.is_empty() {
+            command.args(words).arg(binary);
+        }
+        let child = command
             .args(["serve", "--bind", &addr, "--max-publish-rate", "1000000"])
             .args(["--database-url", database_url])
             .env("RUST_LOG", "warn")
@@ -1058,7 +1068,12 @@ async fn stream(viewers: usize, rate: u64, tokens: u64) {
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::env::var("BENCH_CLIENT_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
+        .worker_threads(
+            std::env::var("BENCH_CLIENT_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+        )
         .enable_all()
         .build()
         .unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_http::body::BoxBody;
 use actix_http::error::DispatchError;
-use actix_http::{Extensions, HttpService, KeepAlive, Protocol};
+use actix_http::{HttpService, KeepAlive, Protocol};
 use actix_service::{
     IntoServiceFactory, ServiceFactory, ServiceFactoryExt, fn_service, map_config,
 };
@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::db::{Database, DatabaseUrl, DbConnection, DbError};
 use crate::http;
 use crate::http::connection::Connection;
+use crate::http::upgrade;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
 use crate::state::AppState;
@@ -157,7 +158,7 @@ where
                 .app_data(state.clone())
                 .configure(app_routes.clone())
                 .configure(http::routes);
-            http_service(app, addr)
+            http_service(app, addr, state.clone())
         })?
         .run();
     tracing::info!(%addr, "realtide listening");
@@ -171,11 +172,13 @@ where
 }
 
 /// actix-web's `HttpServer::listen`, but serving each connection on a
-/// [`Connection`], whose frame-writing side the WebSocket handler finds in
-/// the connection's data.
+/// [`Connection`] (whose write side a WebSocket session shares with its
+/// topics), and taking upgrade requests before the router (see
+/// [`upgrade`]).
 fn http_service<T>(
     app: App<T>,
     addr: SocketAddr,
+    state: web::Data<AppState>,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     T: ServiceFactory<
@@ -191,9 +194,7 @@ where
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(1))
         .local_addr(addr)
-        .on_connect_ext(|connection: &Connection, data: &mut Extensions| {
-            data.insert(connection.socket());
-        })
+        .upgrade(upgrade::service(state))
         .finish(map_config(
             app.into_factory().map_err(|err| err.error_response()),
             |_| AppConfig::default(),

@@ -57,6 +57,53 @@ async fn a_plain_get_is_answered_400_with_a_json_error() {
 }
 
 #[tokio::test]
+async fn an_upgrade_to_any_other_path_is_refused_with_404() {
+    let app = TestApp::spawn().await;
+    let refused = Client::connect_request(&format!("ws://{}/api/elsewhere", app.addr), &[]).await;
+    let (status, body) = refused.err().expect("refused");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+/// A client may send its first frame in the same write as its handshake:
+/// the server must not lose the bytes that arrived behind the request.
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_handshake_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let frame = br#"{"type":"ping","ref":7}"#;
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut bytes = format!(
+        "GET /api/realtime HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.addr
+    )
+    .into_bytes();
+    bytes.extend([0x81, 0x80 | frame.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&bytes).await.unwrap();
+
+    let mut seen = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(r#""type":"pong""#) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_all)
+        .await
+        .expect("a pong");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 101"), "{seen}");
+    assert!(seen.find("welcome") < seen.find("pong"), "{seen}");
+    assert!(seen.contains(r#""ref":7"#), "{seen}");
+}
+
+#[tokio::test]
 async fn the_handshake_selects_the_aerostack_subprotocol() {
     let app = TestApp::spawn().await;
     let mut request = app.ws_url("").into_client_request().unwrap();

@@ -186,6 +186,14 @@ impl Connection {
         }
     }
 
+    /// A second handle on the connection, to read from while this one
+    /// flushes and shuts down.
+    pub fn reader(&self) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The frame-writing side, for the connection's extensions.
     pub fn socket(&self) -> Socket {
         Socket {

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod health;
 pub mod history;
 pub mod stream;
+pub mod upgrade;
 pub mod ws;
 
 use actix_web::{HttpRequest, web};
@@ -67,7 +68,12 @@ pub fn require(req: &HttpRequest, guard: &KeyGuard, state: &AppState) -> Result<
 
 /// The `Authorization: Bearer <credential>` of a request.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    bearer_in(req.headers())
+}
+
+/// The `Authorization: Bearer <credential>` among `headers`.
+pub fn bearer_in(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    let value = headers.get(actix_web::http::header::AUTHORIZATION)?;
     let value = value.to_str().ok()?;
     let (scheme, credential) = value.split_once(' ')?;
     scheme

@@ -1,23 +1,24 @@
-//! `GET /api/realtime`: authenticates before the upgrade (401/403 with a JSON
-//! body), then hands the socket to a new `SessionActor`.
+//! `GET /api/realtime`: the WebSocket handshake. A real upgrade request is
+//! handed over by actix-http with its connection (see [`super::upgrade`]);
+//! [`accept`] authenticates it before the upgrade (401/403 with a JSON
+//! body). What reaches actix-web's router here is not an upgrade.
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws;
+use actix_http::RequestHead;
+use actix_http::header::{self, HeaderValue};
+use actix_web::http::header::HeaderMap;
+use actix_web::web;
 use serde::Deserialize;
 
-use super::{ApiError, bearer};
-use crate::http::connection::Socket;
-use crate::protocol::{ErrorCode, ProtocolError, close};
-use crate::session::SessionActor;
-use crate::session::outbound::{Outbox, OutboxStream};
+use super::ApiError;
+use crate::auth::token::Identity;
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::state::AppState;
 
 /// The subprotocol the Aerostack SDKs offer; the handshake must select it.
 pub const SUBPROTOCOL: &str = "aerostack-v1";
 const TOKEN_PROTOCOL_PREFIX: &str = "aerostack-token.";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ConnectQuery {
     #[serde(rename = "projectId")]
     project_id: Option<String>,
@@ -27,8 +28,8 @@ pub struct ConnectQuery {
 }
 
 /// The subprotocols a client offers.
-fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {
-    req.headers()
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -36,73 +37,68 @@ fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {
 }
 
 /// A token offered as the `aerostack-token.<JWT>` subprotocol.
-fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
-    offered_protocols(req).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    offered_protocols(headers).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
 }
 
-fn is_upgrade(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+/// A connection allowed in: who it is, and the subprotocol to select.
+pub struct Accepted {
+    pub identity: Identity,
+    /// None when the client offered no subprotocol we speak.
+    pub protocol: Option<HeaderValue>,
 }
 
-pub async fn connect(
-    req: HttpRequest,
-    payload: web::Payload,
-    query: web::Query<ConnectQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    if !is_upgrade(&req) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "this endpoint speaks WebSocket: send an upgrade request",
-        ));
-    }
-    let query = query.into_inner();
+/// Checks an upgrade request: the handshake itself, the token, the project.
+pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError> {
+    let refuse = |error: ApiError| {
+        state.metrics.error(error.0.code);
+        error
+    };
+    actix_http::ws::verify_handshake(head)
+        .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?;
+    let query = web::Query::<ConnectQuery>::from_query(head.uri.query().unwrap_or_default())
+        .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?
+        .into_inner();
+    let headers = &head.headers;
     let token = query
         .token
         .as_deref()
-        .or_else(|| bearer(&req))
-        .or_else(|| subprotocol_token(&req));
+        .or_else(|| super::bearer_in(headers))
+        .or_else(|| subprotocol_token(headers));
     let identity = state
         .verifier
         .identify(token, query.user_id)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+        .map_err(|e| refuse(e.into()))?;
     if let Some(project) = query.project_id.filter(|p| *p != state.config.project_id) {
-        state.metrics.error(ErrorCode::Forbidden);
-        return Err(ProtocolError::forbidden(format!(
-            "project `{project}` is not served here; this server is `{}`",
-            state.config.project_id
-        ))
-        .into());
+        return Err(refuse(
+            ProtocolError::forbidden(format!(
+                "project `{project}` is not served here; this server is `{}`",
+                state.config.project_id
+            ))
+            .into(),
+        ));
     }
     // Select aerostack-v1 when offered; else the token protocol, since a
     // browser drops a handshake that selects none of the protocols it offered.
-    let token_protocol = match offered_protocols(&req).any(|p| p == SUBPROTOCOL) {
-        true => None,
-        false => subprotocol_token(&req).map(|t| format!("{TOKEN_PROTOCOL_PREFIX}{t}")),
+    let protocol = match offered_protocols(headers).any(|p| p == SUBPROTOCOL) {
+        true => Some(HeaderValue::from_static(SUBPROTOCOL)),
+        false => match subprotocol_token(headers) {
+            Some(token) => Some(
+                HeaderValue::from_str(&format!("{TOKEN_PROTOCOL_PREFIX}{token}"))
+                    .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?,
+            ),
+            None => None,
+        },
     };
-    let protocols: Vec<&str> = std::iter::once(SUBPROTOCOL)
-        .chain(token_protocol.as_deref())
-        .collect();
-    let mut response = ws::handshake_with_protocols(&req, &protocols)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let Some(socket) = req.conn_data::<Socket>() else {
-        return Err(ApiError::new(
-            ErrorCode::Internal,
-            "this server was not started by realtide::server: no socket to write frames to",
-        ));
-    };
-    socket.upgrade();
-    let outbox = Outbox::new(
-        socket.clone(),
-        state.config.max_pending_bytes,
-        close::SLOW_CONSUMER,
-        state.metrics.slow_consumer_closes.clone(),
-    );
-    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
-    let session = SessionActor::new(state, identity, outbox.clone());
-    let output = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(response.streaming(OutboxStream::new(Box::pin(output), outbox)))
+    Ok(Accepted { identity, protocol })
+}
+
+/// What actix-web's router gets for `/api/realtime`: never an upgrade
+/// (those are taken before routing), so a clear 400.
+pub async fn connect() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::BadRequest,
+        "this endpoint speaks WebSocket: send an upgrade request \
+         (`Connection: upgrade`, `Upgrade: websocket`)",
+    ))
 }

@@ -189,9 +189,7 @@ impl Outbox {
         if !shared.is_current(topic, sub_id) {
             return Reserve::Ok;
         }
-        let offer = self
-            .socket
-            .offer_frames(wire, self.limit, &self.slow_close);
+        let offer = self.socket.offer_frames(wire, self.limit, &self.slow_close);
         drop(shared);
         self.counted(offer)
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent};
 use super::messages::StreamPart;
 use super::messages::{
     GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
@@ -29,7 +30,6 @@ use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
 use crate::session::outbound::{Reserve, prefetch};
-use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent};
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further

@@ -25,7 +25,9 @@ pub const MAX_BATCH: usize = 64;
 pub enum Audience {
     Everyone,
     /// A publish: every subscriber, but its publisher only with `echo`.
-    Publish { publisher: Option<ConnId> },
+    Publish {
+        publisher: Option<ConnId>,
+    },
     /// A table change: the subscribers whose filter lets it through.
     Change(Change),
 }
@@ -176,7 +178,12 @@ mod tests {
         let (me, other) = (ConnId(1), ConnId(2));
         let events = [
             event(1, Audience::Everyone),
-            event(2, Audience::Publish { publisher: Some(me) }),
+            event(
+                2,
+                Audience::Publish {
+                    publisher: Some(me),
+                },
+            ),
             event(3, Audience::Everyone),
         ];
         let mut batch = Batch::new(&events);
@@ -185,13 +192,19 @@ mod tests {
         let everything = batch.wanted_by(other, false, &Filter::default());
         assert_eq!(everything, 0b111);
         let wire = payloads(&batch.wire(&upper, everything));
-        assert_eq!(wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         assert!(wire.iter().all(|f| f["topic"] == "Chat/A"));
 
         let no_echo = batch.wanted_by(me, false, &Filter::default());
         assert_eq!(no_echo, 0b101, "no echo of its own publish");
         let wire = payloads(&batch.wire(&lower, no_echo));
-        assert_eq!(wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
+            [1, 3]
+        );
         assert!(wire.iter().all(|f| f["topic"] == "chat/a"));
 
         assert_eq!(batch.wanted_by(me, true, &Filter::default()), 0b111);

@@ -1,0 +1,217 @@
+//! WebSocket upgrades, served beside actix-web's router rather than through
+//! it: actix-http hands an upgrade request over together with its
+//! connection. Once the `101` is out, nothing of the HTTP layer stays with
+//! the connection (its 8 KiB read and write buffers are freed), so an idle
+//! WebSocket costs only its session.
+//!
+//! The session still runs in actix-web-actors' `WebsocketContext`: its input
+//! is the connection's bytes ([`Incoming`]), its output the control frames
+//! it writes, which go to the socket behind everything topics sent.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::error::PayloadError;
+use actix_http::h1::{Codec, Message};
+use actix_http::{Request, Response, header};
+use actix_service::{ServiceFactory, fn_service};
+use actix_web::{ResponseError, web};
+use actix_web_actors::ws::WebsocketContext;
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::ApiError;
+use super::connection::Connection;
+use super::ws;
+use crate::protocol::{ErrorCode, close};
+use crate::session::SessionActor;
+use crate::session::outbound::{Outbox, OutboxStream};
+use crate::state::AppState;
+
+/// How long a finished session may take to hand its last frames (a close,
+/// say) to a client before the connection is dropped anyway.
+const FINAL_FLUSH: Duration = Duration::from_secs(3);
+
+/// The path that speaks WebSocket.
+pub const PATH: &str = "/api/realtime";
+
+/// The upgrade service actix-http calls with each upgrade request.
+pub fn service(
+    state: web::Data<AppState>,
+) -> impl ServiceFactory<
+    (Request, Framed<Connection, Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_web::Error,
+    InitError = (),
+> {
+    fn_service(
+        move |(request, framed): (Request, Framed<Connection, Codec>)| {
+            let state = state.clone();
+            async move { Ok(serve(state, request, framed).await?) }
+        },
+    )
+}
+
+async fn serve(
+    state: web::Data<AppState>,
+    request: Request,
+    mut framed: Framed<Connection, Codec>,
+) -> io::Result<()> {
+    let accepted = match request.path() {
+        PATH => ws::accept(request.head(), &state),
+        other => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no WebSocket endpoint at {other}; it is {PATH}"),
+        )),
+    };
+    let accepted = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refuse(framed, &refusal).await,
+    };
+    let mut response = actix_http::ws::handshake_response(request.head());
+    if let Some(protocol) = accepted.protocol {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    let response = response.finish().drop_body();
+    // The request's headers are slices of actix-http's read buffer: letting
+    // it go lets that buffer go.
+    drop(request);
+    let socket = framed.io_ref().socket();
+    socket.upgrade();
+    framed
+        .send(Message::Item((response, BodySize::None)))
+        .await
+        .map_err(io::Error::other)?;
+    let parts = framed.into_parts();
+    // Bytes the client sent right behind its handshake; then the HTTP
+    // layer's buffers go.
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    let connection = parts.io.reader();
+    drop(parts);
+
+    let outbox = Outbox::new(
+        socket,
+        state.config.max_pending_bytes,
+        close::SLOW_CONSUMER,
+        state.metrics.slow_consumer_closes.clone(),
+    );
+    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
+    let incoming = Incoming {
+        connection: connection.reader(),
+        early: Some(early).filter(|b| !b.is_empty()),
+    };
+    let session = SessionActor::new(state, accepted.identity, outbox.clone());
+    let output = WebsocketContext::with_codec(session, incoming, codec);
+    // The session runs as a task of its own, so actix-http's connection
+    // task (and all it held for HTTP) ends here.
+    actix_web::rt::spawn(SessionDriver {
+        connection,
+        session: OutboxStream::new(Box::pin(output), outbox),
+        flushing: true,
+        closing: None,
+    });
+    Ok(())
+}
+
+/// What a session's `WebsocketContext` writes: its control frames.
+type SessionOutput = Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>;
+
+/// Runs a session to its end, flushing the socket's backlog whenever it is
+/// woken for that, then hands the client its last frames and closes.
+struct SessionDriver {
+    connection: Connection,
+    session: OutboxStream<SessionOutput>,
+    /// Cleared once the socket is broken (the read side ends the session).
+    flushing: bool,
+    /// Set when the session has ended: the final flush's deadline.
+    closing: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for SessionDriver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.closing.is_none() {
+            // The socket wakes this task when it has room for a backlog,
+            // and so does a backlog that just started.
+            if this.flushing
+                && let Poll::Ready(Err(_)) = Pin::new(&mut this.connection).poll_flush(cx)
+            {
+                this.flushing = false;
+            }
+            match this.session.poll_next_unpin(cx) {
+                Poll::Ready(None) => {
+                    this.closing = Some(Box::pin(tokio::time::sleep(FINAL_FLUSH)));
+                }
+                Poll::Ready(Some(_)) | Poll::Pending => return Poll::Pending,
+            }
+        }
+        if Pin::new(&mut this.connection).poll_shutdown(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match &mut this.closing {
+            Some(deadline) => deadline.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Answers a refused upgrade with the JSON error, then closes.
+async fn refuse(mut framed: Framed<Connection, Codec>, refusal: &ApiError) -> io::Result<()> {
+    let (head, body) = Response::from(refusal.error_response()).into_parts();
+    let body = actix_http::body::to_bytes(body)
+        .await
+        .unwrap_or_else(|_| Bytes::new());
+    let mut head = head;
+    head.head_mut()
+        .set_connection_type(actix_http::ConnectionType::Close);
+    let size = BodySize::Sized(body.len() as u64);
+    // One write: a client may read the body only as far as the head's segment.
+    for message in [
+        Message::Item((head, size)),
+        Message::Chunk(Some(body)),
+        Message::Chunk(None),
+    ] {
+        framed.feed(message).await.map_err(io::Error::other)?;
+    }
+    framed.flush().await.map_err(io::Error::other)?;
+    let mut connection = framed.into_parts().io;
+    std::future::poll_fn(|cx| Pin::new(&mut connection).poll_shutdown(cx)).await
+}
+
+/// The client's bytes, as the session's `WebsocketContext` reads them: a
+/// read lands on the stack and only what arrived is copied out, so an idle
+/// connection holds no read buffer.
+struct Incoming {
+    connection: Connection,
+    early: Option<Bytes>,
+}
+
+/// Bytes read from the socket per poll, at most.
+const READ_CHUNK: usize = 4096;
+
+impl Stream for Incoming {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(early) = self.early.take() {
+            return Poll::Ready(Some(Ok(early)));
+        }
+        let mut space = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut space);
+        match ready!(Pin::new(&mut self.connection).poll_read(cx, &mut buf)) {
+            Err(e) => Poll::Ready(Some(Err(PayloadError::Io(e)))),
+            Ok(()) if buf.filled().is_empty() => Poll::Ready(None),
+            Ok(()) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
+        }
+    }
+}
