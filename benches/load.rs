@@ -62,6 +62,13 @@ enum Mode {
         #[arg(long)]
         json: Option<String>,
     },
+    /// Redraws `--find-max`'s plot from the JSON it wrote (`--json`).
+    Plot {
+        #[arg(long)]
+        json: String,
+        #[arg(long, default_value = "docs/fanout-latency.svg")]
+        svg: String,
+    },
     /// N idle connections: the server's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 5000)]
@@ -546,6 +553,47 @@ async fn find_max(load: Load, start: u64, against_node: bool, svg: &str, json: O
     }
 }
 
+/// Reads the reports `--find-max --json` wrote and draws them again.
+fn replot(json: &str, svg: &str) {
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("read the JSON")).unwrap();
+    let number = |r: &serde_json::Value, key: &str| r[key].as_f64().unwrap_or_default();
+    let mut ladders = Vec::new();
+    let mut subscribers = 0;
+    for target in [Target::Realtide, Target::NodeWs] {
+        let steps: Vec<FanoutReport> = reports
+            .iter()
+            .filter(|r| r["target"] == target.name())
+            .map(|r| FanoutReport {
+                target: target.name(),
+                subscribers: number(r, "subscribers") as usize,
+                rate: number(r, "rate") as u64,
+                deliveries_per_s: number(r, "deliveries_per_s"),
+                loss: number(r, "loss") as u64,
+                p50_us: number(r, "p50_us") as u64,
+                p90_us: number(r, "p90_us") as u64,
+                p99_us: number(r, "p99_us") as u64,
+                p999_us: number(r, "p999_us") as u64,
+                max_us: number(r, "max_us") as u64,
+                user_us: number(r, "user_us"),
+                system_us: number(r, "system_us"),
+                rss_mib: number(r, "rss_mib"),
+            })
+            .collect();
+        if let Some(first) = steps.first() {
+            subscribers = first.subscribers;
+            let best = steps
+                .iter()
+                .filter(|r| r.sustained())
+                .map(|r| r.deliveries_per_s)
+                .fold(0.0, f64::max);
+            ladders.push((target, steps, best));
+        }
+    }
+    plot(&ladders, subscribers, svg);
+    println!("wrote {svg}");
+}
+
 /// Latency percentiles against publish rate, one colour per server.
 fn plot(ladders: &[(Target, Vec<FanoutReport>, f64)], subscribers: usize, path: &str) {
     use plotters::prelude::*;
@@ -556,6 +604,11 @@ fn plot(ladders: &[(Target, Vec<FanoutReport>, f64)], subscribers: usize, path: 
         .flat_map(|(_, s, _)| s.iter().map(|r| r.rate))
         .max()
         .unwrap_or(100) as f64;
+    let min_rate = ladders
+        .iter()
+        .flat_map(|(_, s, _)| s.iter().map(|r| r.rate))
+        .min()
+        .unwrap_or(10) as f64;
     let max_ms = ladders
         .iter()
         .flat_map(|(_, s, _)| s.iter().map(|r| r.p99_us as f64 / 1000.0))
@@ -568,11 +621,14 @@ fn plot(ladders: &[(Target, Vec<FanoutReport>, f64)], subscribers: usize, path: 
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_rate * 1.05, (0.1..max_ms * 1.5).log_scale())
+        .build_cartesian_2d(
+            (min_rate * 0.8..max_rate * 1.25).log_scale(),
+            (0.1..max_ms * 1.5).log_scale(),
+        )
         .unwrap();
     chart
         .configure_mesh()
-        .x_desc("messages per second")
+        .x_desc("messages per second (log)")
         .y_desc("latency (ms, log)")
         .draw()
         .unwrap();
@@ -1123,6 +1179,7 @@ fn main() {
                 rate,
                 postgres_url,
             } => changes(&backend, rows, writes, rate, &postgres_url).await,
+            Mode::Plot { json, svg } => replot(&json, &svg),
         }
     });
 }
