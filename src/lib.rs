@@ -4,11 +4,12 @@
 //! The map of the crate:
 //! - [`config`]: every setting, as a flag and an environment variable.
 //! - [`server`]: the composition root, shared by `main` and the tests.
-//! - [`http`]: actix-web routes: the WebSocket upgrade, emit, admin, health, metrics.
+//! - [`http`]: connections, the WebSocket upgrade, and actix-web routes: emit, admin, health, metrics.
 //! - [`protocol`]: client requests, server frames, error and close codes.
-//! - [`session`]: `SessionActor`, one per socket, and its outbound accounting.
+//! - [`session`]: `SessionActor`, one per socket, and its outbox (subscriptions, frames out).
 //! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions.
-//! - [`topic`]: `TopicActor`, topic names and the replay ring.
+//! - [`topic`]: `TopicActor`, batched fan-out, topic names and the replay ring.
+//! - [`cache`]: cache hints for the fan-out loop.
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
 //! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
@@ -17,6 +18,7 @@
 //! - [`state`]: what handlers and sessions share.
 
 pub mod auth;
+pub mod cache;
 pub mod changes;
 pub mod config;
 pub mod db;

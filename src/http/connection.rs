@@ -291,12 +291,12 @@ impl Socket {
         }
     }
 
-    /// See [`crate::session::outbound::prefetch`].
+    /// Asks the CPU to fetch this socket's state ahead of a delivery.
     pub fn prefetch(&self) {
         let shared = self.shared.as_ptr() as *const u8;
-        crate::session::outbound::prefetch(shared);
+        crate::cache::prefetch(shared);
         // The output lock lies a cache line or two further on.
-        crate::session::outbound::prefetch(shared.wrapping_add(64));
+        crate::cache::prefetch(shared.wrapping_add(64));
     }
 
     pub fn is_slow(&self) -> bool {

@@ -29,6 +29,7 @@ use futures_util::Stream;
 use prometheus::IntCounter;
 
 use super::messages::FrameKind;
+use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::http::connection::{Offer, Socket, close_frame};
 
@@ -276,19 +277,7 @@ impl Outbox {
     }
 }
 
-/// A hint to the CPU to load the cache line at `address`; it never faults.
-pub fn prefetch(address: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing architecturally and cannot fault,
-    // whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
-}
-
-/// The response body actix-http polls for an upgraded connection. It runs
+/// A session as its connection's task polls it (`http::upgrade`). It runs
 /// the session actor (`inner`, a `WebsocketContext`) and passes the control
 /// frames the actor writes (pings, pongs, its close) to the socket behind
 /// the frames already offered; it yields nothing itself, and ends with the

@@ -21,6 +21,7 @@ use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
 use super::replay::ReplayRing;
 use super::streams::RunningStreams;
+use crate::cache::prefetch;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
 use crate::db::Database;
@@ -29,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
-use crate::session::outbound::{Reserve, prefetch};
+use crate::session::outbound::Reserve;
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further
