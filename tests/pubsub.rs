@@ -92,6 +92,49 @@ async fn echo_false_keeps_a_publishers_own_messages_away() {
     assert_eq!(quiet.recv().await["data"], "theirs");
 }
 
+/// Publishes sent without waiting for acks pile up in the topic and leave in
+/// batches: each subscriber still gets each event once, in order, spelled its
+/// own way, and a publisher without echo gets only its acks.
+#[tokio::test]
+async fn a_burst_of_publishes_reaches_everyone_once_in_order() {
+    const BURST: u64 = 40;
+    let app = TestApp::spawn().await;
+    let mut publisher = app.client().await;
+    let mut suffixed = app.client().await;
+    let mut lower = app.client().await;
+    let reply = publisher
+        .request(json!({"type": "subscribe", "topic": "burst/x", "echo": false}))
+        .await;
+    assert_eq!(reply["type"], "subscribed");
+    suffixed.subscribe("burst/x/realtide").await;
+    lower.subscribe("burst/x").await;
+    for i in 0..BURST {
+        publisher
+            .send(json!({"type": "publish", "topic": "burst/x", "event": "n", "data": i, "ref": i}))
+            .await;
+    }
+    for (client, spelling) in [(&mut suffixed, "burst/x/realtide"), (&mut lower, "burst/x")] {
+        for i in 0..BURST {
+            let event = client.recv().await;
+            assert_eq!(event["type"], "event");
+            assert_eq!(event["topic"], spelling);
+            assert_eq!(
+                (event["seq"].clone(), event["data"].clone()),
+                (json!(i + 1), json!(i))
+            );
+        }
+        client.expect_silence(QUIET).await;
+    }
+    for i in 0..BURST {
+        let ack = publisher.recv().await;
+        assert_eq!(
+            (ack["type"].clone(), ack["ref"].clone()),
+            (json!("ack"), json!(i))
+        );
+    }
+    publisher.expect_silence(QUIET).await;
+}
+
 #[tokio::test]
 async fn frames_use_the_spelling_the_client_subscribed_with() {
     let app = TestApp::spawn().await;

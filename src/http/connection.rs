@@ -1,21 +1,23 @@
 //! The TCP connection as both actix-http and the WebSocket session's outbox
-//! write to it: [`Connection`] is the I/O actix-http's dispatcher reads and
-//! writes; [`Socket`] is the same connection's write side for frames, shared
-//! with the topics that deliver to it.
+//! write to it: [`Connection`] is the I/O actix-http reads and writes (and,
+//! after an upgrade, the session's task: `http::upgrade`); [`Socket`] is the
+//! same connection's write side for frames, shared with the topics that
+//! deliver to it.
 //!
 //! Why topics write to the socket themselves: a fan-out to a thousand
-//! sessions through actix-http's response stream costs, per delivery, a wake
+//! sessions through actix-http's response stream cost, per delivery, a wake
 //! of the connection's task, a poll of its dispatcher (read side, timers,
 //! body), a copy into its write buffer and then the `send`. Writing the frame
 //! from the topic's own thread, straight into the kernel when nothing is
 //! waiting before it, leaves only the `send`. What the kernel does not take
-//! waits in a backlog, which the dispatcher's task flushes when the socket is
+//! waits in a backlog, which the connection's task flushes when the socket is
 //! writable again (its `poll_flush`), so a slow reader never blocks a topic.
 //!
-//! Order on the wire: the upgrade's `101` response is actix-http's to write.
-//! Frames queued before it has gone out wait in the backlog; the dispatcher
-//! calls `poll_flush` only once its own buffer is empty, so that is when the
-//! backlog follows it and frames may go straight out from then on.
+//! Order on the wire: the upgrade's `101` response is written through
+//! `poll_write` by actix-http's codec. Frames offered before it has gone out
+//! wait in the backlog; `poll_flush` is called only once the codec's own
+//! buffer is empty, so that is when the backlog follows it and frames may go
+//! straight out from then on.
 //!
 //! Backpressure: past `limit` bytes waiting in the backlog the reader is too
 //! slow. The backlog is cut to the frame already half on the wire, a 4008
@@ -323,11 +325,15 @@ impl Socket {
         let Some(shared) = self.shared.upgrade() else {
             return Offer::Refused;
         };
+        let total = parts[0].len() + parts[1].len();
+        if total == 0 {
+            // Nothing to send; an empty entry would blur the frame bounds.
+            return Offer::Accepted;
+        }
         let mut output = shared.output();
         if output.slow {
             return Offer::Refused;
         }
-        let total = parts[0].len() + parts[1].len();
         let mut written = 0;
         let was_empty = output.backlog.is_empty();
         if output.phase == Phase::Frames && was_empty {
