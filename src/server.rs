@@ -149,7 +149,9 @@ where
     .start();
     let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
     let addr = listener.local_addr()?;
-    let server = actix_server::Server::build()
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    let server = builder
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_S)
@@ -158,7 +160,7 @@ where
                 .app_data(state.clone())
                 .configure(app_routes.clone())
                 .configure(http::routes);
-            http_service(app, addr, state.clone())
+            http_service(app, addr, state.clone(), shutdown.clone())
         })?
         .run();
     tracing::info!(%addr, "realtide listening");
@@ -179,6 +181,7 @@ fn http_service<T>(
     app: App<T>,
     addr: SocketAddr,
     state: web::Data<AppState>,
+    shutdown: actix_server::GracefulShutdownSignal,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
 where
     T: ServiceFactory<
@@ -190,6 +193,11 @@ where
         > + 'static,
 {
     let http = HttpService::build()
+        // A graceful stop closes idle keep-alive connections at once.
+        .graceful_shutdown_signal(move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        })
         .keep_alive(KeepAlive::default())
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(1))

@@ -90,6 +90,9 @@ impl SessionActor {
     /// Writes a frame of the session's own (replies, errors), counted on the outbox.
     /// It goes straight to the socket, in order with what topics send.
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        if self.outbox.is_closing() {
+            return;
+        }
         match self.outbox.send_own(&frame) {
             Reserve::Ok => self.state.metrics.messages_out.inc(),
             Reserve::BecameSlow | Reserve::AlreadySlow => ctx.stop(),
