@@ -19,7 +19,7 @@ use crate::protocol::ProtocolError;
 use crate::session::messages::{ConnId, Shutdown};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
-use crate::topic::actor::Tracking;
+use crate::topic::actor::{TopicSettings, Tracking};
 use crate::topic::messages::{
     Publish, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe, Untrack,
 };
@@ -31,8 +31,7 @@ pub struct Registry {
     /// Topic actors are spread over these threads, round robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
-    replay_size: usize,
-    replay_ttl: Duration,
+    topic_settings: TopicSettings,
     /// The change tracker and database, handed to table topics.
     tracking: Tracking,
     history: HistoryRetention,
@@ -56,8 +55,7 @@ impl HistoryRetention {
 impl Registry {
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
-        replay_size: usize,
-        replay_ttl: Duration,
+        topic_settings: TopicSettings,
         tracking: Tracking,
         history: HistoryRetention,
         metrics: Metrics,
@@ -67,8 +65,7 @@ impl Registry {
             sessions: HashMap::new(),
             arbiters,
             next_arbiter: 0,
-            replay_size,
-            replay_ttl,
+            topic_settings,
             tracking,
             history,
             metrics,
@@ -96,8 +93,7 @@ impl Registry {
         }
         let actor = TopicActor::new(
             name.clone(),
-            self.replay_size,
-            self.replay_ttl,
+            self.topic_settings,
             self.tracking.clone(),
             self.metrics.clone(),
         );
@@ -114,7 +110,8 @@ impl Registry {
     /// How often idle topics are looked for: often enough that a topic outlives
     /// its replay window by at most half of it, never more than every 30 s.
     fn sweep_period(&self) -> Duration {
-        (self.replay_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+        (self.topic_settings.replay_ttl / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {

@@ -30,7 +30,7 @@ use crate::http::upgrade;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
 use crate::state::AppState;
-use crate::topic::actor::Tracking;
+use crate::topic::actor::{TopicSettings, Tracking};
 
 /// How long shutdown waits for sessions to send their close frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -137,8 +137,11 @@ where
     };
     let registry = Registry::new(
         arbiters,
-        config.replay_size,
-        config.replay_ttl(),
+        TopicSettings {
+            replay_size: config.replay_size,
+            replay_ttl: config.replay_ttl(),
+            fanout_split_at: usize::try_from(config.fanout_split_at).unwrap_or(usize::MAX),
+        },
         tracking,
         HistoryRetention {
             max_messages: config.history_max_messages,

@@ -97,33 +97,52 @@ async fn echo_false_keeps_a_publishers_own_messages_away() {
 /// own way, and a publisher without echo gets only its acks.
 #[tokio::test]
 async fn a_burst_of_publishes_reaches_everyone_once_in_order() {
-    const BURST: u64 = 40;
     let app = TestApp::spawn().await;
+    burst_reaches_everyone_once_in_order(&app, 2).await;
+}
+
+/// A topic with many subscribers sends each batch from two threads; nobody
+/// may notice.
+#[tokio::test]
+async fn a_large_topic_sending_from_two_threads_still_delivers_once_in_order() {
+    let app = TestApp::spawn_with(|c| c.fanout_split_at = 2).await;
+    burst_reaches_everyone_once_in_order(&app, 6).await;
+}
+
+async fn burst_reaches_everyone_once_in_order(app: &TestApp, subscribers: usize) {
+    const BURST: u64 = 40;
     let mut publisher = app.client().await;
-    let mut suffixed = app.client().await;
-    let mut lower = app.client().await;
     let reply = publisher
         .request(json!({"type": "subscribe", "topic": "burst/x", "echo": false}))
         .await;
     assert_eq!(reply["type"], "subscribed");
-    suffixed.subscribe("burst/x/realtide").await;
-    lower.subscribe("burst/x").await;
+    let mut readers = Vec::new();
+    for n in 0..subscribers {
+        let spelling = if n % 2 == 0 {
+            "burst/x/realtide"
+        } else {
+            "burst/x"
+        };
+        let mut reader = app.client().await;
+        reader.subscribe(spelling).await;
+        readers.push((reader, spelling));
+    }
     for i in 0..BURST {
         publisher
             .send(json!({"type": "publish", "topic": "burst/x", "event": "n", "data": i, "ref": i}))
             .await;
     }
-    for (client, spelling) in [(&mut suffixed, "burst/x/realtide"), (&mut lower, "burst/x")] {
+    for (reader, spelling) in &mut readers {
         for i in 0..BURST {
-            let event = client.recv().await;
+            let event = reader.recv().await;
             assert_eq!(event["type"], "event");
-            assert_eq!(event["topic"], spelling);
+            assert_eq!(event["topic"], *spelling);
             assert_eq!(
                 (event["seq"].clone(), event["data"].clone()),
                 (json!(i + 1), json!(i))
             );
         }
-        client.expect_silence(QUIET).await;
+        reader.expect_silence(QUIET).await;
     }
     for i in 0..BURST {
         let ack = publisher.recv().await;
