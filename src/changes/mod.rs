@@ -254,6 +254,22 @@ pub fn latest_seq_of(conn: &mut DbConnection, table: &str) -> Result<u64, DbErro
     Ok(row.seq.unwrap_or(0).max(0) as u64)
 }
 
+/// Every table's changes after `cursor`, oldest first, at most `limit`: the
+/// tracker's read, the same on both backends.
+pub fn read_after(
+    conn: &mut DbConnection,
+    cursor: u64,
+    limit: i64,
+) -> Result<Vec<LogRow>, DbError> {
+    Ok(diesel::sql_query(
+        "SELECT seq, table_name, op, new_row, old_row, changed_at FROM _realtide_changes \
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind::<BigInt, _>(cursor as i64)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?)
+}
+
 /// A table's changes with `since < seq <= up_to`, oldest first, at most `limit`.
 pub fn read_range(
     conn: &mut DbConnection,

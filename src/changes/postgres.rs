@@ -19,7 +19,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
-use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
+use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
@@ -187,13 +187,7 @@ impl ChangeSource for PostgresSource {
 
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
         self.sequence(limit)?;
-        let rows: Vec<LogRow> = diesel::sql_query(
-            "SELECT seq, table_name, op, new_row, old_row, changed_at FROM _realtide_changes \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind::<BigInt, _>(cursor as i64)
-        .bind::<BigInt, _>(limit)
-        .load(&mut self.conn)?;
+        let rows = super::read_after(&mut self.conn, cursor, limit)?;
         let plain = RowDecoder::Postgres {
             binary: HashSet::new(),
         };

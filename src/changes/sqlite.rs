@@ -14,7 +14,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
+use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Column pairs per `json_object` / `json_set` call: SQLite allows 127 arguments.
@@ -249,13 +249,7 @@ impl ChangeSource for SqliteSource {
     }
 
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
-        let rows: Vec<LogRow> = diesel::sql_query(
-            "SELECT seq, table_name, op, new_row, old_row, changed_at FROM _realtide_changes \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind::<BigInt, _>(cursor as i64)
-        .bind::<BigInt, _>(limit)
-        .load(&mut self.conn)?;
+        let rows = super::read_after(&mut self.conn, cursor, limit)?;
         Ok(rows
             .into_iter()
             .filter_map(|r| r.decode(&RowDecoder::Sqlite))
