@@ -12,8 +12,7 @@ use serde_json::{Map, Value, json};
 const SECRET: &str = "test-secret";
 
 fn token_for(sub: &str, claims: Value) -> String {
-    let extra: Map<String, Value> = serde_json::from_value(claims).unwrap();
-    sign(SECRET, sub, Duration::from_secs(3600), extra).unwrap()
+    common::token_for(SECRET, sub, claims)
 }
 
 async fn secured() -> TestApp {

@@ -275,18 +275,11 @@ async fn bad_filters_and_bad_tables_are_refused() {
 
 #[tokio::test]
 async fn a_tokens_forced_filter_shows_a_user_only_their_rows() {
-    use realtide::auth::token::sign;
     let db = TestDb::sqlite();
     db.execute(ORDERS);
     let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some("s".into())).await;
     let claims = json!({"realtime": {"subscribe": ["orders"], "filters": {"orders": {"customer_name": "Ann"}}}});
-    let token = sign(
-        "s",
-        "ann",
-        Duration::from_secs(600),
-        serde_json::from_value(claims).unwrap(),
-    )
-    .unwrap();
+    let token = common::token_for("s", "ann", claims);
     let mut ann = app.client_with_token(&token).await;
     // Her own filter cannot widen the forced one.
     let reply = ann
@@ -594,19 +587,10 @@ async fn dropped_triggers_come_back_so_a_column_can_be_dropped_on_sqlite() {
 
 #[tokio::test]
 async fn a_new_tokens_forced_filter_applies_to_a_live_subscription() {
-    use realtide::auth::token::sign;
     let db = TestDb::sqlite();
     db.execute(ORDERS);
     let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some("s".into())).await;
-    let token = |claims: Value| {
-        sign(
-            "s",
-            "ann",
-            Duration::from_secs(600),
-            serde_json::from_value(claims).unwrap(),
-        )
-        .unwrap()
-    };
+    let token = |claims: Value| common::token_for("s", "ann", claims);
     let mut ann = app.client_with_token(&token(json!({}))).await;
     ann.subscribe("orders").await;
     app.db
