@@ -153,6 +153,28 @@ impl Outbox {
     /// Sends a frame from a topic, unless its subscription has ended or the
     /// client reads too slowly.
     pub fn deliver(&self, topic: &Arc<str>, kind: FrameKind, frame: &ByteString) -> Reserve {
+        self.deliver_checked(topic, kind, |socket, limit, close| {
+            socket.offer_text(frame.as_bytes(), limit, close)
+        })
+    }
+
+    /// Sends the wire bytes of whole frames of subscription `sub_id` (a
+    /// topic's batch, encoded once for many subscribers), unless that
+    /// subscription has ended or the client reads too slowly.
+    pub fn deliver_wire(&self, topic: &Arc<str>, sub_id: u64, wire: &[u8]) -> Reserve {
+        let kind = FrameKind::Stream { sub_id };
+        self.deliver_checked(topic, kind, |socket, limit, close| {
+            socket.offer_frames(wire, limit, close)
+        })
+    }
+
+    /// Writes with `write` what `kind` allows past the subscription check.
+    fn deliver_checked(
+        &self,
+        topic: &Arc<str>,
+        kind: FrameKind,
+        write: impl FnOnce(&Socket, usize, &[u8]) -> Offer,
+    ) -> Reserve {
         if self.is_closing() {
             return Reserve::Ok;
         }
@@ -172,25 +194,7 @@ impl Outbox {
         if !send {
             return Reserve::Ok;
         }
-        let offer = self
-            .socket
-            .offer_text(frame.as_bytes(), self.limit, &self.slow_close);
-        drop(shared);
-        self.counted(offer)
-    }
-
-    /// Sends the wire bytes of whole frames of subscription `sub_id` (a
-    /// topic's batch, encoded once for many subscribers), unless that
-    /// subscription has ended or the client reads too slowly.
-    pub fn deliver_wire(&self, topic: &Arc<str>, sub_id: u64, wire: &[u8]) -> Reserve {
-        if self.is_closing() {
-            return Reserve::Ok;
-        }
-        let mut shared = self.shared();
-        if !shared.is_current(topic, sub_id) {
-            return Reserve::Ok;
-        }
-        let offer = self.socket.offer_frames(wire, self.limit, &self.slow_close);
+        let offer = write(&self.socket, self.limit, &self.slow_close);
         drop(shared);
         self.counted(offer)
     }
