@@ -35,7 +35,7 @@ use crate::registry::{
 };
 use crate::state::AppState;
 use crate::topic::messages::{
-    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
+    AckTo, PresenceAck, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
 };
 use crate::topic::{TopicKind, TopicName};
 
@@ -172,10 +172,16 @@ impl SessionActor {
             Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
-                self.send(ctx, server::ack(reference.as_ref()));
+                let ack = PresenceAck {
+                    reference,
+                    handle: self.subscriber_handle(ctx),
+                };
                 self.state.registry.do_send(ForTopic {
                     topic: name.shared(),
-                    message: TopicCommand::Untrack(Untrack { conn: self.conn }),
+                    message: TopicCommand::Untrack(Untrack {
+                        conn: self.conn,
+                        ack,
+                    }),
                 });
                 Ok(())
             }
@@ -292,9 +298,11 @@ impl SessionActor {
             Some(user) => user.to_string(),
             None => self.wire_id.clone(),
         };
-        // Acked before the topic hears of it, so the ack precedes the
-        // `presence:join` this client gets too.
-        self.send(ctx, server::ack(reference.as_ref()));
+        // The topic acks, ahead of the `presence:join` this client gets too.
+        let ack = PresenceAck {
+            reference,
+            handle: self.subscriber_handle(ctx),
+        };
         self.state.registry.do_send(ForTopic {
             topic: name.shared(),
             message: TopicCommand::Track(Track {
@@ -302,6 +310,7 @@ impl SessionActor {
                 key,
                 wire_conn: self.wire_id.clone(),
                 state,
+                ack,
             }),
         });
         Ok(())

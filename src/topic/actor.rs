@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent};
 use super::messages::StreamPart;
 use super::messages::{
-    GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
+    GetPresence, GetTopicInfo, PresenceAck, Publish, Published, Refilter, StopIfIdle, Subscribe,
     SubscriberHandle, TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
 };
 use super::name::{TopicKind, TopicName};
@@ -222,6 +222,12 @@ impl TopicActor {
         }
         self.untrack(conn);
         self.last_active = Instant::now();
+    }
+
+    /// Acks a track or untrack; the presence event it causes follows.
+    fn ack_presence(&self, ack: &PresenceAck) {
+        let frame = server::ack(ack.reference.as_ref());
+        self.send_to(&ack.handle, FrameKind::Reply, frame);
     }
 
     /// Ends a connection's presence, telling every subscriber.
@@ -671,6 +677,7 @@ impl Handler<Track> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Track, _ctx: &mut Self::Context) {
+        self.ack_presence(&msg.ack);
         if !self.subscribers.contains_key(&msg.conn) {
             return;
         }
@@ -698,6 +705,7 @@ impl Handler<Untrack> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Untrack, _ctx: &mut Self::Context) {
+        self.ack_presence(&msg.ack);
         self.untrack(msg.conn);
     }
 }

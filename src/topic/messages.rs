@@ -134,6 +134,7 @@ pub struct Track {
     pub key: String,
     pub wire_conn: String,
     pub state: serde_json::Map<String, Value>,
+    pub ack: PresenceAck,
 }
 
 /// End a connection's presence entry.
@@ -141,6 +142,23 @@ pub struct Track {
 #[rtype(result = "()")]
 pub struct Untrack {
     pub conn: ConnId,
+    pub ack: PresenceAck,
+}
+
+/// Where the topic acks a track or untrack: it does so itself, ahead of the
+/// presence event the request causes, so the requester sees its ack first
+/// and every later request reaches the topic after this one.
+pub struct PresenceAck {
+    pub reference: Option<Value>,
+    pub handle: SubscriberHandle,
+}
+
+impl std::fmt::Debug for PresenceAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceAck")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The presence snapshot, `{"<key>":[{"conn","state"}]}`.
