@@ -81,6 +81,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..))]
     pub fanout_split_at: u64,
 
+    /// Topics with at least this many subscribers also send from two threads
+    /// while their sends keep one thread mostly busy (see `topic::fanout`).
+    #[arg(long, env = "REALTIDE_FANOUT_BUSY_SPLIT_AT", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub fanout_busy_split_at: u64,
+
     /// Seconds a pub/sub topic keeps events for resuming clients.
     #[arg(long, env = "REALTIDE_REPLAY_TTL_S", default_value_t = 600)]
     pub replay_ttl_s: u64,

@@ -141,6 +141,8 @@ where
             replay_size: config.replay_size,
             replay_ttl: config.replay_ttl(),
             fanout_split_at: usize::try_from(config.fanout_split_at).unwrap_or(usize::MAX),
+            fanout_busy_split_at: usize::try_from(config.fanout_busy_split_at)
+                .unwrap_or(usize::MAX),
         },
         tracking,
         HistoryRetention {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent};
+use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent, SplitPolicy};
 use super::messages::StreamPart;
 use super::messages::{
     GetPresence, GetTopicInfo, PresenceAck, Publish, Published, Refilter, StopIfIdle, Subscribe,
@@ -53,6 +53,8 @@ pub struct TopicSettings {
     pub replay_ttl: Duration,
     /// From this many subscribers on, a batch is sent from two threads.
     pub fanout_split_at: usize,
+    /// From this many on, it is while the topic's sends keep a thread busy.
+    pub fanout_busy_split_at: usize,
 }
 
 /// What a table topic needs from the change tracker and the database.
@@ -79,8 +81,8 @@ pub struct TopicActor {
     subscribers: HashMap<ConnId, Subscriber>,
     /// Events of this mailbox turn, not sent yet.
     pending: Vec<PendingEvent>,
-    /// From this many subscribers on, a batch is sent from two threads.
-    split_at: usize,
+    /// Whether a batch is sent from two threads.
+    split: SplitPolicy,
     replay: ReplayRing,
     replay_ttl: Duration,
     table: Option<TableState>,
@@ -130,7 +132,7 @@ impl TopicActor {
             pending: Vec::new(),
             replay: ReplayRing::new(settings.replay_size, settings.replay_ttl),
             replay_ttl: settings.replay_ttl,
-            split_at: settings.fanout_split_at,
+            split: SplitPolicy::new(settings.fanout_split_at, settings.fanout_busy_split_at),
             table,
             presence: Presence::default(),
             spellings: HashSet::new(),
@@ -188,9 +190,9 @@ impl TopicActor {
 
     fn send_batch(&mut self, events: &[PendingEvent]) {
         let topic = self.name.as_arc();
-        let (delivered, refused) = if self.subscribers.len() >= self.split_at {
-            // A large topic's sends take two cores: one event to 10,000
-            // subscribers is ~90 ms of `send`s on one thread.
+        let started = Instant::now();
+        let split = self.split.splits(self.subscribers.len());
+        let (delivered, refused) = if split {
             let all: Vec<(ConnId, &Subscriber)> =
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
             let (first, second) = all.split_at(all.len() / 2);
@@ -206,6 +208,8 @@ impl TopicActor {
         } else {
             deliver_all(self.subscribers.iter().map(|(c, s)| (*c, s)), events, topic)
         };
+        let threads = if split { 2 } else { 1 };
+        self.split.record(started, started.elapsed(), threads);
         self.metrics.deliveries.inc_by(delivered);
         self.metrics.messages_out.inc_by(delivered);
         for (conn, reserve) in refused {
