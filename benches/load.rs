@@ -238,16 +238,24 @@ impl Server {
         )
     }
 
-    /// CPU seconds of every thread so far, from the scheduler's exact
-    /// accounting (`schedstat`), not the tick-sampled `stat` fields, which
-    /// misjudge a thread that wakes briefly every few milliseconds.
+    /// CPU seconds of the whole process so far, threads that have exited
+    /// included (a large topic's second sending thread lives for one
+    /// batch), from the scheduler's exact accounting: the process's CPU
+    /// clock, not the tick-sampled `stat` fields, which misjudge a thread
+    /// that wakes briefly every few milliseconds.
     fn cpu_exact(&self) -> f64 {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
-        let ns: u64 = tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        ns as f64 / 1e9
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        let mut clock: libc::clockid_t = 0;
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: each call writes only into the value it is handed.
+        unsafe {
+            assert_eq!(libc::clock_getcpuclockid(pid, &mut clock), 0);
+            assert_eq!(libc::clock_gettime(clock, &mut now), 0);
+        }
+        now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
     }
 
     fn rss_bytes(&self) -> u64 {
