@@ -6,6 +6,8 @@
 //! When a topic keeps up, a turn holds one event and nothing changes; when
 //! it falls behind, publishes wait in its mailbox, the next turn takes them
 //! all, and the cost per event falls just when the topic needs it to.
+//!
+//! [`SplitPolicy`] decides when a batch's sends take a second thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
