@@ -309,76 +309,16 @@ async fn subscribe(ws: &mut Socket, topic: &str) {
     panic!("no subscribed");
 }
 
-/// A subscriber's read side after the handshake: raw frames from the socket
-/// into a 4 KiB buffer, headers parsed by tungstenite, payloads borrowed, so
-/// the load client costs little per delivery and leaves the CPU to the
-/// server (a `Message` per frame allocates, and a timer per read is a timer
-/// wheel insert and removal).
-struct FrameReader {
-    stream: tokio::net::TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl FrameReader {
-    /// Takes the socket over. Nothing is sent to a subscriber between its
-    /// `subscribed` reply and the first publish, so tungstenite holds no
-    /// unread bytes here; a frame that does not parse would say otherwise.
-    fn new(ws: Socket) -> FrameReader {
-        let MaybeTlsStream::Plain(stream) = ws.into_inner() else {
-            unreachable!("the bench speaks plain ws://")
-        };
-        FrameReader {
-            stream,
-            buf: vec![0; 4096],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// Calls `on_text` with each text frame's payload until it answers
-    /// false or the socket closes.
-    async fn for_each_text(&mut self, mut on_text: impl FnMut(&[u8]) -> bool) {
-        use tokio::io::AsyncReadExt;
-        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-        use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
-        loop {
-            let mut cursor = std::io::Cursor::new(&self.buf[self.start..self.end]);
-            match FrameHeader::parse(&mut cursor).expect("a WebSocket frame header") {
-                Some((header, len))
-                    if cursor.position() as usize + len as usize <= self.end - self.start =>
-                {
-                    let body = self.start + cursor.position() as usize;
-                    self.start = body + len as usize;
-                    match header.opcode {
-                        OpCode::Data(_) => {
-                            if !on_text(&self.buf[body..self.start]) {
-                                return;
-                            }
-                        }
-                        OpCode::Control(_) => {}
-                    }
-                    continue;
-                }
-                Some((header, len)) => {
-                    let needed = header.len(len) + len as usize;
-                    if needed > self.buf.len() {
-                        self.buf.resize(needed, 0);
-                    }
-                }
-                None => {}
-            }
-            // Keep the partial frame, then read more behind it.
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            match self.stream.read(&mut self.buf[self.end..]).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.end += n,
-            }
-        }
-    }
+/// A subscriber's socket, taken from tungstenite after the handshake, to be
+/// read as raw frames by [`read_all`] (a `Message` per frame allocates).
+/// Nothing is sent to a subscriber between its `subscribed` reply and the
+/// first event, so tungstenite holds no unread bytes here; a frame that does
+/// not parse would say otherwise.
+fn raw_socket(ws: Socket) -> std::net::TcpStream {
+    let MaybeTlsStream::Plain(stream) = ws.into_inner() else {
+        unreachable!("the bench speaks plain ws://")
+    };
+    stream.into_std().unwrap()
 }
 
 /// Reads every subscriber's frames on one thread with one epoll (mio): a
@@ -785,10 +725,7 @@ async fn fanout(target: Target, load: Load) -> FanoutReport {
     }
     let deadline = Instant::now() + Duration::from_secs(seconds + 10);
     let expected = messages * subscribers as u64;
-    let sockets: Vec<std::net::TcpStream> = sockets
-        .into_iter()
-        .map(|ws| FrameReader::new(ws).stream.into_std().unwrap())
-        .collect();
+    let sockets: Vec<std::net::TcpStream> = sockets.into_iter().map(raw_socket).collect();
     let reader = std::thread::spawn(move || {
         let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         let mut got = 0;
@@ -1133,28 +1070,26 @@ async fn stream(viewers: usize, rate: u64, tokens: u64) {
         sockets.push(ws);
     }
     let deadline = Instant::now() + Duration::from_secs(tokens / rate + 20);
-    let readers: Vec<_> = sockets
-        .into_iter()
-        .map(|ws| {
-            let mut reader = FrameReader::new(ws);
-            tokio::spawn(async move {
-                let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let read_all = reader.for_each_text(|frame| {
-                    let done = br#""event":"ai:done""#;
-                    if frame.windows(done.len()).any(|w| w == done) {
-                        return false;
-                    }
-                    // The token is the send time in ns: `"token":123...`.
-                    if let Some(sent) = number_after(frame, br#""token":"#) {
-                        latencies.saturating_record((now_ns().saturating_sub(sent) / 1000).max(1));
-                    }
-                    true
-                });
-                let _ = tokio::time::timeout_at(deadline.into(), read_all).await;
-                latencies
-            })
-        })
-        .collect();
+    let sockets: Vec<std::net::TcpStream> = sockets.into_iter().map(raw_socket).collect();
+    // The viewers are read on a thread of their own, as in `fanout`, so the
+    // body's tokens leave on time from the runtime.
+    let reader = std::thread::spawn(move || {
+        let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut finished = 0;
+        read_all(sockets, deadline, |frame| {
+            let done = br#""event":"ai:done""#;
+            if frame.windows(done.len()).any(|w| w == done) {
+                finished += 1;
+                return finished < viewers;
+            }
+            // The token is the send time in ns: `"token":123...`.
+            if let Some(sent) = number_after(frame, br#""token":"#) {
+                latencies.saturating_record((now_ns().saturating_sub(sent) / 1000).max(1));
+            }
+            true
+        });
+        latencies
+    });
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
     let body = futures_util::stream::unfold(0u64, move |i| async move {
@@ -1175,10 +1110,9 @@ async fn stream(viewers: usize, rate: u64, tokens: u64) {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for reader in readers {
-        merged.add(reader.await.unwrap()).unwrap();
-    }
+    let merged = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
     let cpu = server.cpu_exact() - c0;
     println!("stream: {viewers} viewers, {tokens} tokens at {rate}/s");
     println!(
