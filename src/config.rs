@@ -81,8 +81,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(2..))]
     pub fanout_split_at: u64,
 
-    /// Topics with at least this many subscribers also send from two threads
-    /// while their sends keep one thread mostly busy (see `topic::fanout`).
+    /// Topics with at least this many subscribers also send each batch from
+    /// two threads while their sends keep one thread over 60% busy.
     #[arg(long, env = "REALTIDE_FANOUT_BUSY_SPLIT_AT", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(2..))]
     pub fanout_busy_split_at: u64,
