@@ -191,24 +191,35 @@ impl TopicActor {
     fn send_batch(&mut self, events: &[PendingEvent]) {
         let topic = self.name.as_arc();
         let started = Instant::now();
-        let split = self.split.splits(self.subscribers.len());
-        let (delivered, refused) = if split {
+        let ((delivered, refused), threads) = if self.split.splits(self.subscribers.len()) {
             let all: Vec<(ConnId, &Subscriber)> =
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
             let (first, second) = all.split_at(all.len() / 2);
             std::thread::scope(|scope| {
-                let other = scope.spawn(|| deliver_all(second.iter().copied(), events, topic));
-                let (mut delivered, mut refused) =
-                    deliver_all(first.iter().copied(), events, topic);
-                let (theirs, their_refused) = other.join().expect("the other half's sends");
-                delivered += theirs;
-                refused.extend(their_refused);
-                (delivered, refused)
+                let spawned = std::thread::Builder::new()
+                    .name("realtide-fanout".into())
+                    .spawn_scoped(scope, || deliver_all(second.iter().copied(), events, topic));
+                match spawned {
+                    Ok(other) => {
+                        let (mut delivered, mut refused) =
+                            deliver_all(first.iter().copied(), events, topic);
+                        let (theirs, their_refused) = other.join().expect("the other half's sends");
+                        delivered += theirs;
+                        refused.extend(their_refused);
+                        ((delivered, refused), 2)
+                    }
+                    // No thread to be had (a process limit): the batch still
+                    // goes, from this thread alone.
+                    Err(error) => {
+                        tracing::warn!(topic = %self.name, %error, "fan-out on one thread");
+                        (deliver_all(all.iter().copied(), events, topic), 1)
+                    }
+                }
             })
         } else {
-            deliver_all(self.subscribers.iter().map(|(c, s)| (*c, s)), events, topic)
+            let all = self.subscribers.iter().map(|(c, s)| (*c, s));
+            (deliver_all(all, events, topic), 1)
         };
-        let threads = if split { 2 } else { 1 };
         self.split.record(started, started.elapsed(), threads);
         self.metrics.deliveries.inc_by(delivered);
         self.metrics.messages_out.inc_by(delivered);
