@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::fanout::{Audience, Batch, MAX_BATCH, PendingEvent, SplitPolicy};
+use super::fanout::{Audience, Batch, Claims, End, MAX_BATCH, PendingEvent, SplitPolicy};
 use super::messages::StreamPart;
 use super::messages::{
     GetPresence, GetTopicInfo, PresenceAck, Publish, Published, Refilter, StopIfIdle, Subscribe,
@@ -194,31 +194,29 @@ impl TopicActor {
         let ((delivered, refused), threads) = if self.split.splits(self.subscribers.len()) {
             let all: Vec<(ConnId, &Subscriber)> =
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
-            let (first, second) = all.split_at(all.len() / 2);
+            let claims = Claims::new(all.len());
+            let share = |end| deliver_claimed(&all, &claims, end, events, topic);
             std::thread::scope(|scope| {
                 let spawned = std::thread::Builder::new()
                     .name("realtide-fanout".into())
-                    .spawn_scoped(scope, || deliver_all(second.iter().copied(), events, topic));
-                match spawned {
-                    Ok(other) => {
-                        let (mut delivered, mut refused) =
-                            deliver_all(first.iter().copied(), events, topic);
-                        let (theirs, their_refused) = other.join().expect("the other half's sends");
-                        delivered += theirs;
-                        refused.extend(their_refused);
-                        ((delivered, refused), 2)
-                    }
-                    // No thread to be had (a process limit): the batch still
-                    // goes, from this thread alone.
-                    Err(error) => {
-                        tracing::warn!(topic = %self.name, %error, "fan-out on one thread");
-                        (deliver_all(all.iter().copied(), events, topic), 1)
-                    }
+                    .spawn_scoped(scope, || share(End::Back));
+                // Without a second thread (a process limit), this one takes
+                // every claim itself.
+                if let Err(error) = &spawned {
+                    tracing::warn!(topic = %self.name, %error, "fan-out on one thread");
                 }
+                let (mut delivered, mut refused) = share(End::Front);
+                let Ok(other) = spawned else {
+                    return ((delivered, refused), 1);
+                };
+                let (theirs, their_refused) = other.join().expect("the other end's sends");
+                delivered += theirs;
+                refused.extend(their_refused);
+                ((delivered, refused), 2)
             })
         } else {
             let all = self.subscribers.iter().map(|(c, s)| (*c, s));
-            (deliver_all(all, events, topic), 1)
+            (deliver_each(all, &mut Batch::new(events), topic), 1)
         };
         self.split.record(started, started.elapsed(), threads);
         self.metrics.deliveries.inc_by(delivered);
@@ -480,14 +478,32 @@ impl TopicActor {
     }
 }
 
-/// Sends a batch to `subscribers`; answers the events delivered and the
-/// subscribers refused (too slow, or gone), for the topic to settle.
-fn deliver_all<'a>(
-    subscribers: impl Iterator<Item = (ConnId, &'a Subscriber)>,
+/// Sends a batch to the runs of `all` this thread claims from `end`.
+fn deliver_claimed(
+    all: &[(ConnId, &Subscriber)],
+    claims: &Claims,
+    end: End,
     events: &[PendingEvent],
     topic: &Arc<str>,
 ) -> (u64, Vec<(ConnId, Reserve)>) {
     let mut batch = Batch::new(events);
+    let mut delivered = 0;
+    let mut refused = Vec::new();
+    while let Some(run) = claims.take(end) {
+        let (sent, their_refused) = deliver_each(all[run].iter().copied(), &mut batch, topic);
+        delivered += sent;
+        refused.extend(their_refused);
+    }
+    (delivered, refused)
+}
+
+/// Sends `batch` to `subscribers`; answers the events delivered and the
+/// subscribers refused (too slow, or gone), for the topic to settle.
+fn deliver_each<'a>(
+    subscribers: impl Iterator<Item = (ConnId, &'a Subscriber)>,
+    batch: &mut Batch,
+    topic: &Arc<str>,
+) -> (u64, Vec<(ConnId, Reserve)>) {
     let mut refused = Vec::new();
     let mut delivered = 0;
     // Each delivery is a `send`, whose kernel work evicts the next

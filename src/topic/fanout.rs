@@ -7,9 +7,12 @@
 //! it falls behind, publishes wait in its mailbox, the next turn takes them
 //! all, and the cost per event falls just when the topic needs it to.
 //!
-//! [`SplitPolicy`] decides when a batch's sends take a second thread.
+//! [`SplitPolicy`] decides when a batch's sends take a second thread, and
+//! [`Claims`] shares the subscribers out between the two.
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -200,6 +203,70 @@ impl SplitPolicy {
     }
 }
 
+/// Which end of a batch's subscriber list a thread takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Front,
+    Back,
+}
+
+/// Shares a batch's subscribers out between two threads in small runs: one
+/// takes from the front, the other from the back, until they meet.
+///
+/// Why not two fixed halves: the second thread is new and its core may be
+/// busy (on a shared machine, with the very clients it writes to), so it
+/// can start late. With fixed halves its half waited for it; here the first
+/// thread goes on into whatever the second has not taken, so a late start
+/// costs nothing and an absent one only the split's benefit.
+#[derive(Debug)]
+pub struct Claims {
+    /// The next unclaimed index from the front (low 32 bits) and one past
+    /// the next from the back (high 32), in one word so a claim is one
+    /// compare-and-swap.
+    bounds: AtomicU64,
+}
+
+impl Claims {
+    /// Subscribers per claim: ~30 `send`s, a fraction of a millisecond, so
+    /// the two threads meet closely and rarely touch the shared word.
+    const RUN: u64 = 32;
+
+    pub fn new(len: usize) -> Claims {
+        let len = u64::try_from(len)
+            .unwrap_or(u64::MAX)
+            .min(u64::from(u32::MAX));
+        Claims {
+            bounds: AtomicU64::new(len << 32),
+        }
+    }
+
+    /// The next run of indexes from `end`, or `None` once every index is
+    /// taken.
+    pub fn take(&self, end: End) -> Option<Range<usize>> {
+        let mut current = self.bounds.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = (current & u64::from(u32::MAX), current >> 32);
+            if front >= back {
+                return None;
+            }
+            let run = Self::RUN.min(back - front);
+            let (next, taken) = match end {
+                End::Front => (current + run, front..front + run),
+                End::Back => (current - (run << 32), back - run..back),
+            };
+            match self.bounds.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(taken.start as usize..taken.end as usize),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
 fn wire_frame(payload: &ByteString) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
     put_text_frame(&mut out, payload.as_bytes());
@@ -327,6 +394,37 @@ mod tests {
         assert!(busy[19]);
         let calm = run(&mut policy, 1000, 20, ms(100), ms(9), start + ms(200));
         assert!(!calm[19], "{calm:?}");
+    }
+
+    #[test]
+    fn two_ends_share_every_subscriber_once_and_one_end_alone_takes_all() {
+        let claims = Claims::new(100);
+        let mut seen = Vec::new();
+        let mut ends = [End::Front, End::Back, End::Back].into_iter().cycle();
+        while let Some(run) = claims.take(ends.next().unwrap()) {
+            seen.extend(run);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+
+        let alone = Claims::new(70);
+        let runs: Vec<_> = std::iter::from_fn(|| alone.take(End::Front)).collect();
+        assert_eq!(runs, [0..32, 32..64, 64..70]);
+        assert_eq!(Claims::new(0).take(End::Back), None);
+    }
+
+    #[test]
+    fn two_threads_claiming_at_once_never_take_the_same_subscriber() {
+        let claims = Claims::new(100_000);
+        let take_all = |end| std::iter::from_fn(|| claims.take(end)).collect::<Vec<_>>();
+        let (front, back) = std::thread::scope(|scope| {
+            let back = scope.spawn(|| take_all(End::Back));
+            (take_all(End::Front), back.join().unwrap())
+        });
+        let mut seen: Vec<usize> = front.into_iter().chain(back).flatten().collect();
+        seen.sort_unstable();
+        assert_eq!(seen.len(), 100_000);
+        assert!(seen.iter().enumerate().all(|(i, s)| i == *s));
     }
 
     #[test]
