@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -201,9 +202,12 @@ impl TopicActor {
                     .name("realtide-fanout".into())
                     .spawn_scoped(scope, || share(End::Back));
                 // Without a second thread (a process limit), this one takes
-                // every claim itself.
+                // every claim itself; said once, as it may recur every batch.
                 if let Err(error) = &spawned {
-                    tracing::warn!(topic = %self.name, %error, "fan-out on one thread");
+                    static SAID: AtomicBool = AtomicBool::new(false);
+                    if !SAID.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(topic = %self.name, %error, "fan-out on one thread");
+                    }
                 }
                 let (mut delivered, mut refused) = share(End::Front);
                 let Ok(other) = spawned else {
