@@ -35,7 +35,7 @@ use crate::registry::{
 };
 use crate::state::AppState;
 use crate::topic::messages::{
-    AckTo, PresenceAck, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
+    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
 };
 use crate::topic::{TopicKind, TopicName};
 
@@ -172,8 +172,9 @@ impl SessionActor {
             Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
-                let ack = PresenceAck {
+                let ack = AckTo {
                     reference,
+                    id: None,
                     handle: self.subscriber_handle(ctx),
                 };
                 self.state.registry.do_send(ForTopic {
@@ -299,8 +300,9 @@ impl SessionActor {
             None => self.wire_id.clone(),
         };
         // The topic acks, ahead of the `presence:join` this client gets too.
-        let ack = PresenceAck {
+        let ack = AckTo {
             reference,
+            id: None,
             handle: self.subscriber_handle(ctx),
         };
         self.state.registry.do_send(ForTopic {

@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use super::fanout::{Audience, Batch, Claims, End, MAX_BATCH, PendingEvent, SplitPolicy};
 use super::messages::StreamPart;
 use super::messages::{
-    GetPresence, GetTopicInfo, PresenceAck, Publish, Published, Refilter, StopIfIdle, Subscribe,
+    AckTo, GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
     SubscriberHandle, TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
 };
 use super::name::{TopicKind, TopicName};
@@ -242,7 +242,7 @@ impl TopicActor {
     }
 
     /// Acks a track or untrack; the presence event it causes follows.
-    fn ack_presence(&self, ack: &PresenceAck) {
+    fn ack_presence(&self, ack: &AckTo) {
         let frame = server::ack(ack.reference.as_ref());
         self.send_to(&ack.handle, FrameKind::Reply, frame);
     }

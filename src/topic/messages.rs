@@ -73,12 +73,14 @@ pub struct Publish {
     pub reply: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
 }
 
-/// A publishing client's ack, sent by the topic through the client's own
-/// channel so that it always precedes the echo of the same event.
+/// A client's ack, sent by the topic through the client's own channel so
+/// that it always precedes the event its request causes (a publish's echo,
+/// a track's `presence:join`), and every later request of the client
+/// reaches the topic after this one.
 #[derive(Clone)]
 pub struct AckTo {
     pub reference: Option<Value>,
-    /// The client's own `id` for the message, echoed back.
+    /// The client's own `id` for a published message, echoed back.
     pub id: Option<Value>,
     pub handle: SubscriberHandle,
 }
@@ -134,7 +136,7 @@ pub struct Track {
     pub key: String,
     pub wire_conn: String,
     pub state: serde_json::Map<String, Value>,
-    pub ack: PresenceAck,
+    pub ack: AckTo,
 }
 
 /// End a connection's presence entry.
@@ -142,23 +144,7 @@ pub struct Track {
 #[rtype(result = "()")]
 pub struct Untrack {
     pub conn: ConnId,
-    pub ack: PresenceAck,
-}
-
-/// Where the topic acks a track or untrack: it does so itself, ahead of the
-/// presence event the request causes, so the requester sees its ack first
-/// and every later request reaches the topic after this one.
-pub struct PresenceAck {
-    pub reference: Option<Value>,
-    pub handle: SubscriberHandle,
-}
-
-impl std::fmt::Debug for PresenceAck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PresenceAck")
-            .field("reference", &self.reference)
-            .finish_non_exhaustive()
-    }
+    pub ack: AckTo,
 }
 
 /// The presence snapshot, `{"<key>":[{"conn","state"}]}`.
