@@ -78,14 +78,14 @@ pub struct Config {
     /// Topics with at least this many subscribers send each batch from two
     /// threads (one event to 10,000 subscribers is ~90 ms of `send`s).
     #[arg(long, env = "REALTIDE_FANOUT_SPLIT_AT", default_value_t = 4096,
-          value_parser = clap::value_parser!(u64).range(2..))]
-    pub fanout_split_at: u64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    pub fanout_split_at: usize,
 
     /// Topics with at least this many subscribers also send each batch from
     /// two threads while their sends keep one thread over 60% busy.
     #[arg(long, env = "REALTIDE_FANOUT_BUSY_SPLIT_AT", default_value_t = 256,
-          value_parser = clap::value_parser!(u64).range(2..))]
-    pub fanout_busy_split_at: u64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    pub fanout_busy_split_at: usize,
 
     /// Seconds a pub/sub topic keeps events for resuming clients.
     #[arg(long, env = "REALTIDE_REPLAY_TTL_S", default_value_t = 600)]

@@ -140,9 +140,8 @@ where
         TopicSettings {
             replay_size: config.replay_size,
             replay_ttl: config.replay_ttl(),
-            fanout_split_at: usize::try_from(config.fanout_split_at).unwrap_or(usize::MAX),
-            fanout_busy_split_at: usize::try_from(config.fanout_busy_split_at)
-                .unwrap_or(usize::MAX),
+            fanout_split_at: config.fanout_split_at,
+            fanout_busy_split_at: config.fanout_busy_split_at,
         },
         tracking,
         HistoryRetention {
