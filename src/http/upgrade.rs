@@ -90,12 +90,12 @@ async fn serve(
         .send(Message::Item((response, BodySize::None)))
         .await
         .map_err(io::Error::other)?;
-    let parts = framed.into_parts();
-    // Bytes the client sent right behind its handshake; then the HTTP
-    // layer's buffers go.
-    let early = Bytes::copy_from_slice(&parts.read_buf);
-    let connection = parts.io.reader();
-    drop(parts);
+    // Bytes the client sent right behind its handshake are kept; the HTTP
+    // layer's buffers and codec go at the end of this statement.
+    let (connection, early) = {
+        let parts = framed.into_parts();
+        (parts.io, Bytes::copy_from_slice(&parts.read_buf))
+    };
 
     let outbox = Outbox::new(
         socket,
@@ -167,11 +167,10 @@ impl Future for SessionDriver {
 
 /// Answers a refused upgrade with the JSON error, then closes.
 async fn refuse(mut framed: Framed<Connection, Codec>, refusal: &ApiError) -> io::Result<()> {
-    let (head, body) = Response::from(refusal.error_response()).into_parts();
+    let (mut head, body) = Response::from(refusal.error_response()).into_parts();
     let body = actix_http::body::to_bytes(body)
         .await
         .unwrap_or_else(|_| Bytes::new());
-    let mut head = head;
     head.head_mut()
         .set_connection_type(actix_http::ConnectionType::Close);
     let size = BodySize::Sized(body.len() as u64);
