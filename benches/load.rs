@@ -435,7 +435,8 @@ fn own_cpu() -> (f64, f64) {
     (secs(usage.ru_utime), secs(usage.ru_stime))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 enum Target {
     Realtide,
     NodeWs,
@@ -451,9 +452,9 @@ impl Target {
 }
 
 /// One fan-out run's figures.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct FanoutReport {
-    target: &'static str,
+    target: Target,
     subscribers: usize,
     rate: u64,
     deliveries_per_s: f64,
@@ -581,30 +582,15 @@ async fn find_max(load: Load, start: u64, against_node: bool, svg: &str, json: O
 
 /// Reads the reports `--find-max --json` wrote and draws them again.
 fn replot(json: &str, svg: &str) {
-    let reports: Vec<serde_json::Value> =
+    let reports: Vec<FanoutReport> =
         serde_json::from_str(&std::fs::read_to_string(json).expect("read the JSON")).unwrap();
-    let number = |r: &serde_json::Value, key: &str| r[key].as_f64().unwrap_or_default();
     let mut ladders = Vec::new();
     let mut subscribers = 0;
     for target in [Target::Realtide, Target::NodeWs] {
         let steps: Vec<FanoutReport> = reports
             .iter()
-            .filter(|r| r["target"] == target.name())
-            .map(|r| FanoutReport {
-                target: target.name(),
-                subscribers: number(r, "subscribers") as usize,
-                rate: number(r, "rate") as u64,
-                deliveries_per_s: number(r, "deliveries_per_s"),
-                loss: number(r, "loss") as u64,
-                p50_us: number(r, "p50_us") as u64,
-                p90_us: number(r, "p90_us") as u64,
-                p99_us: number(r, "p99_us") as u64,
-                p999_us: number(r, "p999_us") as u64,
-                max_us: number(r, "max_us") as u64,
-                user_us: number(r, "user_us"),
-                system_us: number(r, "system_us"),
-                rss_mib: number(r, "rss_mib"),
-            })
+            .filter(|r| r.target == target)
+            .copied()
             .collect();
         if let Some(first) = steps.first() {
             subscribers = first.subscribers;
@@ -797,7 +783,7 @@ async fn fanout(target: Target, load: Load) -> FanoutReport {
         per(own_sys1 - own_sys0),
     );
     FanoutReport {
-        target: target.name(),
+        target,
         subscribers,
         rate,
         deliveries_per_s: delivered as f64 / elapsed,
