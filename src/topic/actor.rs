@@ -536,7 +536,7 @@ fn deliver_each<'a>(
             continue;
         }
         let wire = batch.wire(&sub.spelling, wanted);
-        match sub.handle.outbox.deliver_wire(topic, sub.sub_id, &wire) {
+        match sub.handle.outbox.deliver_wire(topic, sub.sub_id, wire) {
             Reserve::Ok => delivered += u64::from(wanted.count_ones()),
             other => refused.push((conn, other)),
         }

@@ -68,6 +68,8 @@ struct Spelled {
 pub struct Batch<'a> {
     events: &'a [PendingEvent],
     spelled: Vec<Spelled>,
+    /// A subscriber's own pick of events, when it wants some but not all.
+    picked: BytesMut,
 }
 
 impl<'a> Batch<'a> {
@@ -76,6 +78,7 @@ impl<'a> Batch<'a> {
         Batch {
             events,
             spelled: Vec::with_capacity(1),
+            picked: BytesMut::new(),
         }
     }
 
@@ -94,7 +97,7 @@ impl<'a> Batch<'a> {
 
     /// The wire bytes of the events in `wanted`, for a subscriber who
     /// spelled the topic `spelling` (an interned `Arc`, compared by pointer).
-    pub fn wire(&mut self, spelling: &Arc<str>, wanted: u64) -> Bytes {
+    pub fn wire(&mut self, spelling: &Arc<str>, wanted: u64) -> &[u8] {
         let all = self.all();
         let at = match self
             .spelled
@@ -120,8 +123,7 @@ impl<'a> Batch<'a> {
         if wanted == all {
             return spelled
                 .whole
-                .get_or_insert_with(|| concat(spelled.frames.iter()))
-                .clone();
+                .get_or_insert_with(|| concat(spelled.frames.iter()));
         }
         let mut picked = spelled
             .frames
@@ -129,10 +131,14 @@ impl<'a> Batch<'a> {
             .enumerate()
             .filter(|(i, _)| wanted & (1 << i) != 0)
             .map(|(_, frame)| frame);
-        match wanted.count_ones() {
-            1 => picked.next().cloned().unwrap_or_default(),
-            _ => concat(picked),
+        if wanted.count_ones() == 1 {
+            return picked.next().map_or(&[], |frame| &frame[..]);
         }
+        self.picked.clear();
+        for frame in picked {
+            self.picked.extend_from_slice(frame);
+        }
+        &self.picked
     }
 }
 
@@ -328,7 +334,7 @@ mod tests {
 
         let everything = batch.wanted_by(other, false, &Filter::default());
         assert_eq!(everything, 0b111);
-        let wire = payloads(&batch.wire(&upper, everything));
+        let wire = payloads(batch.wire(&upper, everything));
         assert_eq!(
             wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
             [1, 2, 3]
@@ -337,7 +343,7 @@ mod tests {
 
         let no_echo = batch.wanted_by(me, false, &Filter::default());
         assert_eq!(no_echo, 0b101, "no echo of its own publish");
-        let wire = payloads(&batch.wire(&lower, no_echo));
+        let wire = payloads(batch.wire(&lower, no_echo));
         assert_eq!(
             wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
             [1, 3]
