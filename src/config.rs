@@ -117,6 +117,27 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
+    /// Topics one connection may subscribe to at once; more are refused (`too_large`).
+    #[arg(long, env = "REALTIDE_MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_subscriptions_per_connection: usize,
+
+    /// Topics on which one connection may track presence at once; more are
+    /// refused (`too_large`).
+    #[arg(long, env = "REALTIDE_MAX_PRESENCE_PER_CONNECTION", default_value_t = 100,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_presence_per_connection: usize,
+
+    /// Live topics on this node; a subscribe, publish or emit that would
+    /// start one more is refused (`unavailable`, HTTP 503) until idle ones stop.
+    #[arg(long, env = "REALTIDE_MAX_TOPICS", default_value_t = 50_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_topics: usize,
+
+    /// The `aud` tokens must carry; without it a token's `aud` is not checked.
+    #[arg(long, env = "REALTIDE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Redis for several nodes. Not supported by this version: setting it refuses to start.
     #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -137,7 +158,39 @@ impl Default for Config {
     }
 }
 
+/// Shortest JWT secret accepted: HS256 with a shorter key can be brute-forced.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Refuses a JWT secret too short to keep tokens from being forged.
+pub fn check_jwt_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "the JWT secret (--jwt-secret, REALTIDE_JWT_SECRET) is {} bytes; it must be at least \
+             {MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`), or unset for open mode",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Refuses settings that would run the server less safely than it looks:
+    /// a short JWT secret, an empty server or admin key.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(secret) = &self.jwt_secret {
+            check_jwt_secret(secret)?;
+        }
+        for (key, flag) in [
+            (&self.server_key, "--server-key"),
+            (&self.admin_key, "--admin-key"),
+        ] {
+            if key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+                return Err(format!("{flag} is set but empty: give a key, or unset it"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }

@@ -39,6 +39,7 @@ fn serve(config: Config) -> Result<(), String> {
 }
 
 fn token(args: TokenArgs) -> Result<(), String> {
+    realtide::config::check_jwt_secret(&args.jwt_secret)?;
     let extra = match args.claims.as_deref() {
         None => Map::new(),
         Some(text) => match serde_json::from_str::<Value>(text) {

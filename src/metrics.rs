@@ -26,6 +26,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Connections closed with 4008 because the client read too slowly.
     pub slow_consumer_closes: IntCounter,
+    /// Changed rows whose text was not valid UTF-8, delivered with U+FFFD.
+    pub change_rows_repaired: IntCounter,
 }
 
 impl Default for Metrics {
@@ -64,6 +66,10 @@ impl Metrics {
             "slow_consumer_closes_total",
             "Connections closed because the client read too slowly",
         );
+        let change_rows_repaired = counter(
+            "change_rows_repaired_total",
+            "Changed rows holding text that was not UTF-8, delivered with U+FFFD in its place",
+        );
         let errors =
             IntCounterVec::new(Opts::new("errors_total", "Errors sent, by code"), &["code"])
                 .expect("valid metric");
@@ -84,6 +90,7 @@ impl Metrics {
             deliveries,
             errors,
             slow_consumer_closes,
+            change_rows_repaired,
         }
     }
 

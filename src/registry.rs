@@ -15,13 +15,14 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use crate::metrics::Metrics;
-use crate::protocol::ProtocolError;
-use crate::session::messages::{ConnId, Shutdown};
+use crate::protocol::{ProtocolError, server};
+use crate::session::messages::{ConnId, FrameKind, Shutdown};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};
 use crate::topic::messages::{
-    Publish, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe, Untrack,
+    Publish, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe, UnsubscribeReply,
+    Untrack,
 };
 
 pub struct Registry {
@@ -35,6 +36,9 @@ pub struct Registry {
     /// The change tracker and database, handed to table topics.
     tracking: Tracking,
     history: HistoryRetention,
+    /// Live topics this node runs at most; past it, new topics are refused
+    /// (`unavailable`) until idle ones stop.
+    max_topics: usize,
     metrics: Metrics,
 }
 
@@ -58,6 +62,7 @@ impl Registry {
         topic_settings: TopicSettings,
         tracking: Tracking,
         history: HistoryRetention,
+        max_topics: usize,
         metrics: Metrics,
     ) -> Self {
         Registry {
@@ -68,6 +73,7 @@ impl Registry {
             topic_settings,
             tracking,
             history,
+            max_topics,
             metrics,
         }
     }
@@ -87,9 +93,18 @@ impl Registry {
         });
     }
 
-    fn topic(&mut self, name: &TopicName) -> Addr<TopicActor> {
+    /// The running topic, started if needed and the node has room for it.
+    fn topic(&mut self, name: &TopicName) -> Result<Addr<TopicActor>, ProtocolError> {
         if let Some(addr) = self.topics.get(name.as_str()) {
-            return addr.clone();
+            return Ok(addr.clone());
+        }
+        if self.topics.len() >= self.max_topics {
+            let error = ProtocolError::unavailable(format!(
+                "this node runs its limit of {} topics (--max-topics)",
+                self.max_topics
+            ));
+            self.metrics.error(error.code);
+            return Err(error);
         }
         let actor = TopicActor::new(
             name.clone(),
@@ -104,7 +119,7 @@ impl Registry {
             TopicActor::start_in_arbiter(&self.arbiters[self.next_arbiter], |_| actor)
         };
         self.topics.insert(name.shared(), addr.clone());
-        addr
+        Ok(addr)
     }
 
     /// How often idle topics are looked for: often enough that a topic outlives
@@ -165,24 +180,48 @@ impl Handler<SubscribeTo> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SubscribeTo, _ctx: &mut Self::Context) {
-        self.topic(&msg.topic).do_send(msg.subscribe);
+        match self.topic(&msg.topic) {
+            Ok(topic) => topic.do_send(msg.subscribe),
+            Err(error) => {
+                let refused = msg.subscribe;
+                let frame =
+                    server::error(refused.reference.as_ref(), Some(&refused.spelling), &error);
+                let kind = FrameKind::Refusal {
+                    sub_id: refused.sub_id,
+                };
+                refused
+                    .handle
+                    .outbox
+                    .deliver(&msg.topic.shared(), kind, &frame);
+            }
+        }
     }
 }
 
-/// End a connection's subscription to a topic, if the topic runs.
+/// End a connection's subscription to a topic, if the topic runs; `reply`
+/// answers the client's `unsubscribe` either way.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct UnsubscribeFrom {
     pub topic: Arc<str>,
     pub conn: ConnId,
+    pub reply: Option<UnsubscribeReply>,
 }
 
 impl Handler<UnsubscribeFrom> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: UnsubscribeFrom, _ctx: &mut Self::Context) {
-        if let Some(addr) = self.topics.get(&msg.topic) {
-            addr.do_send(Unsubscribe { conn: msg.conn });
+        match self.topics.get(&msg.topic) {
+            Some(addr) => addr.do_send(Unsubscribe {
+                conn: msg.conn,
+                reply: msg.reply,
+            }),
+            None => {
+                if let Some(reply) = msg.reply {
+                    reply.send();
+                }
+            }
         }
     }
 }
@@ -200,7 +239,14 @@ impl Handler<PublishTo> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: PublishTo, _ctx: &mut Self::Context) {
-        self.topic(&msg.topic).do_send(msg.publish);
+        match self.topic(&msg.topic) {
+            Ok(topic) => topic.do_send(msg.publish),
+            Err(error) => {
+                if let Some(reply) = msg.publish.reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
     }
 }
 
@@ -220,7 +266,9 @@ pub fn publish(
     }
 }
 
-/// A command for a running topic; dropped if the topic does not run.
+/// A command for a running topic. If the topic does not run, a request
+/// from a client is answered here: there is no presence to end, and none
+/// to start without a subscription.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ForTopic {
@@ -238,12 +286,30 @@ impl Handler<ForTopic> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: ForTopic, _ctx: &mut Self::Context) {
-        if let Some(addr) = self.topics.get(&msg.topic) {
+        let Some(addr) = self.topics.get(&msg.topic) else {
             match msg.message {
-                TopicCommand::Track(track) => addr.do_send(track),
-                TopicCommand::Untrack(untrack) => addr.do_send(untrack),
-                TopicCommand::Refilter(refilter) => addr.do_send(refilter),
+                TopicCommand::Track(track) => {
+                    let error = ProtocolError::bad_request(format!(
+                        "subscribe to `{}` before tracking presence there",
+                        msg.topic
+                    ));
+                    self.metrics.error(error.code);
+                    let reference = track.ack.reference.as_ref();
+                    track.ack.send(&server::error(reference, None, &error));
+                }
+                TopicCommand::Untrack(untrack) => {
+                    untrack
+                        .ack
+                        .send(&server::ack(untrack.ack.reference.as_ref()));
+                }
+                TopicCommand::Refilter(_) => {}
             }
+            return;
+        };
+        match msg.message {
+            TopicCommand::Track(track) => addr.do_send(track),
+            TopicCommand::Untrack(untrack) => addr.do_send(untrack),
+            TopicCommand::Refilter(refilter) => addr.do_send(refilter),
         }
     }
 }

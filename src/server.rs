@@ -45,6 +45,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Binds the listening socket with `SO_REUSEADDR`, so a restarted server gets
@@ -82,7 +84,7 @@ pub struct Controller {
 }
 
 /// Starts the change tracker on a thread of its own with its own connection.
-fn start_tracker(db: &Database, config: &Config) -> Result<Tracker, StartError> {
+fn start_tracker(db: &Database, config: &Config, metrics: &Metrics) -> Result<Tracker, StartError> {
     let conn = db.dedicated_connection()?;
     let source: Box<dyn ChangeSource> = match (conn, db.url()) {
         (conn @ DbConnection::Sqlite(_), DatabaseUrl::Sqlite(path)) => {
@@ -94,6 +96,7 @@ fn start_tracker(db: &Database, config: &Config) -> Result<Tracker, StartError> 
         source,
         Duration::from_millis(config.poll_interval_ms),
         Duration::from_secs(config.changes_retention_s),
+        metrics.clone(),
     ))
 }
 
@@ -113,6 +116,7 @@ pub fn start_with<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    config.check().map_err(StartError::Config)?;
     if config.redis_url.is_some() {
         return Err(StartError::Unsupported(
             "--redis-url: several nodes through Redis are not supported by this version yet".into(),
@@ -126,7 +130,7 @@ where
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
-    let tracker = start_tracker(&db, &config)?;
+    let tracker = start_tracker(&db, &config, &metrics)?;
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
@@ -148,6 +152,7 @@ where
             max_messages: config.history_max_messages,
             max_age: Duration::from_secs(config.history_max_age_s),
         },
+        config.max_topics,
         metrics.clone(),
     )
     .start();
@@ -168,6 +173,22 @@ where
         })?
         .run();
     tracing::info!(%addr, "realtide listening");
+    if !addr.ip().to_canonical().is_loopback() {
+        for (key, flag) in [
+            (&config.server_key, "--server-key"),
+            (&config.admin_key, "--admin-key"),
+        ] {
+            if key.is_none() {
+                // Behind a reverse proxy on this host every request comes
+                // from loopback, so "loopback only" would mean "everyone".
+                tracing::warn!(
+                    %addr,
+                    "listening beyond loopback without {flag}: its endpoints answer local \
+                     peers only, and behind a local reverse proxy every peer looks local"
+                );
+            }
+        }
+    }
     let controller = Controller {
         addr,
         http: server.handle(),

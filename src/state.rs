@@ -38,7 +38,10 @@ impl AppState {
     ) -> Self {
         AppState {
             node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            verifier: TokenVerifier::new(config.jwt_secret.as_deref()),
+            verifier: TokenVerifier::new(
+                config.jwt_secret.as_deref(),
+                config.jwt_audience.as_deref(),
+            ),
             server_guard: KeyGuard::new("server key", config.server_key.clone()),
             admin_guard: KeyGuard::new("admin key", config.admin_key.clone()),
             config,

@@ -9,7 +9,7 @@ use common::{Client, TestApp};
 use realtide::auth::token::sign;
 use serde_json::{Map, Value, json};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-that-is-32-bytes-long";
 
 fn token_for(sub: &str, claims: Value) -> String {
     common::token_for(SECRET, sub, claims)

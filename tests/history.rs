@@ -232,11 +232,11 @@ async fn limits_are_clamped_and_bad_ids_refused() {
 
 #[tokio::test]
 async fn history_is_readable_only_under_the_subscribe_patterns() {
-    let app = TestApp::spawn_with(|c| c.jwt_secret = Some("s".into())).await;
+    let app = TestApp::spawn_with(|c| c.jwt_secret = Some(common::SECRET.into())).await;
     app.emit(json!({"topic": "team/a", "event": "e", "data": 1, "persist": true}))
         .await;
     let claims = json!({"realtime": {"subscribe": ["team/b"]}});
-    let token = common::token_for("s", "ann", claims);
+    let token = common::token_for(common::SECRET, "ann", claims);
     let mut client = app.client_with_token(&token).await;
     let reply = client
         .request(json!({"type": "history", "topic": "team/a"}))

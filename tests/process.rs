@@ -106,7 +106,7 @@ async fn sigint_does_the_same() {
 
 #[tokio::test]
 async fn a_token_from_the_token_command_is_accepted_with_its_claims() {
-    let server = start_binary(&["--jwt-secret", "cli-secret"]).await;
+    let server = start_binary(&["--jwt-secret", "cli-secret-of-at-least-thirty-two-bytes"]).await;
     let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
         .args([
             "token",
@@ -115,7 +115,7 @@ async fn a_token_from_the_token_command_is_accepted_with_its_claims() {
             "--ttl",
             "10m",
             "--jwt-secret",
-            "cli-secret",
+            "cli-secret-of-at-least-thirty-two-bytes",
         ])
         .args(["--claims", r#"{"realtime":{"subscribe":["chat/*"]}}"#])
         .output()

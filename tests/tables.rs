@@ -277,9 +277,9 @@ async fn bad_filters_and_bad_tables_are_refused() {
 async fn a_tokens_forced_filter_shows_a_user_only_their_rows() {
     let db = TestDb::sqlite();
     db.execute(ORDERS);
-    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some("s".into())).await;
+    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some(common::SECRET.into())).await;
     let claims = json!({"realtime": {"subscribe": ["orders"], "filters": {"orders": {"customer_name": "Ann"}}}});
-    let token = common::token_for("s", "ann", claims);
+    let token = common::token_for(common::SECRET, "ann", claims);
     let mut ann = app.client_with_token(&token).await;
     // Her own filter cannot widen the forced one.
     let reply = ann
@@ -589,8 +589,8 @@ async fn dropped_triggers_come_back_so_a_column_can_be_dropped_on_sqlite() {
 async fn a_new_tokens_forced_filter_applies_to_a_live_subscription() {
     let db = TestDb::sqlite();
     db.execute(ORDERS);
-    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some("s".into())).await;
-    let token = |claims: Value| common::token_for("s", "ann", claims);
+    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some(common::SECRET.into())).await;
+    let token = |claims: Value| common::token_for(common::SECRET, "ann", claims);
     let mut ann = app.client_with_token(&token(json!({}))).await;
     ann.subscribe("orders").await;
     app.db
@@ -615,4 +615,168 @@ async fn a_new_tokens_forced_filter_applies_to_a_live_subscription() {
     let next = change(&mut ann).await;
     assert_eq!(next["data"]["id"], "3", "Bob's new row is no longer shown");
     ann.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// Runs `sql` on its own PostgreSQL connection, as another program would.
+fn pg_session(url: &str) -> realtide::db::DbConnection {
+    realtide::db::connect(url).expect("connect")
+}
+
+#[tokio::test]
+async fn one_rows_changes_arrive_in_commit_order_when_an_older_transaction_commits_last() {
+    use diesel::connection::SimpleConnection;
+    let Some(db) = TestDb::postgres() else { return };
+    db.execute("CREATE TABLE elsewhere (n INT); CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    db.execute("INSERT INTO items VALUES (1, 'first')");
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    let (mut old, mut hold, mut new) = (
+        pg_session(&app.db.url),
+        pg_session(&app.db.url),
+        pg_session(&app.db.url),
+    );
+    // T_old takes an xid first, T_hold the next; both stay open.
+    old.batch_execute("BEGIN; INSERT INTO elsewhere VALUES (1);")
+        .unwrap();
+    hold.batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .unwrap();
+    // T_new, the newest xid, changes the row and commits first; T_old
+    // changes it after that commit, and commits last.
+    new.batch_execute("BEGIN; UPDATE items SET v = 'by new' WHERE id = 1; COMMIT;")
+        .unwrap();
+    old.batch_execute("UPDATE items SET v = 'by old' WHERE id = 1; COMMIT;")
+        .unwrap();
+    // T_old's change is below xmin while T_hold runs, T_new's is not: it
+    // must wait, or subscribers would apply 'by new' last.
+    client.expect_silence(Duration::from_millis(600)).await;
+    hold.batch_execute("COMMIT;").unwrap();
+    let first = change(&mut client).await;
+    let second = change(&mut client).await;
+    assert_eq!(
+        (&first["data"]["v"], &second["data"]["v"]),
+        (&json!("by new"), &json!("by old")),
+        "the row's changes in commit order"
+    );
+    assert_eq!(second["old"]["v"], "by new");
+    assert!(second["seq"].as_u64() > first["seq"].as_u64());
+}
+
+#[tokio::test]
+async fn a_row_holding_text_that_is_not_utf8_costs_only_itself() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)");
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let mut client = app.client().await;
+    client.subscribe("notes").await;
+    // SQLite stores the bytes as TEXT without checking them.
+    app.db
+        .execute("INSERT INTO notes VALUES (1, CAST(x'6869ff21' AS TEXT))");
+    app.db.execute("INSERT INTO notes VALUES (2, 'fine')");
+    let bad = change(&mut client).await;
+    assert_eq!(bad["data"], json!({"id": 1, "body": "hi\u{fffd}!"}));
+    let good = change(&mut client).await;
+    assert_eq!(good["data"]["body"], "fine", "the feed goes on past it");
+    assert_eq!(app.metric("realtide_change_rows_repaired_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn reals_round_trip_exactly_and_infinities_are_spelled_as_postgres_does() {
+    for db in TestDb::all() {
+        db.execute("CREATE TABLE readings (id INT PRIMARY KEY, x DOUBLE PRECISION)");
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let mut client = app.client().await;
+        client.subscribe("readings").await;
+        let (inf, neg_inf) = if app.db.is_postgres() {
+            ("'Infinity'", "'-Infinity'")
+        } else {
+            ("9e999", "-9e999")
+        };
+        // Through the backend's own shell: its SQLite is the one whose
+        // triggers write the log.
+        app.db.shell(&format!(
+            "INSERT INTO readings VALUES (1, 0.30000000000000004); \
+             INSERT INTO readings VALUES (2, 1.7976931348623157e308); \
+             INSERT INTO readings VALUES (3, {inf}); INSERT INTO readings VALUES (4, {neg_inf}); \
+             INSERT INTO readings VALUES (5, 25.5); INSERT INTO readings VALUES (6, 5e-324)"
+        ));
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(change(&mut client).await["data"]["x"].clone());
+        }
+        assert_eq!(
+            got,
+            vec![
+                json!(0.30000000000000004),
+                json!(1.7976931348623157e308),
+                json!("Infinity"),
+                json!("-Infinity"),
+                json!(25.5),
+                json!(5e-324),
+            ],
+            "{}",
+            app.db.backend()
+        );
+    }
+}
+
+#[tokio::test]
+async fn insert_or_replace_is_captured_when_the_writer_enables_recursive_triggers() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)");
+    db.execute("INSERT INTO kv VALUES ('a', 'one')");
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let mut client = app.client().await;
+    client.subscribe("kv").await;
+    // As docs/table-topics.md advises: the replaced row's DELETE is
+    // captured only when the writing connection enables recursive triggers.
+    app.db
+        .shell("PRAGMA recursive_triggers = ON; INSERT OR REPLACE INTO kv VALUES ('a', 'two')");
+    let deleted = change(&mut client).await;
+    assert_eq!(deleted["operation"], "DELETE");
+    assert_eq!(deleted["old"], json!({"k": "a", "v": "one"}));
+    let inserted = change(&mut client).await;
+    assert_eq!(inserted["operation"], "INSERT");
+    assert_eq!(inserted["data"], json!({"k": "a", "v": "two"}));
+    // An upsert is an UPDATE, with its old row, whatever the pragma.
+    app.db
+        .shell("INSERT INTO kv VALUES ('a', 'three') ON CONFLICT (k) DO UPDATE SET v = excluded.v");
+    let updated = change(&mut client).await;
+    assert_eq!(updated["operation"], "UPDATE");
+    assert_eq!(
+        (&updated["old"]["v"], &updated["data"]["v"]),
+        (&json!("two"), &json!("three"))
+    );
+}
+
+#[test]
+fn a_postgres_test_without_a_server_says_skip_or_fails_when_one_is_required() {
+    let run = |require: bool| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args([
+                "--exact",
+                "a_postgres_transaction_that_commits_late_is_still_delivered",
+            ])
+            .env_remove("REALTIDE_TEST_POSTGRES_URL");
+        if require {
+            command.env("REALTIDE_TEST_REQUIRE_POSTGRESQL", "1");
+        } else {
+            command.env_remove("REALTIDE_TEST_REQUIRE_POSTGRESQL");
+        }
+        command.output().unwrap()
+    };
+    let skipped = run(false);
+    assert!(skipped.status.success());
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(
+        stderr.contains(
+            "SKIP a_postgres_transaction_that_commits_late_is_still_delivered on PostgreSQL"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !run(true).status.success(),
+        "with a server required, the test fails instead"
+    );
 }

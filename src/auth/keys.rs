@@ -31,7 +31,9 @@ impl KeyGuard {
                     self.label
                 ))),
             },
-            None if peer.is_some_and(|ip| ip.is_loopback()) => Ok(()),
+            // Behind a dual-stack bind (`[::]`), local IPv4 clients arrive
+            // as IPv4-mapped addresses (`::ffff:127.0.0.1`).
+            None if peer.is_some_and(|ip| ip.to_canonical().is_loopback()) => Ok(()),
             None => Err(ProtocolError::forbidden(format!(
                 "no {} is configured: only loopback peers are answered",
                 self.label
@@ -56,6 +58,16 @@ mod tests {
         assert!(guard.check(None, Some("::1".parse().unwrap())).is_ok());
         let remote = guard.check(None, Some("192.0.2.7".parse().unwrap()));
         assert_eq!(remote.unwrap_err().code, ErrorCode::Forbidden);
+        let mapped = Some("::ffff:127.0.0.1".parse().unwrap());
+        assert!(
+            guard.check(None, mapped).is_ok(),
+            "mapped loopback is loopback"
+        );
+        let mapped_remote = Some("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(
+            guard.check(None, mapped_remote).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
     }
 
     #[test]

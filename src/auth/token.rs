@@ -62,12 +62,22 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    pub fn new(secret: Option<&str>) -> Self {
+    /// With `audience`, a token must carry it in `aud`; without, a token's
+    /// `aud` is not checked.
+    pub fn new(secret: Option<&str>, audience: Option<&str>) -> Self {
         let secret = secret.map(|s| {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.set_required_spec_claims(&["exp", "sub"]);
             // An expired token is refused at once: the 4001 close relies on it.
             validation.leeway = 0;
+            validation.validate_nbf = true;
+            match audience {
+                Some(audience) => {
+                    validation.set_audience(&[audience]);
+                    validation.required_spec_claims.insert("aud".into());
+                }
+                None => validation.validate_aud = false,
+            }
             Arc::new((DecodingKey::from_secret(s.as_bytes()), validation))
         });
         TokenVerifier { secret }
@@ -104,6 +114,12 @@ impl TokenVerifier {
             .map_err(|e| {
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired".to_string(),
+                    ErrorKind::ImmatureSignature => {
+                        "the token is not valid yet (`nbf`)".to_string()
+                    }
+                    ErrorKind::InvalidAudience => {
+                        "the token is for another audience (`aud`)".to_string()
+                    }
                     ErrorKind::InvalidSignature => "the token's signature is wrong".to_string(),
                     ErrorKind::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
                     _ => format!("the token is invalid: {e}"),
@@ -142,10 +158,62 @@ mod tests {
     use super::*;
     use crate::protocol::ErrorCode;
 
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
+
+    fn signed(extra: serde_json::Value) -> String {
+        let serde_json::Value::Object(extra) = extra else {
+            unreachable!("claims are an object")
+        };
+        sign(SECRET, "alice", Duration::from_secs(60), extra).unwrap()
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_until_nbf() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let verifier = TokenVerifier::new(Some(SECRET), None);
+        let later = verifier.verify(&signed(serde_json::json!({"nbf": now + 30})));
+        assert!(later.unwrap_err().message.contains("nbf"));
+        assert!(
+            verifier
+                .verify(&signed(serde_json::json!({"nbf": now - 1})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_audience_is_checked_only_when_configured() {
+        let for_app = signed(serde_json::json!({"aud": "my-app"}));
+        let for_other = signed(serde_json::json!({"aud": "other"}));
+        let without = signed(serde_json::json!({}));
+        let open = TokenVerifier::new(Some(SECRET), None);
+        assert!(
+            open.verify(&for_app).is_ok(),
+            "no audience configured: ignored"
+        );
+        assert!(open.verify(&without).is_ok());
+        let strict = TokenVerifier::new(Some(SECRET), Some("my-app"));
+        assert!(strict.verify(&for_app).is_ok());
+        assert_eq!(
+            strict.verify(&for_other).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            strict.verify(&without).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        let listed = signed(serde_json::json!({"aud": ["x", "my-app"]}));
+        assert!(strict.verify(&listed).is_ok(), "one of several audiences");
+    }
+
     #[test]
     fn a_signed_token_verifies_and_carries_its_sub() {
-        let token = sign("s3cret", "alice", Duration::from_secs(60), Map::new()).unwrap();
-        let identity = TokenVerifier::new(Some("s3cret")).verify(&token).unwrap();
+        let token = sign(SECRET, "alice", Duration::from_secs(60), Map::new()).unwrap();
+        let identity = TokenVerifier::new(Some(SECRET), None)
+            .verify(&token)
+            .unwrap();
         assert_eq!(identity.user_id.as_deref(), Some("alice"));
         assert!(identity.time_left().unwrap() > Duration::from_secs(50));
     }
@@ -153,7 +221,7 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_secret_is_refused() {
         let token = sign("other", "alice", Duration::from_secs(60), Map::new()).unwrap();
-        let error = TokenVerifier::new(Some("s3cret"))
+        let error = TokenVerifier::new(Some(SECRET), None)
             .verify(&token)
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::Unauthorized);
@@ -163,8 +231,8 @@ mod tests {
     fn an_expired_token_is_refused() {
         let mut extra = Map::new();
         extra.insert("exp".into(), 1_000_000_000u64.into());
-        let token = sign("s3cret", "alice", Duration::ZERO, extra).unwrap();
-        let error = TokenVerifier::new(Some("s3cret"))
+        let token = sign(SECRET, "alice", Duration::ZERO, extra).unwrap();
+        let error = TokenVerifier::new(Some(SECRET), None)
             .verify(&token)
             .unwrap_err();
         assert!(error.message.contains("expired"), "{}", error.message);
@@ -172,11 +240,11 @@ mod tests {
 
     #[test]
     fn open_mode_takes_the_user_id_and_a_secret_requires_a_token() {
-        let open = TokenVerifier::new(None)
+        let open = TokenVerifier::new(None, None)
             .identify(None, Some("bob".into()))
             .unwrap();
         assert_eq!(open.user_id.as_deref(), Some("bob"));
-        let closed = TokenVerifier::new(Some("s3cret")).identify(None, Some("bob".into()));
+        let closed = TokenVerifier::new(Some(SECRET), None).identify(None, Some("bob".into()));
         assert_eq!(closed.unwrap_err().code, ErrorCode::Unauthorized);
     }
 }

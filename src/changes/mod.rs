@@ -10,7 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use serde_json::{Map, Value};
 
 pub use filter::Filter;
@@ -60,6 +60,9 @@ pub struct Change {
     pub old: Option<Map<String, Value>>,
     /// When the change was written, in ms since the Unix epoch.
     pub at_ms: i64,
+    /// Some stored text was not valid UTF-8 (SQLite allows it) and was
+    /// decoded with U+FFFD in place of the invalid bytes.
+    pub repaired: bool,
 }
 
 impl Change {
@@ -72,7 +75,9 @@ impl Change {
     }
 }
 
-/// A log row as stored.
+/// A log row as stored. The rows' JSON is read as bytes: SQLite lets a
+/// program store TEXT that is not valid UTF-8, and such a row must cost only
+/// itself (decoded leniently), never stop the feed at its position.
 #[derive(Debug, QueryableByName)]
 pub struct LogRow {
     #[diesel(sql_type = BigInt)]
@@ -81,10 +86,10 @@ pub struct LogRow {
     pub table_name: String,
     #[diesel(sql_type = Text)]
     pub op: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub new_row: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub old_row: Option<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub new_row: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub old_row: Option<Vec<u8>>,
     #[diesel(sql_type = BigInt)]
     pub changed_at: i64,
 }
@@ -104,14 +109,17 @@ pub enum RowDecoder {
 impl RowDecoder {
     pub fn decode_value(&self, column: &str, value: Value) -> Value {
         match (self, value) {
-            (RowDecoder::Sqlite, Value::Object(marked)) => {
-                match (marked.len(), marked.get("$blob").and_then(Value::as_str)) {
-                    (1, Some(hex)) => match hex_to_base64(hex) {
-                        Some(b64) => Value::String(b64),
-                        None => Value::Object(marked),
-                    },
-                    _ => Value::Object(marked),
+            (RowDecoder::Sqlite, Value::Object(marked)) if marked.len() == 1 => {
+                if let Some(hex) = marked.get("$blob").and_then(Value::as_str) {
+                    if let Some(b64) = hex_to_base64(hex) {
+                        return Value::String(b64);
+                    }
+                } else if let Some(real) = marked.get("$real").and_then(Value::as_str)
+                    && let Some(value) = real_value(real)
+                {
+                    return value;
                 }
+                Value::Object(marked)
             }
             (RowDecoder::Postgres { binary }, Value::String(text)) if binary.contains(column) => {
                 match text.strip_prefix("\\x").and_then(hex_to_base64) {
@@ -124,11 +132,32 @@ impl RowDecoder {
     }
 }
 
+/// A REAL as SQLite's trigger spelled it (`printf('%!.17g')`: 17
+/// significant digits, so every double round-trips) as a JSON value:
+/// a number, or PostgreSQL's spelling of the infinities.
+fn real_value(text: &str) -> Option<Value> {
+    let real: f64 = text.trim().parse().ok()?;
+    Some(match serde_json::Number::from_f64(real) {
+        Some(number) => Value::Number(number),
+        None if real == f64::INFINITY => Value::String("Infinity".into()),
+        None if real == f64::NEG_INFINITY => Value::String("-Infinity".into()),
+        None => Value::String("NaN".into()),
+    })
+}
+
 impl LogRow {
     pub fn decode(self, decoder: &RowDecoder) -> Option<Change> {
         let table = self.table_name;
-        let parse = |text: Option<String>| -> Option<Map<String, Value>> {
-            let Value::Object(row) = serde_json::from_str(&text?).ok()? else {
+        let mut repaired = false;
+        let mut parse = |bytes: Option<Vec<u8>>| -> Option<Map<String, Value>> {
+            let text = match String::from_utf8(bytes?) {
+                Ok(text) => text,
+                Err(invalid) => {
+                    repaired = true;
+                    String::from_utf8_lossy(invalid.as_bytes()).into_owned()
+                }
+            };
+            let Value::Object(row) = serde_json::from_str(&text).ok()? else {
                 return None;
             };
             Some(
@@ -142,6 +171,13 @@ impl LogRow {
         };
         let new = parse(self.new_row);
         let old = parse(self.old_row);
+        if repaired {
+            tracing::warn!(
+                seq = self.seq,
+                table,
+                "a changed row holds text that is not UTF-8; invalid bytes became U+FFFD"
+            );
+        }
         Some(Change {
             seq: u64::try_from(self.seq).ok()?,
             operation: Operation::parse(&self.op)?,
@@ -149,6 +185,7 @@ impl LogRow {
             old,
             at_ms: self.changed_at,
             table,
+            repaired,
         })
     }
 }
@@ -339,6 +376,14 @@ mod tests {
             json!({"$blob": "01", "x": 1})
         );
         assert_eq!(sqlite.decode_value("b", json!("\\x01")), json!("\\x01"));
+        assert_eq!(
+            sqlite.decode_value("r", json!({"$real": "0.30000000000000004"})),
+            json!(0.30000000000000004)
+        );
+        assert_eq!(
+            sqlite.decode_value("r", json!({"$real": "-Inf"})),
+            json!("-Infinity")
+        );
         let pg = RowDecoder::Postgres {
             binary: ["b".to_string()].into_iter().collect(),
         };
@@ -361,6 +406,7 @@ mod tests {
             new,
             old,
             at_ms: 0,
+            repaired: false,
         };
         assert!(change(Operation::Update, row("closed"), row("open")).visible_through(&filter));
         assert!(change(Operation::Update, row("open"), row("new")).visible_through(&filter));

@@ -27,6 +27,7 @@ use actix::prelude::*;
 
 use super::{Change, ChangeSource, TableShape};
 use crate::db::DbError;
+use crate::metrics::Metrics;
 use crate::topic::messages::TableChanged;
 
 /// Read the log at least this often even without a sign of a commit.
@@ -51,6 +52,7 @@ impl Tracker {
         source: Box<dyn ChangeSource>,
         probe_every: Duration,
         retention: Duration,
+        metrics: Metrics,
     ) -> Tracker {
         let knock = Arc::new(AtomicBool::new(false));
         let source = Mutex::new(Some(source));
@@ -62,7 +64,13 @@ impl Tracker {
                 .ok()
                 .and_then(|mut s| s.take())
                 .expect("one tracker thread");
-            PollerActor::new(source, probe_every, retention, loop_knock.clone())
+            PollerActor::new(
+                source,
+                probe_every,
+                retention,
+                loop_knock.clone(),
+                metrics.clone(),
+            )
         });
         Tracker { addr, knock }
     }
@@ -114,6 +122,7 @@ pub struct PollerActor {
     retention: Duration,
     last_read: Instant,
     ticking: bool,
+    metrics: Metrics,
 }
 
 impl PollerActor {
@@ -122,6 +131,7 @@ impl PollerActor {
         probe_every: Duration,
         retention: Duration,
         knock: Arc<AtomicBool>,
+        metrics: Metrics,
     ) -> Self {
         PollerActor {
             source,
@@ -132,6 +142,7 @@ impl PollerActor {
             retention,
             last_read: Instant::now(),
             ticking: false,
+            metrics,
         }
     }
 
@@ -157,6 +168,9 @@ impl PollerActor {
     fn dispatch(&mut self, changes: Vec<Change>) {
         let mut by_table: HashMap<String, Vec<Change>> = HashMap::new();
         for change in changes {
+            if change.repaired {
+                self.metrics.change_rows_repaired.inc();
+            }
             if self.topics.contains_key(&change.table) {
                 by_table
                     .entry(change.table.clone())

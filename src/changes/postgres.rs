@@ -3,12 +3,14 @@
 //! `_realtide_changes` at commit, so the tracker wakes without polling the log.
 //!
 //! Change ids come from a sequence and can commit out of order, so the log is
-//! read through a sequencer: a change receives its `seq` only once every
-//! transaction that might precede it has ended (its xid is below the xmin of
-//! a fresh snapshot), and changes are numbered in id order. For one row, a
-//! later change always has a larger id (its writer waited for the row lock),
-//! so `seq` order is commit order per row; within a transaction it is
-//! statement order. Numbering continues from the highest seq ever given out,
+//! read through a sequencer: changes are numbered in id order, and only as
+//! the longest prefix (in id order) of visible unnumbered changes whose
+//! transactions can no longer be overtaken (xid below the xmin of a fresh
+//! snapshot). A change whose xid is not yet below xmin holds back every later
+//! id, even ones whose own xid is: for one row, a later change always has a
+//! larger id (its writer waited for the row lock and so for the first one's
+//! commit), but may have the older xid. So `seq` order is commit order per
+//! row; within a transaction it is statement order. Numbering continues from the highest seq ever given out,
 //! pruned ones included, so a seq is never reused. xmin is cluster-wide: a
 //! transaction left open anywhere delays delivery until it ends.
 
@@ -106,11 +108,20 @@ impl PostgresSource {
             diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
                 .bind::<BigInt, _>(SEQUENCER_LOCK)
                 .execute(conn)?;
+            // Only the longest ready prefix in id order: a change whose
+            // transaction could still be overtaken (xid at or past xmin)
+            // holds back every later id, since for one row a later id is a
+            // later commit even when its xid is older.
             diesel::sql_query(
-                "WITH ready AS ( \
-                   SELECT id FROM _realtide_changes \
-                   WHERE seq IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                   ORDER BY id LIMIT $1), \
+                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
+                 blocker AS ( \
+                   SELECT min(c.id) AS id FROM _realtide_changes AS c, horizon \
+                   WHERE c.seq IS NULL AND c.xid >= horizon.xmin), \
+                 ready AS ( \
+                   SELECT c.id FROM _realtide_changes AS c, horizon, blocker \
+                   WHERE c.seq IS NULL AND c.xid < horizon.xmin \
+                     AND (blocker.id IS NULL OR c.id < blocker.id) \
+                   ORDER BY c.id LIMIT $1), \
                  top AS (SELECT GREATEST( \
                    (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
                    (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \

@@ -5,6 +5,11 @@
 //! their triggers regenerated if their columns changed. Commits by any
 //! connection are noticed through `PRAGMA data_version`, which costs no read
 //! of the log.
+//!
+//! `INSERT OR REPLACE` (and `REPLACE`): SQLite deletes the rows it replaces
+//! without firing DELETE triggers unless the writing connection enabled
+//! `PRAGMA recursive_triggers`, so those deletions are not captured; the
+//! table-topics docs say what an application should do.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,11 +87,18 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A JSON object of the row `alias` (`NEW` or `OLD`), BLOBs marked for decoding.
+/// A JSON object of the row `alias` (`NEW` or `OLD`), BLOBs and REALs
+/// marked for decoding.
 fn row_json(alias: &str, columns: &[String]) -> String {
     let value = |c: &String| {
         let v = format!("{alias}.{}", ident(c));
-        format!("CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) ELSE {v} END")
+        // REALs as text of 20 significant digits: `json_object` writes only
+        // 15 (0.30000000000000004 would arrive as 0.3) and infinities as
+        // `Inf`, which is no JSON; the decoder turns the marker back.
+        format!(
+            "CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) \
+             WHEN 'real' THEN json_object('$real', printf('%!.20g', {v})) ELSE {v} END"
+        )
     };
     let mut chunks = columns.chunks(PAIRS_PER_CALL);
     let first = chunks.next().unwrap_or(&[]);

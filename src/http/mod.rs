@@ -8,6 +8,7 @@ pub mod emit;
 pub mod errors;
 pub mod health;
 pub mod history;
+pub mod inbound;
 pub mod stream;
 pub mod upgrade;
 pub mod ws;

@@ -12,12 +12,11 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_codec::Framed;
 use actix_http::body::BodySize;
-use actix_http::error::PayloadError;
 use actix_http::h1::{Codec, Message};
 use actix_http::{Request, Response, header};
 use actix_service::{ServiceFactory, fn_service};
@@ -29,15 +28,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ApiError;
 use super::connection::Connection;
+use super::inbound::{Incoming, READ_CHUNK};
 use super::ws;
 use crate::protocol::{ErrorCode, close};
 use crate::session::SessionActor;
 use crate::session::outbound::{Outbox, OutboxStream};
 use crate::state::AppState;
 
-/// How long a finished session may take to hand its last frames (a close,
-/// say) to a client before the connection is dropped anyway.
-const FINAL_FLUSH: Duration = Duration::from_secs(3);
+/// How long a connection whose last frames are out waits for the client to
+/// close its side.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// The path that speaks WebSocket.
 pub const PATH: &str = "/api/realtime";
@@ -104,10 +104,12 @@ async fn serve(
         state.metrics.slow_consumer_closes.clone(),
     );
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
-    let incoming = Incoming {
-        connection: connection.reader(),
-        early: Some(early).filter(|b| !b.is_empty()),
-    };
+    let incoming = Incoming::new(connection.reader(), early, state.config.max_frame_bytes);
+    // A finished session's last frames (a 4008 close behind a slow reader's
+    // backlog, say) wait as long as the client could stay silent while
+    // connected: a reader that resumes in time gets them, one that never
+    // does is dropped then.
+    let final_flush = state.config.idle_timeout();
     let session = SessionActor::new(state, accepted.identity, outbox.clone());
     let output = WebsocketContext::with_codec(session, incoming, codec);
     // The session runs as a task of its own, so actix-http's connection
@@ -116,6 +118,8 @@ async fn serve(
         connection,
         session: OutboxStream::new(Box::pin(output), outbox),
         flushing: true,
+        final_flush,
+        shut: false,
         closing: None,
     });
     Ok(())
@@ -131,6 +135,10 @@ struct SessionDriver {
     session: OutboxStream<SessionOutput>,
     /// Cleared once the socket is broken (the read side ends the session).
     flushing: bool,
+    /// How long the last frames may take to go once the session has ended.
+    final_flush: Duration,
+    /// Set once the last frames and the FIN are out.
+    shut: bool,
     /// Set when the session has ended: the final flush's deadline.
     closing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -150,13 +158,36 @@ impl Future for SessionDriver {
             }
             match this.session.poll_next_unpin(cx) {
                 Poll::Ready(None) => {
-                    this.closing = Some(Box::pin(tokio::time::sleep(FINAL_FLUSH)));
+                    this.closing = Some(Box::pin(tokio::time::sleep(this.final_flush)));
                 }
                 Poll::Ready(Some(_)) | Poll::Pending => return Poll::Pending,
             }
         }
-        if Pin::new(&mut this.connection).poll_shutdown(cx).is_ready() {
-            return Poll::Ready(());
+        if !this.shut {
+            if Pin::new(&mut this.connection)
+                .poll_shutdown(cx)
+                .is_pending()
+            {
+                return match &mut this.closing {
+                    Some(deadline) => deadline.as_mut().poll(cx),
+                    None => Poll::Pending,
+                };
+            }
+            // Everything is out, FIN included. Closing now, with the
+            // client's close reply unread, would send a reset, and a reset
+            // makes the client's kernel discard what it has not read yet:
+            // our close frame. So read until the client closes, briefly.
+            this.shut = true;
+            this.closing = Some(Box::pin(tokio::time::sleep(DRAIN_LINGER)));
+        }
+        loop {
+            let mut space = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut space);
+            match Pin::new(&mut this.connection).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
         }
         match &mut this.closing {
             Some(deadline) => deadline.as_mut().poll(cx),
@@ -185,32 +216,4 @@ async fn refuse(mut framed: Framed<Connection, Codec>, refusal: &ApiError) -> io
     framed.flush().await.map_err(io::Error::other)?;
     let mut connection = framed.into_parts().io;
     std::future::poll_fn(|cx| Pin::new(&mut connection).poll_shutdown(cx)).await
-}
-
-/// The client's bytes, as the session's `WebsocketContext` reads them: a
-/// read lands on the stack and only what arrived is copied out, so an idle
-/// connection holds no read buffer.
-struct Incoming {
-    connection: Connection,
-    early: Option<Bytes>,
-}
-
-/// Bytes read from the socket per poll, at most.
-const READ_CHUNK: usize = 4096;
-
-impl Stream for Incoming {
-    type Item = Result<Bytes, PayloadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(early) = self.early.take() {
-            return Poll::Ready(Some(Ok(early)));
-        }
-        let mut space = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut space);
-        match ready!(Pin::new(&mut self.connection).poll_read(cx, &mut buf)) {
-            Err(e) => Poll::Ready(Some(Err(PayloadError::Io(e)))),
-            Ok(()) if buf.filled().is_empty() => Poll::Ready(None),
-            Ok(()) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
-        }
-    }
 }

@@ -8,6 +8,7 @@
 //! through which topics write frames to the socket directly; its own replies
 //! go the same way, so everything leaves in the order it was written.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ use crate::registry::{
 };
 use crate::state::AppState;
 use crate::topic::messages::{
-    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, Untrack,
+    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, UnsubscribeReply, Untrack,
 };
 use crate::topic::{TopicKind, TopicName};
 
@@ -62,6 +63,9 @@ pub struct SessionActor {
     fragments: Option<Fragments>,
     /// The pending token-expiry timer; replaced when an `auth` frame swaps tokens.
     expiry: Option<SpawnHandle>,
+    /// Topics where this connection tracks presence (or asked to), for
+    /// `--max-presence-per-connection`.
+    tracked: HashSet<Arc<str>>,
 }
 
 /// How long a closing session waits for the client's close reply. Closing the
@@ -83,6 +87,7 @@ impl SessionActor {
             outbox,
             fragments: None,
             expiry: None,
+            tracked: HashSet::new(),
             state,
         }
     }
@@ -126,10 +131,12 @@ impl SessionActor {
     }
 
     fn leave_all_topics(&mut self) {
+        self.tracked.clear();
         for topic in self.outbox.unsubscribe_all() {
             self.state.registry.do_send(UnsubscribeFrom {
                 topic,
                 conn: self.conn,
+                reply: None,
             });
         }
     }
@@ -163,8 +170,16 @@ impl SessionActor {
             Request::Subscribe(subscribe) => self.subscribe(subscribe, reference, ctx),
             Request::Unsubscribe { topic } => {
                 let name = self.parse_topic(&topic)?;
-                self.drop_subscription(&name.shared());
-                self.send(ctx, server::unsubscribed(reference.as_ref(), &topic, None));
+                let reply = UnsubscribeReply {
+                    reference,
+                    spelling: topic.into(),
+                    handle: self.subscriber_handle(ctx),
+                };
+                // The topic answers, behind the `subscribed` of any
+                // subscribe still in flight; with no subscription, we do.
+                if let Some(reply) = self.drop_subscription(&name.shared(), Some(reply)) {
+                    reply.send();
+                }
                 Ok(())
             }
             Request::Publish(publish) => self.publish(publish, reference, ctx),
@@ -172,6 +187,7 @@ impl SessionActor {
             Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
+                self.tracked.remove(name.as_str());
                 let ack = AckTo {
                     reference,
                     id: None,
@@ -215,6 +231,13 @@ impl SessionActor {
             }
             TopicKind::PubSub => (Filter::default(), Filter::default()),
         };
+        let limit = self.state.config.max_subscriptions_per_connection;
+        if !self.outbox.is_subscribed(name.as_str()) && self.outbox.subscription_count() >= limit {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("a connection may subscribe to at most {limit} topics"),
+            ));
+        }
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         let spelling: Arc<str> = request.topic.into();
@@ -222,6 +245,7 @@ impl SessionActor {
             id: sub_id,
             spelling: spelling.clone(),
             own_filter,
+            previous: None,
         };
         self.outbox.subscribe(name.shared(), subscription);
         self.state.registry.do_send(SubscribeTo {
@@ -295,6 +319,16 @@ impl SessionActor {
                 format!("presence state is {size} bytes; at most {MAX_PRESENCE_STATE}"),
             ));
         }
+        let limit = self.state.config.max_presence_per_connection;
+        if !self.tracked.contains(name.as_str()) {
+            if self.tracked.len() >= limit {
+                return Err(ProtocolError::new(
+                    ErrorCode::TooLarge,
+                    format!("a connection may track presence on at most {limit} topics"),
+                ));
+            }
+            self.tracked.insert(name.shared());
+        }
         let key = match &self.identity.user_id {
             Some(user) => user.to_string(),
             None => self.wire_id.clone(),
@@ -367,13 +401,23 @@ impl SessionActor {
         }
     }
 
-    fn drop_subscription(&mut self, topic: &Arc<str>) {
-        if self.outbox.unsubscribe(topic) {
-            self.state.registry.do_send(UnsubscribeFrom {
-                topic: topic.clone(),
-                conn: self.conn,
-            });
+    /// Ends the subscription to `topic`. With one to end, the topic sends
+    /// `reply`; else it is handed back for the caller to send.
+    fn drop_subscription(
+        &mut self,
+        topic: &Arc<str>,
+        reply: Option<UnsubscribeReply>,
+    ) -> Option<UnsubscribeReply> {
+        self.tracked.remove(topic);
+        if !self.outbox.unsubscribe(topic) {
+            return reply;
         }
+        self.state.registry.do_send(UnsubscribeFrom {
+            topic: topic.clone(),
+            conn: self.conn,
+            reply,
+        });
+        None
     }
 
     fn publish(
@@ -457,7 +501,7 @@ impl SessionActor {
             .filter(|(topic, _)| !self.identity.grants.can_subscribe(topic))
             .collect();
         for (topic, spelling) in revoked {
-            self.drop_subscription(&topic);
+            self.drop_subscription(&topic, None);
             self.send(
                 ctx,
                 server::unsubscribed(None, &spelling, Some("forbidden")),
@@ -474,7 +518,7 @@ impl SessionActor {
                     }),
                 }),
                 Err(_) => {
-                    self.drop_subscription(&topic);
+                    self.drop_subscription(&topic, None);
                     self.send(
                         ctx,
                         server::unsubscribed(None, &spelling, Some("forbidden")),
@@ -641,7 +685,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => {
+            Err(error) if crate::http::inbound::is_oversized(&error) => {
                 self.close(ctx, CloseCode::Size, "message larger than max_frame")
             }
             Err(error) => {

@@ -14,6 +14,9 @@ pub enum FrameKind {
     Stream { sub_id: u64 },
     /// A reply to a request (a publish ack): always written.
     Reply,
+    /// Subscription `sub_id`'s `subscribed`: always written (every request
+    /// gets its reply), and what that subscription replaced is forgotten.
+    Admitted { sub_id: u64 },
     /// Subscription `sub_id` was refused (an `error` frame): always written,
     /// and the session forgets that subscription.
     Refusal { sub_id: u64 },

@@ -42,6 +42,39 @@ pub struct Subscription {
     pub spelling: Arc<str>,
     /// Table topics: the client's own filter, to combine with a new token's.
     pub own_filter: Filter,
+    /// The subscription this one replaces, kept until the topic admits or
+    /// refuses this one: a refused re-subscribe leaves the earlier one as it
+    /// was. Longer than one only while several re-subscribes are in flight.
+    pub previous: Option<Box<Subscription>>,
+}
+
+impl Subscription {
+    /// The topic admitted subscription `id`: what it replaced is gone for good.
+    fn admitted(&mut self, id: u64) {
+        let mut link = Some(self);
+        while let Some(subscription) = link {
+            if subscription.id == id {
+                subscription.previous = None;
+                return;
+            }
+            link = subscription.previous.as_deref_mut();
+        }
+    }
+
+    /// Takes refused subscription `id` out of the chain below this one.
+    fn unlink(&mut self, id: u64) {
+        let mut link = self;
+        loop {
+            match link.previous.take() {
+                Some(mut refused) if refused.id == id => {
+                    link.previous = refused.previous.take();
+                    return;
+                }
+                Some(other) => link = link.previous.insert(other),
+                None => return,
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +119,25 @@ impl Shared {
     fn remove(&mut self, topic: &str) -> bool {
         self.version += 1;
         self.subscriptions.remove(topic).is_some()
+    }
+
+    /// The topic refused subscription `sub_id`: if it was the current one,
+    /// the one it would have replaced (if any) is current again.
+    fn refused(&mut self, topic: &Arc<str>, sub_id: u64) {
+        let Some(current) = self.subscriptions.get_mut(topic) else {
+            return;
+        };
+        if current.id != sub_id {
+            current.unlink(sub_id);
+            return;
+        }
+        self.version += 1;
+        match current.previous.take() {
+            Some(previous) => *current = *previous,
+            None => {
+                self.subscriptions.remove(topic);
+            }
+        }
     }
 }
 
@@ -184,10 +236,14 @@ impl Outbox {
         let send = match kind {
             FrameKind::Reply => true,
             FrameKind::Stream { sub_id } => shared.is_current(topic, sub_id),
-            FrameKind::Refusal { sub_id } => {
-                if shared.is_current(topic, sub_id) {
-                    shared.remove(topic);
+            FrameKind::Admitted { sub_id } => {
+                if let Some(current) = shared.subscriptions.get_mut(topic) {
+                    current.admitted(sub_id);
                 }
+                true
+            }
+            FrameKind::Refusal { sub_id } => {
+                shared.refused(topic, sub_id);
                 true
             }
         };
@@ -234,11 +290,18 @@ impl Outbox {
         self.closing.store(true, Ordering::Relaxed);
     }
 
-    /// Records a (new or replacing) subscription.
-    pub fn subscribe(&self, topic: Arc<str>, subscription: Subscription) {
+    /// Records a (new or replacing) subscription; what it replaces stays
+    /// behind it until the topic answers (see [`Subscription::previous`]).
+    pub fn subscribe(&self, topic: Arc<str>, mut subscription: Subscription) {
         let mut shared = self.shared();
         shared.version += 1;
+        subscription.previous = shared.subscriptions.remove(&topic).map(Box::new);
         shared.subscriptions.insert(topic, subscription);
+    }
+
+    /// How many topics the connection is subscribed to (or subscribing to).
+    pub fn subscription_count(&self) -> usize {
+        self.shared().subscriptions.len()
     }
 
     /// Ends a subscription; answers whether there was one.
@@ -338,7 +401,40 @@ mod tests {
             id,
             spelling: topic.clone(),
             own_filter: Filter::default(),
+            previous: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_refused_resubscribe_leaves_the_earlier_subscription_current() {
+        let (_connection, socket, mut client) = test_pair().await;
+        let outbox = outbox(socket);
+        let topic: Arc<str> = "a/b".into();
+        let say = |kind, text: &str| outbox.deliver(&topic, kind, &ByteString::from(text));
+        outbox.subscribe(topic.clone(), subscription(&topic, 1));
+        say(FrameKind::Admitted { sub_id: 1 }, "1");
+        // Two re-subscribes in flight; the first is refused, then the second.
+        outbox.subscribe(topic.clone(), subscription(&topic, 2));
+        outbox.subscribe(topic.clone(), subscription(&topic, 3));
+        say(FrameKind::Refusal { sub_id: 2 }, "2");
+        say(FrameKind::Stream { sub_id: 1 }, "-");
+        say(FrameKind::Refusal { sub_id: 3 }, "3");
+        say(FrameKind::Stream { sub_id: 1 }, "a");
+        // An admitted re-subscribe replaces it for good.
+        outbox.subscribe(topic.clone(), subscription(&topic, 4));
+        say(FrameKind::Admitted { sub_id: 4 }, "4");
+        say(FrameKind::Stream { sub_id: 1 }, "-");
+        say(FrameKind::Stream { sub_id: 4 }, "b");
+        assert_eq!(
+            client.read_exactly(18).await,
+            b"\x81\x011\x81\x012\x81\x013\x81\x01a\x81\x014\x81\x01b"
+        );
+        client.assert_nothing_more().await;
+        outbox.subscribe(topic.clone(), subscription(&topic, 5));
+        say(FrameKind::Refusal { sub_id: 5 }, "5");
+        assert!(outbox.is_subscribed("a/b"), "4 is current again");
+        say(FrameKind::Admitted { sub_id: 4 }, "x");
+        assert_eq!(outbox.subscription_count(), 1);
     }
 
     #[tokio::test]

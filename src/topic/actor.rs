@@ -289,7 +289,10 @@ impl TopicActor {
                 sub_id: subscriber.sub_id,
             },
         );
-        let mut ok = self.send_to(handle, kind, reply);
+        let admitted = FrameKind::Admitted {
+            sub_id: subscriber.sub_id,
+        };
+        let mut ok = self.send_to(handle, admitted, reply);
         for frame in missed {
             ok = ok && self.send_to(handle, kind, frame);
         }
@@ -601,6 +604,9 @@ impl Handler<Unsubscribe> for TopicActor {
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
         self.flush_fan_out();
         self.remove(msg.conn);
+        if let Some(reply) = msg.reply {
+            reply.send();
+        }
     }
 }
 
@@ -712,10 +718,19 @@ impl Handler<Track> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: Track, _ctx: &mut Self::Context) {
-        self.ack_presence(&msg.ack);
         if !self.subscribers.contains_key(&msg.conn) {
+            // The subscription was refused (or ended) after the session
+            // checked it.
+            let error = ProtocolError::bad_request(format!(
+                "subscribe to `{}` before tracking presence there",
+                self.name
+            ));
+            self.metrics.error(error.code);
+            msg.ack
+                .send(&server::error(msg.ack.reference.as_ref(), None, &error));
             return;
         }
+        self.ack_presence(&msg.ack);
         let joined = self
             .presence
             .track(&msg.key, msg.conn, &msg.wire_conn, msg.state);

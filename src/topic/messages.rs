@@ -21,6 +21,16 @@ pub struct SubscriberHandle {
     pub too_slow: Recipient<ClientTooSlow>,
 }
 
+impl SubscriberHandle {
+    /// Writes an answer to one of the client's requests, from outside the
+    /// client's session (a topic, the registry).
+    pub fn reply(&self, frame: &bytestring::ByteString) {
+        if self.outbox.send_own(frame) == crate::session::outbound::Reserve::BecameSlow {
+            self.too_slow.do_send(ClientTooSlow);
+        }
+    }
+}
+
 /// Add or replace a connection's subscription. The topic answers on the
 /// subscriber's own channel: `subscribed`, then any replayed events, so the
 /// client sees them in that order before live events.
@@ -43,11 +53,40 @@ pub struct Subscribe {
     pub handle: SubscriberHandle,
 }
 
-/// End a connection's subscription (no reply frame: the session answers).
+/// End a connection's subscription. With `reply`, the topic answers the
+/// client's `unsubscribe` itself, so that the answer follows the
+/// `subscribed` of any subscribe still in flight before it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Unsubscribe {
     pub conn: ConnId,
+    pub reply: Option<UnsubscribeReply>,
+}
+
+/// Where and how to answer an `unsubscribe`.
+#[derive(Clone)]
+pub struct UnsubscribeReply {
+    pub reference: Option<Value>,
+    /// The topic as the client spelled it in its `unsubscribe`.
+    pub spelling: Arc<str>,
+    pub handle: SubscriberHandle,
+}
+
+impl UnsubscribeReply {
+    /// Writes the `unsubscribed` frame to the client.
+    pub fn send(&self) {
+        let frame =
+            crate::protocol::server::unsubscribed(self.reference.as_ref(), &self.spelling, None);
+        self.handle.reply(&frame);
+    }
+}
+
+impl std::fmt::Debug for UnsubscribeReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsubscribeReply")
+            .field("reference", &self.reference)
+            .finish()
+    }
 }
 
 /// Publish an event to every subscriber. Sent with `do_send` all the way
@@ -83,6 +122,13 @@ pub struct AckTo {
     /// The client's own `id` for a published message, echoed back.
     pub id: Option<Value>,
     pub handle: SubscriberHandle,
+}
+
+impl AckTo {
+    /// Writes `frame`, an answer to the client's request, to the client.
+    pub fn send(&self, frame: &bytestring::ByteString) {
+        self.handle.reply(frame);
+    }
 }
 
 impl std::fmt::Debug for AckTo {

@@ -39,10 +39,15 @@ impl TestDb {
         }
     }
 
-    /// A fresh PostgreSQL database, or `None` when no test server is configured.
+    /// A fresh PostgreSQL database, or `None` when no test server is
+    /// configured: then a SKIP line names the test on the terminal, and with
+    /// `REALTIDE_TEST_REQUIRE_POSTGRES` set (as CI does) the test fails.
     pub fn postgres() -> Option<TestDb> {
         use diesel::{Connection, PgConnection, RunQueryDsl};
-        let base = std::env::var("REALTIDE_TEST_POSTGRES_URL").ok()?;
+        let Ok(base) = std::env::var("REALTIDE_TEST_POSTGRES_URL") else {
+            skip("PostgreSQL", "REALTIDE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
         let name = format!("realtide_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin =
             PgConnection::establish(&base).expect("connect to REALTIDE_TEST_POSTGRES_URL");
@@ -104,6 +109,25 @@ impl TestDb {
             "sqlite"
         }
     }
+}
+
+/// Says that the running test skips what needs `service`, on the terminal
+/// itself (past the test runner's capture of its output), or fails it when
+/// `REALTIDE_TEST_REQUIRE_<SERVICE>` is set.
+pub fn skip(service: &str, why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let required = format!(
+        "REALTIDE_TEST_REQUIRE_{}",
+        service
+            .to_ascii_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    if std::env::var_os(&required).is_some() {
+        panic!("{test} needs {service} ({required} is set): {why}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test} on {service}: {why}");
 }
 
 impl Drop for TestDb {
@@ -449,6 +473,9 @@ impl Client {
         self.send_raw(Message::Binary(Bytes::from(bytes))).await;
     }
 }
+
+/// A JWT secret long enough to be accepted (32 bytes at least).
+pub const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
 /// A token for `sub` signed with `secret`, valid for an hour, with `claims`
 /// (a JSON object) beside the standard ones.
