@@ -5,6 +5,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# Cargo.toml names the bench target, and the server serves the JS client.
+COPY benches ./benches
+COPY clients/js/realtide.js ./clients/js/realtide.js
 RUN cargo build --release --locked --bin realtide
 
 FROM debian:bookworm-slim

@@ -5,12 +5,13 @@
 //!   `GET /api/examples/orders`; the status dropdown posts to
 //!   `/api/examples/orders/update`, which runs a SQL UPDATE and emits nothing.
 //!   The page learns of every change from the `orders` table topic, whoever
-//!   made it: try `sqlite3 realtide.db "UPDATE orders SET status = 'delivered'"`.
+//!   made it: try `sqlite3 realtide-demo.db "UPDATE orders SET status = 'delivered'"`.
 //! - `/chat` is a chat room with persisted history, presence (who is here and
 //!   who is typing) and an "ask the assistant" button whose canned answer is
 //!   streamed token by token through `POST /api/realtime/stream`.
 //!
-//! It takes `realtide serve`'s flags (`--bind`, `--database-url`, ...).
+//! It takes `realtide serve`'s flags (`--bind`, `--database-url`, ...); its
+//! database is `./realtide-demo.db` unless one is given.
 
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ use realtide::config::{Cli, Command};
 use realtide::state::AppState;
 use serde::Deserialize;
 use serde_json::json;
+
+/// The demo's database when none is given: not `realtide.db`, the server's default.
+const DEMO_DATABASE: &str = "sqlite://realtide-demo.db";
 
 const DASHBOARD: &str = include_str!("demo/dashboard.html");
 const CHAT: &str = include_str!("demo/chat.html");
@@ -168,9 +172,17 @@ fn main() -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let args = std::iter::once("demo".to_string())
-        .chain(std::iter::once("serve".to_string()))
-        .chain(std::env::args().skip(1));
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    // The demo seeds its own `orders` table: it gets a database file of its
+    // own unless told otherwise, so it never meets a `realtide.db` whose
+    // `orders` has other columns (the README's first walkthrough makes one).
+    let chosen = std::env::var_os("REALTIDE_DATABASE_URL").is_some()
+        || given.iter().any(|a| a.starts_with("--database-url"));
+    let default_db = (!chosen).then(|| ["--database-url".to_string(), DEMO_DATABASE.to_string()]);
+    let args = ["demo".to_string(), "serve".to_string()]
+        .into_iter()
+        .chain(default_db.into_iter().flatten())
+        .chain(given);
     let Some(Command::Serve(config)) = Cli::parse_from(args).command else {
         return Err("usage: demo [realtide serve flags]".into());
     };

@@ -371,7 +371,7 @@ impl Handler<SessionClosed> for Registry {
     }
 }
 
-/// Tell every session to close with 1001. Answers how many were told.
+/// Tell every session to close with 1012. Answers how many were told.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct ShutdownSessions;

@@ -1,6 +1,6 @@
 //! The composition root: `start` builds the database, the registry, the
 //! shared state and the HTTP server on a listener; `main` and the tests share
-//! it. `RunningServer::shutdown` closes every client with 1001 first, then
+//! it. `RunningServer::shutdown` closes every client with 1012 first, then
 //! stops the HTTP server, so clients know to reconnect elsewhere.
 
 use std::net::{SocketAddr, TcpListener};
@@ -268,7 +268,7 @@ impl RunningServer {
 }
 
 impl Controller {
-    /// Closes every client with 1001, waits briefly for them to go, then stops
+    /// Closes every client with 1012, waits briefly for them to go, then stops
     /// the HTTP server. Callable from any thread or runtime.
     pub async fn shutdown(&self) {
         if let Ok(told) = self.registry.send(ShutdownSessions).await {

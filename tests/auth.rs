@@ -208,3 +208,36 @@ async fn in_open_mode_an_auth_frame_is_acknowledged() {
         .await;
     assert_eq!(reply["type"], "ack");
 }
+
+#[tokio::test]
+async fn nbf_is_honoured_and_aud_is_checked_only_against_a_configured_audience() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let app = secured().await;
+    let not_yet = token_for("ann", json!({"nbf": now + 60}));
+    let refused = Client::connect_request(&app.ws_url(&format!("?token={not_yet}")), &[]).await;
+    assert_eq!(refused.err().map(|(status, _)| status), Some(401));
+    let with_aud = token_for("ann", json!({"aud": "shop"}));
+    let client = app.client_with_token(&with_aud).await;
+    assert_eq!(
+        client.welcome["userId"], "ann",
+        "no audience configured: ignored"
+    );
+
+    let strict = TestApp::spawn_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.jwt_audience = Some("shop".into());
+    })
+    .await;
+    strict.client_with_token(&with_aud).await;
+    for token in [
+        token_for("ann", json!({"aud": "blog"})),
+        token_for("ann", json!({})),
+    ] {
+        let refused =
+            Client::connect_request(&strict.ws_url(&format!("?token={token}")), &[]).await;
+        assert_eq!(refused.err().map(|(status, _)| status), Some(401));
+    }
+}

@@ -243,3 +243,26 @@ async fn unknown_routes_and_wrong_methods_get_json_errors() {
     assert_eq!(status, 405);
     assert!(body["error"]["message"].as_str().is_some());
 }
+
+#[tokio::test]
+async fn behind_a_dual_stack_bind_local_ipv4_peers_count_as_loopback() {
+    let listener = std::net::TcpListener::bind("[::]:0").expect("a dual-stack bind");
+    let port = listener.local_addr().unwrap().port();
+    let app = TestApp::spawn_listening(common::TestDb::sqlite(), listener, |_| {}).await;
+    // This peer arrives as ::ffff:127.0.0.1.
+    let response = app
+        .http()
+        .post(format!("http://127.0.0.1:{port}/api/realtime/emit"))
+        .json(&json!({"topic": "a/b", "event": "e", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "emit without a key from loopback");
+    let admin = app
+        .http()
+        .get(format!("http://127.0.0.1:{port}/admin/topics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+}

@@ -1,5 +1,5 @@
 //! The real binary: `realtide serve` shuts down on SIGTERM and SIGINT by
-//! closing every client with 1001 and exiting 0; `realtide token` signs
+//! closing every client with 1012 and exiting 0; `realtide token` signs
 //! tokens the server accepts.
 
 mod common;
@@ -87,15 +87,15 @@ async fn shutdown_with(signal: libc::c_int) {
         unsafe { libc::kill(server.child.id() as libc::pid_t, signal) },
         0
     );
-    assert_eq!(a.closed_code(Duration::from_secs(10)).await, Some(1001));
-    assert_eq!(b.closed_code(Duration::from_secs(10)).await, Some(1001));
+    assert_eq!(a.closed_code(Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(b.closed_code(Duration::from_secs(10)).await, Some(1012));
     let status = wait_exit(&mut server.child, Duration::from_secs(10)).expect("exits within 10 s");
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
-async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+async fn sigterm_closes_every_client_with_1012_and_exits_0() {
     shutdown_with(libc::SIGTERM).await;
 }
 
@@ -197,4 +197,194 @@ async fn after_a_sigkill_and_restart_a_resuming_client_gets_every_change_once() 
         assert_eq!(live["data"]["id"], 3, "then live changes, nothing repeated");
         assert!(live["seq"].as_u64().unwrap() > got[2].1);
     }
+}
+
+#[tokio::test]
+async fn a_short_or_empty_jwt_secret_is_refused_at_start_and_by_the_token_command() {
+    for secret in ["", "only-31-bytes-long-xxxxxxxxxxxx"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(["--database-url", "sqlite:///nonexistent-dir/x.db"])
+            .env("REALTIDE_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{secret:?} starts a server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("at least 32"), "{stderr}");
+        let token = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args(["token", "--sub", "mallory", "--jwt-secret", secret])
+            .output()
+            .unwrap();
+        assert!(!token.status.success(), "{secret:?} signs a token");
+        assert!(token.stdout.is_empty());
+    }
+}
+
+/// The process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[tokio::test]
+async fn a_hostile_client_cannot_push_the_server_past_a_bounded_memory() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = start_binary(&["--max-topics", "5000"]).await;
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let url = format!("ws://{}/api/realtime", server.addr);
+
+    // 20,000 subscriptions and 1,000 presence states of 4 KiB on one
+    // connection, sent without waiting; the replies are read meanwhile.
+    let client = Client::connect(&url).await;
+    let (mut write, mut read) = client.ws.split();
+    let reader = tokio::spawn(async move {
+        let mut refused = 0;
+        while let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(5), read.next()).await
+        {
+            if text.contains("too_large") {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    let state = "x".repeat(4000);
+    for n in 0..20_000 {
+        let topic = format!("hostile/{n}");
+        let mut frames = vec![json!({"type": "subscribe", "topic": topic, "ref": n})];
+        if n < 1000 {
+            frames.push(json!({"type": "track", "topic": topic, "state": {"s": state}}));
+        }
+        for frame in frames {
+            if write.send(Message::text(frame.to_string())).await.is_err() {
+                break;
+            }
+        }
+    }
+    let refused = reader.await.unwrap();
+    assert!(refused >= 19_000, "only {refused} refusals");
+
+    // 20,000 emitted topic names, from the backend's side.
+    let http = reqwest::Client::new();
+    let mut unavailable = 0;
+    for batch in 0..200 {
+        let messages: Vec<_> = (0..100)
+            .map(|n| json!({"topic": format!("emitted/{batch}/{n}"), "event": "e", "data": n}))
+            .collect();
+        let status = http
+            .post(format!("http://{}/api/realtime/emit", server.addr))
+            .json(&json!({"messages": messages}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 503 {
+            unavailable += 1;
+        }
+    }
+    assert!(unavailable > 100, "past --max-topics emits are refused");
+
+    // One frame announcing 256 MiB, whose payload then keeps coming.
+    let mut client = Client::connect(&url).await;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(256u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    let tokio_tungstenite::MaybeTlsStream::Plain(stream) = client.ws.get_mut() else {
+        unreachable!("plain TCP")
+    };
+    let chunk = vec![b' '; 1 << 20];
+    let _ = stream.write_all(&frame).await;
+    for _ in 0..64 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    eprintln!("RSS grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 160,
+        "the server grew by {grown_mib} MiB under one hostile client"
+    );
+    // And it still serves everyone else, on the topics that run.
+    let mut other = Client::connect(&url).await;
+    other.subscribe("emitted/0/0").await;
+    let pong = other.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+/// The demo example's binary, which `cargo test` builds beside the tests.
+fn demo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/demo
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("demo"))
+        .expect("the test binary lives in target/<profile>/deps")
+}
+
+#[tokio::test]
+async fn the_readme_in_order_works_the_walkthroughs_table_does_not_break_the_demo() {
+    let demo = demo_binary();
+    if !demo.exists() {
+        common::skip("the demo example", "it is not built (cargo test builds it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The one-minute walkthrough's table, in the server's default database.
+    let walkthrough = format!("sqlite://{}", dir.path().join("realtide.db").display());
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut realtide::db::connect(&walkthrough).unwrap(),
+        "CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT)",
+    )
+    .unwrap();
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut child = Command::new(&demo)
+        .args(["--bind", &addr])
+        .current_dir(dir.path())
+        .env_remove("REALTIDE_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let orders = loop {
+        if let Ok(response) = reqwest::get(format!("http://{addr}/api/examples/orders")).await
+            && response.status() == 200
+        {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("the demo exited ({status}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "the demo did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        orders.to_string().contains("Ada Lovelace"),
+        "the demo seeded its own orders: {orders}"
+    );
+    assert!(dir.path().join("realtide-demo.db").exists());
 }

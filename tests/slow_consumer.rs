@@ -61,3 +61,24 @@ async fn a_reader_too_slow_is_closed_with_4008_and_the_others_get_everything() {
     assert_eq!(slow.closed_code(Duration::from_secs(20)).await, Some(4008));
     assert_eq!(app.metric("realtide_slow_consumer_closes_total").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_reader_that_resumes_after_a_pause_still_gets_its_4008_close() {
+    let app = TestApp::spawn_with(|c| c.max_pending_bytes = 256 * 1024).await;
+    let mut slow = tiny_buffered_client(&app).await;
+    slow.subscribe("firehose/late").await;
+    let payload = "x".repeat(8 * 1024);
+    let mut sent = 0;
+    while app.metric("realtide_slow_consumer_closes_total").await < 1.0 {
+        let messages: Vec<_> = (0..20)
+            .map(|n| json!({"topic": "firehose/late", "event": "chunk", "data": {"n": n, "pad": payload}}))
+            .collect();
+        let (status, body) = app.emit(json!({"messages": messages})).await;
+        assert_eq!(status, 200, "{body}");
+        sent += 1;
+        assert!(sent < 500, "the reader is never found too slow");
+    }
+    // Longer than any fixed grace: the close must wait for the reader.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(slow.closed_code(Duration::from_secs(20)).await, Some(4008));
+}

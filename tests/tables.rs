@@ -728,7 +728,7 @@ async fn insert_or_replace_is_captured_when_the_writer_enables_recursive_trigger
     let app = TestApp::spawn_on(db, |_| {}).await;
     let mut client = app.client().await;
     client.subscribe("kv").await;
-    // As docs/table-topics.md advises: the replaced row's DELETE is
+    // As docs/protocol.md (Table topics) advises: the replaced row's DELETE is
     // captured only when the writing connection enables recursive triggers.
     app.db
         .shell("PRAGMA recursive_triggers = ON; INSERT OR REPLACE INTO kv VALUES ('a', 'two')");

@@ -136,6 +136,8 @@ pub struct Incoming {
     /// A frame ended in what was handed over last: the next poll yields
     /// once, so the session decodes it before more is read.
     frame_ended: bool,
+    /// A frame was announced too large: the stream has ended.
+    refused: bool,
 }
 
 impl Incoming {
@@ -145,12 +147,15 @@ impl Incoming {
             held: Some(early).filter(|b| !b.is_empty()),
             gauge: FrameGauge::new(max_frame),
             frame_ended: false,
+            refused: false,
         }
     }
 
     /// Hands over `bytes` up to the first frame end, holding the rest.
     fn pass(&mut self, mut bytes: Bytes) -> Poll<Option<Result<Bytes, PayloadError>>> {
         let Ok(upto) = self.gauge.feed(&bytes) else {
+            // Nothing after the refusal is read: the session closes.
+            self.refused = true;
             return Poll::Ready(Some(Err(oversized())));
         };
         // A frame that ends where the read ended needs no yield: the next
@@ -167,6 +172,9 @@ impl Stream for Incoming {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.refused {
+            return Poll::Ready(None);
+        }
         if std::mem::take(&mut self.frame_ended) {
             // The reader drains this stream until it is pending, then
             // decodes: pending here makes it decode the frame that ended.

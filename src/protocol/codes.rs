@@ -58,8 +58,9 @@ impl ErrorCode {
 
 /// WebSocket close codes the server uses.
 pub mod close {
-    /// Server shutting down: reconnect elsewhere.
-    pub const GOING_AWAY: u16 = 1001;
+    /// Server shutting down ("service restart"): reconnect, here when it is
+    /// back or to another node. Not 1001, which some SDKs take as a normal end.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// A message larger than `max_frame`.
     pub const TOO_BIG: u16 = 1009;
     /// Nothing heard from the client for `idle_timeout_ms`.

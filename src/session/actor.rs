@@ -713,6 +713,10 @@ impl Handler<Shutdown> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
-        self.close(ctx, CloseCode::Away, "server shutting down");
+        self.close(
+            ctx,
+            CloseCode::Other(close::SERVICE_RESTART),
+            "server shutting down",
+        );
     }
 }

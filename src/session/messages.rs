@@ -27,7 +27,7 @@ pub enum FrameKind {
 #[rtype(result = "()")]
 pub struct ClientTooSlow;
 
-/// The server is shutting down: close with 1001 so the client reconnects elsewhere.
+/// The server is shutting down: close with 1012 so the client reconnects (here or elsewhere).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Shutdown;

@@ -160,6 +160,16 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::spawn_listening(db, listener, adjust).await
+    }
+
+    /// The server on a listener of the test's choosing (another address).
+    pub async fn spawn_listening(
+        db: TestDb,
+        listener: TcpListener,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestApp {
         // Explicit values, so REALTIDE_* variables in the environment change nothing.
         let mut config = Config {
             database_url: db.url.clone(),
@@ -171,7 +181,6 @@ impl TestApp {
             ..Config::default()
         };
         adjust(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
