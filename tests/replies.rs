@@ -8,15 +8,22 @@ use std::time::Duration;
 
 use common::{Client, Incoming, TestApp, TestDb};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Sends every frame at once, then reads until each `ref` has its reply;
-/// returns the replies in arrival order (other frames skipped).
+/// Sends every frame in one write, then reads until each `ref` has its
+/// reply; returns the replies in arrival order (other frames skipped).
 async fn replies_to(client: &mut Client, frames: &[Value]) -> Vec<Value> {
+    use futures_util::SinkExt;
     for frame in frames {
-        client.send(frame.clone()).await;
+        client
+            .ws
+            .feed(Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
+    client.ws.flush().await.unwrap();
     let mut replies = Vec::new();
     while replies.len() < frames.len() {
         let frame = client.recv().await;
