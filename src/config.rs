@@ -138,9 +138,20 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Redis for several nodes. Not supported by this version: setting it refuses to start.
+    /// Redis shared by several nodes (`redis://HOST:PORT[/DB]`); without it
+    /// this process is the whole server (PROTOCOL.md §8).
     #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// This node's id, in `welcome.node` and the cluster (default: random).
+    #[arg(long, env = "REALTIDE_NODE_ID",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub node_id: Option<String>,
+
+    /// A node silent this long is dead: its presence entries leave.
+    #[arg(long, env = "REALTIDE_NODE_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(500..))]
+    pub node_timeout_ms: u64,
 
     /// Worker threads for HTTP and WebSocket sessions (default: one per core).
     #[arg(long, env = "REALTIDE_WORKERS")]
@@ -179,6 +190,10 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if let Some(secret) = &self.jwt_secret {
             check_jwt_secret(secret)?;
+        }
+        if let Some(url) = &self.redis_url {
+            redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_err(|e| format!("--redis-url `{url}` is not a Redis URL: {e}"))?;
         }
         for (key, flag) in [
             (&self.server_key, "--server-key"),

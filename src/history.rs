@@ -122,6 +122,15 @@ pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMes
     .get_result(conn)?)
 }
 
+/// Gives a stored message its seq (a cluster numbers it after storing it).
+pub fn set_seq(conn: &mut DbConnection, id: &str, seq: u64) -> Result<(), DbError> {
+    diesel::sql_query("UPDATE _realtide_messages SET seq = $1 WHERE num = $2")
+        .bind::<BigInt, _>(seq as i64)
+        .bind::<BigInt, _>(parse_message_id(id).map_err(|e| DbError::Task(e.message))?)
+        .execute(conn)?;
+    Ok(())
+}
+
 /// A page of a room's messages, newest first.
 pub fn page(
     conn: &mut DbConnection,

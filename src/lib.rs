@@ -18,6 +18,7 @@
 //! - [`state`]: what handlers and sessions share.
 
 pub mod auth;
+pub mod broker;
 pub mod cache;
 pub mod changes;
 pub mod config;

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     /// Changed rows whose text was not valid UTF-8, delivered with U+FFFD.
     pub change_rows_repaired: IntCounter,
+    /// 1 while Redis answers (several nodes only).
+    pub redis_up: IntGauge,
+    /// Redis calls that failed or timed out.
+    pub redis_errors: IntCounter,
+    /// Gaps in a topic's seq filled from the replay log, and not filled.
+    pub gaps_filled: IntCounter,
+    pub gaps_lost: IntCounter,
 }
 
 impl Default for Metrics {
@@ -70,6 +77,16 @@ impl Metrics {
             "change_rows_repaired_total",
             "Changed rows holding text that was not UTF-8, delivered with U+FFFD in its place",
         );
+        let redis_up = gauge("redis_up", "1 while Redis answers (several nodes only)");
+        let redis_errors = counter("redis_errors_total", "Redis calls that failed or timed out");
+        let gaps_filled = counter(
+            "gaps_filled_total",
+            "Gaps in a topic's seq filled from the cluster's replay log",
+        );
+        let gaps_lost = counter(
+            "gaps_lost_total",
+            "Gaps in a topic's seq that could not be filled (subscribers closed with 1012)",
+        );
         let errors =
             IntCounterVec::new(Opts::new("errors_total", "Errors sent, by code"), &["code"])
                 .expect("valid metric");
@@ -91,7 +108,22 @@ impl Metrics {
             errors,
             slow_consumer_closes,
             change_rows_repaired,
+            redis_up,
+            redis_errors,
+            gaps_filled,
+            gaps_lost,
         }
+    }
+
+    /// Labels every series of this registry's output with the node's id.
+    pub fn set_node(&self, node: &str) {
+        let info = IntGauge::with_opts(
+            Opts::new("node_info", "This node's id (several nodes share one Redis)")
+                .const_label("node", node),
+        )
+        .expect("valid metric");
+        info.set(1);
+        let _ = self.registry.register(Box::new(info));
     }
 
     pub fn error(&self, code: ErrorCode) {

@@ -18,6 +18,8 @@ use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceRes
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
+use crate::broker::{Broker, ClusterLink};
+use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::changes::ChangeSource;
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
@@ -44,7 +46,7 @@ pub enum StartError {
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Unsupported(String),
+    Broker(String),
     #[error("{0}")]
     Config(String),
 }
@@ -81,6 +83,28 @@ pub struct Controller {
     http: ServerHandle,
     registry: Addr<Registry>,
     tracker: Tracker,
+    broker: Option<RedisBroker>,
+}
+
+/// Connects this node to the cluster's Redis.
+fn start_broker(
+    url: &str,
+    node: &Arc<str>,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<RedisBroker, StartError> {
+    RedisBroker::start(RedisSettings {
+        url: url.to_string(),
+        node: node.clone(),
+        project_id: config.project_id.clone(),
+        replay_size: config.replay_size,
+        replay_ttl: config.replay_ttl(),
+        node_timeout: Duration::from_millis(config.node_timeout_ms),
+        connections: metrics.connections.clone(),
+        up_gauge: metrics.redis_up.clone(),
+        errors: metrics.redis_errors.clone(),
+    })
+    .map_err(|e| StartError::Broker(e.to_string()))
 }
 
 /// Starts the change tracker on a thread of its own with its own connection.
@@ -117,15 +141,19 @@ where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
     config.check().map_err(StartError::Config)?;
-    if config.redis_url.is_some() {
-        return Err(StartError::Unsupported(
-            "--redis-url: several nodes through Redis are not supported by this version yet".into(),
-        ));
-    }
     let config = Arc::new(config);
     let db = Database::open(&config.database_url)?;
     tracing::info!(backend = db.backend(), epoch = db.epoch(), "database ready");
     let metrics = Metrics::new();
+    let node: Arc<str> = match &config.node_id {
+        Some(node) => node.as_str().into(),
+        None => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).into(),
+    };
+    metrics.set_node(&node);
+    let broker = match &config.redis_url {
+        Some(url) => Some(start_broker(url, &node, &config, &metrics)?),
+        None => None,
+    };
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -134,6 +162,10 @@ where
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
+        cluster: broker.clone().map(|broker| ClusterLink {
+            broker: Arc::new(broker) as Arc<dyn Broker>,
+            node: node.clone(),
+        }),
         // Often enough that nothing outlives the retention by more than half
         // of it; at most once a minute.
         prune_every: (Duration::from_secs(config.changes_retention_s) / 2)
@@ -156,7 +188,16 @@ where
         metrics.clone(),
     )
     .start();
-    let state = web::Data::new(AppState::new(config.clone(), registry.clone(), db, metrics));
+    let state = web::Data::new(AppState::new(
+        config.clone(),
+        registry.clone(),
+        db,
+        metrics,
+        node,
+        broker
+            .clone()
+            .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
+    ));
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build();
     let shutdown = builder.graceful_shutdown_signal();
@@ -194,6 +235,7 @@ where
         http: server.handle(),
         registry,
         tracker,
+        broker,
     };
     Ok(RunningServer { server, controller })
 }
@@ -280,6 +322,11 @@ impl Controller {
                     Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
+        }
+        if let Some(broker) = &self.broker {
+            // Whatever presence the closed sessions left behind goes now,
+            // with its leaves, rather than when this node is taken for dead.
+            broker.retire().await;
         }
         self.http.stop(true).await;
         self.tracker.stop();

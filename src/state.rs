@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::Addr;
 
 use crate::auth::TokenVerifier;
+use crate::broker::Broker;
 use crate::auth::keys::KeyGuard;
 use crate::config::Config;
 use crate::db::Database;
@@ -16,8 +17,10 @@ use crate::session::messages::ConnId;
 
 pub struct AppState {
     pub config: Arc<Config>,
-    /// This process's id in `welcome` frames (several nodes share a Redis later).
-    pub node_id: String,
+    /// This node's id: `welcome.node`, and its name in the cluster.
+    pub node_id: Arc<str>,
+    /// The cluster's broker, with `--redis-url`.
+    pub broker: Option<Arc<dyn Broker>>,
     pub registry: Addr<Registry>,
     pub db: Database,
     pub verifier: TokenVerifier,
@@ -26,6 +29,8 @@ pub struct AppState {
     /// Guards the admin endpoints: the admin key.
     pub admin_guard: KeyGuard,
     pub metrics: Metrics,
+    /// When this node started, in ms since the Unix epoch.
+    pub started_at: i64,
     next_conn: AtomicU64,
 }
 
@@ -35,9 +40,12 @@ impl AppState {
         registry: Addr<Registry>,
         db: Database,
         metrics: Metrics,
+        node_id: Arc<str>,
+        broker: Option<Arc<dyn Broker>>,
     ) -> Self {
         AppState {
-            node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            node_id,
+            broker,
             verifier: TokenVerifier::new(
                 config.jwt_secret.as_deref(),
                 config.jwt_audience.as_deref(),
@@ -48,6 +56,7 @@ impl AppState {
             registry,
             db,
             metrics,
+            started_at: crate::topic::actor::now_ms(),
             next_conn: AtomicU64::new(1),
         }
     }

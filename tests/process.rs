@@ -133,20 +133,16 @@ async fn a_token_from_the_token_command_is_accepted_with_its_claims() {
 }
 
 #[tokio::test]
-async fn redis_url_is_refused_rather_than_ignored() {
+async fn a_malformed_redis_url_is_refused_at_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--database-url",
-            "sqlite:///nonexistent-dir/x.db",
-        ])
-        .args(["--redis-url", "redis://127.0.0.1:6379"])
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["--database-url", "sqlite:///nonexistent-dir/x.db"])
+        .args(["--redis-url", "not a url"])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("redis"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("redis"), "{stderr}");
 }
 
 #[tokio::test]

@@ -32,7 +32,38 @@ pub async fn topics(
         .filter_map(Result::ok)
         .collect();
     infos.sort_by(|a, b| a.topic.cmp(&b.topic));
+    if state.broker.is_none() {
+        return Ok(HttpResponse::Ok().json(infos));
+    }
+    // In a cluster each entry says which node it is on (this one).
+    let infos: Vec<serde_json::Value> = infos
+        .into_iter()
+        .map(|info| {
+            let mut entry = json!(info);
+            entry["node"] = json!(&*state.node_id);
+            entry
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(infos))
+}
+
+/// `GET /admin/nodes`: the live nodes of the cluster (this one alone without Redis).
+pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let Some(broker) = &state.broker else {
+        let connections = state.metrics.connections.get().max(0);
+        return Ok(HttpResponse::Ok().json(json!([{
+            "node": &*state.node_id,
+            "connections": connections,
+            "started_at": state.started_at,
+            "last_seen_ms": 0,
+        }])));
+    };
+    let nodes = broker
+        .nodes()
+        .await
+        .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(nodes))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -55,9 +86,21 @@ pub async fn presence(
         })
         .await
         .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
-    let presences = match topic {
-        Some(topic) => topic.send(GetPresence).await.unwrap_or_else(|_| json!({})),
-        None => json!({}),
+    let presences = match (topic, &state.broker) {
+        (Some(topic), _) => topic.send(GetPresence).await.unwrap_or_else(|_| json!({})),
+        // Not running here: the cluster still knows its entries.
+        (None, Some(broker)) if name.kind() == crate::topic::TopicKind::PubSub => {
+            let entries = broker
+                .presence(name.as_str())
+                .await
+                .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
+            let mut presence = crate::topic::presence::Presence::default();
+            for entry in entries {
+                presence.track_wire(&entry.key, &entry.conn, entry.state);
+            }
+            presence.snapshot()
+        }
+        (None, _) => json!({}),
     };
     Ok(HttpResponse::Ok().json(json!({"topic": name.as_str(), "presences": presences})))
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use super::ApiError;
-use crate::protocol::ProtocolError;
 use crate::state::AppState;
 
 /// How long `/readyz` waits for the database.
@@ -17,15 +15,25 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"ok": true}))
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// `{"database":bool}`, and `"redis":bool` in a cluster; 503 when the
+/// database does not answer (Redis being down leaves table topics working).
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let ping = tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await;
-    match ping {
-        Ok(Ok(())) => {
-            Ok(HttpResponse::Ok().json(json!({"ok": true, "database": state.db.backend()})))
-        }
-        Ok(Err(e)) => Err(ProtocolError::unavailable(e.to_string()).into()),
-        Err(_) => Err(ProtocolError::unavailable("the database did not answer in time").into()),
+    let database = matches!(ping, Ok(Ok(())));
+    let mut body = json!({"database": database});
+    if let Some(broker) = &state.broker {
+        body["redis"] = json!(broker.is_up());
     }
+    if database {
+        return HttpResponse::Ok().json(body);
+    }
+    let why = match ping {
+        Ok(Err(e)) => e.to_string(),
+        _ => "the database did not answer in time".to_string(),
+    };
+    state.metrics.error(crate::protocol::ErrorCode::Unavailable);
+    body["error"] = json!({"code": "unavailable", "message": why});
+    HttpResponse::ServiceUnavailable().json(body)
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -32,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/realtime/stream").route(web::post().to(stream::stream)))
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))
         .service(resource("/admin/presence").route(web::get().to(admin::presence)))
+        .service(resource("/admin/nodes").route(web::get().to(admin::nodes)))
         .service(
             resource("/admin/history")
                 .route(web::get().to(history::admin_read))

@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ClientTooSlow, ConnId, Shutdown};
+use super::messages::{Disconnect, ConnId, Shutdown};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
@@ -397,7 +397,7 @@ impl SessionActor {
     fn subscriber_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SubscriberHandle {
         SubscriberHandle {
             outbox: self.outbox.clone(),
-            too_slow: ctx.address().recipient(),
+            disconnect: ctx.address().recipient(),
         }
     }
 
@@ -700,12 +700,19 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     }
 }
 
-impl Handler<ClientTooSlow> for SessionActor {
+impl Handler<Disconnect> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: ClientTooSlow, ctx: &mut Self::Context) {
-        // The output stream sends the 4008 close frame itself, ahead of the backlog.
-        ctx.stop();
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
+        match msg {
+            // The output stream sends the 4008 close frame itself, ahead of the backlog.
+            Disconnect::TooSlow => ctx.stop(),
+            Disconnect::Restart => self.close(
+                ctx,
+                CloseCode::Other(close::SERVICE_RESTART),
+                "topic lost continuity: resume",
+            ),
+        }
     }
 }
 

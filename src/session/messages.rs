@@ -22,10 +22,16 @@ pub enum FrameKind {
     Refusal { sub_id: u64 },
 }
 
-/// A topic found that the client reads too slowly: the session must close (4008).
-#[derive(Message, Debug)]
+/// A topic tells the session to end the connection.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct ClientTooSlow;
+pub enum Disconnect {
+    /// The client reads too slowly: stop (the 4008 close is already queued).
+    TooSlow,
+    /// The topic lost continuity (a new epoch, or events no longer kept):
+    /// close with 1012, so the client resumes and learns `recovered: false`.
+    Restart,
+}
 
 /// The server is shutting down: close with 1012 so the client reconnects (here or elsewhere).
 #[derive(Message, Debug)]

@@ -4,6 +4,8 @@
 //! change tracker and resumes clients from the change log. Each event is
 //! encoded once; subscribers that spelled the topic alike share its bytes.
 
+mod cluster;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,7 @@ use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
 use super::replay::ReplayRing;
 use super::streams::RunningStreams;
+use crate::broker::ClusterLink;
 use crate::cache::prefetch;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
@@ -30,7 +33,7 @@ use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::session::messages::{ClientTooSlow, ConnId, FrameKind};
+use crate::session::messages::{Disconnect, ConnId, FrameKind};
 use crate::session::outbound::Reserve;
 use serde_json::json;
 
@@ -65,6 +68,8 @@ pub struct Tracking {
     pub db: Database,
     /// How often the registry asks the tracker to prune the change log.
     pub prune_every: Duration,
+    /// The cluster, with `--redis-url`: pub/sub topics go through it.
+    pub cluster: Option<ClusterLink>,
 }
 
 struct TableState {
@@ -97,6 +102,8 @@ pub struct TopicActor {
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
     last_active: Instant,
     metrics: Metrics,
+    /// A pub/sub topic of a cluster: what it shares through the broker.
+    shared: Option<cluster::Shared>,
 }
 
 pub fn now_ms() -> i64 {
@@ -114,6 +121,10 @@ impl TopicActor {
         metrics: Metrics,
     ) -> Self {
         let db = tracking.db.clone();
+        let shared = match name.kind() {
+            TopicKind::PubSub => tracking.cluster.clone().map(cluster::Shared::new),
+            TopicKind::Table => None,
+        };
         let table = match name.kind() {
             TopicKind::Table => Some(TableState {
                 tracking,
@@ -141,6 +152,7 @@ impl TopicActor {
             db,
             last_active: Instant::now(),
             metrics,
+            shared,
         }
     }
 
@@ -166,7 +178,7 @@ impl TopicActor {
             Reserve::Ok => true,
             Reserve::BecameSlow => {
                 tracing::info!(topic = %self.name, "closing a slow consumer");
-                handle.too_slow.do_send(ClientTooSlow);
+                handle.disconnect.do_send(Disconnect::TooSlow);
                 false
             }
             Reserve::AlreadySlow => false,
@@ -237,6 +249,7 @@ impl TopicActor {
         if self.subscribers.remove(&conn).is_some() {
             self.metrics.subscriptions.dec();
         }
+        self.forget_shared(conn);
         self.untrack(conn);
         self.last_active = Instant::now();
     }
@@ -324,14 +337,14 @@ impl TopicActor {
     fn subscribe_pubsub(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         let wanted = i64::from(msg.history.unwrap_or(0)).min(history::MAX_PAGE);
         if wanted == 0 {
-            return self.admit_pubsub(msg, Vec::new());
+            return self.admit_pubsub(msg, Vec::new(), ctx);
         }
         let (db, room) = (self.db.clone(), self.name.to_string());
         let read = async move {
             db.run(move |conn| history::latest(conn, &room, wanted))
                 .await
         };
-        ctx.wait(read.into_actor(self).map(move |stored, topic, _ctx| {
+        ctx.wait(read.into_actor(self).map(move |stored, topic, ctx| {
             let frames = match stored {
                 Ok(stored) => stored
                     .iter()
@@ -342,17 +355,28 @@ impl TopicActor {
                     Vec::new()
                 }
             };
-            topic.admit_pubsub(msg, frames);
+            topic.admit_pubsub(msg, frames, ctx);
         }));
     }
 
-    fn admit_pubsub(&mut self, msg: Subscribe, mut earlier: Vec<ByteString>) {
-        let replayed = match (msg.since, &msg.epoch) {
-            (Some(since), Some(epoch)) if **epoch == *self.epoch => {
-                self.replay.after(since, self.seq, Instant::now())
+    fn admit_pubsub(
+        &mut self,
+        msg: Subscribe,
+        mut earlier: Vec<ByteString>,
+        ctx: &mut Context<Self>,
+    ) {
+        let resumable = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => {
+                Some(since)
             }
             _ => None,
         };
+        let replayed =
+            resumable.and_then(|since| self.replay.after(since, self.seq, Instant::now()));
+        if let (None, Some(since), true) = (&replayed, resumable, self.shared.is_some()) {
+            // Older than this node's ring: the cluster's replay log has it.
+            return self.resume_shared(msg, since, earlier, ctx);
+        }
         let recovered = replayed.is_some();
         // A resumed client has every token up to `since` and gets the rest
         // replayed; any other joiner first gets the running streams' tokens.
@@ -558,10 +582,11 @@ impl ActorFuture<TopicActor> for FlushAfterEachTurn {
     fn poll(
         self: std::pin::Pin<&mut Self>,
         topic: &mut TopicActor,
-        _ctx: &mut Context<TopicActor>,
+        ctx: &mut Context<TopicActor>,
         _task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         topic.flush_fan_out();
+        topic.send_outgoing(ctx);
         std::task::Poll::Pending
     }
 }
@@ -571,12 +596,23 @@ impl Actor for TopicActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.spawn(FlushAfterEachTurn);
+        if self.shared.is_some() {
+            // Nothing is handled before the topic knows where it stands.
+            self.when_joined(ctx, |topic, _, joined| {
+                if let Err(error) = joined {
+                    tracing::warn!(topic = %topic.name, %error, "cannot join the topic yet");
+                }
+            });
+        }
         self.metrics.topics.inc();
         tracing::debug!(topic = %self.name, epoch = %self.epoch, "topic started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.flush_fan_out();
+        if let Some(shared) = &self.shared {
+            shared.leave(self.name.as_str());
+        }
         self.metrics.topics.dec();
         self.metrics
             .subscriptions
@@ -592,6 +628,12 @@ impl Handler<Subscribe> for TopicActor {
         self.flush_fan_out();
         self.last_active = Instant::now();
         match self.name.kind() {
+            TopicKind::PubSub if self.shared.is_some() => {
+                self.when_joined(ctx, |topic, ctx, joined| match joined {
+                    Ok(()) => topic.subscribe_pubsub(msg, ctx),
+                    Err(error) => topic.refuse(&msg, error),
+                })
+            }
             TopicKind::PubSub => self.subscribe_pubsub(msg, ctx),
             TopicKind::Table => self.subscribe_table(msg, ctx),
         }
@@ -624,6 +666,9 @@ impl Handler<Publish> for TopicActor {
                 )));
             }
             return;
+        }
+        if self.shared.is_some() {
+            return self.publish_shared(msg, ctx);
         }
         self.seq += 1;
         let (seq, at_ms) = (self.seq, now_ms());
@@ -682,23 +727,30 @@ impl TopicActor {
             seq,
             message_id.as_deref(),
         );
-        self.fan_out(
-            frame.clone(),
-            Audience::Publish {
-                publisher: msg.publisher,
-            },
-        );
-        match &msg.stream {
+        self.announce(seq, frame, msg.publisher, msg.stream.as_ref());
+        self.metrics.events_published.inc();
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(Ok(Published { seq, message_id }));
+        }
+    }
+
+    /// Delivers event `seq` to the subscribers, keeps it for resuming
+    /// clients (and, in a stream, for late joiners).
+    fn announce(
+        &mut self,
+        seq: u64,
+        frame: TopicFrame,
+        publisher: Option<ConnId>,
+        stream: Option<&StreamPart>,
+    ) {
+        self.fan_out(frame.clone(), Audience::Publish { publisher });
+        match stream {
             Some(StreamPart::Token { stream }) => self.streams.keep(stream, frame.clone()),
             Some(StreamPart::Done { stream }) => self.streams.end(stream),
             None => {}
         }
         self.replay.push(seq, frame, Instant::now());
         self.last_active = Instant::now();
-        self.metrics.events_published.inc();
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(Ok(Published { seq, message_id }));
-        }
     }
 }
 
@@ -717,7 +769,7 @@ fn stored_event(message: &StoredMessage) -> TopicFrame {
 impl Handler<Track> for TopicActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Track, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Track, ctx: &mut Self::Context) {
         if !self.subscribers.contains_key(&msg.conn) {
             // The subscription was refused (or ended) after the session
             // checked it.
@@ -729,6 +781,9 @@ impl Handler<Track> for TopicActor {
             msg.ack
                 .send(&server::error(msg.ack.reference.as_ref(), None, &error));
             return;
+        }
+        if self.shared.is_some() {
+            return self.track_shared(msg, ctx);
         }
         self.ack_presence(&msg.ack);
         let joined = self
@@ -754,7 +809,10 @@ impl Handler<Refilter> for TopicActor {
 impl Handler<Untrack> for TopicActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Untrack, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Untrack, ctx: &mut Self::Context) {
+        if self.shared.is_some() {
+            return self.untrack_shared(msg, ctx);
+        }
         self.ack_presence(&msg.ack);
         self.untrack(msg.conn);
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::changes::{Change, Filter};
 use crate::protocol::ProtocolError;
-use crate::session::messages::{ClientTooSlow, ConnId};
+use crate::session::messages::{Disconnect, ConnId};
 use crate::session::outbound::Outbox;
 
 /// Where a topic sends one subscriber's frames.
@@ -18,7 +18,7 @@ pub struct SubscriberHandle {
     /// Frames go straight into the session's outbox.
     pub outbox: Arc<Outbox>,
     /// Told once the client reads too slowly, so the session stops.
-    pub too_slow: Recipient<ClientTooSlow>,
+    pub disconnect: Recipient<Disconnect>,
 }
 
 impl SubscriberHandle {
@@ -26,7 +26,7 @@ impl SubscriberHandle {
     /// client's session (a topic, the registry).
     pub fn reply(&self, frame: &bytestring::ByteString) {
         if self.outbox.send_own(frame) == crate::session::outbound::Reserve::BecameSlow {
-            self.too_slow.do_send(ClientTooSlow);
+            self.disconnect.do_send(Disconnect::TooSlow);
         }
     }
 }

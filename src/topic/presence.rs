@@ -11,7 +11,9 @@ use crate::session::messages::ConnId;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
-    conn: ConnId,
+    /// The connection, when it is on this node and tracked here directly
+    /// (a cluster's topics mirror every entry by its wire id instead).
+    conn: Option<ConnId>,
     /// The connection's id as clients see it.
     wire_conn: String,
     state: Map<String, Value>,
@@ -40,7 +42,20 @@ impl Presence {
         self.remove(conn);
         let data = change_data(key, wire_conn, &state);
         self.by_key.entry(key.to_string()).or_default().push(Entry {
-            conn,
+            conn: Some(conn),
+            wire_conn: wire_conn.to_string(),
+            state,
+        });
+        data
+    }
+
+    /// Adds or replaces an entry known by its wire id (a cluster's mirror);
+    /// returns the join event's data.
+    pub fn track_wire(&mut self, key: &str, wire_conn: &str, state: Map<String, Value>) -> Value {
+        self.remove_wire(wire_conn);
+        let data = change_data(key, wire_conn, &state);
+        self.by_key.entry(key.to_string()).or_default().push(Entry {
+            conn: None,
             wire_conn: wire_conn.to_string(),
             state,
         });
@@ -49,13 +64,34 @@ impl Presence {
 
     /// Removes a connection's entry; returns the leave event's data if it had one.
     pub fn remove(&mut self, conn: ConnId) -> Option<Value> {
+        self.remove_where(|e| e.conn == Some(conn))
+    }
+
+    /// Removes the entry of wire id `wire_conn`; returns the leave event's data.
+    pub fn remove_wire(&mut self, wire_conn: &str) -> Option<Value> {
+        self.remove_where(|e| e.wire_conn == wire_conn)
+    }
+
+    /// Every entry: (key, wire id, state).
+    pub fn all(&self) -> Vec<(String, String, Map<String, Value>)> {
+        self.by_key
+            .iter()
+            .flat_map(|(key, entries)| {
+                entries
+                    .iter()
+                    .map(move |e| (key.clone(), e.wire_conn.clone(), e.state.clone()))
+            })
+            .collect()
+    }
+
+    fn remove_where(&mut self, which: impl Fn(&Entry) -> bool) -> Option<Value> {
         let key = self
             .by_key
             .iter()
-            .find(|(_, entries)| entries.iter().any(|e| e.conn == conn))
+            .find(|(_, entries)| entries.iter().any(&which))
             .map(|(key, _)| key.clone())?;
         let entries = self.by_key.get_mut(&key)?;
-        let at = entries.iter().position(|e| e.conn == conn)?;
+        let at = entries.iter().position(&which)?;
         let entry = entries.remove(at);
         if entries.is_empty() {
             self.by_key.remove(&key);

@@ -45,6 +45,11 @@ impl ReplayRing {
         });
     }
 
+    /// Forgets every event (the topic lost continuity).
+    pub fn clear(&mut self) {
+        self.kept.clear();
+    }
+
     /// Forgets events older than the ttl.
     pub fn prune(&mut self, now: Instant) {
         while let Some(oldest) = self.kept.front() {

@@ -3,6 +3,8 @@
 //! client (tokio-tungstenite) speaking the protocol as an app would.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -60,6 +62,16 @@ impl TestDb {
             _dir: None,
             postgres: Some((base, name)),
         })
+    }
+
+    /// Another handle on a database that `owner` keeps (and drops): for a
+    /// second node of a cluster.
+    pub fn shared(owner: &TestDb) -> TestDb {
+        TestDb {
+            url: owner.url.clone(),
+            _dir: None,
+            postgres: None,
+        }
     }
 
     /// Every backend this machine can test: SQLite always, PostgreSQL when configured.

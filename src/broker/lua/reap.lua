@@ -1,0 +1,34 @@
+-- Removes the presence entries of nodes that stopped beating (or of one
+-- named node, at its shutdown), announcing each leave exactly once: the
+-- script is atomic, so two nodes reaping at once cannot both announce.
+-- KEYS: nodes (ZSET node -> last beat ms)
+-- ARGV: key prefix, deadline ms (beats at or before it are dead), a node
+--       to reap regardless ('' for none)
+local dead
+if ARGV[3] ~= '' then
+  dead = {ARGV[3]}
+else
+  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+end
+local left = 0
+for _, node in ipairs(dead) do
+  local index = ARGV[1] .. 'node:' .. node .. ':pres'
+  for _, member in ipairs(redis.call('SMEMBERS', index)) do
+    local cut = string.find(member, '\n', 1, true)
+    if cut then
+      local topic = string.sub(member, 1, cut - 1)
+      local conn = string.sub(member, cut + 1)
+      local presence = ARGV[1] .. '{' .. topic .. '}:pres'
+      local entry = redis.call('HGET', presence, conn)
+      if entry then
+        redis.call('HDEL', presence, conn)
+        redis.call('PUBLISH', ARGV[1] .. '{' .. topic .. '}', 'l|' .. entry)
+        left = left + 1
+      end
+    end
+  end
+  redis.call('DEL', index)
+  redis.call('DEL', ARGV[1] .. 'node:' .. node)
+  redis.call('ZREM', KEYS[1], node)
+end
+return left

@@ -1,0 +1,168 @@
+//! The broker: how a pub/sub topic's events and presence reach the other
+//! nodes of a cluster (PROTOCOL.md §8). [`Broker`] is the seam; the one
+//! implementation, [`redis::RedisBroker`], keeps each topic's `seq`,
+//! `epoch`, replay log, presence and running token streams in Redis.
+//!
+//! A single node (no `--redis-url`) has no broker: its topic actors sequence
+//! and deliver in-process, as they always did, with no hop added to the
+//! fan-out path (`docs/adr/0004-several-nodes-through-redis.md`).
+//!
+//! The contract, for one topic:
+//! - Order: `publish` gives a batch contiguous seqs, and every node that
+//!   joined the topic receives every event as `FromBroker::Event`, the
+//!   publishing node too, in seq order except across a gap.
+//! - Loss: delivery is at most once. A node notices a lost event as a gap
+//!   in `seq` (or an epoch it did not expect) and fills it with `replay`;
+//!   what `replay` no longer holds is lost for good (answered `None`), and
+//!   the node closes the affected clients with 1012 so they resume.
+//!   After the link to the broker drops and comes back, every joined topic
+//!   gets `FromBroker::Resync`: look for what was missed.
+//! - Duplicates: an event may arrive twice (by channel and by `replay`);
+//!   the seq tells them apart. A `publish` whose answer is lost (a timeout)
+//!   may still have happened: its event then arrives, once, unacknowledged.
+//! - Epoch: a new epoch means the broker lost the topic's past (Redis
+//!   restarted empty): seqs start again and no seq repeats within an epoch.
+//! - Presence: `track`/`untrack` store an entry cluster-wide and announce it
+//!   to every joined node as `FromBroker::Presence`; a node that stops
+//!   beating has its entries removed, each announced once.
+
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What a broker call answers, in time.
+pub type BrokerFuture<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached, or did not answer in time.
+    #[error("the cluster's broker is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An event as it travels between nodes, before and after sequencing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedEvent {
+    /// The publishing node.
+    #[serde(rename = "o")]
+    pub origin: String,
+    /// The publishing connection on that node (for `echo: false`), if any.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<u64>,
+    /// The origin's own number for this publish, to find its ack.
+    #[serde(rename = "k")]
+    pub token: u64,
+    #[serde(rename = "e")]
+    pub event: String,
+    #[serde(rename = "d")]
+    pub data: Value,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Accepted at, ms since the Unix epoch.
+    #[serde(rename = "t")]
+    pub at_ms: i64,
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Part of a token stream: its id, and whether this ends it.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamMark>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMark {
+    pub id: String,
+    pub done: bool,
+}
+
+/// A sequenced event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequenced {
+    pub seq: u64,
+    pub event: SharedEvent,
+}
+
+/// One connection's presence entry, as every node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    pub key: String,
+    pub conn: String,
+    pub state: Map<String, Value>,
+    /// The node the connection is on.
+    pub node: String,
+}
+
+/// Where a topic stands when a node joins it.
+#[derive(Debug, Clone, Default)]
+pub struct TopicState {
+    pub epoch: String,
+    /// The latest seq (0 when none).
+    pub seq: u64,
+    pub presence: Vec<PresenceEntry>,
+    /// The running token streams' events so far, stream by stream, in order.
+    pub stream_tokens: Vec<Sequenced>,
+}
+
+/// A node of the cluster, for `GET /admin/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub connections: u64,
+    pub started_at: i64,
+    pub last_seen_ms: i64,
+}
+
+/// What a topic of a cluster needs to reach it: the broker, and this node's id.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub broker: Arc<dyn Broker>,
+    pub node: Arc<str>,
+}
+
+/// What the broker tells a topic that joined.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum FromBroker {
+    Event { epoch: Arc<str>, event: Sequenced },
+    Presence { joined: bool, entry: PresenceEntry },
+    /// The link to the broker dropped and is back, or this node was taken
+    /// for dead: look for missed events and re-announce local presence.
+    Resync,
+}
+
+/// The seam between topics and the rest of the cluster: see the module doc
+/// for what it guarantees.
+pub trait Broker: Send + Sync + 'static {
+    /// Starts sending `topic`'s events and presence changes to `sink`, then
+    /// answers where the topic stands (creating its epoch if it has none).
+    fn join(&self, topic: &str, sink: Recipient<FromBroker>) -> BrokerFuture<TopicState>;
+    /// Stops sending `topic`'s traffic to this node.
+    fn leave(&self, topic: &str);
+    /// Sequences `events` (contiguous seqs, in order) and sends them to
+    /// every node that joined `topic`; answers the epoch and the first seq.
+    fn publish(&self, topic: &str, events: Vec<SharedEvent>) -> BrokerFuture<(String, u64)>;
+    /// The events with `since < seq <= up_to` of `epoch`, or `None` when
+    /// they are not all kept any more (or the epoch is not the current one).
+    fn replay(
+        &self,
+        topic: &str,
+        epoch: &str,
+        since: u64,
+        up_to: u64,
+    ) -> BrokerFuture<Option<Vec<Sequenced>>>;
+    /// Adds or replaces a presence entry and announces it.
+    fn track(&self, topic: &str, entry: PresenceEntry) -> BrokerFuture<()>;
+    /// Removes a connection's entry; answers whether there was one (then announced).
+    fn untrack(&self, topic: &str, conn: &str) -> BrokerFuture<bool>;
+    /// The topic's presence entries, cluster-wide.
+    fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>>;
+    /// The live nodes.
+    fn nodes(&self) -> BrokerFuture<Vec<NodeInfo>>;
+    /// Whether the broker answered lately.
+    fn is_up(&self) -> bool;
+}

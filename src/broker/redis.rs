@@ -1,0 +1,749 @@
+//! [`RedisBroker`]: the cluster's shared state in Redis (PROTOCOL.md §8).
+//!
+//! Two connections, both redis-rs `ConnectionManager`s that reconnect by
+//! themselves: one multiplexed for commands and scripts, one RESP3 for
+//! pub/sub, whose pushes are routed straight to the joined topics' actors.
+//! Their I/O runs on a thread of its own (`realtide-redis`), so a slow Redis
+//! never holds up an actor thread.
+//!
+//! Keys (prefix `rt:<project-id>:`; `{T}` is the canonical topic, a hash
+//! tag, so one topic's keys share a Cluster slot):
+//! - `{T}:meta` HASH `e` epoch, `s` last seq; `{T}:log` STREAM, entry id
+//!   `<seq>-0`, at most about `--replay-size` entries for `--replay-ttl-s`;
+//! - `{T}:pres` HASH conn -> presence entry; `node:<id>:pres` SET of the
+//!   node's entries (`<topic>\n<conn>`), for reaping;
+//! - `{T}:streams` SET of running token streams, `{T}:tok:<stream>` LIST
+//!   of their events so far;
+//! - `nodes` ZSET node -> last beat (ms), `node:<id>` HASH of its figures.
+//!
+//! Channel `{T}` carries `e|<epoch>|<seq>|<event>`, `j|<entry>` and
+//! `l|<entry>`. Every write is one Lua script (`lua/`), so each is atomic.
+//!
+//! The supervisor task beats every quarter of `--node-timeout-ms` (at most
+//! every 2 s): it records this node in `nodes`, reaps nodes silent longer
+//! than the timeout, and keeps [`Broker::is_up`] current. When the pub/sub
+//! link drops, or a beat finds this node was reaped, every joined topic is
+//! told to resync once the link is back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use prometheus::{IntCounter, IntGauge};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use tokio::sync::mpsc;
+
+use super::{
+    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, Sequenced,
+    SharedEvent, TopicState,
+};
+
+/// How long a command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest pause between beats.
+const MAX_BEAT: Duration = Duration::from_secs(2);
+
+/// What the cluster is configured with.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub node: Arc<str>,
+    pub project_id: String,
+    pub replay_size: usize,
+    pub replay_ttl: Duration,
+    pub node_timeout: Duration,
+    /// This node's open connections, reported in its beats.
+    pub connections: IntGauge,
+    /// Whether Redis answers, exported as a gauge.
+    pub up_gauge: IntGauge,
+    /// Failed Redis calls.
+    pub errors: IntCounter,
+}
+
+struct Scripts {
+    publish: Script,
+    join: Script,
+    track: Script,
+    untrack: Script,
+    reap: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            publish: Script::new(include_str!("lua/publish.lua")),
+            join: Script::new(include_str!("lua/join.lua")),
+            track: Script::new(include_str!("lua/track.lua")),
+            untrack: Script::new(include_str!("lua/untrack.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
+        }
+    }
+}
+
+/// Channel name -> the joined topic's actor. Shared with the push handler,
+/// which runs on the connection's task.
+#[derive(Default)]
+struct Routes {
+    topics: Mutex<HashMap<String, Recipient<FromBroker>>>,
+}
+
+impl Routes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Recipient<FromBroker>>> {
+        // Each critical section is one insert, remove, lookup or clone.
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tell_all(&self, message: FromBroker) {
+        for topic in self.lock().values() {
+            topic.do_send(message.clone());
+        }
+    }
+}
+
+struct Inner {
+    settings: RedisSettings,
+    prefix: String,
+    commands: ConnectionManager,
+    pubsub: ConnectionManager,
+    routes: Arc<Routes>,
+    up: AtomicBool,
+    runtime: tokio::runtime::Handle,
+    scripts: Scripts,
+    started_at: i64,
+}
+
+/// The Redis broker; cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    crate::topic::actor::now_ms()
+}
+
+/// A fresh epoch: random, short, opaque.
+fn fresh_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+impl RedisBroker {
+    /// Starts the Redis thread, connects, and beats once. A Redis that does
+    /// not answer yet is not an error: the node starts, reports it, and
+    /// keeps trying.
+    pub fn start(settings: RedisSettings) -> Result<RedisBroker, BrokerError> {
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3))
+            .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
+        let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("realtide-redis".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = runtime_tx.send(Ok(runtime.handle().clone()));
+                        runtime.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = runtime_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(unavailable)?;
+        let runtime = runtime_rx
+            .recv()
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        let _entered = runtime.enter();
+        let routes = Arc::new(Routes::default());
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let push_routes = routes.clone();
+        let config = || {
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500))
+        };
+        let pubsub_config = config()
+            .set_push_sender(move |push: PushInfo| {
+                route(&push_routes, &lost_tx, push);
+                Ok::<(), redis::aio::SendError>(())
+            })
+            .set_automatic_resubscription();
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
+            .map_err(unavailable)?;
+        let pubsub =
+            ConnectionManager::new_lazy_with_config(client, pubsub_config).map_err(unavailable)?;
+        let prefix = format!("rt:{}:", settings.project_id);
+        let broker = RedisBroker {
+            inner: Arc::new(Inner {
+                settings,
+                prefix,
+                commands,
+                pubsub,
+                routes,
+                up: AtomicBool::new(false),
+                runtime: runtime.clone(),
+                scripts: Scripts::new(),
+                started_at: now_ms(),
+            }),
+        };
+        // The first beat, waited for here (the caller may itself be inside
+        // a runtime, so not with block_on).
+        let (beaten_tx, beaten_rx) = std::sync::mpsc::channel();
+        let first = broker.clone();
+        runtime.spawn(async move {
+            let _ = beaten_tx.send(first.beat().await);
+        });
+        match beaten_rx.recv_timeout(CONNECT_TIMEOUT * 3) {
+            Ok(Ok(_)) => {
+                broker.set_up(true);
+                tracing::info!(node = %broker.inner.settings.node, "joined the cluster through Redis");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "Redis does not answer yet; retrying"),
+            Err(_) => tracing::warn!("Redis does not answer yet; retrying"),
+        }
+        runtime.spawn(broker.clone().supervise(lost_rx));
+        Ok(broker)
+    }
+
+    fn key(&self, topic: &str, part: &str) -> String {
+        format!("{}{{{topic}}}:{part}", self.inner.prefix)
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{{{topic}}}", self.inner.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}nodes", self.inner.prefix)
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}node:{node}", self.inner.prefix)
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.inner.up.swap(up, Ordering::AcqRel);
+        self.inner.settings.up_gauge.set(i64::from(up));
+        if was != up {
+            if up {
+                tracing::info!("Redis is reachable again");
+            } else {
+                tracing::warn!("Redis is unreachable");
+            }
+        }
+    }
+
+    /// Runs `call` on the Redis thread; a failure marks Redis down.
+    fn run<T, F>(&self, call: F) -> BrokerFuture<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let broker = self.clone();
+        if !self.is_up() {
+            return Box::pin(async { Err(unavailable("Redis is unreachable")) });
+        }
+        let task = self.inner.runtime.spawn(call);
+        Box::pin(async move {
+            match task.await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => {
+                    broker.inner.settings.errors.inc();
+                    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+                        broker.set_up(false);
+                    }
+                    Err(unavailable(e))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    /// One beat: records this node, reaps dead ones. Answers whether this
+    /// node was missing from `nodes` (reaped, or new).
+    async fn beat(&self) -> redis::RedisResult<bool> {
+        let mut conn = self.inner.commands.clone();
+        let node = self.inner.settings.node.to_string();
+        let now = now_ms();
+        let added: i64 = conn.zadd(self.nodes_key(), &node, now).await?;
+        let info = self.node_key(&node);
+        let ttl = (self.inner.settings.node_timeout * 2).as_millis() as i64;
+        redis::pipe()
+            .hset_multiple(
+                &info,
+                &[
+                    ("started_at", self.inner.started_at),
+                    ("connections", self.inner.settings.connections.get()),
+                ],
+            )
+            .pexpire(&info, ttl)
+            .query_async::<()>(&mut conn)
+            .await?;
+        let deadline = now - self.inner.settings.node_timeout.as_millis() as i64;
+        let reaped: i64 = self
+            .inner
+            .scripts
+            .reap
+            .key(self.nodes_key())
+            .arg(&self.inner.prefix)
+            .arg(deadline)
+            .arg("")
+            .invoke_async(&mut conn)
+            .await?;
+        if reaped > 0 {
+            tracing::info!(entries = reaped, "presence of silent nodes removed");
+        }
+        Ok(added == 1)
+    }
+
+    /// Beats, notices a lost pub/sub link, and resyncs topics once it is back.
+    async fn supervise(self, mut lost: mpsc::UnboundedReceiver<()>) {
+        let period = (self.inner.settings.node_timeout / 4)
+            .clamp(Duration::from_millis(100), MAX_BEAT);
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = false;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                Some(()) = lost.recv() => {
+                    resync = true;
+                    self.set_up(false);
+                    continue;
+                }
+                _ = ticks.tick() => {}
+            }
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.beat()).await {
+                Ok(Ok(missing)) => {
+                    self.set_up(true);
+                    if missing && !first {
+                        tracing::warn!("this node was taken for dead; announcing its presence again");
+                        resync = true;
+                    }
+                    first = false;
+                }
+                Ok(Err(e)) => {
+                    self.inner.settings.errors.inc();
+                    tracing::debug!(error = %e, "beat failed");
+                    self.set_up(false);
+                    resync = true;
+                    continue;
+                }
+                Err(_) => {
+                    self.set_up(false);
+                    resync = true;
+                    continue;
+                }
+            }
+            if resync {
+                // The pub/sub link resubscribes by itself once reconnected;
+                // a PING through it proves it is back.
+                let mut pubsub = self.inner.pubsub.clone();
+                let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
+                if ping.is_ok() {
+                    resync = false;
+                    self.inner.routes.tell_all(FromBroker::Resync);
+                }
+            }
+        }
+    }
+
+    /// Removes this node's presence entries (announcing their leaves) and
+    /// its record: the end of a graceful stop.
+    pub async fn retire(&self) {
+        let broker = self.clone();
+        let node = self.inner.settings.node.to_string();
+        let retire = async move {
+            let mut conn = broker.inner.commands.clone();
+            let _: redis::RedisResult<i64> = broker
+                .inner
+                .scripts
+                .reap
+                .key(broker.nodes_key())
+                .arg(&broker.inner.prefix)
+                .arg(0)
+                .arg(&node)
+                .invoke_async(&mut conn)
+                .await;
+        };
+        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, self.inner.runtime.spawn(retire)).await;
+    }
+}
+
+/// Routes one push of the pub/sub connection.
+fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                (push.data.first(), push.data.get(1))
+            else {
+                return;
+            };
+            let Ok(channel) = std::str::from_utf8(channel) else {
+                return;
+            };
+            let Some(message) = decode(payload) else {
+                tracing::warn!(channel, "an undecodable message on a topic channel");
+                return;
+            };
+            if let Some(topic) = routes.lock().get(channel) {
+                topic.do_send(message);
+            }
+        }
+        PushKind::Disconnection => {
+            let _ = lost.send(());
+        }
+        _ => {}
+    }
+}
+
+/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`.
+fn decode(payload: &[u8]) -> Option<FromBroker> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (kind, rest) = text.split_once('|')?;
+    match kind {
+        "e" => {
+            let (epoch, rest) = rest.split_once('|')?;
+            let (seq, event) = rest.split_once('|')?;
+            Some(FromBroker::Event {
+                epoch: epoch.into(),
+                event: Sequenced {
+                    seq: seq.parse().ok()?,
+                    event: serde_json::from_str(event).ok()?,
+                },
+            })
+        }
+        "j" | "l" => Some(FromBroker::Presence {
+            joined: kind == "j",
+            entry: serde_json::from_str(rest).ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// A kept event: `<seq>|<event>` (token lists).
+fn decode_kept(text: &[u8]) -> Option<Sequenced> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (seq, event) = text.split_once('|')?;
+    Some(Sequenced {
+        seq: seq.parse().ok()?,
+        event: serde_json::from_str(event).ok()?,
+    })
+}
+
+fn bulk(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::Int(n) => Some(n.to_string()),
+        other => bulk(other).and_then(|b| String::from_utf8(b.to_vec()).ok()),
+    }
+}
+
+fn array(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+impl Broker for RedisBroker {
+    fn join(&self, topic: &str, sink: Recipient<FromBroker>) -> BrokerFuture<TopicState> {
+        let channel = self.channel(topic);
+        self.inner.routes.lock().insert(channel.clone(), sink);
+        let broker = self.clone();
+        let (meta, presence, streams) = (
+            self.key(topic, "meta"),
+            self.key(topic, "pres"),
+            self.key(topic, "streams"),
+        );
+        let tokens = self.key(topic, "tok:");
+        self.run(async move {
+            let mut pubsub = broker.inner.pubsub.clone();
+            pubsub.subscribe(&channel).await?;
+            let mut conn = broker.inner.commands.clone();
+            let answer: Value = broker
+                .inner
+                .scripts
+                .join
+                .key(meta)
+                .key(presence)
+                .key(streams)
+                .arg(fresh_epoch())
+                .arg(tokens)
+                .arg(broker.inner.settings.replay_ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            let parts = array(&answer);
+            let malformed = || redis::RedisError::from((redis::ErrorKind::Parse, "join answer"));
+            let epoch = parts.first().and_then(text).ok_or_else(malformed)?;
+            let seq = parts
+                .get(1)
+                .and_then(text)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(malformed)?;
+            let presence = parts
+                .get(2)
+                .map(array)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| serde_json::from_slice(bulk(v)?).ok())
+                .collect();
+            let mut stream_tokens: Vec<Sequenced> = parts
+                .get(3)
+                .map(array)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| decode_kept(bulk(v)?))
+                .collect();
+            stream_tokens.sort_by_key(|t| t.seq);
+            Ok(TopicState {
+                epoch,
+                seq,
+                presence,
+                stream_tokens,
+            })
+        })
+    }
+
+    fn leave(&self, topic: &str) {
+        let channel = self.channel(topic);
+        self.inner.routes.lock().remove(&channel);
+        let mut pubsub = self.inner.pubsub.clone();
+        self.inner.runtime.spawn(async move {
+            let _ = pubsub.unsubscribe(&channel).await;
+        });
+    }
+
+    fn publish(&self, topic: &str, events: Vec<SharedEvent>) -> BrokerFuture<(String, u64)> {
+        let keys = [
+            self.key(topic, "meta"),
+            self.key(topic, "log"),
+            self.channel(topic),
+            self.key(topic, "streams"),
+        ];
+        let tokens = self.key(topic, "tok:");
+        let mut per_event = Vec::with_capacity(events.len());
+        for event in &events {
+            let (stream, ends) = match &event.stream {
+                Some(mark) => (mark.id.clone(), if mark.done { "1" } else { "0" }),
+                None => (String::new(), "0"),
+            };
+            match serde_json::to_string(event) {
+                Ok(payload) => per_event.push((stream, ends, payload)),
+                Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
+            }
+        }
+        let broker = self.clone();
+        self.run(async move {
+            let settings = &broker.inner.settings;
+            let mut invocation = broker.inner.scripts.publish.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(settings.replay_size.max(1))
+                .arg(settings.replay_ttl.as_millis().max(1) as u64)
+                .arg(fresh_epoch())
+                .arg(tokens);
+            for (stream, ends, payload) in per_event {
+                invocation.arg(stream).arg(ends).arg(payload);
+            }
+            let mut conn = broker.inner.commands.clone();
+            let (epoch, first): (String, u64) = invocation.invoke_async(&mut conn).await?;
+            Ok((epoch, first))
+        })
+    }
+
+    fn replay(
+        &self,
+        topic: &str,
+        epoch: &str,
+        since: u64,
+        up_to: u64,
+    ) -> BrokerFuture<Option<Vec<Sequenced>>> {
+        let (meta, log) = (self.key(topic, "meta"), self.key(topic, "log"));
+        let epoch = epoch.to_string();
+        let mut conn = self.inner.commands.clone();
+        self.run(async move {
+            if up_to <= since {
+                return Ok(Some(Vec::new()));
+            }
+            let (current, entries): (Option<String>, Value) = redis::pipe()
+                .hget(&meta, "e")
+                .cmd("XRANGE")
+                .arg(&log)
+                .arg(format!("{}-0", since + 1))
+                .arg(format!("{up_to}-0"))
+                .query_async(&mut conn)
+                .await?;
+            if current.as_deref() != Some(epoch.as_str()) {
+                return Ok(None);
+            }
+            let mut events = Vec::new();
+            for entry in array(&entries) {
+                let parts = array(entry);
+                let seq = parts
+                    .first()
+                    .and_then(text)
+                    .and_then(|id| id.split('-').next()?.parse::<u64>().ok());
+                let payload = parts.get(1).map(array).and_then(|fields| fields.get(1)).and_then(bulk);
+                let (Some(seq), Some(payload)) = (seq, payload) else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_slice(payload) else {
+                    continue;
+                };
+                events.push(Sequenced { seq, event });
+            }
+            // Complete only if every seq in the range is there.
+            let complete = events.len() as u64 == up_to - since
+                && events.iter().enumerate().all(|(i, e)| e.seq == since + 1 + i as u64);
+            Ok(complete.then_some(events))
+        })
+    }
+
+    fn track(&self, topic: &str, entry: PresenceEntry) -> BrokerFuture<()> {
+        let json = match serde_json::to_string(&entry) {
+            Ok(json) => json,
+            Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
+        };
+        let keys = [
+            self.key(topic, "pres"),
+            format!("{}:pres", self.node_key(&entry.node)),
+            self.channel(topic),
+        ];
+        let member = format!("{topic}\n{}", entry.conn);
+        let broker = self.clone();
+        self.run(async move {
+            let mut conn = broker.inner.commands.clone();
+            let _: i64 = broker
+                .inner
+                .scripts
+                .track
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .arg(&entry.conn)
+                .arg(json)
+                .arg(member)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn untrack(&self, topic: &str, conn_id: &str) -> BrokerFuture<bool> {
+        let keys = [
+            self.key(topic, "pres"),
+            format!("{}:pres", self.node_key(&self.inner.settings.node)),
+            self.channel(topic),
+        ];
+        let (conn_id, member) = (conn_id.to_string(), format!("{topic}\n{conn_id}"));
+        let broker = self.clone();
+        self.run(async move {
+            let mut conn = broker.inner.commands.clone();
+            let removed: i64 = broker
+                .inner
+                .scripts
+                .untrack
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .arg(conn_id)
+                .arg(member)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(removed == 1)
+        })
+    }
+
+    fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>> {
+        let key = self.key(topic, "pres");
+        let mut conn = self.inner.commands.clone();
+        self.run(async move {
+            let entries: Vec<String> = conn.hvals(key).await?;
+            Ok(entries
+                .iter()
+                .filter_map(|e| serde_json::from_str(e).ok())
+                .collect())
+        })
+    }
+
+    fn nodes(&self) -> BrokerFuture<Vec<NodeInfo>> {
+        let broker = self.clone();
+        let mut conn = self.inner.commands.clone();
+        self.run(async move {
+            let beats: Vec<(String, i64)> =
+                conn.zrange_withscores(broker.nodes_key(), 0, -1).await?;
+            let now = now_ms();
+            let mut nodes = Vec::new();
+            for (node, beat) in beats {
+                let info: HashMap<String, i64> = conn.hgetall(broker.node_key(&node)).await?;
+                nodes.push(NodeInfo {
+                    connections: info.get("connections").copied().unwrap_or(0).max(0) as u64,
+                    started_at: info.get("started_at").copied().unwrap_or(0),
+                    last_seen_ms: (now - beat).max(0),
+                    node,
+                });
+            }
+            Ok(nodes)
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_decode() {
+        let event = r#"e|ep1|7|{"o":"n1","k":3,"e":"msg","d":{"a":1},"t":5}"#;
+        match decode(event.as_bytes()) {
+            Some(FromBroker::Event { epoch, event }) => {
+                assert_eq!(&*epoch, "ep1");
+                assert_eq!(event.seq, 7);
+                assert_eq!(event.event.event, "msg");
+                assert_eq!(event.event.conn, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let leave = r#"l|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
+        assert!(matches!(
+            decode(leave.as_bytes()),
+            Some(FromBroker::Presence { joined: false, .. })
+        ));
+        assert!(decode(b"x|y").is_none());
+        assert!(decode(b"e|ep|notanumber|{}").is_none());
+    }
+}

@@ -1,0 +1,715 @@
+//! A pub/sub topic of a cluster (PROTOCOL.md §8): the [`Broker`] assigns its
+//! `seq` and `epoch`, keeps its replay log, presence and running streams,
+//! and brings every node the same events in the same order.
+//!
+//! How this node's `TopicActor` takes part:
+//! - It joins the topic when it starts (and again whenever a request finds
+//!   it unjoined, say after Redis was down), under `ctx.wait`: nothing is
+//!   handled until it knows the topic's epoch and latest seq.
+//! - Publishes of one mailbox turn go to the broker as one batch at the end
+//!   of the turn, under `ctx.wait`, so one node's publishes keep their
+//!   order. Nothing is delivered on the way out: every node, this one too,
+//!   delivers only what comes back from the broker, in seq order. The
+//!   publisher's ack (and an emit's answer) goes when its event is
+//!   delivered here, just before it: never an ack for an undelivered event.
+//! - A seq that jumps is held for [`GAP_WAIT`]; then the missing events are
+//!   read from the replay log. If they are gone, or an event comes with an
+//!   epoch not seen before, this node's subscribers are closed with 1012
+//!   (their resume then says `recovered: false`).
+//! - Presence: `track` and `untrack` go to the broker; the join or leave
+//!   comes back to every node, and the client's ack goes just before its own
+//!   join or leave. Each node mirrors the whole topic's entries, so
+//!   `presence:sync` lists every node's.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use super::{StreamPart, TopicActor, now_ms};
+use crate::broker::{
+    BrokerError, ClusterLink, FromBroker, PresenceEntry, Sequenced, SharedEvent, StreamMark,
+    TopicState,
+};
+use crate::history::{self, NewMessage};
+use crate::protocol::server::{self, TopicFrame};
+use crate::protocol::ProtocolError;
+use crate::session::messages::{ConnId, Disconnect, FrameKind};
+use crate::topic::fanout::Audience;
+use crate::topic::messages::{AckTo, Publish, Published, Subscribe, Track, Untrack};
+
+/// How long a gap in seq may last before the replay log is asked.
+const GAP_WAIT: Duration = Duration::from_millis(150);
+
+/// A publish of this node, waiting for its event to come back.
+struct Waiting {
+    ack: Option<AckTo>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
+    /// Its seq, once the broker has answered.
+    seq: Option<u64>,
+}
+
+/// A presence request waiting for its join or leave to come back.
+struct PresenceAck {
+    joined: bool,
+    ack: AckTo,
+}
+
+/// A cluster topic's part of the actor's state.
+pub struct Shared {
+    link: ClusterLink,
+    joined: bool,
+    /// Events that came ahead of a gap, by seq.
+    ahead: BTreeMap<u64, SharedEvent>,
+    gap_check: Option<SpawnHandle>,
+    /// This node's publishes, by token, until delivered.
+    waiting: HashMap<u64, Waiting>,
+    next_token: u64,
+    /// This turn's publishes, sent as one batch at its end.
+    outgoing: Vec<SharedEvent>,
+    /// This node's presence entries on the topic.
+    local: HashMap<ConnId, PresenceEntry>,
+    /// Acks to send just before a connection's join or leave, by wire id.
+    presence_acks: HashMap<String, VecDeque<PresenceAck>>,
+}
+
+impl Shared {
+    pub fn new(link: ClusterLink) -> Self {
+        Shared {
+            link,
+            joined: false,
+            ahead: BTreeMap::new(),
+            gap_check: None,
+            waiting: HashMap::new(),
+            next_token: 1,
+            outgoing: Vec::new(),
+            local: HashMap::new(),
+            presence_acks: HashMap::new(),
+        }
+    }
+
+    pub fn leave(&self, topic: &str) {
+        self.link.broker.leave(topic);
+    }
+}
+
+fn unavailable(e: BrokerError) -> ProtocolError {
+    ProtocolError::unavailable(e.to_string())
+}
+
+fn stream_part(mark: &StreamMark) -> StreamPart {
+    let stream: Arc<str> = mark.id.as_str().into();
+    match mark.done {
+        true => StreamPart::Done { stream },
+        false => StreamPart::Token { stream },
+    }
+}
+
+fn frame_of(seq: u64, event: &SharedEvent) -> TopicFrame {
+    TopicFrame::event(
+        &event.event,
+        &event.data,
+        event.user_id.as_deref(),
+        event.at_ms,
+        seq,
+        event.message_id.as_deref(),
+    )
+}
+
+impl TopicActor {
+    fn shared(&mut self) -> &mut Shared {
+        // unwrap-free: only called on cluster topics, which always have one.
+        self.shared
+            .as_mut()
+            .expect("cluster methods run on cluster topics")
+    }
+
+    fn broker(&self) -> Arc<dyn crate::broker::Broker> {
+        // unwrap-free: only called on cluster topics, which always have one.
+        self.shared
+            .as_ref()
+            .map(|shared| shared.link.broker.clone())
+            .expect("cluster methods run on cluster topics")
+    }
+
+    /// Joins the topic, then runs `then` (with whether it worked), holding
+    /// back everything else until then.
+    pub(super) fn when_joined(
+        &mut self,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), ProtocolError>) + 'static,
+    ) {
+        if self.shared().joined {
+            return then(self, ctx, Ok(()));
+        }
+        let join = self.broker().join(self.name.as_str(), ctx.address().recipient());
+        ctx.wait(join.into_actor(self).map(move |joined, topic, ctx| {
+            let result = match joined {
+                Ok(state) => {
+                    topic.adopt(state, ctx);
+                    Ok(())
+                }
+                Err(e) => Err(unavailable(e)),
+            };
+            then(topic, ctx, result)
+        }));
+    }
+
+    /// Takes the topic's state from the broker on joining.
+    fn adopt(&mut self, state: TopicState, ctx: &mut Context<Self>) {
+        self.shared().joined = true;
+        self.epoch = state.epoch.as_str().into();
+        self.seq = state.seq;
+        self.presence = Default::default();
+        for entry in state.presence {
+            self.presence
+                .track_wire(&entry.key, &entry.conn, entry.state);
+        }
+        self.streams = Default::default();
+        for token in state.stream_tokens {
+            if let Some(mark) = &token.event.stream {
+                if let StreamPart::Token { stream } = stream_part(mark) {
+                    self.streams.keep(&stream, frame_of(token.seq, &token.event));
+                }
+            }
+        }
+        let _ = ctx;
+    }
+
+    /// `publish`, `emit`, `stream`: queued for the turn's batch; a persisted
+    /// message is stored first (seq 0 until the broker numbers it).
+    pub(super) fn publish_shared(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        self.when_joined(ctx, move |topic, ctx, joined| {
+            if let Err(error) = joined {
+                if let Some(reply) = msg.reply {
+                    let _ = reply.send(Err(error));
+                }
+                return;
+            }
+            if !msg.persist {
+                return topic.queue_shared(msg, None);
+            }
+            let message = NewMessage {
+                room_id: topic.name.to_string(),
+                user_id: msg.user_id.as_deref().map(str::to_owned),
+                event: msg.event.clone(),
+                data: msg.data.to_string(),
+                created_at: now_ms(),
+                seq: 0,
+            };
+            let db = topic.db.clone();
+            let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
+            ctx.wait(store.into_actor(topic).map(move |stored, topic, _| match stored {
+                Ok(stored) => topic.queue_shared(msg, Some(stored.id())),
+                Err(e) => {
+                    if let Some(reply) = msg.reply {
+                        let _ = reply.send(Err(ProtocolError::unavailable(format!(
+                            "the message was not stored: {e}"
+                        ))));
+                    }
+                }
+            }));
+        });
+    }
+
+    fn queue_shared(&mut self, msg: Publish, message_id: Option<String>) {
+        let node = self.shared().link.node.to_string();
+        let shared = self.shared();
+        let token = shared.next_token;
+        shared.next_token += 1;
+        shared.outgoing.push(SharedEvent {
+            origin: node,
+            conn: msg.publisher.map(|c| c.0),
+            token,
+            event: msg.event,
+            data: msg.data,
+            user_id: msg.user_id.as_deref().map(str::to_owned),
+            at_ms: now_ms(),
+            message_id,
+            stream: msg.stream.map(|part| match part {
+                StreamPart::Token { stream } => StreamMark {
+                    id: stream.to_string(),
+                    done: false,
+                },
+                StreamPart::Done { stream } => StreamMark {
+                    id: stream.to_string(),
+                    done: true,
+                },
+            }),
+        });
+        shared.waiting.insert(
+            token,
+            Waiting {
+                ack: msg.ack,
+                reply: msg.reply,
+                seq: None,
+            },
+        );
+    }
+
+    /// Sends the turn's publishes as one batch; the next turn's wait behind it.
+    pub(super) fn send_outgoing(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        if shared.outgoing.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut shared.outgoing);
+        let tokens: Vec<u64> = batch.iter().map(|e| e.token).collect();
+        let stored: Vec<Option<String>> = batch.iter().map(|e| e.message_id.clone()).collect();
+        let publish = shared.link.broker.publish(self.name.as_str(), batch);
+        ctx.wait(publish.into_actor(self).map(move |published, topic, ctx| {
+            match published {
+                Ok((_epoch, first)) => {
+                    let mut numbered = Vec::new();
+                    for (i, (token, id)) in tokens.iter().zip(stored).enumerate() {
+                        let seq = first + i as u64;
+                        if let Some(id) = id {
+                            numbered.push((id, seq));
+                        }
+                        topic.numbered(*token, seq);
+                    }
+                    if !numbered.is_empty() {
+                        topic.store_seqs(numbered, ctx);
+                    }
+                }
+                Err(error) => {
+                    for token in tokens {
+                        if let Some(waiting) = topic.shared().waiting.remove(&token)
+                            && let Some(reply) = waiting.reply
+                        {
+                            let _ = reply.send(Err(unavailable(error.clone())));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    /// The broker gave a waiting publish its seq; if that seq was skipped
+    /// as lost, the publisher is told it was not delivered.
+    fn numbered(&mut self, token: u64, seq: u64) {
+        let current = self.seq;
+        let shared = self.shared();
+        let lost = seq <= current && shared.waiting.contains_key(&token);
+        if lost {
+            if let Some(waiting) = shared.waiting.remove(&token)
+                && let Some(reply) = waiting.reply
+            {
+                let _ = reply.send(Err(ProtocolError::unavailable(
+                    "the event was lost between nodes",
+                )));
+            }
+        } else if let Some(waiting) = shared.waiting.get_mut(&token) {
+            waiting.seq = Some(seq);
+        }
+    }
+
+    /// Writes the seqs of stored messages before they are delivered (the
+    /// deliveries wait), so a `history` read after an ack sees them.
+    fn store_seqs(&mut self, numbered: Vec<(String, u64)>, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let store = async move {
+            db.run(move |conn| {
+                for (id, seq) in &numbered {
+                    history::set_seq(conn, id, *seq)?;
+                }
+                Ok(())
+            })
+            .await
+        };
+        ctx.wait(store.into_actor(self).map(|stored, topic, _| {
+            if let Err(e) = stored {
+                tracing::warn!(topic = %topic.name, error = %e, "storing message seqs failed");
+            }
+        }));
+    }
+
+    /// Something from the broker.
+    pub(super) fn from_broker(&mut self, msg: FromBroker, ctx: &mut Context<Self>) {
+        if !self.shared().joined {
+            // Before the join answered nothing is handled (ctx.wait); after
+            // a failed join, the next join's state covers this.
+            return;
+        }
+        match msg {
+            FromBroker::Event { epoch, event } => self.arrived(epoch, event, ctx),
+            FromBroker::Presence { joined, entry } => self.presence_changed(joined, entry),
+            FromBroker::Resync => self.resync(ctx),
+        }
+    }
+
+    fn arrived(&mut self, epoch: Arc<str>, event: Sequenced, ctx: &mut Context<Self>) {
+        if *epoch != *self.epoch {
+            self.restart(epoch, event.seq.saturating_sub(1));
+        }
+        if event.seq <= self.seq {
+            return;
+        }
+        self.shared().ahead.insert(event.seq, event.event);
+        self.deliver_ready();
+        self.check_gap_later(ctx);
+    }
+
+    /// With events held behind a gap, looks again after [`GAP_WAIT`].
+    fn check_gap_later(&mut self, ctx: &mut Context<Self>) {
+        if self.shared().ahead.is_empty() || self.shared().gap_check.is_some() {
+            return;
+        }
+        let check = ctx.run_later(GAP_WAIT, |topic, ctx| {
+            topic.shared().gap_check = None;
+            if let Some((&first, _)) = topic.shared().ahead.first_key_value() {
+                topic.fill_up_to(first - 1, ctx);
+            }
+        });
+        self.shared().gap_check = Some(check);
+    }
+
+    /// Delivers the held events that follow on from `seq`.
+    fn deliver_ready(&mut self) {
+        loop {
+            let next = self.seq + 1;
+            let shared = self.shared();
+            while shared.ahead.first_key_value().is_some_and(|(s, _)| *s < next) {
+                shared.ahead.pop_first();
+            }
+            let Some(event) = shared.ahead.remove(&next) else {
+                return;
+            };
+            self.deliver_shared(next, event);
+        }
+    }
+
+    /// Reads the events after `seq` up to `up_to` from the replay log and
+    /// delivers them, or, when they are gone, gives them up.
+    fn fill_up_to(&mut self, up_to: u64, ctx: &mut Context<Self>) {
+        let since = self.seq;
+        if up_to <= since {
+            return self.deliver_ready();
+        }
+        let replay = self.broker().replay(self.name.as_str(), &self.epoch, since, up_to);
+        ctx.wait(replay.into_actor(self).map(move |missed, topic, ctx| {
+            match missed {
+                Ok(Some(events)) => {
+                    topic.metrics.gaps_filled.inc();
+                    for event in events {
+                        topic.shared().ahead.insert(event.seq, event.event);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!(topic = %topic.name, since, up_to, "events lost between nodes");
+                    topic.metrics.gaps_lost.inc();
+                    topic.lose_continuity();
+                    topic.seq = topic.seq.max(up_to);
+                }
+            }
+            topic.deliver_ready();
+            topic.check_gap_later(ctx);
+        }));
+    }
+
+    /// An event in seq order: ack it if it is this node's, then deliver it.
+    fn deliver_shared(&mut self, seq: u64, event: SharedEvent) {
+        self.seq = seq;
+        let frame = frame_of(seq, &event);
+        let local = event.origin == *self.shared().link.node;
+        if local && let Some(waiting) = self.shared().waiting.remove(&event.token) {
+            if let Some(ack) = &waiting.ack {
+                let reply = server::publish_ack(
+                    ack.reference.as_ref(),
+                    ack.id.as_ref(),
+                    seq,
+                    event.message_id.as_deref(),
+                );
+                self.send_to(&ack.handle, FrameKind::Reply, reply);
+            }
+            if let Some(reply) = waiting.reply {
+                let _ = reply.send(Ok(Published {
+                    seq,
+                    message_id: event.message_id.clone(),
+                }));
+            }
+            self.metrics.events_published.inc();
+        }
+        let publisher = if local { event.conn.map(ConnId) } else { None };
+        let stream = event.stream.as_ref().map(stream_part);
+        self.announce(seq, frame, publisher, stream.as_ref());
+    }
+
+    /// Closes this node's subscribers with 1012: they missed events that
+    /// cannot be replayed, and must resume to learn it.
+    fn lose_continuity(&mut self) {
+        let conns: Vec<ConnId> = self.subscribers.keys().copied().collect();
+        for conn in conns {
+            if let Some(subscriber) = self.subscribers.get(&conn) {
+                subscriber.handle.disconnect.do_send(Disconnect::Restart);
+            }
+            self.remove(conn);
+        }
+        self.replay.clear();
+    }
+
+    /// The topic has a new epoch: what came before is gone.
+    fn restart(&mut self, epoch: Arc<str>, seq: u64) {
+        tracing::info!(topic = %self.name, %epoch, "the topic's epoch changed");
+        self.lose_continuity();
+        self.epoch = epoch;
+        self.seq = seq;
+        self.streams = Default::default();
+        self.shared().ahead.retain(|s, _| *s > seq);
+    }
+
+    /// After the link dropped, or this node was taken for dead: catch up on
+    /// events, and make presence right again.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        let join = self.broker().join(self.name.as_str(), ctx.address().recipient());
+        ctx.wait(join.into_actor(self).map(|joined, topic, ctx| {
+            // Still unreachable: the next resync tries again.
+            let Ok(state) = joined else { return };
+            if *state.epoch != *topic.epoch {
+                topic.restart(state.epoch.as_str().into(), state.seq);
+            } else if state.seq > topic.seq {
+                // Published while the link was down.
+                topic.fill_up_to(state.seq, ctx);
+            }
+            topic.reconcile_presence(state.presence);
+        }));
+    }
+
+    /// Makes the mirror the broker's, telling subscribers what changed, and
+    /// puts back this node's entries that the broker lost (or drops the ones
+    /// it kept of connections gone).
+    fn reconcile_presence(&mut self, entries: Vec<PresenceEntry>) {
+        let node = self.shared().link.node.clone();
+        let now: HashMap<String, PresenceEntry> =
+            entries.into_iter().map(|e| (e.conn.clone(), e)).collect();
+        for (key, wire, state) in self.presence.all() {
+            let same = now
+                .get(&wire)
+                .is_some_and(|e| e.key == key && e.state == state);
+            if !same && let Some(left) = self.presence.remove_wire(&wire) {
+                let frame = TopicFrame::presence("presence:leave", &left, now_ms());
+                self.fan_out(frame, Audience::Everyone);
+            }
+        }
+        let known: std::collections::HashSet<String> =
+            self.presence.all().into_iter().map(|(_, w, _)| w).collect();
+        let mut stale = Vec::new();
+        for (wire, entry) in &now {
+            if *entry.node == *node && !self.shared().local.values().any(|l| l.conn == *wire) {
+                stale.push(wire.clone());
+                continue;
+            }
+            if !known.contains(wire) {
+                let joined = self
+                    .presence
+                    .track_wire(&entry.key, wire, entry.state.clone());
+                let frame = TopicFrame::presence("presence:join", &joined, now_ms());
+                self.fan_out(frame, Audience::Everyone);
+            }
+        }
+        let broker = self.broker().clone();
+        for wire in stale {
+            let untrack = broker.untrack(self.name.as_str(), &wire);
+            actix::spawn(async move { drop(untrack.await) });
+        }
+        let missing: Vec<PresenceEntry> = self
+            .shared()
+            .local
+            .values()
+            .filter(|l| !now.contains_key(&l.conn))
+            .cloned()
+            .collect();
+        for entry in missing {
+            let track = broker.track(self.name.as_str(), entry);
+            actix::spawn(async move { drop(track.await) });
+        }
+    }
+
+    /// A join or leave, from any node.
+    fn presence_changed(&mut self, joined: bool, entry: PresenceEntry) {
+        let node = self.shared().link.node.clone();
+        if *entry.node == *node {
+            let acks = self.shared().presence_acks.get_mut(&entry.conn);
+            if let Some(pending) = acks.and_then(|a| a.front())
+                && pending.joined == joined
+            {
+                let ack = self.shared().presence_acks.get_mut(&entry.conn).and_then(VecDeque::pop_front);
+                if let Some(PresenceAck { ack, .. }) = ack {
+                    self.ack_presence(&ack);
+                }
+                if self.shared().presence_acks.get(&entry.conn).is_some_and(VecDeque::is_empty) {
+                    self.shared().presence_acks.remove(&entry.conn);
+                }
+            }
+        }
+        let data = if joined {
+            Some(self.presence.track_wire(&entry.key, &entry.conn, entry.state))
+        } else {
+            self.presence.remove_wire(&entry.conn)
+        };
+        if let Some(data) = data {
+            let name = if joined { "presence:join" } else { "presence:leave" };
+            let frame = TopicFrame::presence(name, &data, now_ms());
+            self.fan_out(frame, Audience::Everyone);
+        }
+    }
+
+    fn await_presence(&mut self, wire: &str, joined: bool, ack: AckTo) {
+        self.shared()
+            .presence_acks
+            .entry(wire.to_string())
+            .or_default()
+            .push_back(PresenceAck { joined, ack });
+    }
+
+    /// Answers a presence request that failed, and forgets its ack.
+    fn presence_failed(&mut self, wire: &str, joined: bool, error: ProtocolError) {
+        let acks = self.shared().presence_acks.get_mut(wire);
+        let Some(at) = acks
+            .as_ref()
+            .and_then(|a| a.iter().position(|p| p.joined == joined))
+        else {
+            return;
+        };
+        let failed = self
+            .shared()
+            .presence_acks
+            .get_mut(wire)
+            .and_then(|a| a.remove(at));
+        if let Some(PresenceAck { ack, .. }) = failed {
+            self.metrics.error(error.code);
+            ack.send(&server::error(ack.reference.as_ref(), None, &error));
+        }
+    }
+
+    pub(super) fn track_shared(&mut self, msg: Track, ctx: &mut Context<Self>) {
+        let node = self.shared().link.node.to_string();
+        let entry = PresenceEntry {
+            key: msg.key,
+            conn: msg.wire_conn.clone(),
+            state: msg.state,
+            node,
+        };
+        self.shared().local.insert(msg.conn, entry.clone());
+        self.await_presence(&msg.wire_conn, true, msg.ack);
+        let track = self.broker().track(self.name.as_str(), entry);
+        let (wire, conn) = (msg.wire_conn, msg.conn);
+        ctx.spawn(track.into_actor(self).map(move |tracked, topic, _| {
+            if let Err(e) = tracked {
+                topic.shared().local.remove(&conn);
+                topic.presence_failed(&wire, true, unavailable(e));
+            }
+        }));
+    }
+
+    pub(super) fn untrack_shared(&mut self, msg: Untrack, ctx: &mut Context<Self>) {
+        let Some(entry) = self.shared().local.remove(&msg.conn) else {
+            return self.ack_presence(&msg.ack);
+        };
+        let wire = entry.conn;
+        self.await_presence(&wire, false, msg.ack);
+        let untrack = self.broker().untrack(self.name.as_str(), &wire);
+        ctx.spawn(untrack.into_actor(self).map(move |removed, topic, _| match removed {
+            // Nothing to remove: no leave comes, so the ack goes now.
+            Ok(false) => {
+                let ack = topic
+                    .shared()
+                    .presence_acks
+                    .get_mut(&wire)
+                    .and_then(|a| {
+                        let at = a.iter().position(|p| !p.joined)?;
+                        a.remove(at)
+                    });
+                if let Some(PresenceAck { ack, .. }) = ack {
+                    topic.ack_presence(&ack);
+                }
+            }
+            Ok(true) => {}
+            Err(e) => topic.presence_failed(&wire, false, unavailable(e)),
+        }));
+    }
+
+    /// A connection left the topic: its entry goes from the cluster too.
+    pub(super) fn forget_shared(&mut self, conn: ConnId) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        if let Some(entry) = shared.local.remove(&conn) {
+            let untrack = shared.link.broker.untrack(self.name.as_str(), &entry.conn);
+            actix::spawn(async move { drop(untrack.await) });
+        }
+    }
+
+    /// A resume that this node's ring cannot serve: the replay log can.
+    pub(super) fn resume_shared(
+        &mut self,
+        msg: Subscribe,
+        since: u64,
+        earlier: Vec<ByteString>,
+        ctx: &mut Context<Self>,
+    ) {
+        let replay = self.broker().replay(
+            self.name.as_str(),
+            &self.epoch,
+            since,
+            self.seq,
+        );
+        ctx.wait(replay.into_actor(self).map(move |missed, topic, _| {
+            let mut earlier = earlier;
+            let recovered = match missed {
+                Ok(Some(events)) => {
+                    earlier.extend(
+                        events
+                            .iter()
+                            .map(|e| frame_of(e.seq, &e.event).for_spelling(&msg.spelling)),
+                    );
+                    true
+                }
+                Ok(None) | Err(_) => {
+                    earlier.extend(
+                        topic
+                            .streams
+                            .tokens()
+                            .iter()
+                            .map(|f| f.for_spelling(&msg.spelling)),
+                    );
+                    false
+                }
+            };
+            topic.admit(msg, recovered, earlier);
+        }));
+    }
+
+}
+
+impl Handler<FromBroker> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromBroker, ctx: &mut Self::Context) {
+        self.from_broker(msg, ctx);
+    }
+}
+
+/// Tracking outcomes a test can check without a cluster.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_marks_become_stream_parts() {
+        let token = stream_part(&StreamMark {
+            id: "s".into(),
+            done: false,
+        });
+        assert!(matches!(token, StreamPart::Token { .. }));
+        let done = stream_part(&StreamMark {
+            id: "s".into(),
+            done: true,
+        });
+        assert!(matches!(done, StreamPart::Done { .. }));
+    }
+}

@@ -1,0 +1,157 @@
+//! Several realtide nodes sharing one database and a Redis of the test's
+//! own (on a free port, in a temp dir, so the test may kill, restart and
+//! pause it without touching the machine's Redis).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TestApp, TestDb};
+
+/// A `redis-server` owned by one test.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Starts one, or says SKIP (and returns `None`) when `redis-server` is
+    /// not installed; with `REALTIDE_TEST_REQUIRE_REDIS` set, fails instead.
+    pub fn start() -> Option<RedisServer> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            super::skip("Redis", "redis-server is not installed");
+            return None;
+        }
+        let mut redis = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (its data goes with it).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a command through `redis-cli`; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The database the nodes share: PostgreSQL when configured (else a SKIP
+/// line, and one SQLite file, as nodes on one host may share).
+pub fn shared_database() -> TestDb {
+    TestDb::postgres().unwrap_or_else(TestDb::sqlite)
+}
+
+/// A node running in this process, with a short node timeout.
+pub async fn node(db: &TestDb, redis: &RedisServer, id: &str) -> TestApp {
+    let (url, id) = (redis.url(), id.to_string());
+    TestApp::spawn_on(TestDb::shared(db), move |c| {
+        c.redis_url = Some(url);
+        c.node_id = Some(id);
+        c.node_timeout_ms = NODE_TIMEOUT_MS;
+    })
+    .await
+}
+
+/// How long a silent node lives on in the tests.
+pub const NODE_TIMEOUT_MS: u64 = 1500;
+
+/// A node as a process of its own, to be killed.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl NodeProcess {
+    pub async fn start(db: &TestDb, redis: &RedisServer, id: &str) -> NodeProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args(["serve", "--bind", &addr, "--database-url", &db.url])
+            .args(["--redis-url", &redis.url(), "--node-id", id])
+            .args(["--node-timeout-ms", &NODE_TIMEOUT_MS.to_string()])
+            .env_remove("REALTIDE_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start realtide");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await
+                && response.status() == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        NodeProcess { child, addr }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/api/realtime", self.addr)
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
