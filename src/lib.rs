@@ -11,6 +11,7 @@
 //! - [`topic`]: `TopicActor`, batched fan-out, topic names and the replay ring.
 //! - [`cache`]: cache hints for the fan-out loop.
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
+//! - [`broker`]: how pub/sub topics reach the other nodes of a cluster (Redis).
 //! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
 //! - [`history`]: persisted messages and their pages.

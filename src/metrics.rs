@@ -118,8 +118,11 @@ impl Metrics {
     /// Labels every series of this registry's output with the node's id.
     pub fn set_node(&self, node: &str) {
         let info = IntGauge::with_opts(
-            Opts::new("node_info", "This node's id (several nodes share one Redis)")
-                .const_label("node", node),
+            Opts::new(
+                "node_info",
+                "This node's id (several nodes share one Redis)",
+            )
+            .const_label("node", node),
         )
         .expect("valid metric");
         info.set(1);

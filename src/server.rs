@@ -18,8 +18,8 @@ use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceRes
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
-use crate::broker::{Broker, ClusterLink};
 use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::{Broker, ClusterLink};
 use crate::changes::ChangeSource;
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::Addr;
 
 use crate::auth::TokenVerifier;
-use crate::broker::Broker;
 use crate::auth::keys::KeyGuard;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;

@@ -26,7 +26,9 @@ async fn events(client: &mut Client, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_order() {
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let db = shared_database();
     let nodes = [
         node(&db, &redis, "n1").await,
@@ -42,7 +44,7 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
     }
 
     const EACH: usize = 100;
-    let mut publishers = Vec::new();
+    let mut subscribed = Vec::new();
     for (i, app) in nodes[..2].iter().enumerate() {
         let mut publisher = app.client().await;
         // The second publisher does not hear itself (echo: false).
@@ -51,26 +53,42 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
             .request(json!({"type": "subscribe", "topic": "room/order", "echo": echo}))
             .await;
         assert_eq!(reply["type"], "subscribed");
-        let expected = if echo { 3 * EACH } else { 2 * EACH };
+        subscribed.push((i, publisher, if echo { 3 * EACH } else { 2 * EACH }));
+    }
+    let mut publishers = Vec::new();
+    for (i, mut publisher, expected) in subscribed {
         publishers.push(tokio::spawn(async move {
             for n in 0..EACH {
                 publisher
-                    .send(json!({"type": "publish", "topic": "room/order", "event": "m",
-                                 "data": {"from": i, "n": n}, "ref": n}))
+                    .send(
+                        json!({"type": "publish", "topic": "room/order", "event": "m",
+                                 "data": {"from": i, "n": n}, "ref": n}),
+                    )
                     .await;
             }
             // Acks and own events, in the order they come.
             let mut acks = BTreeMap::new();
             let mut own = Vec::new();
             while acks.len() < EACH || own.len() < expected {
-                let frame = publisher.recv().await;
+                let Some(Incoming::Frame(frame)) =
+                    publisher.next_within(Duration::from_secs(10)).await
+                else {
+                    panic!(
+                        "publisher {i}: {} acks, {} of {expected} events",
+                        acks.len(),
+                        own.len()
+                    );
+                };
                 match frame["type"].as_str() {
                     Some("ack") => {
                         assert!(
                             own.iter().all(|e: &Value| e["seq"] != frame["seq"]),
                             "the ack comes before its own event"
                         );
-                        acks.insert(frame["ref"].as_u64().unwrap(), frame["seq"].as_u64().unwrap());
+                        acks.insert(
+                            frame["ref"].as_u64().unwrap(),
+                            frame["seq"].as_u64().unwrap(),
+                        );
                     }
                     Some("event") => own.push(frame),
                     _ => panic!("{frame}"),
@@ -90,7 +108,11 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
     for watcher in &mut watchers {
         let got = events(watcher, total).await;
         let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "every seq once, in order");
+        assert_eq!(
+            seqs,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "every seq once, in order"
+        );
         let map: BTreeMap<u64, Value> = got
             .into_iter()
             .map(|e| (e["seq"].as_u64().unwrap(), e["data"].clone()))
@@ -106,7 +128,10 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
         }
         maps.push(map);
     }
-    assert!(maps.windows(2).all(|w| w[0] == w[1]), "one seq -> event map on every node");
+    assert!(
+        maps.windows(2).all(|w| w[0] == w[1]),
+        "one seq -> event map on every node"
+    );
     for watcher in &mut watchers {
         watcher.expect_silence(Duration::from_millis(200)).await;
     }
@@ -119,4 +144,379 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
         let heard_itself = own.iter().any(|e| e["data"]["from"] == i);
         assert_eq!(heard_itself, i == 0, "echo: false holds across nodes");
     }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_after_its_node_is_killed() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let doomed = NodeProcess::start(&db, &redis, "doomed").await;
+    let (b, c) = (node(&db, &redis, "b").await, node(&db, &redis, "c").await);
+    let mut client = Client::connect(&doomed.ws_url()).await;
+    assert_eq!(client.welcome["node"], "doomed");
+    client.subscribe("room/resume").await;
+    let mut publisher = b.client().await;
+    for n in 0..10 {
+        publisher.publish("room/resume", "m", json!(n)).await;
+    }
+    let seen = events(&mut client, 10).await;
+    let (since, epoch) = (seen[9]["seq"].as_u64().unwrap(), seen[9]["epoch"].clone());
+    assert!(epoch.is_null(), "the epoch is in subscribed, not in events");
+    let epoch = client.subscribe("room/resume").await["epoch"].clone();
+
+    let mut doomed = doomed;
+    doomed.child.kill().unwrap();
+    let _ = doomed.child.wait();
+    for n in 10..60 {
+        publisher.publish("room/resume", "m", json!(n)).await;
+    }
+    let mut back = c.client().await;
+    let reply = back
+        .request(
+            json!({"type": "subscribe", "topic": "room/resume", "since": since, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch);
+    let missed = events(&mut back, 50).await;
+    let got: Vec<_> = missed.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(got, (10..60).map(|n| json!(n)).collect::<Vec<_>>());
+    publisher.publish("room/resume", "m", json!("live")).await;
+    assert_eq!(events(&mut back, 1).await[0]["data"], "live");
+    back.expect_silence(Duration::from_millis(200)).await;
+
+    // Past the replay window (a node started with --replay-size 5), not recovered.
+    let small = {
+        let url = redis.url();
+        TestApp::spawn_on(common::TestDb::shared(&db), move |c| {
+            c.redis_url = Some(url);
+            c.replay_size = 5;
+        })
+        .await
+    };
+    let mut p = small.client().await;
+    for n in 0..200 {
+        p.publish("room/short", "m", json!(n)).await;
+    }
+    let mut late = c.client().await;
+    let first = late.subscribe("room/short").await;
+    let reply = late
+        .request(json!({"type": "subscribe", "topic": "room/short", "since": 1, "epoch": first["epoch"]}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_killed_nodes_entries_leave_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let doomed = NodeProcess::start(&db, &redis, "doomed").await;
+    let (b, c) = (node(&db, &redis, "b").await, node(&db, &redis, "c").await);
+    let track = json!({"type": "track", "topic": "room/who", "state": {"here": true}});
+    let mut alice_1 = Client::connect(&format!("{}?userId=alice", doomed.ws_url())).await;
+    alice_1.subscribe("room/who").await;
+    alice_1.send(track.clone()).await;
+    let mut alice_2 = b.client_as("alice").await;
+    alice_2.subscribe("room/who").await;
+    alice_2.send(track.clone()).await;
+    let mut bob = c.client_as("bob").await;
+    // Both of alice's entries reach bob's node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, presence) = c.get_json("/admin/presence?topic=room/who").await;
+        if presence["presences"]["alice"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{presence}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bob.subscribe("room/who").await;
+    let sync = bob.recv().await;
+    assert_eq!(sync["event"], "presence:sync", "{sync}");
+    assert_eq!(
+        sync["data"]["presences"]["alice"].as_array().unwrap().len(),
+        2
+    );
+    let doomed_conn = alice_1.welcome["conn"].clone();
+
+    let mut doomed = doomed;
+    doomed.child.kill().unwrap();
+    let _ = doomed.child.wait();
+    let within = Duration::from_millis(NODE_TIMEOUT_MS) + Duration::from_secs(5);
+    let leave = tokio::time::timeout(within, async {
+        loop {
+            let frame = bob.recv().await;
+            if frame["event"] == "presence:leave" {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("a leave within the node timeout plus 5 s");
+    assert_eq!(leave["data"]["key"], "alice");
+    assert_eq!(leave["data"]["conn"], doomed_conn);
+    bob.expect_silence(Duration::from_millis(NODE_TIMEOUT_MS + 500))
+        .await;
+    let (_, presence) = b.get_json("/admin/presence?topic=room/who").await;
+    let alice = presence["presences"]["alice"].as_array().unwrap().clone();
+    assert_eq!(alice.len(), 1, "alice is still here through node b");
+    assert_eq!(alice[0]["conn"], alice_2.welcome["conn"]);
+    let (_, nodes) = b.get_json("/admin/nodes").await;
+    let names: Vec<_> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].clone())
+        .collect();
+    assert!(!names.contains(&json!("doomed")), "{nodes}");
+    assert!(
+        names.contains(&json!("b")) && names.contains(&json!("c")),
+        "{nodes}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_stream_started_on_one_node_is_joined_midway_on_another() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let (a, b) = (node(&db, &redis, "a").await, node(&db, &redis, "b").await);
+    let mut early = a.client().await;
+    early.subscribe("ai/answer").await;
+    let (sender, body) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    let url = a.url("/api/realtime/stream?topic=ai/answer");
+    let stream = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(tokio_stream_of(body)))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    for n in 0..3 {
+        sender.send(Ok(format!("\"t{n}\"\n"))).await.unwrap();
+    }
+    events(&mut early, 3).await;
+    let mut late = b.client().await;
+    late.subscribe("ai/answer").await;
+    for n in 3..5 {
+        sender.send(Ok(format!("\"t{n}\"\n"))).await.unwrap();
+    }
+    drop(sender);
+    assert_eq!(stream.await.unwrap(), 200);
+    let got = events(&mut late, 6).await;
+    let tokens: Vec<_> = got[..5]
+        .iter()
+        .map(|e| e["data"]["token"].clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        (0..5).map(|n| json!(format!("t{n}"))).collect::<Vec<_>>()
+    );
+    assert_eq!(got[5]["event"], "ai:done");
+    late.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// The receiving half of a channel as a stream, for a streaming request body.
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn every_node_delivers_a_table_change_with_the_same_seq_and_epoch() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    db.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY, status TEXT)");
+    let (a, b) = (node(&db, &redis, "a").await, node(&db, &redis, "b").await);
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let sa = on_a.subscribe("orders").await;
+    let sb = on_b.subscribe("orders").await;
+    assert_eq!(sa["epoch"], sb["epoch"]);
+    db.execute("INSERT INTO orders VALUES (1, 'new')");
+    let (ca, cb) = (on_a.recv().await, on_b.recv().await);
+    assert_eq!(ca["seq"], cb["seq"]);
+    assert_eq!(ca["data"], cb["data"]);
+}
+
+#[tokio::test]
+async fn with_redis_gone_pubsub_is_unavailable_tables_still_work_and_a_fresh_redis_means_1012() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    db.execute("CREATE TABLE items (id BIGINT PRIMARY KEY)");
+    let (a, b) = (node(&db, &redis, "a").await, node(&db, &redis, "b").await);
+    let mut listener = a.client().await;
+    let before = listener.subscribe("room/outage").await;
+    let mut table_only = a.client().await;
+    table_only.subscribe("items").await;
+    let mut publisher = b.client().await;
+    publisher.publish("room/outage", "m", json!(1)).await;
+    events(&mut listener, 1).await;
+
+    redis.kill();
+    // Within 5 s, what needs Redis is refused, and not applied.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = publisher
+            .request(json!({"type": "publish", "topic": "room/outage", "event": "m", "data": 2}))
+            .await;
+        if reply["code"] == "unavailable" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reply}");
+    }
+    let (status, _) = b
+        .emit(json!({"topic": "room/outage", "event": "m", "data": 3}))
+        .await;
+    assert_eq!(status, 503);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, ready) = a.get_json("/readyz").await;
+        assert_eq!((status, &ready["database"]), (200, &json!(true)));
+        if ready["redis"] == false {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.execute("INSERT INTO items VALUES (1)");
+    let change = table_only.recv().await;
+    assert_eq!(change["type"], "db_change", "table topics keep working");
+
+    redis.restart();
+    // The topic lost its past: its subscribers close with 1012 (within 10 s),
+    // the table-only connection stays.
+    assert_eq!(
+        listener.closed_code(Duration::from_secs(10)).await,
+        Some(1012)
+    );
+    table_only.expect_silence(Duration::from_millis(300)).await;
+    let mut back = a.client().await;
+    let reply = back
+        .request(json!({"type": "subscribe", "topic": "room/outage", "since": before["seq"].as_u64().unwrap() + 1,
+                        "epoch": before["epoch"]}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], before["epoch"]);
+    let ack = loop {
+        let ack = publisher
+            .request(json!({"type": "publish", "topic": "room/outage", "event": "m", "data": 4}))
+            .await;
+        if ack["type"] == "ack" {
+            break ack;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ack["seq"], 1, "a new epoch starts again");
+    let event = events(&mut back, 1).await;
+    assert_eq!(event[0]["data"], 4);
+}
+
+#[tokio::test]
+async fn dropped_pubsub_links_lose_no_acked_event_and_duplicate_none() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let (a, b) = (node(&db, &redis, "a").await, node(&db, &redis, "b").await);
+    let mut listener = a.client().await;
+    listener.subscribe("room/kill").await;
+    let mut publisher = b.client().await;
+    publisher.subscribe("room/kill").await;
+    const N: u64 = 300;
+    let sending = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for n in 0..N {
+            publisher
+                .send(json!({"type": "publish", "topic": "room/kill", "event": "m", "data": n, "ref": n}))
+                .await;
+            // Its own events may come between; the reply is the frame with the ref.
+            let reply = loop {
+                let frame = publisher.recv().await;
+                if frame["ref"] == n {
+                    break frame;
+                }
+            };
+            match reply["type"].as_str() {
+                Some("ack") => acked.push(n),
+                _ => eprintln!("publish {n}: {reply}"),
+            }
+        }
+        acked
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    }
+    let acked = sending.await.unwrap();
+    assert_eq!(
+        acked.len() as u64,
+        N,
+        "a dropped pub/sub link refuses no publish"
+    );
+    let mut got = Vec::new();
+    while let Some(Incoming::Frame(frame)) = listener.next_within(Duration::from_secs(3)).await {
+        got.push((
+            frame["seq"].as_u64().unwrap(),
+            frame["data"].as_u64().unwrap(),
+        ));
+    }
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seqs, sorted, "in order, none twice");
+    let data: Vec<u64> = got.iter().map(|(_, d)| *d).collect();
+    for n in &acked {
+        assert!(data.contains(n), "acked event {n} was not delivered");
+    }
+}
+
+#[tokio::test]
+async fn a_node_stopped_with_sigterm_closes_1012_and_clients_resume_elsewhere() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let leaving = NodeProcess::start(&db, &redis, "leaving").await;
+    let other = node(&db, &redis, "other").await;
+    let mut client = Client::connect(&leaving.ws_url()).await;
+    let subscribed = client.subscribe("room/term").await;
+    let mut publisher = other.client().await;
+    publisher.publish("room/term", "m", json!(1)).await;
+    let first = events(&mut client, 1).await;
+    let since = first[0]["seq"].as_u64().unwrap();
+    leaving.signal(libc::SIGTERM);
+    assert_eq!(
+        client.closed_code(Duration::from_secs(10)).await,
+        Some(1012)
+    );
+    for n in 2..=5 {
+        publisher.publish("room/term", "m", json!(n)).await;
+    }
+    let mut back = other.client().await;
+    let reply = back
+        .request(json!({"type": "subscribe", "topic": "room/term", "since": since, "epoch": subscribed["epoch"]}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let missed = events(&mut back, 4).await;
+    assert_eq!(
+        missed.iter().map(|e| e["data"].clone()).collect::<Vec<_>>(),
+        [json!(2), json!(3), json!(4), json!(5)]
+    );
+    let mut leaving = leaving;
+    let status = leaving.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -230,7 +230,11 @@ async fn health_and_readiness_answer() {
     assert_eq!(app.get_json("/healthz").await, (200, json!({"ok": true})));
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"database": true}), "one node: the database only");
+    assert_eq!(
+        body,
+        serde_json::json!({"database": true}),
+        "one node: the database only"
+    );
 }
 
 #[tokio::test]

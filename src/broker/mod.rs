@@ -128,8 +128,14 @@ pub struct ClusterLink {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum FromBroker {
-    Event { epoch: Arc<str>, event: Sequenced },
-    Presence { joined: bool, entry: PresenceEntry },
+    Event {
+        epoch: Arc<str>,
+        event: Sequenced,
+    },
+    Presence {
+        joined: bool,
+        entry: PresenceEntry,
+    },
     /// The link to the broker dropped and is back, or this node was taken
     /// for dead: look for missed events and re-announce local presence.
     Resync,

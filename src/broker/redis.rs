@@ -33,12 +33,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use redis::{
+    AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
+};
 use tokio::sync::mpsc;
 
 use super::{
-    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, Sequenced,
-    SharedEvent, TopicState,
+    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, Sequenced, SharedEvent,
+    TopicState,
 };
 
 /// How long a command may take before it counts as failed.
@@ -146,7 +148,10 @@ impl RedisBroker {
             .as_str()
             .into_connection_info()
             .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
-        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
         let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
@@ -318,8 +323,8 @@ impl RedisBroker {
 
     /// Beats, notices a lost pub/sub link, and resyncs topics once it is back.
     async fn supervise(self, mut lost: mpsc::UnboundedReceiver<()>) {
-        let period = (self.inner.settings.node_timeout / 4)
-            .clamp(Duration::from_millis(100), MAX_BEAT);
+        let period =
+            (self.inner.settings.node_timeout / 4).clamp(Duration::from_millis(100), MAX_BEAT);
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resync = false;
@@ -327,8 +332,9 @@ impl RedisBroker {
         loop {
             tokio::select! {
                 Some(()) = lost.recv() => {
-                    resync = true;
-                    self.set_up(false);
+                    // Only the pub/sub link: commands may still work.
+                    // Resync as soon as it is back.
+                    resync = !self.relink().await;
                     continue;
                 }
                 _ = ticks.tick() => {}
@@ -337,7 +343,9 @@ impl RedisBroker {
                 Ok(Ok(missing)) => {
                     self.set_up(true);
                     if missing && !first {
-                        tracing::warn!("this node was taken for dead; announcing its presence again");
+                        tracing::warn!(
+                            "this node was taken for dead; announcing its presence again"
+                        );
                         resync = true;
                     }
                     first = false;
@@ -355,17 +363,41 @@ impl RedisBroker {
                     continue;
                 }
             }
-            if resync {
-                // The pub/sub link resubscribes by itself once reconnected;
-                // a PING through it proves it is back.
-                let mut pubsub = self.inner.pubsub.clone();
-                let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
-                if ping.is_ok() {
-                    resync = false;
-                    self.inner.routes.tell_all(FromBroker::Resync);
-                }
+            if resync && self.ping_pubsub().await {
+                resync = false;
+                self.inner.routes.tell_all(FromBroker::Resync);
             }
         }
+    }
+
+    /// A PING through the pub/sub link: it resubscribes by itself once
+    /// reconnected, so an answer proves it is back.
+    async fn ping_pubsub(&self) -> bool {
+        let mut pubsub = self.inner.pubsub.clone();
+        let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
+        ping.is_ok()
+    }
+
+    /// The pub/sub link dropped: waits (briefly) for it to come back, then
+    /// has every joined topic look for what it missed.
+    /// Answers whether it came back.
+    async fn relink(&self) -> bool {
+        for _ in 0..20 {
+            if self.ping_pubsub().await {
+                self.inner.routes.tell_all(FromBroker::Resync);
+                return true;
+            }
+            let mut commands = self.inner.commands.clone();
+            let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut commands).await;
+            if ping.is_err() {
+                // Redis itself is gone, not just the link: say so now.
+                self.set_up(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Still down: the beats keep trying, and resync once it is back.
+        self.set_up(false);
+        false
     }
 
     /// Removes this node's presence entries (announcing their leaves) and
@@ -613,7 +645,11 @@ impl Broker for RedisBroker {
                     .first()
                     .and_then(text)
                     .and_then(|id| id.split('-').next()?.parse::<u64>().ok());
-                let payload = parts.get(1).map(array).and_then(|fields| fields.get(1)).and_then(bulk);
+                let payload = parts
+                    .get(1)
+                    .map(array)
+                    .and_then(|fields| fields.get(1))
+                    .and_then(bulk);
                 let (Some(seq), Some(payload)) = (seq, payload) else {
                     continue;
                 };
@@ -624,7 +660,10 @@ impl Broker for RedisBroker {
             }
             // Complete only if every seq in the range is there.
             let complete = events.len() as u64 == up_to - since
-                && events.iter().enumerate().all(|(i, e)| e.seq == since + 1 + i as u64);
+                && events
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.seq == since + 1 + i as u64);
             Ok(complete.then_some(events))
         })
     }

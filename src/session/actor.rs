@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{Disconnect, ConnId, Shutdown};
+use super::messages::{ConnId, Disconnect, Shutdown};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;

@@ -33,7 +33,7 @@ use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::session::messages::{Disconnect, ConnId, FrameKind};
+use crate::session::messages::{ConnId, Disconnect, FrameKind};
 use crate::session::outbound::Reserve;
 use serde_json::json;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::changes::{Change, Filter};
 use crate::protocol::ProtocolError;
-use crate::session::messages::{Disconnect, ConnId};
+use crate::session::messages::{ConnId, Disconnect};
 use crate::session::outbound::Outbox;
 
 /// Where a topic sends one subscriber's frames.

@@ -27,7 +27,11 @@ impl RedisServer {
     /// Starts one, or says SKIP (and returns `None`) when `redis-server` is
     /// not installed; with `REALTIDE_TEST_REQUIRE_REDIS` set, fails instead.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             super::skip("Redis", "redis-server is not installed");
             return None;
         }
@@ -101,6 +105,7 @@ pub async fn node(db: &TestDb, redis: &RedisServer, id: &str) -> TestApp {
         c.redis_url = Some(url);
         c.node_id = Some(id);
         c.node_timeout_ms = NODE_TIMEOUT_MS;
+        c.max_publish_rate = 10_000;
     })
     .await
 }

@@ -34,8 +34,8 @@ use crate::broker::{
     TopicState,
 };
 use crate::history::{self, NewMessage};
-use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::ProtocolError;
+use crate::protocol::server::{self, TopicFrame};
 use crate::session::messages::{ConnId, Disconnect, FrameKind};
 use crate::topic::fanout::Audience;
 use crate::topic::messages::{AckTo, Publish, Published, Subscribe, Track, Untrack};
@@ -141,14 +141,22 @@ impl TopicActor {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), ProtocolError>) + 'static,
     ) {
+        if !self.broker().is_up() {
+            // What needs Redis is refused while it is unreachable, even on
+            // a topic this node already runs (its seq could be stale).
+            let error = ProtocolError::unavailable("the cluster's Redis is unreachable");
+            return then(self, ctx, Err(error));
+        }
         if self.shared().joined {
             return then(self, ctx, Ok(()));
         }
-        let join = self.broker().join(self.name.as_str(), ctx.address().recipient());
+        let join = self
+            .broker()
+            .join(self.name.as_str(), ctx.address().recipient());
         ctx.wait(join.into_actor(self).map(move |joined, topic, ctx| {
             let result = match joined {
                 Ok(state) => {
-                    topic.adopt(state, ctx);
+                    topic.adopt(state);
                     Ok(())
                 }
                 Err(e) => Err(unavailable(e)),
@@ -158,7 +166,7 @@ impl TopicActor {
     }
 
     /// Takes the topic's state from the broker on joining.
-    fn adopt(&mut self, state: TopicState, ctx: &mut Context<Self>) {
+    fn adopt(&mut self, state: TopicState) {
         self.shared().joined = true;
         self.epoch = state.epoch.as_str().into();
         self.seq = state.seq;
@@ -169,13 +177,13 @@ impl TopicActor {
         }
         self.streams = Default::default();
         for token in state.stream_tokens {
-            if let Some(mark) = &token.event.stream {
-                if let StreamPart::Token { stream } = stream_part(mark) {
-                    self.streams.keep(&stream, frame_of(token.seq, &token.event));
-                }
+            if let Some(mark) = &token.event.stream
+                && let StreamPart::Token { stream } = stream_part(mark)
+            {
+                self.streams
+                    .keep(&stream, frame_of(token.seq, &token.event));
             }
         }
-        let _ = ctx;
     }
 
     /// `publish`, `emit`, `stream`: queued for the turn's batch; a persisted
@@ -201,16 +209,20 @@ impl TopicActor {
             };
             let db = topic.db.clone();
             let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
-            ctx.wait(store.into_actor(topic).map(move |stored, topic, _| match stored {
-                Ok(stored) => topic.queue_shared(msg, Some(stored.id())),
-                Err(e) => {
-                    if let Some(reply) = msg.reply {
-                        let _ = reply.send(Err(ProtocolError::unavailable(format!(
-                            "the message was not stored: {e}"
-                        ))));
-                    }
-                }
-            }));
+            ctx.wait(
+                store
+                    .into_actor(topic)
+                    .map(move |stored, topic, _| match stored {
+                        Ok(stored) => topic.queue_shared(msg, Some(stored.id())),
+                        Err(e) => {
+                            if let Some(reply) = msg.reply {
+                                let _ = reply.send(Err(ProtocolError::unavailable(format!(
+                                    "the message was not stored: {e}"
+                                ))));
+                            }
+                        }
+                    }),
+            );
         });
     }
 
@@ -261,32 +273,34 @@ impl TopicActor {
         let tokens: Vec<u64> = batch.iter().map(|e| e.token).collect();
         let stored: Vec<Option<String>> = batch.iter().map(|e| e.message_id.clone()).collect();
         let publish = shared.link.broker.publish(self.name.as_str(), batch);
-        ctx.wait(publish.into_actor(self).map(move |published, topic, ctx| {
-            match published {
-                Ok((_epoch, first)) => {
-                    let mut numbered = Vec::new();
-                    for (i, (token, id)) in tokens.iter().zip(stored).enumerate() {
-                        let seq = first + i as u64;
-                        if let Some(id) = id {
-                            numbered.push((id, seq));
+        ctx.wait(
+            publish
+                .into_actor(self)
+                .map(move |published, topic, ctx| match published {
+                    Ok((_epoch, first)) => {
+                        let mut numbered = Vec::new();
+                        for (i, (token, id)) in tokens.iter().zip(stored).enumerate() {
+                            let seq = first + i as u64;
+                            if let Some(id) = id {
+                                numbered.push((id, seq));
+                            }
+                            topic.numbered(*token, seq);
                         }
-                        topic.numbered(*token, seq);
-                    }
-                    if !numbered.is_empty() {
-                        topic.store_seqs(numbered, ctx);
-                    }
-                }
-                Err(error) => {
-                    for token in tokens {
-                        if let Some(waiting) = topic.shared().waiting.remove(&token)
-                            && let Some(reply) = waiting.reply
-                        {
-                            let _ = reply.send(Err(unavailable(error.clone())));
+                        if !numbered.is_empty() {
+                            topic.store_seqs(numbered, ctx);
                         }
                     }
-                }
-            }
-        }));
+                    Err(error) => {
+                        for token in tokens {
+                            if let Some(waiting) = topic.shared().waiting.remove(&token)
+                                && let Some(reply) = waiting.reply
+                            {
+                                let _ = reply.send(Err(unavailable(error.clone())));
+                            }
+                        }
+                    }
+                }),
+        );
     }
 
     /// The broker gave a waiting publish its seq; if that seq was skipped
@@ -329,7 +343,7 @@ impl TopicActor {
     }
 
     /// Something from the broker.
-    pub(super) fn from_broker(&mut self, msg: FromBroker, ctx: &mut Context<Self>) {
+    pub(super) fn heard_from_broker(&mut self, msg: FromBroker, ctx: &mut Context<Self>) {
         if !self.shared().joined {
             // Before the join answered nothing is handled (ctx.wait); after
             // a failed join, the next join's state covers this.
@@ -373,7 +387,11 @@ impl TopicActor {
         loop {
             let next = self.seq + 1;
             let shared = self.shared();
-            while shared.ahead.first_key_value().is_some_and(|(s, _)| *s < next) {
+            while shared
+                .ahead
+                .first_key_value()
+                .is_some_and(|(s, _)| *s < next)
+            {
                 shared.ahead.pop_first();
             }
             let Some(event) = shared.ahead.remove(&next) else {
@@ -390,7 +408,9 @@ impl TopicActor {
         if up_to <= since {
             return self.deliver_ready();
         }
-        let replay = self.broker().replay(self.name.as_str(), &self.epoch, since, up_to);
+        let replay = self
+            .broker()
+            .replay(self.name.as_str(), &self.epoch, since, up_to);
         ctx.wait(replay.into_actor(self).map(move |missed, topic, ctx| {
             match missed {
                 Ok(Some(events)) => {
@@ -465,7 +485,9 @@ impl TopicActor {
     /// After the link dropped, or this node was taken for dead: catch up on
     /// events, and make presence right again.
     fn resync(&mut self, ctx: &mut Context<Self>) {
-        let join = self.broker().join(self.name.as_str(), ctx.address().recipient());
+        let join = self
+            .broker()
+            .join(self.name.as_str(), ctx.address().recipient());
         ctx.wait(join.into_actor(self).map(|joined, topic, ctx| {
             // Still unreachable: the next resync tries again.
             let Ok(state) = joined else { return };
@@ -537,22 +559,38 @@ impl TopicActor {
             if let Some(pending) = acks.and_then(|a| a.front())
                 && pending.joined == joined
             {
-                let ack = self.shared().presence_acks.get_mut(&entry.conn).and_then(VecDeque::pop_front);
+                let ack = self
+                    .shared()
+                    .presence_acks
+                    .get_mut(&entry.conn)
+                    .and_then(VecDeque::pop_front);
                 if let Some(PresenceAck { ack, .. }) = ack {
                     self.ack_presence(&ack);
                 }
-                if self.shared().presence_acks.get(&entry.conn).is_some_and(VecDeque::is_empty) {
+                if self
+                    .shared()
+                    .presence_acks
+                    .get(&entry.conn)
+                    .is_some_and(VecDeque::is_empty)
+                {
                     self.shared().presence_acks.remove(&entry.conn);
                 }
             }
         }
         let data = if joined {
-            Some(self.presence.track_wire(&entry.key, &entry.conn, entry.state))
+            Some(
+                self.presence
+                    .track_wire(&entry.key, &entry.conn, entry.state),
+            )
         } else {
             self.presence.remove_wire(&entry.conn)
         };
         if let Some(data) = data {
-            let name = if joined { "presence:join" } else { "presence:leave" };
+            let name = if joined {
+                "presence:join"
+            } else {
+                "presence:leave"
+            };
             let frame = TopicFrame::presence(name, &data, now_ms());
             self.fan_out(frame, Audience::Everyone);
         }
@@ -613,24 +651,24 @@ impl TopicActor {
         let wire = entry.conn;
         self.await_presence(&wire, false, msg.ack);
         let untrack = self.broker().untrack(self.name.as_str(), &wire);
-        ctx.spawn(untrack.into_actor(self).map(move |removed, topic, _| match removed {
-            // Nothing to remove: no leave comes, so the ack goes now.
-            Ok(false) => {
-                let ack = topic
-                    .shared()
-                    .presence_acks
-                    .get_mut(&wire)
-                    .and_then(|a| {
-                        let at = a.iter().position(|p| !p.joined)?;
-                        a.remove(at)
-                    });
-                if let Some(PresenceAck { ack, .. }) = ack {
-                    topic.ack_presence(&ack);
-                }
-            }
-            Ok(true) => {}
-            Err(e) => topic.presence_failed(&wire, false, unavailable(e)),
-        }));
+        ctx.spawn(
+            untrack
+                .into_actor(self)
+                .map(move |removed, topic, _| match removed {
+                    // Nothing to remove: no leave comes, so the ack goes now.
+                    Ok(false) => {
+                        let ack = topic.shared().presence_acks.get_mut(&wire).and_then(|a| {
+                            let at = a.iter().position(|p| !p.joined)?;
+                            a.remove(at)
+                        });
+                        if let Some(PresenceAck { ack, .. }) = ack {
+                            topic.ack_presence(&ack);
+                        }
+                    }
+                    Ok(true) => {}
+                    Err(e) => topic.presence_failed(&wire, false, unavailable(e)),
+                }),
+        );
     }
 
     /// A connection left the topic: its entry goes from the cluster too.
@@ -652,12 +690,9 @@ impl TopicActor {
         earlier: Vec<ByteString>,
         ctx: &mut Context<Self>,
     ) {
-        let replay = self.broker().replay(
-            self.name.as_str(),
-            &self.epoch,
-            since,
-            self.seq,
-        );
+        let replay = self
+            .broker()
+            .replay(self.name.as_str(), &self.epoch, since, self.seq);
         ctx.wait(replay.into_actor(self).map(move |missed, topic, _| {
             let mut earlier = earlier;
             let recovered = match missed {
@@ -683,14 +718,13 @@ impl TopicActor {
             topic.admit(msg, recovered, earlier);
         }));
     }
-
 }
 
 impl Handler<FromBroker> for TopicActor {
     type Result = ();
 
     fn handle(&mut self, msg: FromBroker, ctx: &mut Self::Context) {
-        self.from_broker(msg, ctx);
+        self.heard_from_broker(msg, ctx);
     }
 }
 
