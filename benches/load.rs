@@ -60,6 +60,11 @@ enum Mode {
         /// Also write every run's figures as JSON here.
         #[arg(long)]
         json: Option<String>,
+        /// With N > 1, also run the load on N nodes sharing a Redis of the
+        /// bench's own (subscribers spread over the first N-1, the
+        /// publisher on the last), beside the one-node run.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
     },
     /// Redraws `--find-max`'s plot from the JSON it wrote (`--json`).
     Plot {
@@ -150,6 +155,14 @@ impl Server {
     }
 
     async fn start_on(database_url: &str, dir: Option<tempfile::TempDir>) -> Server {
+        Self::start_with(database_url, dir, &[]).await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Server {
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -168,6 +181,7 @@ impl Server {
         let child = command
             .args(["serve", "--bind", &addr, "--max-publish-rate", "1000000"])
             .args(["--database-url", database_url])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -483,13 +497,23 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs `fanout` `runs` times against realtide (and the Node peer when
 /// asked, alternating), then prints medians and realtide's over the peer's.
-async fn fanout_compared(load: Load, runs: usize, against_node: bool, json: Option<&str>) {
+async fn fanout_compared(
+    load: Load,
+    runs: usize,
+    against_node: bool,
+    nodes: usize,
+    json: Option<&str>,
+) {
     let mut ours = Vec::new();
     let mut peers = Vec::new();
+    let mut clustered = Vec::new();
     for _ in 0..runs.max(1) {
         ours.push(fanout(Target::Realtide, load).await);
         if against_node {
             peers.push(fanout(Target::NodeWs, load).await);
+        }
+        if nodes > 1 {
+            clustered.push(fanout_nodes(load, nodes).await);
         }
     }
     let summary = |reports: &[FanoutReport]| {
@@ -524,6 +548,22 @@ async fn fanout_compared(load: Load, runs: usize, against_node: bool, json: Opti
             p99 / pp99.max(1.0),
             total / ptotal,
             user / puser
+        );
+    }
+    if nodes > 1 {
+        let (cdps, cp50, cp99, cuser, ctotal) = summary(&clustered);
+        println!(
+            "median of {} run(s), {nodes} nodes: {cdps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {cuser:.2} µs user / {ctotal:.2} µs total CPU per delivery (all nodes)",
+            clustered.len(),
+            cp50 / 1000.0,
+            cp99 / 1000.0
+        );
+        println!(
+            "{nodes} nodes / one node: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x",
+            cdps / dps,
+            cp50 / p50.max(1.0),
+            cp99 / p99.max(1.0),
+            ctotal / total
         );
     }
     if let Some(path) = json {
@@ -693,22 +733,126 @@ struct Load {
 }
 
 async fn fanout(target: Target, load: Load) -> FanoutReport {
+    let server = Server::start_target(target).await;
+    fanout_on(target, target.name(), &[server], None, load).await
+}
+
+/// A `redis-server` of the bench's own, on a free port, killed on drop.
+struct BenchRedis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BenchRedis {
+    fn start() -> BenchRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let redis = BenchRedis {
+            child,
+            port,
+            _dir: dir,
+        };
+        while redis.info("server").is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn info(&self, section: &str) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "info", section])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// (commands processed, CPU seconds) so far.
+    fn figures(&self) -> (f64, f64) {
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (stats, cpu) = (self.info("stats"), self.info("cpu"));
+        (
+            field(&stats, "total_commands_processed"),
+            field(&cpu, "used_cpu_user") + field(&cpu, "used_cpu_sys"),
+        )
+    }
+}
+
+/// The same load on `nodes` realtide nodes sharing one Redis and one
+/// SQLite file: subscribers spread over all but the last node, the
+/// publisher on the last.
+async fn fanout_nodes(load: Load, nodes: usize) -> FanoutReport {
+    let redis = BenchRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut servers = Vec::new();
+    for n in 0..nodes {
+        let id = format!("bench-{n}");
+        let extra = ["--redis-url", redis_url.as_str(), "--node-id", id.as_str()];
+        servers.push(Server::start_with(&url, None, &extra).await);
+    }
+    let label = format!("realtide, {nodes} nodes");
+    let report = fanout_on(Target::Realtide, &label, &servers, Some(&redis), load).await;
+    drop(dir);
+    report
+}
+
+/// Runs the load: subscribers spread over all `servers` but the last when
+/// there are several, the publisher on the last.
+async fn fanout_on(
+    target: Target,
+    label: &str,
+    servers: &[Server],
+    redis: Option<&BenchRedis>,
+    load: Load,
+) -> FanoutReport {
     let Load {
         subscribers,
         rate,
         seconds,
         payload,
     } = load;
-
-    let server = Server::start_target(target).await;
     let topic = "bench/fanout";
     let messages = rate * seconds;
+    let hosts = servers.len().saturating_sub(1).max(1);
     let mut sockets = Vec::with_capacity(subscribers);
-    for _ in 0..subscribers {
-        let mut ws = connect(&server.addr).await;
+    for i in 0..subscribers {
+        let mut ws = connect(&servers[i % hosts].addr).await;
         subscribe(&mut ws, topic).await;
         sockets.push(ws);
     }
+    let server = &servers[servers.len() - 1];
+    let cpu_of = |servers: &[Server]| {
+        servers
+            .iter()
+            .map(Server::cpu)
+            .fold((0.0, 0.0), |(u, s), (a, b)| (u + a, s + b))
+    };
     let deadline = Instant::now() + Duration::from_secs(seconds + 10);
     let expected = messages * subscribers as u64;
     let sockets: Vec<std::net::TcpStream> = sockets.into_iter().map(raw_socket).collect();
@@ -728,7 +872,8 @@ async fn fanout(target: Target, load: Load) -> FanoutReport {
 
     let mut publisher = connect(&server.addr).await;
     let pad = "x".repeat(payload);
-    let (user0, sys0) = server.cpu();
+    let (user0, sys0) = cpu_of(servers);
+    let redis0 = redis.map(BenchRedis::figures);
     let (own_user0, own_sys0) = own_cpu();
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -745,12 +890,12 @@ async fn fanout(target: Target, load: Load) -> FanoutReport {
         .await
         .unwrap();
     let elapsed = started.elapsed().as_secs_f64();
-    let (user1, sys1) = server.cpu();
+    let (user1, sys1) = cpu_of(servers);
+    let redis1 = redis.map(BenchRedis::figures);
     let (own_user1, own_sys1) = own_cpu();
     let per = |cpu: f64| cpu * 1e6 / delivered.max(1) as f64;
     println!(
-        "fanout ({}): {subscribers} subscribers, {rate} msg/s for {seconds} s, {payload} B payload",
-        target.name()
+        "fanout ({label}): {subscribers} subscribers, {rate} msg/s for {seconds} s, {payload} B payload"
     );
     println!(
         "  delivered      {delivered} of {expected} (loss {})",
@@ -776,6 +921,14 @@ async fn fanout(target: Target, load: Load) -> FanoutReport {
         "  server RSS     {:.1} MiB",
         server.rss_bytes() as f64 / 1048576.0
     );
+    if let (Some((commands0, cpu0)), Some((commands1, cpu1))) = (redis0, redis1) {
+        println!(
+            "  Redis          {:.2} commands and {:.1} µs of Redis CPU per publish; server CPU {:.1} µs per publish (all nodes)",
+            (commands1 - commands0) / messages as f64,
+            (cpu1 - cpu0) * 1e6 / messages as f64,
+            (user1 - user0 + sys1 - sys0) * 1e6 / messages as f64
+        );
+    }
     println!(
         "  load client    {:.2} µs/delivery (user {:.2}, system {:.2})",
         per(own_user1 - own_user0 + own_sys1 - own_sys0),
@@ -1143,6 +1296,7 @@ fn main() {
                 find_max: climb,
                 svg,
                 json,
+                nodes,
             } => {
                 let load = Load {
                     subscribers,
@@ -1153,7 +1307,7 @@ fn main() {
                 if climb {
                     find_max(load, rate, against_node, &svg, json.as_deref()).await;
                 } else {
-                    fanout_compared(load, runs, against_node, json.as_deref()).await;
+                    fanout_compared(load, runs, against_node, nodes, json.as_deref()).await;
                 }
             }
             Mode::Idle {

@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key and channel, so several clusters can share
+    /// one Redis (default: `rt:<project-id>:`).
+    #[arg(long, env = "REALTIDE_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+
     /// This node's id, in `welcome.node` and the cluster (default: random).
     #[arg(long, env = "REALTIDE_NODE_ID",
           value_parser = clap::builder::NonEmptyStringValueParser::new())]

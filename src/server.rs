@@ -96,7 +96,10 @@ fn start_broker(
     RedisBroker::start(RedisSettings {
         url: url.to_string(),
         node: node.clone(),
-        project_id: config.project_id.clone(),
+        prefix: config
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| format!("rt:{}:", config.project_id)),
         replay_size: config.replay_size,
         replay_ttl: config.replay_ttl(),
         node_timeout: Duration::from_millis(config.node_timeout_ms),

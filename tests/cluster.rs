@@ -192,6 +192,7 @@ async fn a_client_resumes_on_another_node_after_its_node_is_killed() {
         let url = redis.url();
         TestApp::spawn_on(common::TestDb::shared(&db), move |c| {
             c.redis_url = Some(url);
+            c.redis_prefix = None;
             c.replay_size = 5;
         })
         .await

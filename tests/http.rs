@@ -214,7 +214,7 @@ async fn metrics_count_connections_deliveries_and_errors() {
         .await;
     assert_eq!(errors_after - errors_before, 1.0);
     drop(subscribers);
-    for _ in 0..50 {
+    for _ in 0..100 {
         if app.metric("realtide_connections").await == 0.0 {
             break;
         }

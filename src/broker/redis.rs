@@ -6,7 +6,7 @@
 //! Their I/O runs on a thread of its own (`realtide-redis`), so a slow Redis
 //! never holds up an actor thread.
 //!
-//! Keys (prefix `rt:<project-id>:`; `{T}` is the canonical topic, a hash
+//! Keys (prefix `--redis-prefix`, by default `rt:<project-id>:`; `{T}` is the canonical topic, a hash
 //! tag, so one topic's keys share a Cluster slot):
 //! - `{T}:meta` HASH `e` epoch, `s` last seq; `{T}:log` STREAM, entry id
 //!   `<seq>-0`, at most about `--replay-size` entries for `--replay-ttl-s`;
@@ -55,7 +55,8 @@ const MAX_BEAT: Duration = Duration::from_secs(2);
 pub struct RedisSettings {
     pub url: String,
     pub node: Arc<str>,
-    pub project_id: String,
+    /// Of every key and channel.
+    pub prefix: String,
     pub replay_size: usize,
     pub replay_ttl: Duration,
     pub node_timeout: Duration,
@@ -197,7 +198,7 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let pubsub =
             ConnectionManager::new_lazy_with_config(client, pubsub_config).map_err(unavailable)?;
-        let prefix = format!("rt:{}:", settings.project_id);
+        let prefix = settings.prefix.clone();
         let broker = RedisBroker {
             inner: Arc::new(Inner {
                 settings,

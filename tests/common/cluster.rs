@@ -103,6 +103,7 @@ pub async fn node(db: &TestDb, redis: &RedisServer, id: &str) -> TestApp {
     let (url, id) = (redis.url(), id.to_string());
     TestApp::spawn_on(TestDb::shared(db), move |c| {
         c.redis_url = Some(url);
+        c.redis_prefix = None;
         c.node_id = Some(id);
         c.node_timeout_ms = NODE_TIMEOUT_MS;
         c.max_publish_rate = 10_000;

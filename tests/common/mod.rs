@@ -192,6 +192,14 @@ impl TestApp {
             redis_url: None,
             ..Config::default()
         };
+        // With REALTIDE_TEST_REDIS_URL, every server is a node of a cluster
+        // of its own (keys under a prefix of its own) on that Redis: the
+        // single-node tests then check the same behaviour through Redis.
+        if let Ok(url) = std::env::var("REALTIDE_TEST_REDIS_URL") {
+            config.redis_url = Some(url);
+            config.redis_prefix = Some(format!("test:{}:", uuid::Uuid::new_v4().simple()));
+            config.node_timeout_ms = 2000;
+        }
         adjust(&mut config);
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {

@@ -1,5 +1,6 @@
 -- Sequences a batch of events of one topic and sends them to every node.
--- KEYS: meta (HASH e=epoch s=last seq), log (STREAM, id <seq>-0),
+-- KEYS: meta (HASH e=epoch s=last seq), log (STREAM, id <seq>-0, exactly
+--       the last `replay size` entries),
 --       channel, streams (SET of running token streams)
 -- ARGV: replay size, replay ttl ms, a fresh epoch (used only when the topic
 --       has none), the token lists' key prefix, then per event: stream id
@@ -20,7 +21,7 @@ for i = 5, #ARGV, 3 do
   seq = seq + 1
   -- The log entry goes first: a script that fails midway leaves no seq
   -- given out without its event.
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'p', payload)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], seq .. '-0', 'p', payload)
   redis.call('HSET', KEYS[1], 's', seq)
   if stream ~= '' then
     local tokens = ARGV[4] .. stream

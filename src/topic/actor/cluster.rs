@@ -196,15 +196,16 @@ impl TopicActor {
                 }
                 return;
             }
+            let at_ms = now_ms();
             if !msg.persist {
-                return topic.queue_shared(msg, None);
+                return topic.queue_shared(msg, at_ms, None);
             }
             let message = NewMessage {
                 room_id: topic.name.to_string(),
                 user_id: msg.user_id.as_deref().map(str::to_owned),
                 event: msg.event.clone(),
                 data: msg.data.to_string(),
-                created_at: now_ms(),
+                created_at: at_ms,
                 seq: 0,
             };
             let db = topic.db.clone();
@@ -213,7 +214,7 @@ impl TopicActor {
                 store
                     .into_actor(topic)
                     .map(move |stored, topic, _| match stored {
-                        Ok(stored) => topic.queue_shared(msg, Some(stored.id())),
+                        Ok(stored) => topic.queue_shared(msg, at_ms, Some(stored.id())),
                         Err(e) => {
                             if let Some(reply) = msg.reply {
                                 let _ = reply.send(Err(ProtocolError::unavailable(format!(
@@ -226,7 +227,7 @@ impl TopicActor {
         });
     }
 
-    fn queue_shared(&mut self, msg: Publish, message_id: Option<String>) {
+    fn queue_shared(&mut self, msg: Publish, at_ms: i64, message_id: Option<String>) {
         let node = self.shared().link.node.to_string();
         let shared = self.shared();
         let token = shared.next_token;
@@ -238,7 +239,7 @@ impl TopicActor {
             event: msg.event,
             data: msg.data,
             user_id: msg.user_id.as_deref().map(str::to_owned),
-            at_ms: now_ms(),
+            at_ms,
             message_id,
             stream: msg.stream.map(|part| match part {
                 StreamPart::Token { stream } => StreamMark {
