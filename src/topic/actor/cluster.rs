@@ -290,6 +290,7 @@ impl TopicActor {
                         if !numbered.is_empty() {
                             topic.store_seqs(numbered, ctx);
                         }
+                        topic.expect_up_to(first + tokens.len() as u64 - 1, ctx);
                     }
                     Err(error) => {
                         for token in tokens {
@@ -302,6 +303,17 @@ impl TopicActor {
                     }
                 }),
         );
+    }
+
+    /// This node's own events up to `last` were published: should they not
+    /// come back (the push lost, and nothing after it to show the gap), they
+    /// are read from the replay log, so their publishers are answered.
+    fn expect_up_to(&mut self, last: u64, ctx: &mut Context<Self>) {
+        ctx.run_later(GAP_WAIT, move |topic, ctx| {
+            if topic.seq < last && topic.shared().joined {
+                topic.fill_up_to(last, ctx);
+            }
+        });
     }
 
     /// The broker gave a waiting publish its seq; if that seq was skipped
