@@ -786,16 +786,26 @@ impl BenchRedis {
             .unwrap_or_default()
     }
 
-    /// (commands processed, CPU seconds) so far.
-    fn figures(&self) -> (f64, f64) {
+    /// (round trips: script calls, commands processed in all, CPU seconds) so far.
+    fn figures(&self) -> (f64, f64, f64) {
         let field = |text: &str, name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let (stats, cpu) = (self.info("stats"), self.info("cpu"));
+        let (stats, cpu, commands) = (
+            self.info("stats"),
+            self.info("cpu"),
+            self.info("commandstats"),
+        );
+        let scripts = commands
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
         (
+            scripts,
             field(&stats, "total_commands_processed"),
             field(&cpu, "used_cpu_user") + field(&cpu, "used_cpu_sys"),
         )
@@ -921,9 +931,11 @@ async fn fanout_on(
         "  server RSS     {:.1} MiB",
         server.rss_bytes() as f64 / 1048576.0
     );
-    if let (Some((commands0, cpu0)), Some((commands1, cpu1))) = (redis0, redis1) {
+    if let (Some((scripts0, commands0, cpu0)), Some((scripts1, commands1, cpu1))) = (redis0, redis1)
+    {
         println!(
-            "  Redis          {:.2} commands and {:.1} µs of Redis CPU per publish; server CPU {:.1} µs per publish (all nodes)",
+            "  Redis          {:.2} round trips (script calls) and {:.1} commands per publish, {:.1} µs of Redis CPU per publish (its idle work included); server CPU {:.1} µs per publish (all nodes)",
+            (scripts1 - scripts0) / messages as f64,
             (commands1 - commands0) / messages as f64,
             (cpu1 - cpu0) * 1e6 / messages as f64,
             (user1 - user0 + sys1 - sys0) * 1e6 / messages as f64

@@ -521,3 +521,24 @@ async fn a_node_stopped_with_sigterm_closes_1012_and_clients_resume_elsewhere() 
     let status = leaving.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn nodes_started_at_once_on_a_fresh_database_all_come_up() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let (a, b, c) = tokio::join!(
+        NodeProcess::start(&db, &redis, "a"),
+        NodeProcess::start(&db, &redis, "b"),
+        NodeProcess::start(&db, &redis, "c"),
+    );
+    // All three migrated the one database and share its epoch.
+    let mut epochs = Vec::new();
+    db.execute("CREATE TABLE t (id INT PRIMARY KEY)");
+    for node in [&a, &b, &c] {
+        let mut client = Client::connect(&node.ws_url()).await;
+        epochs.push(client.subscribe("t").await["epoch"].clone());
+    }
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "{epochs:?}");
+}

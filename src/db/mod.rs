@@ -120,11 +120,7 @@ impl Database {
             .connection_timeout(POOL_WAIT)
             .build(manager)?;
         let mut conn = pool.get()?;
-        match &mut *conn {
-            DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop),
-            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(drop),
-        }
-        .map_err(|e| DbError::Migration(e.to_string()))?;
+        migrate(&mut conn)?;
         let epoch = ensure_epoch(&mut conn)?;
         drop(conn);
         Ok(Database {
@@ -182,6 +178,42 @@ pub fn connect(url: &str) -> Result<DbConnection, DbError> {
 /// One connection outside any pool, to a parsed url.
 pub fn connect_to(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
     Manager { url: url.clone() }.connect()
+}
+
+/// Key of the advisory lock under which PostgreSQL migrations run.
+const MIGRATION_LOCK: i64 = 0x7274_6d69_6772_6174; // "rtmigrat"
+
+/// Runs pending migrations. Several nodes may start at once on one
+/// database: on PostgreSQL they take turns under an advisory lock; on
+/// SQLite the one that loses the race finds the migrations done on retry.
+fn migrate(conn: &mut DbConnection) -> Result<(), DbError> {
+    match conn {
+        DbConnection::Pg(c) => {
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+                .execute(c)?;
+            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
+            let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+                .execute(c);
+            result.map_err(|e| DbError::Migration(e.to_string()))?;
+            unlocked?;
+            Ok(())
+        }
+        DbConnection::Sqlite(c) => {
+            let mut tries = 0;
+            loop {
+                match c.run_pending_migrations(SQLITE_MIGRATIONS) {
+                    Ok(_) => return Ok(()),
+                    Err(_) if tries < 5 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(DbError::Migration(e.to_string())),
+                }
+            }
+        }
+    }
 }
 
 fn ensure_epoch(conn: &mut DbConnection) -> Result<String, DbError> {
