@@ -132,6 +132,13 @@ async fn publishers_on_two_nodes_and_an_emit_on_a_third_reach_everyone_in_one_or
         maps.windows(2).all(|w| w[0] == w[1]),
         "one seq -> event map on every node"
     );
+    let (_, topics) = nodes[1].get_json("/admin/topics").await;
+    assert_eq!(topics[0]["node"], "n2", "{topics}");
+    assert_eq!(topics[0]["seq"], total as u64);
+    assert_eq!(
+        nodes[1].metric("realtide_node_info{node=\"n2\"}").await,
+        1.0
+    );
     for watcher in &mut watchers {
         watcher.expect_silence(Duration::from_millis(200)).await;
     }
@@ -426,7 +433,7 @@ async fn with_redis_gone_pubsub_is_unavailable_tables_still_work_and_a_fresh_red
 }
 
 #[tokio::test]
-async fn dropped_pubsub_links_lose_no_acked_event_and_duplicate_none() {
+async fn dropped_or_stalled_redis_links_lose_no_acked_event_and_duplicate_none() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -461,6 +468,8 @@ async fn dropped_pubsub_links_lose_no_acked_event_and_duplicate_none() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     }
+    // And a stall: every client of Redis waits a second.
+    redis.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
     let acked = sending.await.unwrap();
     assert_eq!(
         acked.len() as u64,
@@ -541,4 +550,63 @@ async fn nodes_started_at_once_on_a_fresh_database_all_come_up() {
         epochs.push(client.subscribe("t").await["epoch"].clone());
     }
     assert!(epochs.windows(2).all(|w| w[0] == w[1]), "{epochs:?}");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_past_the_timeout_leaves_and_comes_back_when_it_returns() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let frozen = NodeProcess::start(&db, &redis, "frozen").await;
+    let watcher_node = node(&db, &redis, "watcher").await;
+    let mut ann = Client::connect(&format!("{}?userId=ann", frozen.ws_url())).await;
+    ann.subscribe("room/freeze").await;
+    ann.request(json!({"type": "track", "topic": "room/freeze", "state": {"s": 1}}))
+        .await;
+    let mut watcher = watcher_node.client_as("bob").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, presence) = watcher_node
+            .get_json("/admin/presence?topic=room/freeze")
+            .await;
+        if presence["presences"]["ann"].is_array() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{presence}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.subscribe("room/freeze").await;
+    assert_eq!(watcher.recv().await["event"], "presence:sync");
+    // Frozen: no beats, its connections open.
+    frozen.signal(libc::SIGSTOP);
+    let within = Duration::from_millis(NODE_TIMEOUT_MS) + Duration::from_secs(5);
+    let leave = tokio::time::timeout(within, next_presence(&mut watcher))
+        .await
+        .expect("a leave within the node timeout plus 5 s");
+    assert_eq!(
+        (&leave["event"], &leave["data"]["key"]),
+        (&json!("presence:leave"), &json!("ann"))
+    );
+    frozen.signal(libc::SIGCONT);
+    let join = tokio::time::timeout(within, next_presence(&mut watcher))
+        .await
+        .expect("a join once the node is back");
+    assert_eq!(
+        (&join["event"], &join["data"]["key"], &join["data"]["state"]),
+        (&json!("presence:join"), &json!("ann"), &json!({"s": 1}))
+    );
+}
+
+/// The next presence event, skipping anything else.
+async fn next_presence(client: &mut Client) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["event"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("presence:"))
+        {
+            return frame;
+        }
+    }
 }
