@@ -675,14 +675,7 @@ impl Handler<Publish> for TopicActor {
         if !msg.persist {
             return self.complete_publish(msg, seq, at_ms, None);
         }
-        let message = NewMessage {
-            room_id: self.name.to_string(),
-            user_id: msg.user_id.as_deref().map(str::to_owned),
-            event: msg.event.clone(),
-            data: msg.data.to_string(),
-            created_at: at_ms,
-            seq,
-        };
+        let message = self.to_store(&msg, at_ms, seq);
         // The mailbox waits for the store; what this turn queued goes now.
         self.flush_fan_out();
         let db = self.db.clone();
@@ -708,6 +701,18 @@ impl Handler<Publish> for TopicActor {
 }
 
 impl TopicActor {
+    /// A publish as the message history stores it.
+    fn to_store(&self, msg: &Publish, at_ms: i64, seq: u64) -> NewMessage {
+        NewMessage {
+            room_id: self.name.to_string(),
+            user_id: msg.user_id.as_deref().map(str::to_owned),
+            event: msg.event.clone(),
+            data: msg.data.to_string(),
+            created_at: at_ms,
+            seq,
+        }
+    }
+
     /// Acks the publisher, delivers the event, keeps it for resuming clients.
     fn complete_publish(&mut self, msg: Publish, seq: u64, at_ms: i64, message_id: Option<String>) {
         if let Some(ack) = &msg.ack {

@@ -33,11 +33,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
-};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script, Value};
 use tokio::sync::mpsc;
 
+mod wire;
+
+use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, Sequenced, SharedEvent,
     TopicState,
@@ -423,89 +424,6 @@ impl RedisBroker {
     }
 }
 
-/// Routes one push of the pub/sub connection.
-fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: PushInfo) {
-    match push.kind {
-        PushKind::Message => {
-            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                (push.data.first(), push.data.get(1))
-            else {
-                return;
-            };
-            let Ok(channel) = std::str::from_utf8(channel) else {
-                return;
-            };
-            let Some(message) = decode(payload) else {
-                tracing::warn!(channel, "an undecodable message on a topic channel");
-                return;
-            };
-            if let Some(topic) = routes.lock().get(channel) {
-                topic.do_send(message);
-            }
-        }
-        PushKind::Disconnection => {
-            let _ = lost.send(());
-        }
-        _ => {}
-    }
-}
-
-/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`.
-fn decode(payload: &[u8]) -> Option<FromBroker> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let (kind, rest) = text.split_once('|')?;
-    match kind {
-        "e" => {
-            let (epoch, rest) = rest.split_once('|')?;
-            let (seq, event) = rest.split_once('|')?;
-            Some(FromBroker::Event {
-                epoch: epoch.into(),
-                event: Sequenced {
-                    seq: seq.parse().ok()?,
-                    event: serde_json::from_str(event).ok()?,
-                },
-            })
-        }
-        "j" | "l" => Some(FromBroker::Presence {
-            joined: kind == "j",
-            entry: serde_json::from_str(rest).ok()?,
-        }),
-        _ => None,
-    }
-}
-
-/// A kept event: `<seq>|<event>` (token lists).
-fn decode_kept(text: &[u8]) -> Option<Sequenced> {
-    let text = std::str::from_utf8(text).ok()?;
-    let (seq, event) = text.split_once('|')?;
-    Some(Sequenced {
-        seq: seq.parse().ok()?,
-        event: serde_json::from_str(event).ok()?,
-    })
-}
-
-fn bulk(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::Int(n) => Some(n.to_string()),
-        other => bulk(other).and_then(|b| String::from_utf8(b.to_vec()).ok()),
-    }
-}
-
-fn array(value: &Value) -> &[Value] {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => &[],
-    }
-}
-
 impl Broker for RedisBroker {
     fn join(&self, topic: &str, sink: Recipient<FromBroker>) -> BrokerFuture<TopicState> {
         let channel = self.channel(topic);
@@ -759,31 +677,5 @@ impl Broker for RedisBroker {
 
     fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Acquire)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_messages_decode() {
-        let event = r#"e|ep1|7|{"o":"n1","k":3,"e":"msg","d":{"a":1},"t":5}"#;
-        match decode(event.as_bytes()) {
-            Some(FromBroker::Event { epoch, event }) => {
-                assert_eq!(&*epoch, "ep1");
-                assert_eq!(event.seq, 7);
-                assert_eq!(event.event.event, "msg");
-                assert_eq!(event.event.conn, None);
-            }
-            other => panic!("{other:?}"),
-        }
-        let leave = r#"l|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
-        assert!(matches!(
-            decode(leave.as_bytes()),
-            Some(FromBroker::Presence { joined: false, .. })
-        ));
-        assert!(decode(b"x|y").is_none());
-        assert!(decode(b"e|ep|notanumber|{}").is_none());
     }
 }

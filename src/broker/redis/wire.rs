@@ -1,0 +1,118 @@
+//! What travels on the Redis connections, decoded: the pub/sub pushes
+//! routed to topics (`e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`),
+//! kept token events (`<seq>|<event>`), and the shapes of script answers.
+
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::Routes;
+use crate::broker::{FromBroker, Sequenced};
+
+/// Routes one push of the pub/sub connection.
+pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                (push.data.first(), push.data.get(1))
+            else {
+                return;
+            };
+            let Ok(channel) = std::str::from_utf8(channel) else {
+                return;
+            };
+            let Some(message) = decode(payload) else {
+                tracing::warn!(channel, "an undecodable message on a topic channel");
+                return;
+            };
+            if let Some(topic) = routes.lock().get(channel) {
+                topic.do_send(message);
+            }
+        }
+        PushKind::Disconnection => {
+            let _ = lost.send(());
+        }
+        _ => {}
+    }
+}
+
+/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`.
+pub(super) fn decode(payload: &[u8]) -> Option<FromBroker> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (kind, rest) = text.split_once('|')?;
+    match kind {
+        "e" => {
+            let (epoch, rest) = rest.split_once('|')?;
+            let (seq, event) = rest.split_once('|')?;
+            Some(FromBroker::Event {
+                epoch: epoch.into(),
+                event: Sequenced {
+                    seq: seq.parse().ok()?,
+                    event: serde_json::from_str(event).ok()?,
+                },
+            })
+        }
+        "j" | "l" => Some(FromBroker::Presence {
+            joined: kind == "j",
+            entry: serde_json::from_str(rest).ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// A kept event: `<seq>|<event>` (token lists).
+pub(super) fn decode_kept(text: &[u8]) -> Option<Sequenced> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (seq, event) = text.split_once('|')?;
+    Some(Sequenced {
+        seq: seq.parse().ok()?,
+        event: serde_json::from_str(event).ok()?,
+    })
+}
+
+pub(super) fn bulk(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+pub(super) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::Int(n) => Some(n.to_string()),
+        other => bulk(other).and_then(|b| String::from_utf8(b.to_vec()).ok()),
+    }
+}
+
+pub(super) fn array(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_decode() {
+        let event = r#"e|ep1|7|{"o":"n1","k":3,"e":"msg","d":{"a":1},"t":5}"#;
+        match decode(event.as_bytes()) {
+            Some(FromBroker::Event { epoch, event }) => {
+                assert_eq!(&*epoch, "ep1");
+                assert_eq!(event.seq, 7);
+                assert_eq!(event.event.event, "msg");
+                assert_eq!(event.event.conn, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let leave = r#"l|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
+        assert!(matches!(
+            decode(leave.as_bytes()),
+            Some(FromBroker::Presence { joined: false, .. })
+        ));
+        assert!(decode(b"x|y").is_none());
+        assert!(decode(b"e|ep|notanumber|{}").is_none());
+    }
+}
