@@ -131,6 +131,17 @@ pub fn set_seq(conn: &mut DbConnection, id: &str, seq: u64) -> Result<(), DbErro
     Ok(())
 }
 
+/// Deletes stored messages whose publish failed (still seq 0).
+pub fn forget_unpublished(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
+    for id in ids {
+        let num = parse_message_id(id).map_err(|e| DbError::Task(e.message))?;
+        diesel::sql_query("DELETE FROM _realtide_messages WHERE num = $1 AND seq = 0")
+            .bind::<BigInt, _>(num)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
 /// A page of a room's messages, newest first.
 pub fn page(
     conn: &mut DbConnection,

@@ -295,6 +295,19 @@ impl TopicActor {
                                 let _ = reply.send(Err(unavailable(error.clone())));
                             }
                         }
+                        // Not published: the stored messages must not show
+                        // in history either.
+                        let unpublished: Vec<String> = stored.into_iter().flatten().collect();
+                        if !unpublished.is_empty() {
+                            let db = topic.db.clone();
+                            actix::spawn(async move {
+                                let _ = db
+                                    .run(move |conn| {
+                                        history::forget_unpublished(conn, &unpublished)
+                                    })
+                                    .await;
+                            });
+                        }
                     }
                 }),
         );
@@ -309,6 +322,28 @@ impl TopicActor {
                 topic.fill_up_to(last, ctx);
             }
         });
+    }
+
+    /// Answers the publishers of events that were skipped as lost (their
+    /// seq is behind the topic's now, and they were never delivered here).
+    fn fail_skipped(&mut self) {
+        let current = self.seq;
+        let shared = self.shared();
+        let skipped: Vec<u64> = shared
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.seq.is_some_and(|seq| seq <= current))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in skipped {
+            if let Some(waiting) = shared.waiting.remove(&token)
+                && let Some(reply) = waiting.reply
+            {
+                let _ = reply.send(Err(ProtocolError::unavailable(
+                    "the event was lost between nodes",
+                )));
+            }
+        }
     }
 
     /// The broker gave a waiting publish its seq; if that seq was skipped
@@ -432,6 +467,7 @@ impl TopicActor {
                     topic.metrics.gaps_lost.inc();
                     topic.lose_continuity();
                     topic.seq = topic.seq.max(up_to);
+                    topic.fail_skipped();
                 }
             }
             topic.deliver_ready();
@@ -484,6 +520,23 @@ impl TopicActor {
     fn restart(&mut self, epoch: Arc<str>, seq: u64) {
         tracing::info!(topic = %self.name, %epoch, "the topic's epoch changed");
         self.lose_continuity();
+        // Publishes numbered in the old epoch and not delivered are lost.
+        let old_epoch: Vec<u64> = self
+            .shared()
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.seq.is_some())
+            .map(|(token, _)| *token)
+            .collect();
+        for token in old_epoch {
+            if let Some(waiting) = self.shared().waiting.remove(&token)
+                && let Some(reply) = waiting.reply
+            {
+                let _ = reply.send(Err(ProtocolError::unavailable(
+                    "the event was lost: the topic's epoch changed",
+                )));
+            }
+        }
         self.epoch = epoch;
         self.seq = seq;
         self.streams = Default::default();
