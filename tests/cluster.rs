@@ -495,7 +495,7 @@ async fn dropped_or_stalled_redis_links_lose_no_acked_event_and_duplicate_none()
 }
 
 #[tokio::test]
-async fn a_node_stopped_with_sigterm_closes_1012_and_clients_resume_elsewhere() {
+async fn a_node_stopped_with_sigterm_under_load_closes_1012_and_clients_resume_elsewhere() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -504,28 +504,49 @@ async fn a_node_stopped_with_sigterm_closes_1012_and_clients_resume_elsewhere() 
     let other = node(&db, &redis, "other").await;
     let mut client = Client::connect(&leaving.ws_url()).await;
     let subscribed = client.subscribe("room/term").await;
+    // Publishing goes on, from the other node, all through the stop.
+    const TOTAL: u64 = 400;
     let mut publisher = other.client().await;
-    publisher.publish("room/term", "m", json!(1)).await;
-    let first = events(&mut client, 1).await;
-    let since = first[0]["seq"].as_u64().unwrap();
-    leaving.signal(libc::SIGTERM);
-    assert_eq!(
-        client.closed_code(Duration::from_secs(10)).await,
-        Some(1012)
-    );
-    for n in 2..=5 {
-        publisher.publish("room/term", "m", json!(n)).await;
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            publisher.publish("room/term", "m", json!(n)).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    let mut last = 0;
+    while last < 50 {
+        let frame = client.recv().await;
+        last = frame["seq"].as_u64().unwrap_or(last);
     }
+    leaving.signal(libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_within(left).await {
+            Some(Incoming::Frame(frame)) => {
+                let seq = frame["seq"].as_u64().unwrap();
+                assert_eq!(seq, last + 1, "in order until the close");
+                last = seq;
+            }
+            Some(Incoming::Closed(code)) => break code,
+            None => panic!("no close within 10 s"),
+        }
+    };
+    assert_eq!(code, Some(1012));
+    publishing.await.unwrap();
     let mut back = other.client().await;
     let reply = back
-        .request(json!({"type": "subscribe", "topic": "room/term", "since": since, "epoch": subscribed["epoch"]}))
+        .request(json!({"type": "subscribe", "topic": "room/term", "since": last, "epoch": subscribed["epoch"]}))
         .await;
     assert_eq!(reply["recovered"], true, "{reply}");
-    let missed = events(&mut back, 4).await;
+    let missed = events(&mut back, (TOTAL - last) as usize).await;
+    let data: Vec<u64> = missed.iter().map(|e| e["data"].as_u64().unwrap()).collect();
     assert_eq!(
-        missed.iter().map(|e| e["data"].clone()).collect::<Vec<_>>(),
-        [json!(2), json!(3), json!(4), json!(5)]
+        data,
+        (last + 1..=TOTAL).collect::<Vec<_>>(),
+        "exactly what it missed"
     );
+    back.expect_silence(Duration::from_millis(200)).await;
     let mut leaving = leaving;
     let status = leaving.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
