@@ -80,17 +80,53 @@ pub struct PageRequest {
     pub before_num: Option<i64>,
 }
 
+/// A `before` cursor: milliseconds, or a message id (SDKs that pass the
+/// last message's id, or treat the cursor as opaque).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Before {
+    Ms(i64),
+    Id(String),
+}
+
+/// Over HTTP a `before` of at most this many decimal digits is milliseconds
+/// (ids are 20 digits).
+const MAX_MS_DIGITS: usize = 15;
+
+impl Before {
+    /// A query string's `before`: milliseconds when it is at most 15
+    /// decimal digits, else a message id.
+    pub fn from_query(text: &str) -> Before {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        match text.parse::<i64>() {
+            Ok(ms) if digits.len() <= MAX_MS_DIGITS => Before::Ms(ms),
+            _ => Before::Id(text.to_string()),
+        }
+    }
+}
+
 impl PageRequest {
-    /// Clamps `limit` to 1..=100 (default 50) and parses `before_id`.
+    /// Clamps `limit` to 1..=100 (default 50) and parses the id cursors; a
+    /// `before` that is an id means `before_id` (the earlier of two wins).
     pub fn new(
         limit: Option<i64>,
-        before_ms: Option<i64>,
+        before: Option<Before>,
         before_id: Option<&str>,
     ) -> Result<Self, ProtocolError> {
+        let (before_ms, before_as_id) = match before {
+            Some(Before::Ms(ms)) => (Some(ms), None),
+            Some(Before::Id(id)) => (None, Some(parse_message_id(&id)?)),
+            None => (None, None),
+        };
+        let before_id = before_id.map(parse_message_id).transpose()?;
+        let before_num = match (before_as_id, before_id) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(PageRequest {
             limit: limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
             before_ms,
-            before_num: before_id.map(parse_message_id).transpose()?,
+            before_num,
         })
     }
 }

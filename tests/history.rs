@@ -362,3 +362,45 @@ async fn retention_keeps_the_newest_messages_per_topic_and_drops_old_ones() {
         assert_eq!(aged["messages"], json!([]), "older than the maximum age");
     }
 }
+
+#[tokio::test]
+async fn before_may_be_a_message_id_on_the_socket_and_over_http() {
+    let app = TestApp::spawn().await;
+    let messages: Vec<Value> = (0..30)
+        .map(|n| json!({"topic": "cursor/x", "event": "e", "data": n, "persist": true}))
+        .collect();
+    let (status, body) = app.emit(json!({"messages": messages})).await;
+    assert_eq!(status, 200, "{body}");
+    // Many of these share a millisecond: only an id cursor pages them exactly.
+    let mut client = app.client().await;
+    let first = client
+        .request(json!({"type": "history", "topic": "cursor/x", "limit": 10}))
+        .await;
+    let last_id = first["messages"][9]["id"].as_str().unwrap().to_string();
+    let next = client
+        .request(json!({"type": "history", "topic": "cursor/x", "limit": 10, "before": last_id}))
+        .await;
+    let data: Vec<i64> = next["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_i64().unwrap())
+        .collect();
+    assert_eq!(data, (10..20).rev().collect::<Vec<_>>(), "the socket's `before` as an id");
+    let (status, page) = app
+        .get_json(&format!(
+            "/api/v1/public/realtime/history?room=cursor/x&limit=10&before={last_id}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"], next["messages"], "the same over HTTP");
+    // A short number is still milliseconds: nothing is older than 1.
+    let (_, none) = app
+        .get_json("/api/v1/public/realtime/history?room=cursor/x&before=1")
+        .await;
+    assert_eq!(none["messages"], json!([]));
+    let bad = client
+        .request(json!({"type": "history", "topic": "cursor/x", "before": "not-an-id"}))
+        .await;
+    assert_eq!(bad["code"], "bad_request");
+}

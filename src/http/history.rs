@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, bearer};
-use crate::history::{self, PageRequest};
+use crate::history::{self, Before, PageRequest};
 use crate::protocol::ProtocolError;
 use crate::state::AppState;
 use crate::topic::{TopicKind, TopicName};
@@ -15,7 +15,8 @@ use crate::topic::{TopicKind, TopicName};
 pub struct PublicQuery {
     room: String,
     limit: Option<i64>,
-    before: Option<i64>,
+    /// Milliseconds (at most 15 digits) or a message id.
+    before: Option<String>,
     before_id: Option<String>,
     token: Option<String>,
 }
@@ -24,7 +25,7 @@ pub struct PublicQuery {
 pub struct AdminQuery {
     topic: String,
     limit: Option<i64>,
-    before: Option<i64>,
+    before: Option<String>,
     before_id: Option<String>,
 }
 
@@ -74,7 +75,8 @@ pub async fn public(
         ))
         .into());
     }
-    let page = PageRequest::new(query.limit, query.before, query.before_id.as_deref())?;
+    let before = query.before.as_deref().map(Before::from_query);
+    let page = PageRequest::new(query.limit, before, query.before_id.as_deref())?;
     let messages = read_page(&state, &name, page).await?;
     Ok(HttpResponse::Ok().json(json!({"messages": messages})))
 }
@@ -87,7 +89,8 @@ pub async fn admin_read(
 ) -> Result<HttpResponse, ApiError> {
     super::admin::authorize(&req, &state)?;
     let name = pubsub_topic(&state, &query.topic)?;
-    let page = PageRequest::new(query.limit, query.before, query.before_id.as_deref())?;
+    let before = query.before.as_deref().map(Before::from_query);
+    let page = PageRequest::new(query.limit, before, query.before_id.as_deref())?;
     let messages = read_page(&state, &name, page).await?;
     Ok(HttpResponse::Ok().json(json!({"topic": name.as_str(), "messages": messages})))
 }

@@ -67,7 +67,8 @@ pub struct PublishRequest {
 pub struct HistoryRequest {
     pub topic: String,
     pub limit: Option<i64>,
-    pub before: Option<i64>,
+    /// Milliseconds (a number), or a message id (a string).
+    pub before: Option<crate::history::Before>,
     pub before_id: Option<String>,
 }
 
