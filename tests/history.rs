@@ -386,7 +386,11 @@ async fn before_may_be_a_message_id_on_the_socket_and_over_http() {
         .iter()
         .map(|m| m["data"].as_i64().unwrap())
         .collect();
-    assert_eq!(data, (10..20).rev().collect::<Vec<_>>(), "the socket's `before` as an id");
+    assert_eq!(
+        data,
+        (10..20).rev().collect::<Vec<_>>(),
+        "the socket's `before` as an id"
+    );
     let (status, page) = app
         .get_json(&format!(
             "/api/v1/public/realtime/history?room=cursor/x&limit=10&before={last_id}"

@@ -41,6 +41,8 @@ pub enum Request {
     },
     History(HistoryRequest),
     Ping,
+    /// The SDKs' legacy `sendChat`: a persisted publish to `chat/<roomId>`.
+    Chat(ChatRequest),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +63,15 @@ pub struct PublishRequest {
     pub persist: Option<bool>,
     /// The client's own id for the message, echoed in the ack.
     pub id: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// One topic segment: the room is `chat/<roomId>`.
+    #[serde(rename = "roomId")]
+    pub room_id: String,
+    pub text: String,
+    pub metadata: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +160,9 @@ impl Request {
     fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Request::Publish(p) => validate_event_name(&p.event),
+            Request::Chat(c) if c.room_id.is_empty() || c.room_id.contains('/') => Err(
+                ProtocolError::bad_request("`roomId` must be one topic segment (no `/`)"),
+            ),
             _ => Ok(()),
         }
     }

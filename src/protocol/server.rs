@@ -116,6 +116,10 @@ pub fn error(reference: Option<&Value>, topic: Option<&str>, e: &ProtocolError) 
     with_ref(reply, reference)
 }
 
+/// The event name and topic prefix of the SDKs' legacy chat (`sendChat`).
+pub const CHAT_EVENT: &str = "chat";
+pub const CHAT_PREFIX: &str = "chat/";
+
 /// A topic frame encoded once: everything but the `topic` field, which differs
 /// between subscribers that spelled the topic differently.
 #[derive(Debug, Clone)]
@@ -147,6 +151,25 @@ impl TopicFrame {
             fields["message_id"] = id.into();
         }
         Self::from_fields(r#"{"type":"event","topic":"#, fields)
+    }
+
+    /// An event published to `topic` (canonical): a `chat_message` frame for
+    /// the legacy chat (event `chat` on a `chat/...` topic, as the `chat`
+    /// request stores it), else an `event` frame.
+    pub fn published(
+        topic: &str,
+        event: &str,
+        data: &Value,
+        user_id: Option<&str>,
+        timestamp_ms: i64,
+        seq: u64,
+        message_id: Option<&str>,
+    ) -> Self {
+        let mut frame = Self::event(event, data, user_id, timestamp_ms, seq, message_id);
+        if event == CHAT_EVENT && topic.starts_with(CHAT_PREFIX) {
+            frame.head = r#"{"type":"chat_message","topic":"#;
+        }
+        frame
     }
 
     /// A presence event: no `seq`, never replayed.

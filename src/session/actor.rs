@@ -203,6 +203,16 @@ impl SessionActor {
                 Ok(())
             }
             Request::History(request) => self.history(request, reference, ctx),
+            Request::Chat(chat) => {
+                let publish = PublishRequest {
+                    topic: format!("{}{}", server::CHAT_PREFIX, chat.room_id),
+                    event: server::CHAT_EVENT.to_string(),
+                    data: serde_json::json!({"text": chat.text, "metadata": chat.metadata}),
+                    persist: Some(true),
+                    id: None,
+                };
+                self.publish(publish, reference, ctx)
+            }
         }
     }
 

@@ -724,7 +724,8 @@ impl TopicActor {
             );
             self.send_to(&ack.handle, FrameKind::Reply, reply);
         }
-        let frame = TopicFrame::event(
+        let frame = TopicFrame::published(
+            self.name.as_str(),
             &msg.event,
             &msg.data,
             msg.user_id.as_deref(),
@@ -761,7 +762,8 @@ impl TopicActor {
 
 /// A stored message as an `event` frame (history on subscribe).
 fn stored_event(message: &StoredMessage) -> TopicFrame {
-    TopicFrame::event(
+    TopicFrame::published(
+        &message.room_id,
         &message.event,
         &message.data_value(),
         message.user_id.as_deref(),

@@ -108,8 +108,9 @@ fn stream_part(mark: &StreamMark) -> StreamPart {
     }
 }
 
-fn frame_of(seq: u64, event: &SharedEvent) -> TopicFrame {
-    TopicFrame::event(
+fn frame_of(topic: &str, seq: u64, event: &SharedEvent) -> TopicFrame {
+    TopicFrame::published(
+        topic,
         &event.event,
         &event.data,
         event.user_id.as_deref(),
@@ -181,8 +182,10 @@ impl TopicActor {
             if let Some(mark) = &token.event.stream
                 && let StreamPart::Token { stream } = stream_part(mark)
             {
-                self.streams
-                    .keep(&stream, frame_of(token.seq, &token.event));
+                self.streams.keep(
+                    &stream,
+                    frame_of(self.name.as_str(), token.seq, &token.event),
+                );
             }
         }
     }
@@ -478,7 +481,7 @@ impl TopicActor {
     /// An event in seq order: ack it if it is this node's, then deliver it.
     fn deliver_shared(&mut self, seq: u64, event: SharedEvent) {
         self.seq = seq;
-        let frame = frame_of(seq, &event);
+        let frame = frame_of(self.name.as_str(), seq, &event);
         let local = event.origin == *self.shared().link.node;
         if local && let Some(waiting) = self.shared().waiting.remove(&event.token) {
             if let Some(ack) = &waiting.ack {
@@ -577,11 +580,9 @@ impl TopicActor {
             let mut earlier = earlier;
             let recovered = match missed {
                 Ok(Some(events)) => {
-                    earlier.extend(
-                        events
-                            .iter()
-                            .map(|e| frame_of(e.seq, &e.event).for_spelling(&msg.spelling)),
-                    );
+                    earlier.extend(events.iter().map(|e| {
+                        frame_of(topic.name.as_str(), e.seq, &e.event).for_spelling(&msg.spelling)
+                    }));
                     true
                 }
                 Ok(None) | Err(_) => {
