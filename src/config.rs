@@ -134,6 +134,16 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_topics: usize,
 
+    /// Project API keys (a comma list) the SDKs send as `apiKey`; without
+    /// them a key is accepted and ignored, with them an unknown key is 401.
+    #[arg(long, env = "REALTIDE_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// What a connection with a known API key and no token may do: a
+    /// `realtime` claim object (default: everything).
+    #[arg(long, env = "REALTIDE_API_KEY_GRANTS")]
+    pub api_key_grants: Option<String>,
+
     /// The `aud` tokens must carry; without it a token's `aud` is not checked.
     #[arg(long, env = "REALTIDE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -196,6 +206,10 @@ impl Config {
         if let Some(secret) = &self.jwt_secret {
             check_jwt_secret(secret)?;
         }
+        crate::auth::api_keys::ApiKeys::new(
+            self.api_keys.as_deref(),
+            self.api_key_grants.as_deref(),
+        )?;
         if let Some(url) = &self.redis_url {
             redis::IntoConnectionInfo::into_connection_info(url.as_str())
                 .map_err(|e| format!("--redis-url `{url}` is not a Redis URL: {e}"))?;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::Addr;
 
 use crate::auth::TokenVerifier;
+use crate::auth::api_keys::ApiKeys;
 use crate::auth::keys::KeyGuard;
 use crate::broker::Broker;
 use crate::config::Config;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub db: Database,
     pub verifier: TokenVerifier,
+    /// Project API keys and what a key alone grants.
+    pub api_keys: ApiKeys,
     /// Guards emit (and streaming): the server key.
     pub server_guard: KeyGuard,
     /// Guards the admin endpoints: the admin key.
@@ -46,6 +49,9 @@ impl AppState {
         AppState {
             node_id,
             broker,
+            // The config was checked at start (`Config::check`).
+            api_keys: ApiKeys::new(config.api_keys.as_deref(), config.api_key_grants.as_deref())
+                .unwrap_or_else(|_| ApiKeys::new(None, None).expect("no keys always parse")),
             verifier: TokenVerifier::new(
                 config.jwt_secret.as_deref(),
                 config.jwt_audience.as_deref(),

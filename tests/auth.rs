@@ -241,3 +241,93 @@ async fn nbf_is_honoured_and_aud_is_checked_only_against_a_configured_audience()
         assert_eq!(refused.err().map(|(status, _)| status), Some(401));
     }
 }
+
+/// A server with a secret and one API key whose grants allow `chat/*` only.
+async fn keyed() -> TestApp {
+    TestApp::spawn_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api_keys = Some("key-one, key-two".into());
+        c.api_key_grants = Some(r#"{"subscribe":["chat/*"],"publish":["chat/*"]}"#.into());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_api_key_alone_connects_with_the_keys_grants_as_the_python_and_go_sdks_do() {
+    let app = keyed().await;
+    // As sdk-python and sdk-go connect: the key as a subprotocol beside aerostack-v1.
+    let protocols = "aerostack-v1, aerostack-key.key-one";
+    let mut client =
+        Client::connect_request(&app.ws_url(""), &[("sec-websocket-protocol", protocols)])
+            .await
+            .expect("a known key is enough");
+    assert_eq!(
+        client.welcome["userId"],
+        Value::Null,
+        "a key carries no identity"
+    );
+    client.subscribe("chat/room").await;
+    let refused = client
+        .request(json!({"type": "subscribe", "topic": "news/x"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden");
+    let ack = client.publish("chat/room", "m", json!(1)).await;
+    assert_eq!(ack["type"], "ack");
+    // The query's apiKey and the X-Aerostack-Key header work the same.
+    Client::connect_request(&app.ws_url("?apiKey=key-two"), &[])
+        .await
+        .expect("apiKey in the query");
+    Client::connect_request(&app.ws_url(""), &[("x-aerostack-key", "key-one")])
+        .await
+        .expect("the X-Aerostack-Key header");
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_refused_even_beside_a_valid_token_and_a_token_decides_identity() {
+    let app = keyed().await;
+    let token = token_for("ann", json!({}));
+    let refused =
+        Client::connect_request(&app.ws_url(&format!("?token={token}&apiKey=nope")), &[]).await;
+    let (status, body) = refused.err().expect("refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = Client::connect_request(&app.ws_url(""), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 401, "neither key nor token while a secret is set");
+    let mut ann =
+        Client::connect_request(&app.ws_url(&format!("?token={token}&apiKey=key-one")), &[])
+            .await
+            .expect("a known key and a token");
+    assert_eq!(ann.welcome["userId"], "ann");
+    ann.subscribe("news/x").await;
+}
+
+#[tokio::test]
+async fn the_history_endpoint_takes_the_key_as_x_aerostack_key() {
+    let app = keyed().await;
+    let read = |room: &'static str, key: &'static str| {
+        let url = app.url(&format!("/api/v1/public/realtime/history?room={room}"));
+        let request = app.http().get(url).header("X-Aerostack-Key", key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(read("chat/room", "key-one").await, 200);
+    assert_eq!(
+        read("news/x", "key-one").await,
+        403,
+        "the key's patterns limit reads"
+    );
+    assert_eq!(read("chat/room", "nope").await, 401);
+}
+
+#[tokio::test]
+async fn without_configured_keys_a_key_is_accepted_and_ignored() {
+    let app = TestApp::spawn().await;
+    let client = Client::connect_request(&app.ws_url("?apiKey=whatever&userId=bo"), &[])
+        .await
+        .expect("accepted");
+    assert_eq!(client.welcome["userId"], "bo");
+}

@@ -1,6 +1,7 @@
 //! Who a client is and what it may do: HS256 tokens, their `realtime` claim,
 //! and the topic patterns it grants (PROTOCOL.md §6).
 
+pub mod api_keys;
 pub mod grants;
 pub mod keys;
 pub mod token;

@@ -64,9 +64,8 @@ pub async fn public(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let token = query.token.as_deref().or_else(|| bearer(&req));
-    let identity = state
-        .verifier
-        .identify(token, None)
+    let key = super::ws::header_key(req.headers());
+    let identity = super::ws::identify(&state, token, key, None)
         .inspect_err(|e| state.metrics.error(e.code))?;
     let name = pubsub_topic(&state, &query.room)?;
     if !identity.grants.can_subscribe(name.as_str()) {

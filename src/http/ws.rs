@@ -10,6 +10,7 @@ use actix_web::web;
 use serde::Deserialize;
 
 use super::ApiError;
+use crate::auth::api_keys::KeyCheck;
 use crate::auth::token::Identity;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::state::AppState;
@@ -17,6 +18,9 @@ use crate::state::AppState;
 /// The subprotocol the Aerostack SDKs offer; the handshake must select it.
 pub const SUBPROTOCOL: &str = "aerostack-v1";
 const TOKEN_PROTOCOL_PREFIX: &str = "aerostack-token.";
+const KEY_PROTOCOL_PREFIX: &str = "aerostack-key.";
+/// The header the history endpoint (and the handshake) takes an API key in.
+pub const KEY_HEADER: &str = "x-aerostack-key";
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectQuery {
@@ -25,6 +29,8 @@ pub struct ConnectQuery {
     #[serde(rename = "userId")]
     user_id: Option<String>,
     token: Option<String>,
+    #[serde(rename = "apiKey")]
+    api_key: Option<String>,
 }
 
 /// The subprotocols a client offers.
@@ -39,6 +45,36 @@ fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// A token offered as the `aerostack-token.<JWT>` subprotocol.
 fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
     offered_protocols(headers).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+}
+
+/// An API key offered as the `aerostack-key.<key>` subprotocol.
+fn subprotocol_key(headers: &HeaderMap) -> Option<&str> {
+    offered_protocols(headers).find_map(|p| p.strip_prefix(KEY_PROTOCOL_PREFIX))
+}
+
+/// The `X-Aerostack-Key` header.
+pub fn header_key(headers: &HeaderMap) -> Option<&str> {
+    headers.get(KEY_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// Who a client is, from its token and its API key (PROTOCOL.md §6): a
+/// token decides identity and grants; a known key without a token grants
+/// `--api-key-grants`; an unknown key is refused even beside a token.
+pub fn identify(
+    state: &AppState,
+    token: Option<&str>,
+    key: Option<&str>,
+    user_id: Option<String>,
+) -> Result<Identity, ProtocolError> {
+    let key = state.api_keys.check(key)?;
+    match (token, key) {
+        (None, KeyCheck::Known) => {
+            // With a secret set the key carries no identity.
+            let user_id = user_id.filter(|_| state.verifier.is_open());
+            Ok(state.api_keys.identity(user_id))
+        }
+        _ => state.verifier.identify(token, user_id),
+    }
 }
 
 /// A connection allowed in: who it is, and the subprotocol to select.
@@ -65,10 +101,12 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
         .as_deref()
         .or_else(|| super::bearer_in(headers))
         .or_else(|| subprotocol_token(headers));
-    let identity = state
-        .verifier
-        .identify(token, query.user_id)
-        .map_err(|e| refuse(e.into()))?;
+    let key = query
+        .api_key
+        .as_deref()
+        .or_else(|| header_key(headers))
+        .or_else(|| subprotocol_key(headers));
+    let identity = identify(state, token, key, query.user_id).map_err(|e| refuse(e.into()))?;
     if let Some(project) = query.project_id.filter(|p| *p != state.config.project_id) {
         return Err(refuse(
             ProtocolError::forbidden(format!(
@@ -78,13 +116,16 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
             .into(),
         ));
     }
-    // Select aerostack-v1 when offered; else the token protocol, since a
-    // browser drops a handshake that selects none of the protocols it offered.
+    // Select aerostack-v1 when offered; else the token (or key) protocol,
+    // since a browser drops a handshake that selects none of those it offered.
+    let credential = subprotocol_token(headers)
+        .map(|token| format!("{TOKEN_PROTOCOL_PREFIX}{token}"))
+        .or_else(|| subprotocol_key(headers).map(|key| format!("{KEY_PROTOCOL_PREFIX}{key}")));
     let protocol = match offered_protocols(headers).any(|p| p == SUBPROTOCOL) {
         true => Some(HeaderValue::from_static(SUBPROTOCOL)),
-        false => match subprotocol_token(headers) {
-            Some(token) => Some(
-                HeaderValue::from_str(&format!("{TOKEN_PROTOCOL_PREFIX}{token}"))
+        false => match credential {
+            Some(protocol) => Some(
+                HeaderValue::from_str(&protocol)
                     .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?,
             ),
             None => None,
