@@ -134,6 +134,13 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_topics: usize,
 
+    /// Browser origins allowed to read the client-facing HTTP endpoints
+    /// (`/realtide.js`, history, health): `*`, or a comma list. Default:
+    /// `*` in open mode, none when a JWT secret is set. Admin, emit and
+    /// stream never answer browsers of another origin.
+    #[arg(long, env = "REALTIDE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+
     /// Project API keys (a comma list) the SDKs send as `apiKey`; without
     /// them a key is accepted and ignored, with them an unknown key is 401.
     #[arg(long, env = "REALTIDE_API_KEYS", hide_env_values = true)]
@@ -223,6 +230,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The browser origins of `--cors-origins`, or its default: `None`
+    /// for any origin, else the list (empty: none).
+    pub fn cors_origins(&self) -> Option<Vec<String>> {
+        match self.cors_origins.as_deref().map(str::trim) {
+            Some("*") => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None if self.jwt_secret.is_none() => None,
+            None => Some(Vec::new()),
+        }
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -212,7 +212,7 @@ where
             let app = App::new()
                 .app_data(state.clone())
                 .configure(app_routes.clone())
-                .configure(http::routes);
+                .configure(|cfg| http::routes(cfg, &state.config));
             http_service(app, addr, state.clone(), shutdown.clone())
         })?
         .run();

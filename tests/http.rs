@@ -270,3 +270,80 @@ async fn behind_a_dual_stack_bind_local_ipv4_peers_count_as_loopback() {
         .unwrap();
     assert_eq!(admin.status(), 200);
 }
+
+/// The `Access-Control-Allow-Origin` a browser at `origin` would get.
+async fn allowed_origin(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    origin: &str,
+) -> Option<String> {
+    let mut request = app
+        .http()
+        .request(method.clone(), app.url(path))
+        .header("Origin", origin);
+    if method == reqwest::Method::OPTIONS {
+        request = request.header("Access-Control-Request-Method", "GET");
+    }
+    let response = request.send().await.unwrap();
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn browsers_of_other_origins_may_read_client_endpoints_but_not_admin_or_emit() {
+    let app = TestApp::spawn().await;
+    let page = "http://app.example";
+    for path in [
+        "/realtide.js",
+        "/api/v1/public/realtime/history?room=a/b",
+        "/healthz",
+    ] {
+        let get = allowed_origin(&app, reqwest::Method::GET, path, page).await;
+        assert_eq!(get.as_deref(), Some("*"), "{path} in open mode");
+        let preflight = allowed_origin(&app, reqwest::Method::OPTIONS, path, page).await;
+        assert!(preflight.is_some(), "{path}: preflight");
+    }
+    for path in ["/admin/topics", "/api/realtime/emit"] {
+        let get = allowed_origin(&app, reqwest::Method::GET, path, page).await;
+        assert_eq!(get, None, "{path}");
+        let preflight = allowed_origin(&app, reqwest::Method::OPTIONS, path, page).await;
+        assert_eq!(preflight, None, "{path}: preflight");
+    }
+}
+
+#[tokio::test]
+async fn with_a_secret_no_origin_is_allowed_unless_configured() {
+    let secured = TestApp::spawn_with(|c| c.jwt_secret = Some(common::SECRET.into())).await;
+    let none = allowed_origin(
+        &secured,
+        reqwest::Method::GET,
+        "/realtide.js",
+        "http://app.example",
+    )
+    .await;
+    assert_eq!(none, None);
+    let listed = TestApp::spawn_with(|c| {
+        c.jwt_secret = Some(common::SECRET.into());
+        c.cors_origins = Some("http://app.example, http://other.example".into());
+    })
+    .await;
+    let ok = allowed_origin(
+        &listed,
+        reqwest::Method::GET,
+        "/realtide.js",
+        "http://app.example",
+    )
+    .await;
+    assert_eq!(ok.as_deref(), Some("http://app.example"));
+    let stranger = allowed_origin(
+        &listed,
+        reqwest::Method::GET,
+        "/realtide.js",
+        "http://evil.example",
+    )
+    .await;
+    assert_eq!(stranger, None);
+}

@@ -13,9 +13,11 @@ pub mod stream;
 pub mod upgrade;
 pub mod ws;
 
+use actix_cors::Cors;
 use actix_web::{HttpRequest, web};
 
 use crate::auth::keys::KeyGuard;
+use crate::config::Config;
 use crate::state::AppState;
 
 pub use errors::ApiError;
@@ -23,8 +25,26 @@ pub use errors::ApiError;
 /// Largest HTTP request body (emit batches), in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Cross-origin reads of a client-facing endpoint, for the origins of
+/// `--cors-origins` (`None`: any). Another origin's request still gets its
+/// answer, without the headers that would let a browser read it.
+fn cors(origins: &Option<Vec<String>>) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods(["GET"])
+        .allow_any_header()
+        .max_age(3600)
+        .block_on_origin_mismatch(false);
+    match origins {
+        None => cors.allow_any_origin().send_wildcard(),
+        Some(list) => list
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin)),
+    }
+}
+
 /// Registers every route; shared by the server and any app embedding realtide.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
+    let origins = config.cors_origins();
     cfg.app_data(errors::json_config())
         .app_data(errors::query_config())
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
@@ -38,10 +58,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(history::admin_read))
                 .route(web::delete().to(history::admin_delete)),
         )
-        .service(resource("/api/v1/public/realtime/history").route(web::get().to(history::public)))
-        .service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/realtide.js").route(web::get().to(client_module)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(
+            resource("/api/v1/public/realtime/history")
+                .wrap(cors(&origins))
+                .route(web::get().to(history::public)),
+        )
+        .service(
+            resource("/healthz")
+                .wrap(cors(&origins))
+                .route(web::get().to(health::healthz)),
+        )
+        .service(
+            resource("/realtide.js")
+                .wrap(cors(&origins))
+                .route(web::get().to(client_module)),
+        )
+        .service(
+            resource("/readyz")
+                .wrap(cors(&origins))
+                .route(web::get().to(health::readyz)),
+        )
         .service(resource("/metrics").route(web::get().to(health::metrics)))
         .default_service(web::to(errors::not_found));
 }
