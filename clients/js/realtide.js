@@ -260,7 +260,8 @@ class Channel {
       this.emit('unsubscribed', frame);
       return;
     }
-    if (frame.type !== 'event' && frame.type !== 'db_change') return;
+    // `chat_message` is an event named `chat` (the SDKs' legacy chat).
+    if (frame.type !== 'event' && frame.type !== 'db_change' && frame.type !== 'chat_message') return;
     if (frame.message_id !== undefined && this.historyLeft > 0 && frame.seq <= this.lastSeq) {
       this.historyLeft -= 1;
     } else if (typeof frame.seq === 'number') {
@@ -290,6 +291,14 @@ class Channel {
     this.client.channels.delete(this.topic);
     if (this.client.status !== 'connected') return Promise.resolve();
     return this.client.request({ type: 'unsubscribe', topic: this.topic });
+  }
+
+  /** Sends a chat message to this `chat/<room>` channel (persisted); listeners of `chat` get it. */
+  sendChat(text, metadata) {
+    const roomId = this.topic.startsWith('chat/') ? this.topic.slice('chat/'.length) : this.topic;
+    const frame = { type: 'chat', roomId, text };
+    if (metadata !== undefined) frame.metadata = metadata;
+    return this.client.request(frame);
   }
 
   /** Publishes; resolves with the ack (`seq`, and `message_id` when persisted). */

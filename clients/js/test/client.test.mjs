@@ -189,3 +189,23 @@ test('when the server cannot recover what was missed, the app is told', async (t
   await server.restart(); // pub/sub replay lives in memory: a restart loses it
   await waitFor(() => resyncs === 1, 10000);
 });
+
+test('chat messages arrive as the `chat` event, also to the sender', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  const ann = createClient({ url: server.ws, userId: 'ann' });
+  const bob = createClient({ url: server.ws, userId: 'bob' });
+  t.after(() => { ann.disconnect(); bob.disconnect(); });
+  const annLobby = ann.channel('chat/lobby');
+  const heard = [];
+  annLobby.on('chat', ({ type, data, userId }) => heard.push([type, userId, data.text, data.metadata]));
+  await annLobby.subscribe();
+  const bobLobby = bob.channel('chat/lobby');
+  await bobLobby.subscribe();
+  const ack = await bobLobby.sendChat('hello', { mood: 'glad' });
+  assert.equal(typeof ack.message_id, 'string');
+  await waitFor(() => heard.length === 1);
+  assert.deepEqual(heard, [['chat_message', 'bob', 'hello', { mood: 'glad' }]]);
+  const [stored] = await annLobby.getHistory(1);
+  assert.equal(stored.id, ack.message_id);
+});
