@@ -48,6 +48,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
     cfg.app_data(errors::json_config())
         .app_data(errors::query_config())
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
+        .service(
+            resource("/api/realtime/check")
+                .wrap(cors(&origins))
+                .route(web::get().to(ws::check)),
+        )
         .service(resource("/api/realtime/emit").route(web::post().to(emit::emit)))
         .service(resource("/api/realtime/stream").route(web::post().to(stream::stream)))
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))

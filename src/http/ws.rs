@@ -86,16 +86,40 @@ pub struct Accepted {
 
 /// Checks an upgrade request: the handshake itself, the token, the project.
 pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError> {
+    actix_http::ws::verify_handshake(head).map_err(|e| {
+        state.metrics.error(ErrorCode::BadRequest);
+        ApiError::new(ErrorCode::BadRequest, e.to_string())
+    })?;
+    let headers = &head.headers;
+    let identity = admit(head.uri.query().unwrap_or_default(), headers, state)?;
+    // Select aerostack-v1 when offered; else the token (or key) protocol,
+    // since a browser drops a handshake that selects none of those it offered.
+    let credential = subprotocol_token(headers)
+        .map(|token| format!("{TOKEN_PROTOCOL_PREFIX}{token}"))
+        .or_else(|| subprotocol_key(headers).map(|key| format!("{KEY_PROTOCOL_PREFIX}{key}")));
+    let protocol = match offered_protocols(headers).any(|p| p == SUBPROTOCOL) {
+        true => Some(HeaderValue::from_static(SUBPROTOCOL)),
+        false => match credential {
+            Some(protocol) => Some(HeaderValue::from_str(&protocol).map_err(|e| {
+                state.metrics.error(ErrorCode::BadRequest);
+                ApiError::new(ErrorCode::BadRequest, e.to_string())
+            })?),
+            None => None,
+        },
+    };
+    Ok(Accepted { identity, protocol })
+}
+
+/// Who a connecting client is, from its query string and headers: its
+/// token and API key (query, headers or subprotocols) and its project.
+fn admit(query: &str, headers: &HeaderMap, state: &AppState) -> Result<Identity, ApiError> {
     let refuse = |error: ApiError| {
         state.metrics.error(error.0.code);
         error
     };
-    actix_http::ws::verify_handshake(head)
-        .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?;
-    let query = web::Query::<ConnectQuery>::from_query(head.uri.query().unwrap_or_default())
+    let query = web::Query::<ConnectQuery>::from_query(query)
         .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?
         .into_inner();
-    let headers = &head.headers;
     let token = query
         .token
         .as_deref()
@@ -116,22 +140,20 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
             .into(),
         ));
     }
-    // Select aerostack-v1 when offered; else the token (or key) protocol,
-    // since a browser drops a handshake that selects none of those it offered.
-    let credential = subprotocol_token(headers)
-        .map(|token| format!("{TOKEN_PROTOCOL_PREFIX}{token}"))
-        .or_else(|| subprotocol_key(headers).map(|key| format!("{KEY_PROTOCOL_PREFIX}{key}")));
-    let protocol = match offered_protocols(headers).any(|p| p == SUBPROTOCOL) {
-        true => Some(HeaderValue::from_static(SUBPROTOCOL)),
-        false => match credential {
-            Some(protocol) => Some(
-                HeaderValue::from_str(&protocol)
-                    .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?,
-            ),
-            None => None,
-        },
-    };
-    Ok(Accepted { identity, protocol })
+    Ok(identity)
+}
+
+/// `GET /api/realtime/check`: what the handshake with these credentials
+/// would answer, readable where a WebSocket's refusal is not (browsers and
+/// Node's WebSocket hide the 401/403 body): `{"ok":true,"userId"}`, or the
+/// refusal's status and JSON error.
+pub async fn check(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let identity = admit(req.query_string(), req.headers(), &state)?;
+    Ok(actix_web::HttpResponse::Ok()
+        .json(serde_json::json!({"ok": true, "userId": identity.user_id.as_deref()})))
 }
 
 /// What actix-web's router gets for `/api/realtime`: never an upgrade
