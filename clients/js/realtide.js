@@ -7,6 +7,10 @@
 
 const STATUSES = ['idle', 'connecting', 'connected', 'reconnecting', 'disconnected'];
 const PING_EVERY_MS = 30000;
+/** A connection must stay up this long before the reconnect backoff starts over. */
+const STABLE_AFTER_MS = 5000;
+/** A token is refreshed this long before it expires (a short-lived one at 80% of its life). */
+const REFRESH_AHEAD_MS = 30000;
 
 /**
  * @param {object} options
@@ -14,6 +18,9 @@ const PING_EVERY_MS = 30000;
  * @param {string} [options.token]     a JWT (sent as the `token` query parameter)
  * @param {string} [options.projectId]
  * @param {string} [options.userId]    identity in open mode
+ * @param {() => (string|Promise<string>)} [options.getToken] called for a token before
+ *        connecting, before the token expires, and after the server refused or expired it
+ * @param {string} [options.apiKey]    a project API key (sent as the `apiKey` query parameter)
  * @param {Function} [options.WebSocket] a WebSocket implementation (default: the global one)
  * @param {number} [options.minDelayMs=250]  first reconnect delay
  * @param {number} [options.maxDelayMs=10000] longest reconnect delay
@@ -22,10 +29,28 @@ export function createClient(options) {
   return new RealtimeClient(options);
 }
 
+/** A JWT's `exp` (Unix seconds), or null. */
+function tokenExpiry(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = typeof atob === 'function' ? atob(payload) : Buffer.from(payload, 'base64').toString();
+    return JSON.parse(json).exp ?? null;
+  } catch {
+    return null;
+  }
+}
+
 class RealtimeClient {
-  constructor({ url, token, projectId, userId, WebSocket: WS, minDelayMs = 250, maxDelayMs = 10000 }) {
+  constructor({
+    url, token, projectId, userId, getToken, apiKey, WebSocket: WS, minDelayMs = 250, maxDelayMs = 10000,
+  }) {
     this.url = url;
     this.token = token;
+    this.getToken = getToken;
+    this.apiKey = apiKey;
+    this.errorListeners = new Set();
+    this.lastError = null;
+    this.needToken = Boolean(getToken) && !token;
     this.projectId = projectId;
     this.userId = userId;
     this.WS = WS || globalThis.WebSocket;
@@ -48,6 +73,24 @@ class RealtimeClient {
   onStatusChange(listener) {
     this.statusListeners.add(listener);
     return () => this.statusListeners.delete(listener);
+  }
+
+  /**
+   * Calls `listener(error)` when the connection fails, with `error.code`:
+   * `unauthorized` or `forbidden` (the server refused the credentials: the
+   * client stops unless `getToken` can bring a new token), `token_expired`,
+   * `server_gone` (nothing answers; the client keeps retrying) or `closed`
+   * (the server closed the connection, `error.closeCode` says how).
+   * Returns a function that stops it.
+   */
+  onError(listener) {
+    this.errorListeners.add(listener);
+    return () => this.errorListeners.delete(listener);
+  }
+
+  fail(code, message, extra = {}) {
+    this.lastError = Object.assign(new Error(message), { code }, extra);
+    for (const listener of this.errorListeners) listener(this.lastError);
   }
 
   setStatus(status) {
@@ -75,26 +118,93 @@ class RealtimeClient {
     return Promise.resolve();
   }
 
-  connect() {
-    this.wanted = true;
-    if (this.socket) return;
-    this.setStatus(this.attempt === 0 ? 'connecting' : 'reconnecting');
+  /** The query string of the handshake (and of its HTTP check). */
+  query() {
     const query = new URLSearchParams();
     if (this.token) query.set('token', this.token);
+    if (this.apiKey) query.set('apiKey', this.apiKey);
     if (this.projectId) query.set('projectId', this.projectId);
     if (this.userId) query.set('userId', this.userId);
     const qs = query.toString();
-    const socket = new this.WS(qs ? `${this.url}?${qs}` : this.url, ['aerostack-v1']);
+    return qs ? `?${qs}` : '';
+  }
+
+  connect() {
+    this.wanted = true;
+    if (this.socket || this.opening) return;
+    this.setStatus(this.attempt === 0 ? 'connecting' : 'reconnecting');
+    this.opening = this.open().finally(() => {
+      this.opening = null;
+    });
+  }
+
+  async open() {
+    if (this.needToken) {
+      try {
+        this.token = await this.getToken();
+        this.needToken = false;
+      } catch (error) {
+        this.fail('unauthorized', `getToken failed: ${error?.message ?? error}`);
+        return this.retry();
+      }
+    }
+    if (!this.wanted) return;
+    const socket = new this.WS(`${this.url}${this.query()}`, ['aerostack-v1']);
     this.socket = socket;
     socket.onmessage = (message) => this.receive(message.data);
-    socket.onclose = () => this.dropped(socket);
-    socket.onerror = () => {};
+    socket.onclose = (event) => this.dropped(socket, event?.code);
+    // Some implementations (Node's) report a refused handshake as an error only.
+    socket.onerror = () => {
+      if (socket.readyState !== 1) this.dropped(socket);
+    };
+  }
+
+  /** Asks the server over HTTP why the handshake failed: the WebSocket API hides it. */
+  async why() {
+    const http = this.url.replace(/^ws/, 'http');
+    try {
+      const response = await fetch(`${http}/check${this.query()}`);
+      if (response.ok) return null;
+      const body = await response.json().catch(() => ({}));
+      return { status: response.status, code: body?.error?.code, message: body?.error?.message };
+    } catch {
+      return { status: 0, code: 'server_gone', message: 'the server does not answer' };
+    }
+  }
+
+  retry() {
+    if (!this.wanted) return;
+    this.setStatus('reconnecting');
+    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.attempt);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    this.attempt += 1;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Schedules a fresh token (through `getToken`) ahead of this one's `exp`. */
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    const exp = tokenExpiry(this.token);
+    if (!this.getToken || !exp) return;
+    const left = exp * 1000 - Date.now();
+    const ahead = Math.max(0, left - REFRESH_AHEAD_MS, left * 0.8);
+    this.refreshTimer = setTimeout(async () => {
+      try {
+        await this.setToken(await this.getToken());
+        this.scheduleRefresh();
+      } catch (error) {
+        this.fail('token_expired', `could not refresh the token: ${error?.message ?? error}`);
+      }
+    }, ahead);
   }
 
   /** Closes for good; channels stay defined but receive nothing more. */
   disconnect() {
     this.wanted = false;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
+    clearTimeout(this.stableTimer);
     clearInterval(this.pinger);
     const socket = this.socket;
     this.socket = null;
@@ -103,19 +213,40 @@ class RealtimeClient {
     this.setStatus('disconnected');
   }
 
-  dropped(socket) {
+  async dropped(socket, closeCode) {
     if (socket !== this.socket) return;
+    const welcomed = this.welcome !== null;
     this.socket = null;
     this.welcome = null;
     clearInterval(this.pinger);
+    clearTimeout(this.stableTimer);
     this.failPending(new Error('connection lost'));
     for (const channel of this.channels.values()) channel.connectionLost();
     if (!this.wanted) return;
-    this.setStatus('reconnecting');
-    const ceiling = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.attempt);
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-    this.attempt += 1;
-    this.timer = setTimeout(() => this.connect(), delay);
+    if (closeCode === 4001) {
+      this.fail('token_expired', 'the token expired', { closeCode });
+      if (this.getToken) this.needToken = true;
+    } else if (welcomed) {
+      this.fail('closed', `the server closed the connection (${closeCode ?? 'no code'})`, { closeCode });
+    } else {
+      // Refused, or never reached: ask why.
+      const refusal = await this.why();
+      if (!this.wanted) return;
+      if (refusal?.code === 'unauthorized' || refusal?.code === 'forbidden') {
+        this.fail(refusal.code, refusal.message ?? refusal.code, { status: refusal.status });
+        if (refusal.code === 'unauthorized' && this.getToken) {
+          this.needToken = true;
+        } else {
+          // Retrying the same credentials would be refused again.
+          this.wanted = false;
+          this.setStatus('disconnected');
+          return;
+        }
+      } else if (refusal) {
+        this.fail(refusal.code ?? 'server_gone', refusal.message ?? 'the handshake failed');
+      }
+    }
+    this.retry();
   }
 
   failPending(error) {
@@ -132,8 +263,14 @@ class RealtimeClient {
     }
     if (frame.type === 'welcome') {
       this.welcome = frame;
-      this.attempt = 0;
+      // The backoff starts over only once a connection proves stable: one
+      // that dies at once keeps backing off.
+      this.stableTimer = setTimeout(() => {
+        this.attempt = 0;
+      }, STABLE_AFTER_MS);
+      this.lastError = null;
       this.setStatus('connected');
+      this.scheduleRefresh();
       this.pinger = setInterval(() => this.send({ type: 'ping' }), PING_EVERY_MS);
       for (const channel of this.channels.values()) if (channel.wanted) channel.resubscribe();
       return;

@@ -27,13 +27,13 @@ async function freePort() {
 }
 
 /** Starts realtide; `restart()` kills it (SIGKILL) and starts it again on the same port and database. */
-async function startServer() {
+async function startServer(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'realtide-js-'));
   const dbPath = join(dir, 'rt.db');
   const port = await freePort();
   const server = { dbPath, port, http: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}/api/realtime` };
   server.launch = async () => {
-    server.child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`], {
+    server.child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`, ...extra], {
       stdio: 'ignore',
     });
     for (let i = 0; i < 200; i++) {
@@ -208,4 +208,62 @@ test('chat messages arrive as the `chat` event, also to the sender', async (t) =
   assert.deepEqual(heard, [['chat_message', 'bob', 'hello', { mood: 'glad' }]]);
   const [stored] = await annLobby.getHistory(1);
   assert.equal(stored.id, ack.message_id);
+});
+
+const SECRET = 'a-js-test-secret-of-at-least-32-bytes';
+
+/** A token signed by `realtide token`, as an app's backend would hand out. */
+function mint(sub, ttl) {
+  return execFileSync(BIN, ['token', '--sub', sub, '--ttl', ttl, '--jwt-secret', SECRET]).toString().trim();
+}
+
+test('a refused token is reported as unauthorized and the client stops trying', async (t) => {
+  const server = await startServer(['--jwt-secret', SECRET]);
+  t.after(() => server.kill());
+  const client = createClient({ url: server.ws, token: 'not-a-token' });
+  t.after(() => client.disconnect());
+  const errors = [];
+  client.onError((error) => errors.push(error.code));
+  client.connect();
+  await waitFor(() => client.status === 'disconnected');
+  assert.deepEqual(errors, ['unauthorized']);
+  await sleep(600);
+  assert.equal(client.status, 'disconnected', 'no reconnect loop');
+});
+
+test('getToken is asked before connecting and again before the token expires', async (t) => {
+  const server = await startServer(['--jwt-secret', SECRET]);
+  t.after(() => server.kill());
+  let asked = 0;
+  const client = createClient({
+    url: server.ws,
+    getToken: async () => {
+      asked += 1;
+      return mint('ann', '3s');
+    },
+  });
+  t.after(() => client.disconnect());
+  const room = client.channel('chat/tokens');
+  const reply = await room.subscribe();
+  assert.equal(reply.type, 'subscribed');
+  assert.equal(client.welcome.userId, 'ann');
+  assert.equal(asked, 1);
+  // Past the first token's expiry: refreshed in time, the connection stayed.
+  await sleep(4000);
+  assert.ok(asked >= 2, `asked ${asked} times`);
+  assert.equal(client.status, 'connected');
+  const ack = await room.publish('m', 1);
+  assert.equal(ack.type, 'ack');
+});
+
+test('a server that does not answer is reported, and the client keeps trying', async (t) => {
+  const port = await freePort();
+  const client = createClient({ url: `ws://127.0.0.1:${port}/api/realtime`, minDelayMs: 50, maxDelayMs: 200 });
+  t.after(() => client.disconnect());
+  const errors = [];
+  client.onError((error) => errors.push(error.code));
+  client.connect();
+  await waitFor(() => errors.length >= 2);
+  assert.equal(errors[0], 'server_gone');
+  assert.equal(client.status, 'reconnecting');
 });
