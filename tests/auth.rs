@@ -336,14 +336,21 @@ async fn without_configured_keys_a_key_is_accepted_and_ignored() {
 async fn the_check_endpoint_says_what_the_handshake_would_answer() {
     let app = secured().await;
     let (status, body) = app.get_json("/api/realtime/check").await;
-    assert_eq!((status, &body["error"]["code"]), (401, &json!("unauthorized")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
     let (status, _) = app.get_json("/api/realtime/check?token=garbage").await;
     assert_eq!(status, 401);
     let token = token_for("ann", json!({}));
-    let (status, body) = app.get_json(&format!("/api/realtime/check?token={token}")).await;
+    let (status, body) = app
+        .get_json(&format!("/api/realtime/check?token={token}"))
+        .await;
     assert_eq!((status, body), (200, json!({"ok": true, "userId": "ann"})));
     let (status, body) = app
-        .get_json(&format!("/api/realtime/check?token={token}&projectId=other"))
+        .get_json(&format!(
+            "/api/realtime/check?token={token}&projectId=other"
+        ))
         .await;
     assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
 }
