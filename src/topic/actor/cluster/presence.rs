@@ -15,6 +15,10 @@ use crate::topic::actor::{TopicActor, now_ms};
 use crate::topic::fanout::Audience;
 use crate::topic::messages::{AckTo, Track, Untrack};
 
+/// How often, and how far apart, a gone connection's untrack is tried.
+const UNTRACK_TRIES: usize = 60;
+const UNTRACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl TopicActor {
     /// Makes the mirror the broker's, telling subscribers what changed, and
     /// puts back this node's entries that the broker lost (or drops the ones
@@ -195,8 +199,23 @@ impl TopicActor {
             return;
         };
         if let Some(entry) = shared.local.remove(&conn) {
-            let untrack = shared.link.broker.untrack(self.name.as_str(), &entry.conn);
-            actix::spawn(async move { drop(untrack.await) });
+            let (broker, topic) = (shared.link.broker.clone(), self.name.to_string());
+            // A live node's entries are never reaped: an untrack that fails
+            // (Redis away for a moment) is tried again, or the entry would
+            // outlive its connection.
+            actix::spawn(async move {
+                for _ in 0..UNTRACK_TRIES {
+                    if broker.untrack(&topic, &entry.conn).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(UNTRACK_RETRY).await;
+                }
+                tracing::warn!(
+                    topic,
+                    conn = entry.conn,
+                    "a presence entry could not be removed"
+                );
+            });
         }
     }
 }
