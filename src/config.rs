@@ -213,10 +213,6 @@ impl Config {
         if let Some(secret) = &self.jwt_secret {
             check_jwt_secret(secret)?;
         }
-        crate::auth::api_keys::ApiKeys::new(
-            self.api_keys.as_deref(),
-            self.api_key_grants.as_deref(),
-        )?;
         if let Some(url) = &self.redis_url {
             redis::IntoConnectionInfo::into_connection_info(url.as_str())
                 .map_err(|e| format!("--redis-url `{url}` is not a Redis URL: {e}"))?;

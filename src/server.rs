@@ -18,6 +18,7 @@ use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceRes
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
+use crate::auth::api_keys::ApiKeys;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, ClusterLink};
 use crate::changes::ChangeSource;
@@ -144,6 +145,8 @@ where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
     config.check().map_err(StartError::Config)?;
+    let api_keys = ApiKeys::new(config.api_keys.as_deref(), config.api_key_grants.as_deref())
+        .map_err(StartError::Config)?;
     let config = Arc::new(config);
     let db = Database::open(&config.database_url)?;
     tracing::info!(backend = db.backend(), epoch = db.epoch(), "database ready");
@@ -200,6 +203,7 @@ where
         broker
             .clone()
             .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
+        api_keys,
     ));
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build();

@@ -45,13 +45,12 @@ impl AppState {
         metrics: Metrics,
         node_id: Arc<str>,
         broker: Option<Arc<dyn Broker>>,
+        api_keys: ApiKeys,
     ) -> Self {
         AppState {
             node_id,
             broker,
-            // The config was checked at start (`Config::check`).
-            api_keys: ApiKeys::new(config.api_keys.as_deref(), config.api_key_grants.as_deref())
-                .unwrap_or_else(|_| ApiKeys::new(None, None).expect("no keys always parse")),
+            api_keys,
             verifier: TokenVerifier::new(
                 config.jwt_secret.as_deref(),
                 config.jwt_audience.as_deref(),

@@ -39,24 +39,11 @@ async fn start_binary_on(db: &str, extra: &[&str]) -> Server {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
-        .args(["serve", "--bind", &addr, "--database-url", db])
-        .args(extra)
-        .env_remove("REALTIDE_JWT_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start realtide");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = reqwest::get(format!("http://{addr}/healthz")).await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "realtide did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let args: Vec<&str> = ["--database-url", db]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let child = common::serve_binary(&addr, &args).await;
     Server {
         child,
         addr,

@@ -123,25 +123,18 @@ pub struct NodeProcess {
 impl NodeProcess {
     pub async fn start(db: &TestDb, redis: &RedisServer, id: &str) -> NodeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_realtide"))
-            .args(["serve", "--bind", &addr, "--database-url", &db.url])
-            .args(["--redis-url", &redis.url(), "--node-id", id])
-            .args(["--node-timeout-ms", &NODE_TIMEOUT_MS.to_string()])
-            .env_remove("REALTIDE_JWT_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start realtide");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await
-                && response.status() == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {id} did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (redis_url, timeout) = (redis.url(), NODE_TIMEOUT_MS.to_string());
+        let args = [
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis_url.as_str(),
+            "--node-id",
+            id,
+            "--node-timeout-ms",
+            timeout.as_str(),
+        ];
+        let child = super::serve_binary(&addr, &args).await;
         NodeProcess { child, addr }
     }
 

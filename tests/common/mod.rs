@@ -503,6 +503,34 @@ impl Client {
     }
 }
 
+/// Starts the real binary serving on `addr` with `args` after `serve
+/// --bind <addr>`, and waits until it is ready.
+pub async fn serve_binary(addr: &str, args: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+        .args(["serve", "--bind", addr])
+        .args(args)
+        .env_remove("REALTIDE_JWT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start realtide");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await
+            && response.status() == 200
+        {
+            return child;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("realtide on {addr} did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A JWT secret long enough to be accepted (32 bytes at least).
 pub const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 

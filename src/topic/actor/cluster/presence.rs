@@ -51,7 +51,7 @@ impl TopicActor {
                 self.fan_out(frame, Audience::Everyone);
             }
         }
-        let broker = self.broker().clone();
+        let broker = self.broker();
         for wire in stale {
             let untrack = broker.untrack(self.name.as_str(), &wire);
             actix::spawn(async move { drop(untrack.await) });
