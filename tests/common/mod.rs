@@ -505,6 +505,8 @@ impl Client {
 
 /// Starts the real binary serving on `addr` with `args` after `serve
 /// --bind <addr>`, and waits until it is ready.
+// The child is handed to the caller, whose drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
 pub async fn serve_binary(addr: &str, args: &[&str]) -> std::process::Child {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_realtide"))
