@@ -4,8 +4,8 @@
 //!
 //! The loop. While at least one table topic watches, the actor's `Tick`
 //! handler loops: every `--poll-interval-ms` it asks its [`ChangeSource`]
-//! whether anything may have committed (SQLite: a stat of the database and
-//! WAL files, then `PRAGMA data_version`; PostgreSQL: pending notifications),
+//! whether anything may have committed (SQLite: `PRAGMA data_version` and
+//! `schema_version`; PostgreSQL: pending notifications),
 //! which costs no read of the log, and reads the log after its cursor when
 //! so, or when [`FULL_READ_EVERY`] has passed without a read. It leaves the
 //! loop (and lets its mailbox run) only when a [`Tracker`] call knocks, so an

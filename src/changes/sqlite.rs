@@ -3,8 +3,8 @@
 //! `sqlite3` 3.40 CLI has, since triggers run inside whichever program
 //! writes. When `PRAGMA schema_version` moves, watched tables are re-read and
 //! their triggers regenerated if their columns changed. Commits by any
-//! connection are noticed through `PRAGMA data_version`, which costs no read
-//! of the log.
+//! connection are noticed through `PRAGMA data_version`, asked at every
+//! probe, which costs no read of the log.
 //!
 //! `INSERT OR REPLACE` (and `REPLACE`): SQLite deletes the rows it replaces
 //! without firing DELETE triggers unless the writing connection enabled
@@ -12,8 +12,7 @@
 //! table-topics docs say what an application should do.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::PathBuf;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -27,36 +26,12 @@ const PAIRS_PER_CALL: usize = 60;
 
 pub struct SqliteSource {
     conn: DbConnection,
-    /// The database file; its WAL file's size and mtime change with every commit.
+    /// The database file, to reconnect to.
     path: PathBuf,
-    files: Option<FileStamp>,
     data_version: i64,
     schema_version: i64,
     /// Watched tables and the columns their triggers list.
     watched: HashMap<String, Vec<String>>,
-}
-
-/// Size and modification time of the database file and its WAL: every commit
-/// appends to the WAL, every checkpoint writes the database file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    db: (u64, SystemTime),
-    wal: Option<(u64, SystemTime)>,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let stamp = |p: &Path| {
-            let meta = std::fs::metadata(p).ok()?;
-            Some((meta.len(), meta.modified().ok()?))
-        };
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        Some(FileStamp {
-            db: stamp(path)?,
-            wal: stamp(Path::new(&wal)),
-        })
-    }
 }
 
 #[derive(QueryableByName)]
@@ -146,7 +121,6 @@ impl SqliteSource {
         SqliteSource {
             conn,
             path,
-            files: None,
             data_version: -1,
             schema_version: -1,
             watched: HashMap::new(),
@@ -236,13 +210,10 @@ impl ChangeSource for SqliteSource {
     }
 
     fn probe(&mut self) -> Result<Probe, DbError> {
-        // A stat of two files costs far less than a query: ask SQLite only
-        // when one of them moved.
-        let files = FileStamp::of(&self.path);
-        if files.is_some() && files == self.files {
-            return Ok(Probe::default());
-        }
-        self.files = files;
+        // SQLite itself, every time: a stat of the database and WAL files
+        // misses a commit that lands between a writer's WAL append and its
+        // making the commit visible (the stamp moves, the version not yet),
+        // and then every later probe until another commit moves the files.
         let v: Versions = diesel::sql_query(
             "SELECT d.data_version AS data_version, s.schema_version AS schema_version \
              FROM pragma_data_version() AS d, pragma_schema_version() AS s",
@@ -274,7 +245,6 @@ impl ChangeSource for SqliteSource {
 
     fn reconnect(&mut self) -> Result<(), DbError> {
         self.conn = crate::db::connect_to(&DatabaseUrl::Sqlite(self.path.clone()))?;
-        self.files = None;
         Ok(())
     }
 }
