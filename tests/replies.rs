@@ -192,8 +192,8 @@ async fn many_clients_firing_mixed_requests_get_exactly_one_reply_each() {
                 };
                 let mut frame = frame;
                 frame["ref"] = json!(reference);
+                sent.push((reference, frame.to_string()));
                 client.send(frame).await;
-                sent.push(reference);
             }
             let mut answered: HashMap<String, usize> = HashMap::new();
             while answered.len() < sent.len() {
@@ -203,11 +203,18 @@ async fn many_clients_firing_mixed_requests_get_exactly_one_reply_each() {
                             *answered.entry(reference.to_string()).or_default() += 1;
                         }
                     }
-                    other => panic!(
-                        "client {seed}: {} of {} answered, then {other:?}",
-                        answered.len(),
-                        sent.len()
-                    ),
+                    other => {
+                        let unanswered: Vec<_> = sent
+                            .iter()
+                            .filter(|(reference, _)| !answered.contains_key(reference))
+                            .map(|(_, frame)| frame)
+                            .collect();
+                        panic!(
+                            "client {seed}: {} of {} answered, then {other:?}; unanswered: {unanswered:?}",
+                            answered.len(),
+                            sent.len()
+                        )
+                    }
                 }
             }
             // Late duplicates would arrive now.
