@@ -189,7 +189,8 @@ fn main() -> Result<(), String> {
     let config = *config;
     seed(&config.database_url)?;
     actix_web::rt::System::new().block_on(async move {
-        let listener = realtide::server::bind(&config.bind).map_err(|e| e.to_string())?;
+        let listener =
+            realtide::server::bind(&config.listen_address()).map_err(|e| e.to_string())?;
         let base = web::Data::new(format!(
             "http://{}",
             listener.local_addr().map_err(|e| e.to_string())?

@@ -5,12 +5,30 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The command line: `realtide [serve]` or `realtide token`.
+/// The command line: `realtide [serve] [flags]` or `realtide token`. The
+/// server's flags work without `serve` too (`realtide --port 4100`).
 #[derive(Debug, Parser)]
-#[command(name = "realtide", version, about = "A self-hosted realtime server")]
+#[command(
+    name = "realtide",
+    version,
+    about = "A self-hosted realtime server",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The server's settings when no command is given.
+    #[command(flatten)]
+    pub serve: Box<Config>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +45,20 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "REALTIDE_BIND", default_value = "127.0.0.1:4000")]
     pub bind: String,
+
+    /// Port to listen on, replacing the port of `--bind`.
+    #[arg(long, env = "REALTIDE_PORT")]
+    pub port: Option<u16>,
+
+    /// Log lines as `text` or `json`; the level comes from `--log-level`.
+    #[arg(long, env = "REALTIDE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// `error`, `warn`, `info` (connections opened, refused and closed),
+    /// `debug`, or a `tracing` filter such as `realtide=debug`. `RUST_LOG`,
+    /// when set, wins.
+    #[arg(long, env = "REALTIDE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 
     /// `sqlite://relative.db`, `sqlite:///abs/path.db`, a bare path, or `postgres://...`.
     #[arg(
@@ -178,6 +210,19 @@ pub struct Config {
     /// Worker threads for HTTP and WebSocket sessions (default: one per core).
     #[arg(long, env = "REALTIDE_WORKERS")]
     pub workers: Option<usize>,
+}
+
+impl Config {
+    /// The address to listen on: `--bind`, with `--port` in place of its port.
+    pub fn listen_address(&self) -> String {
+        match self.port {
+            None => self.bind.clone(),
+            Some(port) => match self.bind.rsplit_once(':') {
+                Some((host, _)) => format!("{host}:{port}"),
+                None => format!("{}:{port}", self.bind),
+            },
+        }
+    }
 }
 
 impl Default for Config {

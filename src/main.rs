@@ -3,22 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use realtide::config::{Cli, Command, Config, TokenArgs};
+use realtide::config::{Cli, Command, Config, LogFormat, TokenArgs};
 use serde_json::{Map, Value};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Serve(config)) => serve(*config),
-        None => serve(Config::default()),
+        None => serve(*cli.serve),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,10 +23,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr at `--log-level` (or `RUST_LOG`), as text or JSON lines.
+fn init_logs(config: &Config) -> Result<(), String> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => EnvFilter::try_new(&config.log_level)
+            .map_err(|e| format!("--log-level `{}`: {e}", config.log_level))?,
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> Result<(), String> {
+    init_logs(&config)?;
     actix_web::rt::System::new().block_on(async move {
-        let listener = realtide::server::bind(&config.bind)
-            .map_err(|e| format!("cannot bind {}: {e}", config.bind))?;
+        let address = config.listen_address();
+        let listener =
+            realtide::server::bind(&address).map_err(|e| format!("cannot bind {address}: {e}"))?;
         let server = realtide::server::start(listener, config).map_err(|e| e.to_string())?;
         server.run_until_signal().await.map_err(|e| e.to_string())
     })

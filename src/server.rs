@@ -205,6 +205,7 @@ where
             .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
         api_keys,
     ));
+    let listening = state.clone();
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build();
     let shutdown = builder.graceful_shutdown_signal();
@@ -220,7 +221,21 @@ where
             http_service(app, addr, state.clone(), shutdown.clone())
         })?
         .run();
-    tracing::info!(%addr, "realtide listening");
+    tracing::info!(
+        url = %format!("ws://{addr}{}", upgrade::PATH),
+        database = %listening.db.url().redacted(),
+        capture = "triggers",
+        tables = %config.tables,
+        node = %listening.node_id,
+        cluster = config.redis_url.is_some(),
+        "realtide listening"
+    );
+    if config.jwt_secret.is_none() {
+        tracing::warn!(
+            "open mode: no --jwt-secret, so every client is accepted and its `userId` trusted; \
+             set a secret before exposing this server"
+        );
+    }
     if !addr.ip().to_canonical().is_loopback() {
         for (key, flag) in [
             (&config.server_key, "--server-key"),
@@ -323,12 +338,24 @@ impl Controller {
         if let Ok(told) = self.registry.send(ShutdownSessions).await {
             tracing::info!(sessions = told, "closing sessions");
             let deadline = Instant::now() + CLOSE_GRACE;
+            let mut open = told;
             while Instant::now() < deadline {
                 match self.registry.send(CountSessions).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(0) | Err(_) => {
+                        open = 0;
+                        break;
+                    }
+                    Ok(left) => {
+                        open = left;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
             }
+            tracing::info!(
+                closed = told.saturating_sub(open),
+                still_open = open,
+                "sessions closed with 1012"
+            );
         }
         if let Some(broker) = &self.broker {
             // Whatever presence the closed sessions left behind goes now,

@@ -34,11 +34,49 @@ impl DatabaseUrl {
             DatabaseUrl::Postgres(_) => "postgres",
         }
     }
+
+    /// The url as logs may show it: a PostgreSQL password becomes `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => {
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return url.clone();
+                };
+                let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match authority.rsplit_once('@') {
+                    Some((user_info, host)) => {
+                        let user = user_info
+                            .split_once(':')
+                            .map_or(user_info, |(user, _)| user);
+                        let hidden = if user_info.contains(':') { ":***" } else { "" };
+                        format!("{scheme}://{user}{hidden}@{host}{tail}")
+                    }
+                    None => url.clone(),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_never_show_a_postgres_password() {
+        let url =
+            DatabaseUrl::parse("postgres://app:s3cr%40t@db.internal:5432/app?sslmode=require")
+                .unwrap();
+        assert_eq!(
+            url.redacted(),
+            "postgres://app:***@db.internal:5432/app?sslmode=require"
+        );
+        let bare = DatabaseUrl::parse("postgresql://db/app").unwrap();
+        assert_eq!(bare.redacted(), "postgresql://db/app");
+        let sqlite = DatabaseUrl::parse("sqlite://data/rt.db").unwrap();
+        assert_eq!(sqlite.redacted(), "sqlite://data/rt.db");
+    }
 
     #[test]
     fn sqlite_urls_name_relative_and_absolute_paths() {

@@ -196,6 +196,11 @@ impl Connection {
         }
     }
 
+    /// The client's address, for logs.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.stream.peer_addr().ok()
+    }
+
     /// The frame-writing side, for the connection's extensions.
     pub fn socket(&self) -> Socket {
         Socket {

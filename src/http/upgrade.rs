@@ -74,7 +74,15 @@ async fn serve(
     };
     let accepted = match accepted {
         Ok(accepted) => accepted,
-        Err(refusal) => return refuse(framed, &refusal).await,
+        Err(refusal) => {
+            tracing::info!(
+                peer = ?framed.io_ref().peer_addr(),
+                code = refusal.0.code.as_str(),
+                reason = %refusal.0.message,
+                "connection refused"
+            );
+            return refuse(framed, &refusal).await;
+        }
     };
     let mut response = actix_http::ws::handshake_response(request.head());
     if let Some(protocol) = accepted.protocol {

@@ -66,6 +66,10 @@ pub struct SessionActor {
     /// Topics where this connection tracks presence (or asked to), for
     /// `--max-presence-per-connection`.
     tracked: HashSet<Arc<str>>,
+    /// For the log line at close: when it opened, frames read, how it ended.
+    opened: Instant,
+    frames_in: u64,
+    close_code: Option<u16>,
 }
 
 /// How long a closing session waits for the client's close reply. Closing the
@@ -88,6 +92,9 @@ impl SessionActor {
             fragments: None,
             expiry: None,
             tracked: HashSet::new(),
+            opened: Instant::now(),
+            frames_in: 0,
+            close_code: None,
             state,
         }
     }
@@ -120,6 +127,7 @@ impl SessionActor {
             return;
         }
         self.outbox.start_closing();
+        self.close_code = Some(code.into());
         ctx.close(Some(CloseReason {
             code,
             description: Some(why.into()),
@@ -146,6 +154,7 @@ impl SessionActor {
             return;
         }
         self.state.metrics.messages_in.inc();
+        self.frames_in += 1;
         let envelope = Envelope::parse(text);
         let reference = envelope.reference;
         let result = envelope
@@ -549,6 +558,7 @@ impl SessionActor {
         };
         self.expiry = Some(ctx.run_later(left, |session, ctx| {
             if session.identity.time_left() == Some(Duration::ZERO) {
+                tracing::info!(conn = %session.wire_id, user = session.identity.user_id.as_deref().unwrap_or("-"), "token expired: closing with 4001");
                 let error = ProtocolError::unauthorized("the token has expired");
                 session.send_error(ctx, None, None, &error);
                 session.close(ctx, CloseCode::Other(close::TOKEN_EXPIRED), "token expired");
@@ -627,6 +637,7 @@ impl Actor for SessionActor {
             conn: self.conn,
             shutdown: ctx.address().recipient(),
         });
+        tracing::info!(conn = %self.wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
         let welcome = server::welcome(&server::Welcome {
             conn: &self.wire_id,
             user_id: self.identity.user_id.as_deref(),
@@ -648,6 +659,20 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let code = match (self.close_code, self.outbox.is_slow()) {
+            (Some(code), _) => code.to_string(),
+            (None, true) => close::SLOW_CONSUMER.to_string(),
+            (None, false) => "none (connection dropped)".to_string(),
+        };
+        tracing::info!(
+            conn = %self.wire_id,
+            user = self.identity.user_id.as_deref().unwrap_or("-"),
+            code,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            frames_in = self.frames_in,
+            subscriptions = self.outbox.subscription_count(),
+            "connection closed"
+        );
         self.state.metrics.connections.dec();
         self.leave_all_topics();
         self.state
@@ -692,6 +717,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             }
             Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
+                // A close frame without a code reads as 1005 (RFC 6455 §7.1.5).
+                self.close_code = Some(reason.as_ref().map_or(1005, |r| r.code.into()));
                 ctx.close(reason);
                 ctx.stop();
             }
