@@ -253,3 +253,51 @@ async fn many_killed_connections_leave_no_presence_behind() {
     }
     assert_eq!(remaining, 0, "no presence entry outlives its connection");
 }
+
+/// Every request is answered, and the last one wins: a client that tracks,
+/// untracks, leaves and comes back in one breath ends present with its last
+/// state (with several nodes, the requests reach Redis in the order sent).
+#[tokio::test]
+async fn a_burst_of_presence_requests_is_answered_once_each_and_the_last_wins() {
+    let app = TestApp::spawn().await;
+    let mut ann = app.client_as("ann").await;
+    let mut observer = app.client_as("olga").await;
+    for round in 0..20 {
+        let topic = format!("flip/{round}");
+        let burst = [
+            json!({"type": "subscribe", "topic": topic}),
+            json!({"type": "track", "topic": topic, "state": {"n": 1}}),
+            json!({"type": "untrack", "topic": topic}),
+            json!({"type": "track", "topic": topic, "state": {"n": 2}}),
+            json!({"type": "unsubscribe", "topic": topic}),
+            json!({"type": "subscribe", "topic": topic}),
+            json!({"type": "track", "topic": topic, "state": {"n": 3}}),
+        ];
+        for (n, mut frame) in burst.into_iter().enumerate() {
+            frame["ref"] = json!(format!("{round}-{n}"));
+            ann.send(frame).await;
+        }
+        let mut answered = std::collections::BTreeMap::new();
+        while answered.len() < 7 {
+            let frame = ann.recv().await;
+            if let Some(reference) = frame["ref"].as_str() {
+                assert_ne!(frame["type"], "error", "{frame}");
+                *answered.entry(reference.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert!(answered.values().all(|n| *n == 1), "{answered:?}");
+        // Whatever arrives late has to be looked at: a second answer, or the
+        // removal of ann's last entry.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        observer.subscribe(&topic).await;
+        let sync = next_event(&mut observer, "presence:sync").await;
+        assert_eq!(
+            sync["data"]["presences"]["ann"][0]["state"],
+            json!({"n": 3}),
+            "round {round}: {sync}"
+        );
+        while let Some(Incoming::Frame(frame)) = ann.next_within(Duration::from_millis(20)).await {
+            assert!(frame.get("ref").is_none(), "answered twice: {frame}");
+        }
+    }
+}

@@ -23,8 +23,10 @@
 //! - Epoch: a new epoch means the broker lost the topic's past (Redis
 //!   restarted empty): seqs start again and no seq repeats within an epoch.
 //! - Presence: `track`/`untrack` store an entry cluster-wide and announce it
-//!   to every joined node as `FromBroker::Presence`; a node that stops
-//!   beating has its entries removed, each announced once.
+//!   to every joined node as `FromBroker::Presence`, carrying the caller's
+//!   [`PresenceOp`] so the requesting node knows which request an
+//!   announcement answers; a node that stops beating has its entries
+//!   removed, each announced once (with no op).
 
 pub mod redis;
 
@@ -117,6 +119,12 @@ pub struct NodeInfo {
     pub last_seen_ms: i64,
 }
 
+/// A presence request's number, unique within its node, announced with the
+/// join or leave it causes: announcements of several requests for one
+/// connection may come in another order than the requests were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PresenceOp(pub u64);
+
 /// What a topic of a cluster needs to reach it: the broker, and this node's id.
 #[derive(Clone)]
 pub struct ClusterLink {
@@ -135,6 +143,8 @@ pub enum FromBroker {
     Presence {
         joined: bool,
         entry: PresenceEntry,
+        /// The `track`/`untrack` that caused it, if one passed an op.
+        op: Option<PresenceOp>,
     },
     /// The link to the broker dropped and is back, or this node was taken
     /// for dead: look for missed events and re-announce local presence.
@@ -161,10 +171,11 @@ pub trait Broker: Send + Sync + 'static {
         since: u64,
         up_to: u64,
     ) -> BrokerFuture<Option<Vec<Sequenced>>>;
-    /// Adds or replaces a presence entry and announces it.
-    fn track(&self, topic: &str, entry: PresenceEntry) -> BrokerFuture<()>;
-    /// Removes a connection's entry; answers whether there was one (then announced).
-    fn untrack(&self, topic: &str, conn: &str) -> BrokerFuture<bool>;
+    /// Adds or replaces a presence entry and announces it (with `op`).
+    fn track(&self, topic: &str, entry: PresenceEntry, op: Option<PresenceOp>) -> BrokerFuture<()>;
+    /// Removes a connection's entry; answers whether there was one (then
+    /// announced, with `op`).
+    fn untrack(&self, topic: &str, conn: &str, op: Option<PresenceOp>) -> BrokerFuture<bool>;
     /// The topic's presence entries, cluster-wide.
     fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>>;
     /// The live nodes.

@@ -40,8 +40,8 @@ mod wire;
 
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
-    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, Sequenced, SharedEvent,
-    TopicState,
+    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, Sequenced,
+    SharedEvent, TopicState,
 };
 
 /// How long a command may take before it counts as failed.
@@ -587,7 +587,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn track(&self, topic: &str, entry: PresenceEntry) -> BrokerFuture<()> {
+    fn track(&self, topic: &str, entry: PresenceEntry, op: Option<PresenceOp>) -> BrokerFuture<()> {
         let json = match serde_json::to_string(&entry) {
             Ok(json) => json,
             Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
@@ -611,13 +611,14 @@ impl Broker for RedisBroker {
                 .arg(&entry.conn)
                 .arg(json)
                 .arg(member)
+                .arg(wire::op_text(op))
                 .invoke_async(&mut conn)
                 .await?;
             Ok(())
         })
     }
 
-    fn untrack(&self, topic: &str, conn_id: &str) -> BrokerFuture<bool> {
+    fn untrack(&self, topic: &str, conn_id: &str, op: Option<PresenceOp>) -> BrokerFuture<bool> {
         let keys = [
             self.key(topic, "pres"),
             format!("{}:pres", self.node_key(&self.inner.settings.node)),
@@ -636,6 +637,7 @@ impl Broker for RedisBroker {
                 .key(&keys[2])
                 .arg(conn_id)
                 .arg(member)
+                .arg(wire::op_text(op))
                 .invoke_async(&mut conn)
                 .await?;
             Ok(removed == 1)

@@ -1,12 +1,13 @@
 //! What travels on the Redis connections, decoded: the pub/sub pushes
-//! routed to topics (`e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`),
+//! routed to topics (`e|<epoch>|<seq>|<event>`, `j|<op>|<entry>`,
+//! `l|<op>|<entry>`, the op empty when none),
 //! kept token events (`<seq>|<event>`), and the shapes of script answers.
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::Routes;
-use crate::broker::{FromBroker, Sequenced};
+use crate::broker::{FromBroker, PresenceOp, Sequenced};
 
 /// Routes one push of the pub/sub connection.
 pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: PushInfo) {
@@ -35,7 +36,12 @@ pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: Pus
     }
 }
 
-/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<entry>`, `l|<entry>`.
+/// A presence op as a script argument and in a channel message.
+pub(super) fn op_text(op: Option<PresenceOp>) -> String {
+    op.map(|PresenceOp(n)| n.to_string()).unwrap_or_default()
+}
+
+/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<op>|<entry>`, `l|<op>|<entry>`.
 pub(super) fn decode(payload: &[u8]) -> Option<FromBroker> {
     let text = std::str::from_utf8(payload).ok()?;
     let (kind, rest) = text.split_once('|')?;
@@ -51,10 +57,18 @@ pub(super) fn decode(payload: &[u8]) -> Option<FromBroker> {
                 },
             })
         }
-        "j" | "l" => Some(FromBroker::Presence {
-            joined: kind == "j",
-            entry: serde_json::from_str(rest).ok()?,
-        }),
+        "j" | "l" => {
+            let (op, entry) = rest.split_once('|')?;
+            let op = match op {
+                "" => None,
+                n => Some(PresenceOp(n.parse().ok()?)),
+            };
+            Some(FromBroker::Presence {
+                joined: kind == "j",
+                entry: serde_json::from_str(entry).ok()?,
+                op,
+            })
+        }
         _ => None,
     }
 }
@@ -107,10 +121,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let leave = r#"l|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
+        let leave = r#"l||{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
         assert!(matches!(
             decode(leave.as_bytes()),
-            Some(FromBroker::Presence { joined: false, .. })
+            Some(FromBroker::Presence {
+                joined: false,
+                op: None,
+                ..
+            })
+        ));
+        let join = r#"j|42|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
+        assert!(matches!(
+            decode(join.as_bytes()),
+            Some(FromBroker::Presence {
+                joined: true,
+                op: Some(PresenceOp(42)),
+                ..
+            })
         ));
         assert!(decode(b"x|y").is_none());
         assert!(decode(b"e|ep|notanumber|{}").is_none());

@@ -21,7 +21,7 @@
 //!   join or leave. Each node mirrors the whole topic's entries, so
 //!   `presence:sync` lists every node's.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ use bytestring::ByteString;
 
 use super::{StreamPart, TopicActor, now_ms};
 use crate::broker::{
-    BrokerError, ClusterLink, FromBroker, PresenceEntry, Sequenced, SharedEvent, StreamMark,
-    TopicState,
+    BrokerError, ClusterLink, FromBroker, PresenceEntry, PresenceOp, Sequenced, SharedEvent,
+    StreamMark, TopicState,
 };
 use crate::history;
 use crate::protocol::ProtocolError;
@@ -52,12 +52,6 @@ struct Waiting {
     seq: Option<u64>,
 }
 
-/// A presence request waiting for its join or leave to come back.
-struct PresenceAck {
-    joined: bool,
-    ack: AckTo,
-}
-
 /// A cluster topic's part of the actor's state.
 pub struct Shared {
     link: ClusterLink,
@@ -72,8 +66,9 @@ pub struct Shared {
     outgoing: Vec<SharedEvent>,
     /// This node's presence entries on the topic.
     local: HashMap<ConnId, PresenceEntry>,
-    /// Acks to send just before a connection's join or leave, by wire id.
-    presence_acks: HashMap<String, VecDeque<PresenceAck>>,
+    /// Acks of this node's track and untrack requests, each sent just
+    /// before the join or leave announced with its op.
+    presence_acks: HashMap<PresenceOp, AckTo>,
 }
 
 impl Shared {
@@ -397,7 +392,7 @@ impl TopicActor {
         }
         match msg {
             FromBroker::Event { epoch, event } => self.arrived(epoch, event, ctx),
-            FromBroker::Presence { joined, entry } => self.presence_changed(joined, entry),
+            FromBroker::Presence { joined, entry, op } => self.presence_changed(joined, entry, op),
             FromBroker::Resync => self.resync(ctx),
         }
     }

@@ -22,7 +22,7 @@ for _, node in ipairs(dead) do
       local entry = redis.call('HGET', presence, conn)
       if entry then
         redis.call('HDEL', presence, conn)
-        redis.call('PUBLISH', ARGV[1] .. '{' .. topic .. '}', 'l|' .. entry)
+        redis.call('PUBLISH', ARGV[1] .. '{' .. topic .. '}', 'l||' .. entry)
         left = left + 1
       end
     end

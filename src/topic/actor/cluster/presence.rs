@@ -1,14 +1,17 @@
 //! A cluster topic's presence: this node's entries go to the broker, and
 //! every node's joins and leaves come back to a mirror of the whole topic.
-//! A client's ack goes just before its own join or leave.
+//! A client's ack goes just before the join or leave its request caused,
+//! found by the request's op (announcements of one connection's requests
+//! may come in another order than the requests).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{PresenceAck, unavailable};
-use crate::broker::PresenceEntry;
-use crate::protocol::ProtocolError;
+use super::unavailable;
+use crate::broker::{BrokerError, PresenceEntry, PresenceOp};
 use crate::protocol::server::{self, TopicFrame};
 use crate::session::messages::ConnId;
 use crate::topic::actor::{TopicActor, now_ms};
@@ -17,7 +20,13 @@ use crate::topic::messages::{AckTo, Track, Untrack};
 
 /// How often, and how far apart, a gone connection's untrack is tried.
 const UNTRACK_TRIES: usize = 60;
-const UNTRACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const UNTRACK_RETRY: Duration = Duration::from_secs(1);
+/// How long an answered request's ack waits for its announcement (lost
+/// only if the pub/sub link dropped meanwhile) before it goes anyway.
+const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(2);
+
+/// Presence ops, unique within this process.
+static NEXT_OP: AtomicU64 = AtomicU64::new(1);
 
 impl TopicActor {
     /// Makes the mirror the broker's, telling subscribers what changed, and
@@ -53,7 +62,7 @@ impl TopicActor {
         }
         let broker = self.broker();
         for wire in stale {
-            let untrack = broker.untrack(self.name.as_str(), &wire);
+            let untrack = broker.untrack(self.name.as_str(), &wire, None);
             actix::spawn(async move { drop(untrack.await) });
         }
         let missing: Vec<PresenceEntry> = self
@@ -64,36 +73,25 @@ impl TopicActor {
             .cloned()
             .collect();
         for entry in missing {
-            let track = broker.track(self.name.as_str(), entry);
+            let track = broker.track(self.name.as_str(), entry, None);
             actix::spawn(async move { drop(track.await) });
         }
     }
 
-    /// A join or leave, from any node.
-    pub(super) fn presence_changed(&mut self, joined: bool, entry: PresenceEntry) {
+    /// A join or leave, from any node; one of this node's requests is
+    /// acked just before it.
+    pub(super) fn presence_changed(
+        &mut self,
+        joined: bool,
+        entry: PresenceEntry,
+        op: Option<PresenceOp>,
+    ) {
         let node = self.shared().link.node.clone();
-        if *entry.node == *node {
-            let acks = self.shared().presence_acks.get_mut(&entry.conn);
-            if let Some(pending) = acks.and_then(|a| a.front())
-                && pending.joined == joined
-            {
-                let ack = self
-                    .shared()
-                    .presence_acks
-                    .get_mut(&entry.conn)
-                    .and_then(VecDeque::pop_front);
-                if let Some(PresenceAck { ack, .. }) = ack {
-                    self.ack_presence(&ack);
-                }
-                if self
-                    .shared()
-                    .presence_acks
-                    .get(&entry.conn)
-                    .is_some_and(VecDeque::is_empty)
-                {
-                    self.shared().presence_acks.remove(&entry.conn);
-                }
-            }
+        if let Some(op) = op
+            && *entry.node == *node
+            && let Some(ack) = self.shared().presence_acks.remove(&op)
+        {
+            self.ack_presence(&ack);
         }
         let data = if joined {
             Some(
@@ -114,31 +112,42 @@ impl TopicActor {
         }
     }
 
-    fn await_presence(&mut self, wire: &str, joined: bool, ack: AckTo) {
-        self.shared()
-            .presence_acks
-            .entry(wire.to_string())
-            .or_default()
-            .push_back(PresenceAck { joined, ack });
+    /// A new op whose ack waits for its announcement.
+    fn await_presence(&mut self, ack: AckTo) -> PresenceOp {
+        let op = PresenceOp(NEXT_OP.fetch_add(1, Ordering::Relaxed));
+        self.shared().presence_acks.insert(op, ack);
+        op
     }
 
-    /// Answers a presence request that failed, and forgets its ack.
-    fn presence_failed(&mut self, wire: &str, joined: bool, error: ProtocolError) {
-        let acks = self.shared().presence_acks.get_mut(wire);
-        let Some(at) = acks
-            .as_ref()
-            .and_then(|a| a.iter().position(|p| p.joined == joined))
-        else {
-            return;
-        };
-        let failed = self
-            .shared()
-            .presence_acks
-            .get_mut(wire)
-            .and_then(|a| a.remove(at));
-        if let Some(PresenceAck { ack, .. }) = failed {
-            self.metrics.error(error.code);
-            ack.send(&server::error(ack.reference.as_ref(), None, &error));
+    /// The broker answered op's request: acked already (its announcement
+    /// came first), acked now (there is none), or acked when it comes, or
+    /// after [`ANNOUNCEMENT_WAIT`] if it was lost on the way.
+    fn presence_answered(
+        &mut self,
+        op: PresenceOp,
+        outcome: Result<bool, BrokerError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match outcome {
+            Ok(true) => {
+                ctx.run_later(ANNOUNCEMENT_WAIT, move |topic, _| {
+                    if let Some(ack) = topic.shared().presence_acks.remove(&op) {
+                        topic.ack_presence(&ack);
+                    }
+                });
+            }
+            Ok(false) => {
+                if let Some(ack) = self.shared().presence_acks.remove(&op) {
+                    self.ack_presence(&ack);
+                }
+            }
+            Err(e) => {
+                if let Some(ack) = self.shared().presence_acks.remove(&op) {
+                    let error = unavailable(e);
+                    self.metrics.error(error.code);
+                    ack.send(&server::error(ack.reference.as_ref(), None, &error));
+                }
+            }
         }
     }
 
@@ -146,19 +155,19 @@ impl TopicActor {
         let node = self.shared().link.node.to_string();
         let entry = PresenceEntry {
             key: msg.key,
-            conn: msg.wire_conn.clone(),
+            conn: msg.wire_conn,
             state: msg.state,
             node,
         };
         self.shared().local.insert(msg.conn, entry.clone());
-        self.await_presence(&msg.wire_conn, true, msg.ack);
-        let track = self.broker().track(self.name.as_str(), entry);
-        let (wire, conn) = (msg.wire_conn, msg.conn);
-        ctx.spawn(track.into_actor(self).map(move |tracked, topic, _| {
-            if let Err(e) = tracked {
+        let op = self.await_presence(msg.ack);
+        let track = self.broker().track(self.name.as_str(), entry, Some(op));
+        let conn = msg.conn;
+        ctx.spawn(track.into_actor(self).map(move |tracked, topic, ctx| {
+            if tracked.is_err() {
                 topic.shared().local.remove(&conn);
-                topic.presence_failed(&wire, true, unavailable(e));
             }
+            topic.presence_answered(op, tracked.map(|()| true), ctx);
         }));
     }
 
@@ -170,26 +179,14 @@ impl TopicActor {
         let Some(entry) = self.shared().local.remove(&msg.conn) else {
             return self.ack_presence(&msg.ack);
         };
-        let wire = entry.conn;
-        self.await_presence(&wire, false, msg.ack);
-        let untrack = self.broker().untrack(self.name.as_str(), &wire);
+        let op = self.await_presence(msg.ack);
+        let untrack = self
+            .broker()
+            .untrack(self.name.as_str(), &entry.conn, Some(op));
         ctx.spawn(
             untrack
                 .into_actor(self)
-                .map(move |removed, topic, _| match removed {
-                    // Nothing to remove: no leave comes, so the ack goes now.
-                    Ok(false) => {
-                        let ack = topic.shared().presence_acks.get_mut(&wire).and_then(|a| {
-                            let at = a.iter().position(|p| !p.joined)?;
-                            a.remove(at)
-                        });
-                        if let Some(PresenceAck { ack, .. }) = ack {
-                            topic.ack_presence(&ack);
-                        }
-                    }
-                    Ok(true) => {}
-                    Err(e) => topic.presence_failed(&wire, false, unavailable(e)),
-                }),
+                .map(move |removed, topic, ctx| topic.presence_answered(op, removed, ctx)),
         );
     }
 
@@ -200,15 +197,21 @@ impl TopicActor {
         };
         if let Some(entry) = shared.local.remove(&conn) {
             let (broker, topic) = (shared.link.broker.clone(), self.name.to_string());
+            // Sent now, so it reaches Redis ahead of any later track of the
+            // same connection (it would remove that entry if it came after).
+            let first = broker.untrack(&topic, &entry.conn, None);
             // A live node's entries are never reaped: an untrack that fails
             // (Redis away for a moment) is tried again, or the entry would
             // outlive its connection.
             actix::spawn(async move {
-                for _ in 0..UNTRACK_TRIES {
-                    if broker.untrack(&topic, &entry.conn).await.is_ok() {
+                if first.await.is_ok() {
+                    return;
+                }
+                for _ in 1..UNTRACK_TRIES {
+                    tokio::time::sleep(UNTRACK_RETRY).await;
+                    if broker.untrack(&topic, &entry.conn, None).await.is_ok() {
                         return;
                     }
-                    tokio::time::sleep(UNTRACK_RETRY).await;
                 }
                 tracing::warn!(
                     topic,
