@@ -192,6 +192,12 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// On SIGTERM, how long `/readyz` answers 503 before clients are closed
+    /// with 1012, so a load balancer stops sending new connections first
+    /// (default: 2000 with `--redis-url`, 0 alone).
+    #[arg(long, env = "REALTIDE_DRAIN_MS")]
+    pub drain_ms: Option<u64>,
+
     /// Prefix of every Redis key and channel, so several clusters can share
     /// one Redis (default: `rt:<project-id>:`).
     #[arg(long, env = "REALTIDE_REDIS_PREFIX")]
@@ -213,6 +219,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long a SIGTERM drains before clients are closed (`--drain-ms`).
+    pub fn drain(&self) -> Duration {
+        let default = if self.redis_url.is_some() { 2000 } else { 0 };
+        Duration::from_millis(self.drain_ms.unwrap_or(default))
+    }
+
     /// The address to listen on: `--bind`, with `--port` in place of its port.
     pub fn listen_address(&self) -> String {
         match self.port {

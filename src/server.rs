@@ -81,6 +81,7 @@ pub struct RunningServer {
 #[derive(Clone)]
 pub struct Controller {
     pub addr: SocketAddr,
+    state: web::Data<AppState>,
     http: ServerHandle,
     registry: Addr<Registry>,
     tracker: Tracker,
@@ -254,6 +255,7 @@ where
     }
     let controller = Controller {
         addr,
+        state: listening,
         http: server.handle(),
         registry,
         tracker,
@@ -323,7 +325,12 @@ impl RunningServer {
         let controller = self.controller.clone();
         let server = actix_web::rt::spawn(self.server);
         wait_for_signal().await?;
-        tracing::info!("signal received: shutting down");
+        let drain = controller.state.config.drain();
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "signal received: shutting down"
+        );
+        controller.drain(drain).await;
         controller.shutdown().await;
         let result = server.await.map_err(std::io::Error::other)?;
         System::current().stop();
@@ -332,6 +339,14 @@ impl RunningServer {
 }
 
 impl Controller {
+    /// `/readyz` answers 503 from now on; clients are served for `period` more.
+    pub async fn drain(&self, period: Duration) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(period).await;
+    }
+
     /// Closes every client with 1012, waits briefly for them to go, then stops
     /// the HTTP server. Callable from any thread or runtime.
     pub async fn shutdown(&self) {

@@ -2,7 +2,7 @@
 //! server by `server::start` and handed out through `web::Data`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix::Addr;
 
@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// When this node started, in ms since the Unix epoch.
     pub started_at: i64,
+    /// Set on SIGTERM: `/readyz` answers 503 while clients are still served.
+    pub draining: AtomicBool,
     next_conn: AtomicU64,
 }
 
@@ -62,6 +64,7 @@ impl AppState {
             db,
             metrics,
             started_at: crate::topic::actor::now_ms(),
+            draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         }
     }

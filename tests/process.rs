@@ -120,6 +120,45 @@ async fn a_token_from_the_token_command_is_accepted_with_its_claims() {
 }
 
 #[tokio::test]
+async fn sigterm_first_takes_the_node_out_of_readiness_then_closes_clients_after_the_drain() {
+    let mut server = start_binary(&["--drain-ms", "1500"]).await;
+    let url = format!("ws://{}/api/realtime", server.addr);
+    let mut client = Client::connect(&url).await;
+    client.subscribe("chat/x").await;
+    let ready = format!("http://{}/readyz", server.addr);
+    assert_eq!(reqwest::get(&ready).await.unwrap().status(), 200);
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut refused = None;
+    while signalled.elapsed() < Duration::from_secs(1) {
+        let response = reqwest::get(&ready).await.unwrap();
+        if response.status() == 503 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = refused.expect("/readyz answers 503 while draining");
+    assert_eq!(body["draining"], true, "{body}");
+    assert_eq!(
+        client.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+    assert_eq!(
+        client.closed_code(Duration::from_secs(10)).await,
+        Some(1012)
+    );
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "clients stay served for the drain"
+    );
+    let status = wait_exit(&mut server.child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
 async fn a_malformed_redis_url_is_refused_at_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
         .args(["serve", "--bind", "127.0.0.1:0"])

@@ -24,14 +24,21 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Some(broker) = &state.broker {
         body["redis"] = json!(broker.is_up());
     }
-    if database {
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    if draining {
+        body["draining"] = json!(true);
+    }
+    if database && !draining {
         return HttpResponse::Ok().json(body);
     }
     let why = match ping {
+        _ if draining => "this node is shutting down".to_string(),
         Ok(Err(e)) => e.to_string(),
         _ => "the database did not answer in time".to_string(),
     };
-    state.metrics.error(crate::protocol::ErrorCode::Unavailable);
+    if !draining {
+        state.metrics.error(crate::protocol::ErrorCode::Unavailable);
+    }
     body["error"] = json!({"code": "unavailable", "message": why});
     HttpResponse::ServiceUnavailable().json(body)
 }
