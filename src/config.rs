@@ -35,6 +35,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the server (the default when no command is given).
     Serve(Box<Config>),
+    /// Check the settings, the address, the database and Redis, without
+    /// serving; exits 1 if anything is wrong.
+    Check(Box<Config>),
     /// Print a token signed with the configured secret, for development.
     Token(TokenArgs),
 }
@@ -274,6 +277,17 @@ impl Config {
             redis::IntoConnectionInfo::into_connection_info(url.as_str())
                 .map_err(|e| format!("--redis-url `{url}` is not a Redis URL: {e}"))?;
         }
+        if let Some(node) = &self.node_id {
+            let fits = (1..=64).contains(&node.len())
+                && node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !fits {
+                return Err(format!(
+                    "--node-id `{node}`: use 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+        }
         for (key, flag) in [
             (&self.server_key, "--server-key"),
             (&self.admin_key, "--admin-key"),
@@ -328,4 +342,39 @@ pub struct TokenArgs {
 
     #[arg(long, env = "REALTIDE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_plain_names() {
+        let with = |id: &str| Config {
+            node_id: Some(id.to_string()),
+            ..Config::default()
+        };
+        assert!(with("node-1.eu_west").check().is_ok());
+        for bad in ["", "a b", "<script>", "n\u{e9}", &"x".repeat(65)] {
+            assert!(with(bad).check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn port_replaces_the_port_of_bind() {
+        let with = |bind: &str, port| Config {
+            bind: bind.to_string(),
+            port,
+            ..Config::default()
+        };
+        assert_eq!(
+            with("0.0.0.0:4000", Some(80)).listen_address(),
+            "0.0.0.0:80"
+        );
+        assert_eq!(with("[::1]:4000", Some(81)).listen_address(), "[::1]:81");
+        assert_eq!(
+            with("127.0.0.1:4000", None).listen_address(),
+            "127.0.0.1:4000"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! The map of the crate:
 //! - [`config`]: every setting, as a flag and an environment variable.
+//! - [`check`]: `realtide check`, the settings and services tried without serving.
 //! - [`server`]: the composition root, shared by `main` and the tests.
 //! - [`http`]: connections, the WebSocket upgrade, and actix-web routes: emit, admin, health, metrics.
 //! - [`protocol`]: client requests, server frames, error and close codes.
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod cache;
 pub mod changes;
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod history;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Serve(config)) => serve(*config),
+        Some(Command::Check(config)) => check(&config),
         None => serve(*cli.serve),
     };
     match result {
@@ -49,6 +50,18 @@ fn serve(config: Config) -> Result<(), String> {
         let server = realtide::server::start(listener, config).map_err(|e| e.to_string())?;
         server.run_until_signal().await.map_err(|e| e.to_string())
     })
+}
+
+fn check(config: &Config) -> Result<(), String> {
+    let findings = realtide::check::run(config);
+    for finding in &findings {
+        let mark = if finding.ok { "ok  " } else { "FAIL" };
+        println!("{mark} {:<9} {}", finding.what, finding.detail);
+    }
+    match findings.iter().filter(|f| !f.ok).count() {
+        0 => Ok(()),
+        n => Err(format!("{n} check(s) failed")),
+    }
 }
 
 fn token(args: TokenArgs) -> Result<(), String> {

@@ -347,3 +347,26 @@ async fn with_a_secret_no_origin_is_allowed_unless_configured() {
     .await;
     assert_eq!(stranger, None);
 }
+
+#[tokio::test]
+async fn the_servers_address_in_a_browser_shows_where_to_go() {
+    let app = TestApp::spawn().await;
+    let response = app.http().get(app.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("text/html"), "{kind}");
+    let page = response.text().await.unwrap();
+    for link in [
+        "href=\"/console\"",
+        "href=\"/realtide.js\"",
+        "href=\"/healthz\"",
+        "href=\"/readyz\"",
+        "href=\"/metrics\"",
+    ] {
+        assert!(page.contains(link), "{link} in {page}");
+    }
+    assert!(page.contains("open mode"), "{page}");
+}

@@ -158,6 +158,52 @@ async fn sigterm_first_takes_the_node_out_of_readiness_then_closes_clients_after
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn check_tries_the_settings_the_address_and_the_database_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("rt.db");
+    let check = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .arg("check")
+            .args(args)
+            .env_remove("REALTIDE_JWT_SECRET")
+            .output()
+            .unwrap()
+    };
+    let db = format!("sqlite://{}", db_path.display());
+    let good = check(&["--database-url", &db, "--port", "0"]);
+    let said = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{said}");
+    assert!(said.contains("ok   database"), "{said}");
+    assert!(!db_path.exists(), "check creates nothing");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dead_redis = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bad = check(&[
+        "--database-url",
+        "postgres://someone:hunter2-secret@127.0.0.1:1/app",
+        "--port",
+        &port,
+        "--jwt-secret",
+        "short",
+        "--redis-url",
+        &format!("redis://{dead_redis}"),
+    ]);
+    let said = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{said}");
+    for what in ["settings", "listen", "database", "redis"] {
+        assert!(said.contains(&format!("FAIL {what}")), "{what}: {said}");
+    }
+    assert!(
+        !said.contains("hunter2"),
+        "the password is never printed: {said}"
+    );
+}
+
 #[tokio::test]
 async fn a_malformed_redis_url_is_refused_at_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_realtide"))

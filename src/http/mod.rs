@@ -8,6 +8,7 @@ pub mod emit;
 pub mod errors;
 pub mod health;
 pub mod history;
+pub mod home;
 pub mod inbound;
 pub mod stream;
 pub mod upgrade;
@@ -47,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
     let origins = config.cors_origins();
     cfg.app_data(errors::json_config())
         .app_data(errors::query_config())
+        .service(resource("/").route(web::get().to(home::home)))
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
         .service(
             resource("/api/realtime/check")
