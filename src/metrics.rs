@@ -1,6 +1,9 @@
 //! Prometheus metrics, one registry per server so that tests never share counts.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::protocol::ErrorCode;
 
@@ -35,7 +38,92 @@ pub struct Metrics {
     /// Gaps in a topic's seq filled from the replay log, and not filled.
     pub gaps_filled: IntCounter,
     pub gaps_lost: IntCounter,
+    /// Calls made to Redis (several nodes only): about one round trip each.
+    pub redis_calls: IntCounter,
+    /// From a topic accepting an event to the event written to its
+    /// subscribers' sockets (or queued for them), per event.
+    pub delivery_lag: Histogram,
+    /// From a change written to the change log to the change written to its
+    /// subscribers' sockets.
+    pub change_lag: Histogram,
+    /// Closed connections, by [`CloseCause`].
+    pub closes: IntCounterVec,
+    /// WebSocket handshakes refused, by error code.
+    pub handshakes_refused: IntCounterVec,
+    /// Bytes written for clients that their sockets did not take yet.
+    pub backlog_bytes: IntGauge,
 }
+
+/// Why a connection ended, as `realtide_connections_closed_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client closed (1000, 1001, or a close frame without a code).
+    Client,
+    /// The connection dropped without a close frame.
+    Dropped,
+    /// Nothing came from the client for the idle timeout (4000).
+    Idle,
+    /// The token expired (4001).
+    TokenExpired,
+    /// An operator disconnected it (4003).
+    Disconnected,
+    /// The client read too slowly (4008).
+    SlowConsumer,
+    /// The server is shutting down, or a topic lost continuity (1012).
+    Restart,
+    /// A message too large (1009) or a protocol violation (1002, 1007).
+    BadInput,
+    /// Any other code.
+    Other,
+}
+
+impl CloseCause {
+    pub const ALL: [CloseCause; 9] = [
+        CloseCause::Client,
+        CloseCause::Dropped,
+        CloseCause::Idle,
+        CloseCause::TokenExpired,
+        CloseCause::Disconnected,
+        CloseCause::SlowConsumer,
+        CloseCause::Restart,
+        CloseCause::BadInput,
+        CloseCause::Other,
+    ];
+
+    /// The reason of a close with `code` (none: dropped).
+    pub fn of(code: Option<u16>) -> CloseCause {
+        match code {
+            None => CloseCause::Dropped,
+            Some(1000 | 1001 | 1005) => CloseCause::Client,
+            Some(4000) => CloseCause::Idle,
+            Some(4001) => CloseCause::TokenExpired,
+            Some(4003) => CloseCause::Disconnected,
+            Some(4008) => CloseCause::SlowConsumer,
+            Some(1012) => CloseCause::Restart,
+            Some(1002 | 1007 | 1009) => CloseCause::BadInput,
+            Some(_) => CloseCause::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCause::Client => "client",
+            CloseCause::Dropped => "dropped",
+            CloseCause::Idle => "idle",
+            CloseCause::TokenExpired => "token_expired",
+            CloseCause::Disconnected => "disconnected",
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::Restart => "restart",
+            CloseCause::BadInput => "bad_input",
+            CloseCause::Other => "other",
+        }
+    }
+}
+
+/// Latency buckets, in seconds: 0.25 ms to 10 s.
+const LAG_BUCKETS: [f64; 15] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -87,14 +175,62 @@ impl Metrics {
             "gaps_lost_total",
             "Gaps in a topic's seq that could not be filled (subscribers closed with 1012)",
         );
-        let errors =
-            IntCounterVec::new(Opts::new("errors_total", "Errors sent, by code"), &["code"])
-                .expect("valid metric");
-        registry
-            .register(Box::new(errors.clone()))
-            .expect("unique metric");
-        for code in ErrorCode::ALL {
-            errors.with_label_values(&[code.as_str()]);
+        let redis_calls = counter(
+            "redis_calls_total",
+            "Calls made to Redis (several nodes only), about one round trip each",
+        );
+        let histogram = |name: &str, help: &str| {
+            let h =
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(LAG_BUCKETS.into()))
+                    .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let delivery_lag = histogram(
+            "delivery_lag_seconds",
+            "From a topic accepting an event to the event written to its subscribers",
+        );
+        let change_lag = histogram(
+            "change_lag_seconds",
+            "From a change written to the change log to the change written to its subscribers",
+        );
+        let labelled = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
+            // Every series from the start, so dashboards and alerts see zeros.
+            for value in values {
+                v.with_label_values(&[value]);
+            }
+            v
+        };
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let errors = labelled("errors_total", "Errors sent, by code", "code", &codes);
+        let handshakes_refused = labelled(
+            "handshakes_refused_total",
+            "WebSocket handshakes refused, by error code",
+            "code",
+            &codes,
+        );
+        let reasons: Vec<&str> = CloseCause::ALL.iter().map(|r| r.as_str()).collect();
+        let closes = labelled(
+            "connections_closed_total",
+            "Closed WebSocket connections, by reason",
+            "reason",
+            &reasons,
+        );
+        let backlog_bytes = gauge(
+            "backlog_bytes",
+            "Bytes written for clients that their sockets did not take yet",
+        );
+        #[cfg(target_os = "linux")]
+        {
+            // CPU seconds, resident memory, open and maximum file descriptors.
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(process));
         }
         Metrics {
             registry,
@@ -112,6 +248,12 @@ impl Metrics {
             redis_errors,
             gaps_filled,
             gaps_lost,
+            redis_calls,
+            delivery_lag,
+            change_lag,
+            closes,
+            handshakes_refused,
+            backlog_bytes,
         }
     }
 

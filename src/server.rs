@@ -108,6 +108,7 @@ fn start_broker(
         connections: metrics.connections.clone(),
         up_gauge: metrics.redis_up.clone(),
         errors: metrics.redis_errors.clone(),
+        calls: metrics.redis_calls.clone(),
     })
     .map_err(|e| StartError::Broker(e.to_string()))
 }
@@ -283,6 +284,7 @@ where
             InitError = (),
         > + 'static,
 {
+    let backlog_total = state.metrics.backlog_bytes.clone();
     let http = HttpService::build()
         // A graceful stop closes idle keep-alive connections at once.
         .graceful_shutdown_signal(move || {
@@ -298,11 +300,18 @@ where
             app.into_factory().map_err(|err| err.error_response()),
             |_| AppConfig::default(),
         ));
-    fn_service(|stream: TcpStream| async move {
-        // Frames are small and latency-bound: never wait to coalesce them.
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
-        Ok((Connection::new(stream), Protocol::Http1, peer))
+    fn_service(move |stream: TcpStream| {
+        let backlog_total = backlog_total.clone();
+        async move {
+            // Frames are small and latency-bound: never wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+            let peer = stream.peer_addr().ok();
+            Ok((
+                Connection::new(stream, Some(backlog_total)),
+                Protocol::Http1,
+                peer,
+            ))
+        }
     })
     .and_then(http)
 }

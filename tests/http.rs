@@ -370,3 +370,124 @@ async fn the_servers_address_in_a_browser_shows_where_to_go() {
     }
     assert!(page.contains("open mode"), "{page}");
 }
+
+/// The metrics say why clients were refused or cut off, how late events and
+/// table changes reached them, and what the process uses.
+#[tokio::test]
+async fn metrics_explain_refusals_closes_lags_and_the_process() {
+    let db = common::TestDb::sqlite();
+    db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, status TEXT)");
+    let app = TestApp::spawn_on(db, |c| c.project_id = "shop".into()).await;
+    let refused = tokio_tungstenite::connect_async(app.ws_url("?projectId=elsewhere")).await;
+    assert!(refused.is_err());
+    assert_eq!(
+        app.metric("realtide_handshakes_refused_total{code=\"forbidden\"}")
+            .await,
+        1.0
+    );
+
+    let mut client = app.client().await;
+    client.subscribe("orders").await;
+    client.subscribe("news/today").await;
+    app.db
+        .execute("INSERT INTO orders (id, status) VALUES (1, 'new')");
+    app.emit(json!({"topic": "news/today", "event": "e", "data": 1}))
+        .await;
+    let mut got = 0;
+    while got < 2 {
+        let frame = client.recv().await;
+        if frame["type"] == "db_change" || frame["type"] == "event" {
+            got += 1;
+        }
+    }
+    assert!(app.metric("realtide_delivery_lag_seconds_count").await >= 2.0);
+    assert_eq!(app.metric("realtide_change_lag_seconds_count").await, 1.0);
+    assert_eq!(app.metric("realtide_backlog_bytes").await, 0.0);
+    client.close().await;
+    let closed = "realtide_connections_closed_total{reason=\"client\"}";
+    for _ in 0..100 {
+        if app.metric(closed).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric(closed).await, 1.0);
+    assert_eq!(
+        app.metric("realtide_connections_closed_total{reason=\"slow_consumer\"}")
+            .await,
+        0.0
+    );
+    assert!(app.metric("realtide_process_resident_memory_bytes").await > 0.0);
+    assert!(app.metric("realtide_process_open_fds").await > 0.0);
+    app.metric("realtide_process_cpu_seconds_total").await;
+}
+
+/// The metric names in `text`: `realtide_…`, a histogram's series by its family.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("realtide_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.push(family.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric the Grafana dashboard and the alert rules in `deploy/` use
+/// is one the server exports.
+#[tokio::test]
+async fn the_dashboard_and_alerts_use_only_metrics_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut used = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            used.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus-alerts.yml")).unwrap();
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+        .collect();
+    assert!(exprs.len() >= 8, "the rules have their expressions");
+    for expr in exprs {
+        used.extend(metric_names(expr));
+    }
+    let app = TestApp::spawn().await;
+    let exported = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families: Vec<&str> = exported
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 15, "{used:?}");
+    for name in &used {
+        assert!(
+            families.contains(&name.as_str()),
+            "{name} is not exported:\n{exported}"
+        );
+    }
+}

@@ -60,6 +60,15 @@ async fn a_reader_too_slow_is_closed_with_4008_and_the_others_get_everything() {
     // The slow client now reads: what was already on its way, then the close.
     assert_eq!(slow.closed_code(Duration::from_secs(20)).await, Some(4008));
     assert_eq!(app.metric("realtide_slow_consumer_closes_total").await, 1.0);
+    // The operator's view: one connection closed for reading too slowly.
+    let closes = "realtide_connections_closed_total{reason=\"slow_consumer\"}";
+    for _ in 0..100 {
+        if app.metric(closes).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric(closes).await, 1.0);
 }
 
 #[tokio::test]

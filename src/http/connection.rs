@@ -33,6 +33,7 @@ use std::task::{Context, Poll, ready};
 use actix_web::rt::net::TcpStream;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Frames up to this size are copied into one buffer for a single `send`.
@@ -75,9 +76,17 @@ struct Output {
     /// Whether the kernel has taken part of the first frame in `backlog`.
     first_started: bool,
     slow: bool,
+    /// The server's total of backlog bytes, kept up to date with this one.
+    total: Option<IntGauge>,
 }
 
 impl Output {
+    fn count(&self, delta: i64) {
+        if let Some(total) = &self.total {
+            total.add(delta);
+        }
+    }
+
     /// Queues what the kernel did not take of a frame made of `parts`, of
     /// which it took the first `written` bytes.
     fn queue(&mut self, parts: [&[u8]; 2], written: usize) {
@@ -95,11 +104,13 @@ impl Output {
             self.first_started = written > 0;
         }
         self.frames.push_back(total - written);
+        self.count((total - written) as i64);
     }
 
     /// Notes that the kernel took `n` bytes from the front of the backlog.
     fn consumed(&mut self, mut n: usize) {
         self.backlog.advance(n);
+        self.count(-(n as i64));
         while let Some(first) = self.frames.front_mut() {
             if n >= *first {
                 n -= *first;
@@ -115,6 +126,7 @@ impl Output {
 
     /// Keeps only the frame already half on the wire, then queues `close`.
     fn cut_for_close(&mut self, close: &[u8]) {
+        let before = self.backlog.len();
         let keep = match (self.first_started, self.frames.front()) {
             (true, Some(&first)) => first,
             _ => 0,
@@ -123,6 +135,14 @@ impl Output {
         self.frames.truncate(usize::from(keep > 0));
         self.backlog.put_slice(close);
         self.frames.push_back(close.len());
+        self.count(self.backlog.len() as i64 - before as i64);
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // What a closed connection never sent leaves the total with it.
+        self.count(-(self.backlog.len() as i64));
     }
 }
 
@@ -172,7 +192,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Connection {
+    /// A connection on `stream`; `backlog_total` (a metric) follows its backlog.
+    pub fn new(stream: TcpStream, backlog_total: Option<IntGauge>) -> Connection {
         Connection {
             shared: Arc::new(Shared {
                 stream,
@@ -182,6 +203,7 @@ impl Connection {
                     frames: VecDeque::new(),
                     first_started: false,
                     slow: false,
+                    total: backlog_total,
                 }),
                 flusher: AtomicWaker::new(),
             }),
@@ -481,7 +503,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let connection = Connection::new(server);
+        let connection = Connection::new(server, None);
         let socket = connection.socket();
         socket.upgrade();
         (connection, socket, RawClient(client))

@@ -75,6 +75,11 @@ async fn serve(
     let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(refusal) => {
+            state
+                .metrics
+                .handshakes_refused
+                .with_label_values(&[refusal.0.code.as_str()])
+                .inc();
             tracing::info!(
                 peer = ?framed.io_ref().peer_addr(),
                 code = refusal.0.code.as_str(),

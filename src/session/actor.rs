@@ -26,6 +26,7 @@ use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
 use crate::history;
+use crate::metrics::CloseCause;
 use crate::protocol::client::{
     Envelope, HistoryRequest, PublishRequest, Request, SubscribeRequest,
 };
@@ -660,14 +661,19 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let code = match (self.close_code, self.outbox.is_slow()) {
-            (Some(code), _) => code.to_string(),
-            (None, true) => close::SLOW_CONSUMER.to_string(),
-            (None, false) => "none (connection dropped)".to_string(),
+            (Some(code), _) => Some(code),
+            (None, true) => Some(close::SLOW_CONSUMER),
+            (None, false) => None,
         };
+        self.state
+            .metrics
+            .closes
+            .with_label_values(&[CloseCause::of(code).as_str()])
+            .inc();
         tracing::info!(
             conn = %self.wire_id,
             user = self.identity.user_id.as_deref().unwrap_or("-"),
-            code,
+            code = code.map_or_else(|| "none (connection dropped)".to_string(), |c| c.to_string()),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             frames_in = self.frames_in,
             subscriptions = self.outbox.subscription_count(),

@@ -187,7 +187,11 @@ impl TopicActor {
 
     /// Queues an event for the end of this mailbox turn (see [`fanout`]).
     fn fan_out(&mut self, frame: TopicFrame, audience: Audience) {
-        self.pending.push(PendingEvent { frame, audience });
+        self.pending.push(PendingEvent {
+            frame,
+            audience,
+            accepted: Instant::now(),
+        });
     }
 
     /// Sends every queued event. Runs after each mailbox turn, and before
@@ -235,6 +239,9 @@ impl TopicActor {
             (deliver_each(all, &mut Batch::new(events), topic), 1)
         };
         self.split.record(started, started.elapsed(), threads);
+        if !self.subscribers.is_empty() {
+            self.observe_lags(events);
+        }
         self.metrics.deliveries.inc_by(delivered);
         self.metrics.messages_out.inc_by(delivered);
         for (conn, reserve) in refused {
@@ -242,6 +249,20 @@ impl TopicActor {
                 self.settle(&sub.handle, reserve);
             }
             self.remove(conn);
+        }
+    }
+
+    /// How long the batch's events took to reach the sockets: from their
+    /// acceptance, and for table changes from the change log.
+    fn observe_lags(&self, events: &[PendingEvent]) {
+        let (sent, sent_ms) = (Instant::now(), now_ms());
+        for event in events {
+            let lag = sent.saturating_duration_since(event.accepted);
+            self.metrics.delivery_lag.observe(lag.as_secs_f64());
+            if let Audience::Change(change) = &event.audience {
+                let lag_ms = (sent_ms - change.at_ms).max(0);
+                self.metrics.change_lag.observe(lag_ms as f64 / 1000.0);
+            }
         }
     }
 

@@ -53,6 +53,8 @@ impl Audience {
 pub struct PendingEvent {
     pub frame: TopicFrame,
     pub audience: Audience,
+    /// When the topic accepted it, for the delivery lag.
+    pub accepted: Instant,
 }
 
 /// One spelling's encoding of a batch.
@@ -302,6 +304,7 @@ mod tests {
         PendingEvent {
             frame: TopicFrame::event("e", &json!(seq), None, 0, seq, None),
             audience,
+            accepted: Instant::now(),
         }
     }
 

@@ -67,6 +67,8 @@ pub struct RedisSettings {
     pub up_gauge: IntGauge,
     /// Failed Redis calls.
     pub errors: IntCounter,
+    /// Every Redis call.
+    pub calls: IntCounter,
 }
 
 struct Scripts {
@@ -270,6 +272,7 @@ impl RedisBroker {
         if !self.is_up() {
             return Box::pin(async { Err(unavailable("Redis is unreachable")) });
         }
+        self.inner.settings.calls.inc();
         let task = self.inner.runtime.spawn(call);
         Box::pin(async move {
             match task.await {
