@@ -5,9 +5,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
-# Cargo.toml names the bench target, and the server serves the JS client.
+# Cargo.toml names the bench target, and the server serves the JS client
+# and the console.
 COPY benches ./benches
 COPY clients/js/realtide.js ./clients/js/realtide.js
+COPY clients/console ./clients/console
 RUN cargo build --release --locked --bin realtide
 
 FROM debian:bookworm-slim

@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::messages::{ConnId, FrameKind, Shutdown};
+use crate::session::messages::{ConnId, Describe, FrameKind, Kick, Shutdown};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};
@@ -28,7 +28,7 @@ use crate::topic::messages::{
 pub struct Registry {
     topics: HashMap<Arc<str>, Addr<TopicActor>>,
     /// Open sessions; each removes itself when it stops.
-    sessions: HashMap<ConnId, Recipient<Shutdown>>,
+    sessions: HashMap<ConnId, SessionHandle>,
     /// Topic actors are spread over these threads, round robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -342,18 +342,27 @@ impl Handler<ListTopics> for Registry {
     }
 }
 
+/// How the registry reaches an open session.
+pub struct SessionHandle {
+    /// The id clients see.
+    pub wire_id: String,
+    pub shutdown: Recipient<Shutdown>,
+    pub describe: Recipient<Describe>,
+    pub kick: Recipient<Kick>,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionOpened {
     pub conn: ConnId,
-    pub shutdown: Recipient<Shutdown>,
+    pub handle: SessionHandle,
 }
 
 impl Handler<SessionOpened> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionOpened, _ctx: &mut Self::Context) {
-        self.sessions.insert(msg.conn, msg.shutdown);
+        self.sessions.insert(msg.conn, msg.handle);
     }
 }
 
@@ -381,7 +390,7 @@ impl Handler<ShutdownSessions> for Registry {
 
     fn handle(&mut self, _msg: ShutdownSessions, _ctx: &mut Self::Context) -> usize {
         for session in self.sessions.values() {
-            session.do_send(Shutdown);
+            session.shutdown.do_send(Shutdown);
         }
         self.sessions.len()
     }
@@ -397,5 +406,45 @@ impl Handler<CountSessions> for Registry {
 
     fn handle(&mut self, _msg: CountSessions, _ctx: &mut Self::Context) -> usize {
         self.sessions.len()
+    }
+}
+
+/// Every open session, to describe for the admin API.
+#[derive(Message)]
+#[rtype(result = "Vec<Recipient<Describe>>")]
+pub struct ListSessions;
+
+impl Handler<ListSessions> for Registry {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, _msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.sessions.values().map(|s| s.describe.clone()).collect())
+    }
+}
+
+/// Close the session clients know as `wire_id` (4003); answers whether it was open.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct KickSession {
+    pub wire_id: String,
+}
+
+impl Handler<KickSession> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: KickSession, _ctx: &mut Self::Context) -> bool {
+        let found = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.wire_id == msg.wire_id)
+            .map(|(conn, _)| *conn);
+        // Gone from the list at once: it is closing, whatever its client does.
+        match found.and_then(|conn| self.sessions.remove(&conn)) {
+            Some(session) => {
+                session.kick.do_send(Kick);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -491,3 +491,89 @@ async fn the_dashboard_and_alerts_use_only_metrics_that_exist() {
         );
     }
 }
+
+/// An operator sees who is connected, with what, and can cut one off (4003).
+#[tokio::test]
+async fn an_operator_lists_connections_and_disconnects_one() {
+    let app = TestApp::spawn_with(|c| c.admin_key = Some("ops".into())).await;
+    let mut ann = app.client_as("ann").await;
+    ann.subscribe("chat/a").await;
+    ann.subscribe("orders-feed/x").await;
+    let conn = ann.welcome["conn"].as_str().unwrap().to_string();
+
+    let unauthorized = app
+        .http()
+        .get(app.url("/admin/connections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let listed: Value = app
+        .http()
+        .get(app.url("/admin/connections"))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = listed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conn"] == conn.as_str())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(entry["userId"], "ann");
+    assert_eq!(entry["subscriptions"], json!(["chat/a", "orders-feed/x"]));
+    assert_eq!(entry["frames_in"], 2);
+    assert_eq!(entry["backlog_bytes"], 0);
+
+    let kicked = app
+        .http()
+        .delete(app.url(&format!("/admin/connections/{conn}")))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kicked.status(), 200);
+    assert_eq!(ann.closed_code(Duration::from_secs(5)).await, Some(4003));
+    let again = app
+        .http()
+        .delete(app.url(&format!("/admin/connections/{conn}")))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+}
+
+/// The console follows topics over a socket the admin key opens, even where
+/// clients need tokens; without the right key it is refused.
+#[tokio::test]
+async fn the_admin_key_opens_a_console_socket_and_nothing_else_does() {
+    let app = TestApp::spawn_with(|c| {
+        c.admin_key = Some("ops".into());
+        c.jwt_secret = Some(common::SECRET.into());
+    })
+    .await;
+    for wrong in ["?adminKey=nope", "?adminKey="] {
+        let refused = common::Client::connect_request(&app.ws_url(wrong), &[]).await;
+        let (status, _) = refused.err().expect("refused");
+        assert_eq!(status, 401, "{wrong}");
+    }
+    let mut console = common::Client::connect(&app.ws_url("?adminKey=ops")).await;
+    assert_eq!(console.welcome["userId"], "console");
+    console.subscribe("private/room").await;
+    let ack = console
+        .request(json!({"type": "publish", "topic": "private/room", "event": "note", "data": 1}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    // Without an admin key configured, only loopback peers may open one:
+    // the test's client is on loopback.
+    let open = TestApp::spawn_with(|c| c.jwt_secret = Some(common::SECRET.into())).await;
+    let console = common::Client::connect(&open.ws_url("?adminKey=")).await;
+    assert_eq!(console.welcome["userId"], "console");
+}

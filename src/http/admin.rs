@@ -5,7 +5,8 @@ use futures_util::future::join_all;
 
 use super::ApiError;
 use crate::protocol::ProtocolError;
-use crate::registry::{FindTopic, ListTopics};
+use crate::registry::{FindTopic, KickSession, ListSessions, ListTopics};
+use crate::session::messages::Describe;
 use crate::state::AppState;
 use crate::topic::TopicName;
 use crate::topic::messages::{GetPresence, GetTopicInfo};
@@ -103,4 +104,49 @@ pub async fn presence(
         (None, _) => json!({}),
     };
     Ok(HttpResponse::Ok().json(json!({"topic": name.as_str(), "presences": presences})))
+}
+
+/// `GET /admin/connections`: this node's open connections, oldest first.
+pub async fn connections(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let sessions = state
+        .registry
+        .send(ListSessions)
+        .await
+        .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
+    let mut infos: Vec<_> = join_all(sessions.iter().map(|s| s.send(Describe)))
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    infos.sort_by(|a, b| a.opened_at.cmp(&b.opened_at).then(a.conn.cmp(&b.conn)));
+    Ok(HttpResponse::Ok().json(json!({"node": &*state.node_id, "connections": infos})))
+}
+
+/// `DELETE /admin/connections/{conn}`: closes that connection with 4003.
+pub async fn disconnect(
+    req: HttpRequest,
+    conn: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let conn = conn.into_inner();
+    let found = state
+        .registry
+        .send(KickSession {
+            wire_id: conn.clone(),
+        })
+        .await
+        .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
+    if !found {
+        return Err(ProtocolError::new(
+            crate::protocol::ErrorCode::NotFound,
+            format!("no connection `{conn}` on this node"),
+        )
+        .into());
+    }
+    Ok(HttpResponse::Ok().json(json!({"ok": true, "conn": conn, "code": 4003})))
 }

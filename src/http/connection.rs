@@ -334,6 +334,13 @@ impl Socket {
             .is_none_or(|shared| shared.output().slow)
     }
 
+    /// Bytes offered that the kernel did not take yet.
+    pub fn backlog_bytes(&self) -> usize {
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.output().backlog.len())
+    }
+
     /// Offers a text frame with `payload`; past `limit` bytes waiting, the
     /// reader is too slow and `close` is queued instead.
     pub fn offer_text(&self, payload: &[u8], limit: usize, close: &[u8]) -> Offer {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod console;
 pub mod emit;
 pub mod errors;
 pub mod health;
@@ -48,6 +49,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
     let origins = config.cors_origins();
     cfg.app_data(errors::json_config())
         .app_data(errors::query_config())
+        .configure(console::routes)
         .service(resource("/").route(web::get().to(home::home)))
         .service(resource("/api/realtime").route(web::get().to(ws::connect)))
         .service(
@@ -60,6 +62,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))
         .service(resource("/admin/presence").route(web::get().to(admin::presence)))
         .service(resource("/admin/nodes").route(web::get().to(admin::nodes)))
+        .service(resource("/admin/connections").route(web::get().to(admin::connections)))
+        .service(resource("/admin/connections/{conn}").route(web::delete().to(admin::disconnect)))
         .service(
             resource("/admin/history")
                 .route(web::get().to(history::admin_read))

@@ -31,7 +31,14 @@ pub struct ConnectQuery {
     token: Option<String>,
     #[serde(rename = "apiKey")]
     api_key: Option<String>,
+    /// The console's credential: the admin key (empty when none is set and
+    /// the peer is on loopback).
+    #[serde(rename = "adminKey")]
+    admin_key: Option<String>,
 }
+
+/// The identity of the console's socket: it may subscribe and publish anywhere.
+const CONSOLE_USER: &str = "console";
 
 /// The subprotocols a client offers.
 fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -91,7 +98,8 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
         ApiError::new(ErrorCode::BadRequest, e.to_string())
     })?;
     let headers = &head.headers;
-    let identity = admit(head.uri.query().unwrap_or_default(), headers, state)?;
+    let peer = head.peer_addr.map(|a| a.ip());
+    let identity = admit(head.uri.query().unwrap_or_default(), headers, peer, state)?;
     // Select aerostack-v1 when offered; else the token (or key) protocol,
     // since a browser drops a handshake that selects none of those it offered.
     let credential = subprotocol_token(headers)
@@ -112,7 +120,12 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
 
 /// Who a connecting client is, from its query string and headers: its
 /// token and API key (query, headers or subprotocols) and its project.
-fn admit(query: &str, headers: &HeaderMap, state: &AppState) -> Result<Identity, ApiError> {
+fn admit(
+    query: &str,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    state: &AppState,
+) -> Result<Identity, ApiError> {
     let refuse = |error: ApiError| {
         state.metrics.error(error.0.code);
         error
@@ -120,6 +133,14 @@ fn admit(query: &str, headers: &HeaderMap, state: &AppState) -> Result<Identity,
     let query = web::Query::<ConnectQuery>::from_query(query)
         .map_err(|e| refuse(ApiError::new(ErrorCode::BadRequest, e.to_string())))?
         .into_inner();
+    if let Some(key) = &query.admin_key {
+        let key = Some(key.as_str()).filter(|k| !k.is_empty());
+        state
+            .admin_guard
+            .check(key, peer)
+            .map_err(|e| refuse(e.into()))?;
+        return Ok(Identity::open(Some(CONSOLE_USER.to_string())));
+    }
     let token = query
         .token
         .as_deref()
@@ -151,7 +172,8 @@ pub async fn check(
     req: actix_web::HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<actix_web::HttpResponse, ApiError> {
-    let identity = admit(req.query_string(), req.headers(), &state)?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    let identity = admit(req.query_string(), req.headers(), peer, &state)?;
     Ok(actix_web::HttpResponse::Ok()
         .json(serde_json::json!({"ok": true, "userId": identity.user_id.as_deref()})))
 }

@@ -67,6 +67,8 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// The connection's token expired.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// An operator disconnected it (`DELETE /admin/connections/<conn>`).
+    pub const DISCONNECTED: u16 = 4003;
     /// More than `max_pending_bytes` waited unsent: the client reads too slowly.
     pub const SLOW_CONSUMER: u16 = 4008;
 }

@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ConnId, Disconnect, Shutdown};
+use super::messages::{ConnId, ConnectionInfo, Describe, Disconnect, Kick, Shutdown};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
@@ -33,7 +33,8 @@ use crate::protocol::client::{
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::registry::{
-    self, ForTopic, SessionClosed, SessionOpened, SubscribeTo, TopicCommand, UnsubscribeFrom,
+    self, ForTopic, SessionClosed, SessionHandle, SessionOpened, SubscribeTo, TopicCommand,
+    UnsubscribeFrom,
 };
 use crate::state::AppState;
 use crate::topic::messages::{
@@ -67,8 +68,10 @@ pub struct SessionActor {
     /// Topics where this connection tracks presence (or asked to), for
     /// `--max-presence-per-connection`.
     tracked: HashSet<Arc<str>>,
-    /// For the log line at close: when it opened, frames read, how it ended.
+    /// For the log line at close and the admin API: when it opened (also
+    /// as ms since the Unix epoch), frames read, how it ended.
     opened: Instant,
+    opened_at: i64,
     frames_in: u64,
     close_code: Option<u16>,
 }
@@ -94,6 +97,7 @@ impl SessionActor {
             expiry: None,
             tracked: HashSet::new(),
             opened: Instant::now(),
+            opened_at: crate::topic::actor::now_ms(),
             frames_in: 0,
             close_code: None,
             state,
@@ -634,9 +638,15 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let state = self.state.clone();
         state.metrics.connections.inc();
+        let address = ctx.address();
         state.registry.do_send(SessionOpened {
             conn: self.conn,
-            shutdown: ctx.address().recipient(),
+            handle: SessionHandle {
+                wire_id: self.wire_id.clone(),
+                shutdown: address.clone().recipient(),
+                describe: address.clone().recipient(),
+                kick: address.recipient(),
+            },
         });
         tracing::info!(conn = %self.wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
         let welcome = server::welcome(&server::Welcome {
@@ -767,6 +777,42 @@ impl Handler<Shutdown> for SessionActor {
             ctx,
             CloseCode::Other(close::SERVICE_RESTART),
             "server shutting down",
+        );
+    }
+}
+
+impl Handler<Describe> for SessionActor {
+    type Result = MessageResult<Describe>;
+
+    fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
+        let mut subscriptions: Vec<String> = self
+            .outbox
+            .subscriptions()
+            .into_iter()
+            .map(|(_, spelling)| spelling.to_string())
+            .collect();
+        subscriptions.sort();
+        MessageResult(ConnectionInfo {
+            conn: self.wire_id.clone(),
+            user_id: self.identity.user_id.as_deref().map(str::to_owned),
+            subscriptions,
+            tracked: self.tracked.len(),
+            opened_at: self.opened_at,
+            frames_in: self.frames_in,
+            backlog_bytes: self.outbox.backlog_bytes(),
+        })
+    }
+}
+
+impl Handler<Kick> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Kick, ctx: &mut Self::Context) {
+        tracing::info!(conn = %self.wire_id, "disconnected by an operator");
+        self.close(
+            ctx,
+            CloseCode::Other(close::DISCONNECTED),
+            "disconnected by an operator",
         );
     }
 }

@@ -1,6 +1,8 @@
-//! Messages a session actor receives from topics and the registry.
+//! Messages a session actor receives from topics, the registry and the
+//! admin API.
 
 use actix::prelude::*;
+use serde::Serialize;
 
 /// A connection's id inside this process (the wire `conn` id is a separate string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,3 +39,31 @@ pub enum Disconnect {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// What the admin API shows of a connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    /// The id clients see (`welcome.conn`, presence entries).
+    pub conn: String,
+    #[serde(rename = "userId")]
+    pub user_id: Option<String>,
+    /// Its topics, as it spelled them.
+    pub subscriptions: Vec<String>,
+    /// Topics where it tracks presence.
+    pub tracked: usize,
+    /// When it connected, in ms since the Unix epoch.
+    pub opened_at: i64,
+    pub frames_in: u64,
+    /// Bytes written for it that its socket did not take yet.
+    pub backlog_bytes: usize,
+}
+
+/// Describe the connection for the admin API.
+#[derive(Message, Debug)]
+#[rtype(result = "ConnectionInfo")]
+pub struct Describe;
+
+/// An operator ends the connection: close 4003.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Kick;

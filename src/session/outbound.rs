@@ -270,6 +270,11 @@ impl Outbox {
         self.socket.is_slow()
     }
 
+    /// Bytes written for this client that its socket did not take yet.
+    pub fn backlog_bytes(&self) -> usize {
+        self.socket.backlog_bytes()
+    }
+
     /// Asks the CPU to fetch this outbox into its cache ahead of a delivery.
     pub fn prefetch(&self) {
         prefetch(self as *const Self as *const u8);

@@ -1,0 +1,179 @@
+// The operators' console (/console) in a real browser, against the real
+// server (the debug binary, or REALTIDE_BIN) with an admin key and a JWT
+// secret set: sign in, watch the overview, follow a pub/sub topic and a
+// table live, page and delete history, publish, and disconnect a client.
+// Screenshots land in docs/.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '../..');
+const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SECRET = 'console-test-secret-of-at-least-32-bytes';
+const ADMIN_KEY = 'console-test-admin-key';
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A client as an app runs it: a token from `realtide token`, frames in order. */
+async function appClient(url, sub) {
+  const token = execFileSync(BIN, ['token', '--sub', sub, '--jwt-secret', SECRET]).toString().trim();
+  const socket = new WebSocket(`${url}?token=${token}`);
+  const frames = [];
+  let closed = null;
+  socket.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  socket.on('close', (code) => {
+    closed = code;
+  });
+  await new Promise((resolve, reject) => {
+    socket.once('open', resolve);
+    socket.once('error', reject);
+  });
+  let ref = 0;
+  const request = async (frame) => {
+    const id = `r${++ref}`;
+    socket.send(JSON.stringify({ ...frame, ref: id }));
+    for (let i = 0; i < 500; i++) {
+      const reply = frames.find((f) => f.ref === id);
+      if (reply) return reply;
+      await sleep(10);
+    }
+    throw new Error(`no reply to ${JSON.stringify(frame)}`);
+  };
+  return { socket, request, closedWith: () => closed };
+}
+
+test('an operator signs in, follows topics live, pages history, publishes and disconnects a client', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'realtide-console-'));
+  const dbPath = join(dir, 'rt.db');
+  const sql = (statement) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, statement]);
+  sql("CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT); INSERT INTO orders VALUES ('7', 'pending')");
+  const port = await freePort();
+  const http = `http://127.0.0.1:${port}`;
+  const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`,
+    '--jwt-secret', SECRET, '--admin-key', ADMIN_KEY], { stdio: 'ignore' });
+  for (let i = 0; i < 400; i++) {
+    try {
+      if ((await fetch(`${http}/healthz`)).ok) break;
+    } catch {}
+    await sleep(25);
+  }
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+  });
+  t.after(async () => {
+    await browser.close();
+    child.kill('SIGKILL');
+  });
+
+  // An app's user is on the chat and the orders table, present in the room.
+  const ann = await appClient(`ws://127.0.0.1:${port}/api/realtime`, 'ann');
+  assert.equal((await ann.request({ type: 'subscribe', topic: 'chat/general' })).type, 'subscribed');
+  assert.equal((await ann.request({ type: 'subscribe', topic: 'orders' })).type, 'subscribed');
+  assert.equal((await ann.request({ type: 'track', topic: 'chat/general', state: { typing: false } })).type, 'ack');
+  for (let n = 1; n <= 25; n++) {
+    await ann.request({ type: 'publish', topic: 'chat/general', event: 'message', data: { n }, persist: true });
+  }
+
+  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(error.message));
+  await page.goto(`${http}/console`);
+
+  // The admin key is asked for; a wrong one is refused.
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#key', 'wrong');
+  await page.click('#login button');
+  await page.waitForFunction(() => document.querySelector('#login-error').textContent.includes('refused'));
+  await page.fill('#key', ADMIN_KEY);
+  await page.click('#login button');
+  await page.waitForSelector('body[data-ready="overview"]');
+  await page.waitForFunction(() => document.querySelector('[data-tile="connections"] b')?.textContent === '1');
+  assert.match(await page.locator('#nodes tbody').textContent(), /node-/);
+  // Traffic while the overview polls: the rates and the lag follow.
+  let chatting = true;
+  const chatter = (async () => {
+    for (let n = 0; chatting; n++) {
+      await ann.request({ type: 'publish', topic: 'chat/general', event: 'message', data: { n } });
+      await sleep(50);
+    }
+  })();
+  await page.waitForFunction(() => {
+    const value = (tile) => document.querySelector(`[data-tile="${tile}"] b`)?.textContent ?? '';
+    return /^[1-9]/.test(value('deliveries')) && value('delivery lag p99').startsWith('≤');
+  }, null, { timeout: 15000 });
+  chatting = false;
+  await chatter;
+  await page.screenshot({ path: join(root, 'docs/console.png') });
+
+  // Topics, filtered by name.
+  await page.click('nav a[data-view="topics"]');
+  await page.waitForSelector('body[data-ready="topics"]');
+  await page.waitForSelector('#topic-list tbody tr');
+  await page.fill('#filter', 'chat');
+  await page.waitForFunction(() => [...document.querySelectorAll('#topic-list tbody tr')].length === 1);
+  assert.match(await page.locator('#topic-list tbody tr').textContent(), /chat\/general.*pubsub/);
+
+  // One topic: presence, history with paging, live events, publishing.
+  await page.click('#topic-list tbody tr');
+  await page.waitForSelector('body[data-ready="topic"]');
+  await page.waitForFunction(() => document.querySelector('#presence').textContent.includes('ann'));
+  await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length === 20);
+  assert.match(await page.locator('#history tbody tr').first().textContent(), /"n":25/);
+  await page.click('#older');
+  await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length === 25);
+  await page.waitForFunction(() => document.querySelector('#tail-state').textContent === 'live');
+  await ann.request({ type: 'publish', topic: 'chat/general', event: 'message', data: { text: 'live from ann' } });
+  await page.waitForFunction(() => document.querySelector('#tail').textContent.includes('live from ann'));
+  await page.fill('#publish-data', '{"text": "from the console"}');
+  await page.click('#publish button');
+  await page.waitForFunction(() => document.querySelector('#publish-result').textContent.startsWith('published'));
+  await page.waitForFunction(() => document.querySelector('#tail').textContent.includes('from the console'));
+  await page.screenshot({ path: join(root, 'docs/console-topic.png') });
+
+  // Deleting the history empties it.
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.click('#delete-history');
+  await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length === 0);
+
+  // A table topic: a change from a sqlite3 shell, old and new side by side.
+  await page.goto(`${http}/console#/topic/orders`);
+  await page.waitForSelector('body[data-ready="topic"]');
+  await page.waitForFunction(() => document.querySelector('#tail-state').textContent === 'live');
+  sql("UPDATE orders SET status = 'shipped' WHERE id = '7'");
+  await page.waitForSelector('#tail li.change');
+  assert.match(await page.locator('#tail li.change .old').textContent(), /pending/);
+  assert.match(await page.locator('#tail li.change .new').textContent(), /shipped/);
+  assert.ok(await page.locator('#history-panel').isHidden(), 'tables keep no history');
+
+  // Connections: ann is there with her subscriptions; disconnecting her closes 4003.
+  await page.click('nav a[data-view="connections"]');
+  await page.waitForSelector('body[data-ready="connections"]');
+  const annRow = page.locator('#connection-list tbody tr', { hasText: 'ann' });
+  await annRow.waitFor();
+  assert.match(await annRow.textContent(), /chat\/general, orders/);
+  await page.screenshot({ path: join(root, 'docs/console-connections.png') });
+  await annRow.locator('button').click();
+  for (let i = 0; i < 500 && ann.closedWith() === null; i++) await sleep(10);
+  assert.equal(ann.closedWith(), 4003);
+  await page.waitForFunction(() => ![...document.querySelectorAll('#connection-list tbody tr')].some((r) => r.textContent.includes('ann')));
+  assert.deepEqual(problems, []);
+});
