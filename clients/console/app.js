@@ -147,6 +147,18 @@ async function refreshOverview() {
     tile.append(b, span);
     return tile;
   }));
+  const endings = [];
+  for (const [key, count] of latest) {
+    const closed = key.match(/^realtide_connections_closed_total\{reason="([^"]+)"\}$/);
+    const refused = key.match(/^realtide_handshakes_refused_total\{code="([^"]+)"\}$/);
+    if (count > 0 && closed) endings.push(['closed', closed[1], count]);
+    if (count > 0 && refused) endings.push(['refused', refused[1], count]);
+  }
+  fill($('#endings tbody'), endings.map((cells) => {
+    const tr = row(cells);
+    tr.dataset.ending = `${cells[0]}:${cells[1]}`;
+    return tr;
+  }));
   fill($('#nodes tbody'), nodes.map((n) => row([n.node, n.connections, ago(n.started_at), n.last_seen_ms ? ago(n.last_seen_ms) : 'now'])));
   $('#node').textContent = nodes.length === 1 ? `node ${nodes[0].node}` : `${nodes.length} nodes`;
 }

@@ -175,5 +175,13 @@ test('an operator signs in, follows topics live, pages history, publishes and di
   for (let i = 0; i < 500 && ann.closedWith() === null; i++) await sleep(10);
   assert.equal(ann.closedWith(), 4003);
   await page.waitForFunction(() => ![...document.querySelectorAll('#connection-list tbody tr')].some((r) => r.textContent.includes('ann')));
+
+  // Why: the overview counts the disconnection and a refused forged token.
+  const forged = new WebSocket(`ws://127.0.0.1:${port}/api/realtime?token=forged`);
+  await new Promise((resolve) => forged.once('error', resolve));
+  await page.click('nav a[data-view="overview"]');
+  await page.waitForSelector('tr[data-ending="closed:disconnected"]');
+  await page.waitForSelector('tr[data-ending="refused:unauthorized"]');
+  assert.match(await page.locator('tr[data-ending="closed:disconnected"]').textContent(), /closed\s*disconnected\s*1/);
   assert.deepEqual(problems, []);
 });
