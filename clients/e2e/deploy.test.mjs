@@ -1,0 +1,116 @@
+// docs/deploy.md's nginx configuration, as written there (TLS lines aside),
+// in front of the real server (the debug binary, or REALTIDE_BIN) with every
+// key set: a client connects and receives through it, the backend emits
+// through it with the server key, admin needs its key, /metrics is denied.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '../..');
+const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
+const NGINX = process.env.NGINX ?? '/usr/sbin/nginx';
+const SECRET = 'deploy-test-secret-of-at-least-32-bytes';
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function until(check, what) {
+  for (let i = 0; i < 400; i++) {
+    try {
+      if (await check()) return;
+    } catch {}
+    await sleep(25);
+  }
+  throw new Error(`${what} did not come up`);
+}
+
+/** The guide's nginx block, listening on `port` without TLS, proxying to `upstream`. */
+function guideConfig(port, upstream) {
+  const guide = readFileSync(join(root, 'docs/deploy.md'), 'utf8');
+  const block = guide.match(/```nginx\n([\s\S]*?)```/)[1];
+  return block
+    .replace(/listen 443 ssl;.*\n/, `listen 127.0.0.1:${port};\n`)
+    .replace(/^\s*ssl_certificate.*\n/gm, '')
+    .replace('http://127.0.0.1:4000', `http://127.0.0.1:${upstream}`);
+}
+
+test('the deploy guide\'s nginx configuration carries WebSockets, emit and keys, and hides /metrics', async (t) => {
+  if (spawnSync(NGINX, ['-v']).error) {
+    console.log(`SKIP the deploy guide's nginx configuration: no nginx at ${NGINX}`);
+    t.skip('nginx is not installed');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'realtide-deploy-'));
+  const upstream = await freePort();
+  const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${upstream}`, '--database-url', `sqlite://${join(dir, 'rt.db')}`,
+    '--jwt-secret', SECRET, '--server-key', 'backend-key', '--admin-key', 'ops-key'], { stdio: 'ignore' });
+  t.after(() => child.kill('SIGKILL'));
+  await until(async () => (await fetch(`http://127.0.0.1:${upstream}/healthz`)).ok, 'realtide');
+
+  const port = await freePort();
+  writeFileSync(join(dir, 'nginx.conf'), `
+user root;
+# One process, so that stopping it leaves no worker behind.
+master_process off;
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'error.log')};
+events {}
+http {
+  access_log off;
+  client_body_temp_path ${join(dir, 'body')};
+  proxy_temp_path ${join(dir, 'proxy')};
+${guideConfig(port, upstream)}
+}
+`);
+  const nginx = spawn(NGINX, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: 'ignore' });
+  t.after(() => nginx.kill('SIGKILL'));
+  const proxied = `http://127.0.0.1:${port}`;
+  await until(async () => (await fetch(`${proxied}/healthz`)).ok, 'nginx');
+
+  // A client connects through the proxy with its token, and hears an emit.
+  const token = execFileSync(BIN, ['token', '--sub', 'ann', '--jwt-secret', SECRET]).toString().trim();
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/api/realtime?token=${token}`, ['aerostack-v1']);
+  t.after(() => socket.terminate());
+  const frames = [];
+  socket.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  await new Promise((resolve, reject) => {
+    socket.once('open', resolve);
+    socket.once('error', reject);
+  });
+  assert.equal(socket.protocol, 'aerostack-v1');
+  await until(() => frames.some((f) => f.type === 'welcome'), 'welcome');
+  assert.equal(frames.find((f) => f.type === 'welcome').userId, 'ann');
+  socket.send(JSON.stringify({ type: 'subscribe', topic: 'news/today', ref: 's' }));
+  await until(() => frames.some((f) => f.ref === 's' && f.type === 'subscribed'), 'subscribed');
+
+  const emit = (key) => fetch(`${proxied}/api/realtime/emit`, {
+    method: 'POST',
+    headers: key ? { Authorization: `Bearer ${key}` } : {},
+    body: JSON.stringify({ topic: 'news/today', event: 'headline', data: { text: 'through nginx' } }),
+  });
+  // Through a proxy every peer is loopback: the key is what keeps emit closed.
+  assert.equal((await emit(null)).status, 401);
+  assert.equal((await emit('backend-key')).status, 200);
+  await until(() => frames.some((f) => f.event === 'headline' && f.data.text === 'through nginx'), 'the emitted event');
+
+  assert.equal((await fetch(`${proxied}/admin/topics`)).status, 401);
+  const topics = await fetch(`${proxied}/admin/topics`, { headers: { Authorization: 'Bearer ops-key' } });
+  assert.equal(topics.status, 200);
+  assert.equal((await fetch(`${proxied}/metrics`)).status, 403);
+  assert.equal((await fetch(`http://127.0.0.1:${upstream}/metrics`)).status, 200, 'scraped at realtide itself');
+});
