@@ -158,6 +158,20 @@ pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMes
     .get_result(conn)?)
 }
 
+/// Stores `messages` in one transaction (one commit for all of them);
+/// answers their ids in the same order. Nothing is stored if one fails.
+pub fn insert_all(
+    conn: &mut DbConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<String>, DbError> {
+    conn.transaction(|conn| {
+        messages
+            .iter()
+            .map(|message| insert(conn, message).map(|stored| stored.id()))
+            .collect()
+    })
+}
+
 /// Gives a stored message its seq (a cluster numbers it after storing it).
 pub fn set_seq(conn: &mut DbConnection, id: &str, seq: u64) -> Result<(), DbError> {
     diesel::sql_query("UPDATE _realtide_messages SET seq = $1 WHERE num = $2")

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub handshakes_refused: IntCounterVec,
     /// Bytes written for clients that their sockets did not take yet.
     pub backlog_bytes: IntGauge,
+    /// Persisted publishes stored, and the commits that stored them (a
+    /// group of one turn's publishes is one commit).
+    pub messages_stored: IntCounter,
+    pub history_commits: IntCounter,
 }
 
 /// Why a connection ended, as `realtide_connections_closed_total` labels it.
@@ -222,6 +226,11 @@ impl Metrics {
             "reason",
             &reasons,
         );
+        let messages_stored = counter("messages_stored_total", "Persisted publishes stored");
+        let history_commits = counter(
+            "history_commits_total",
+            "Transactions that stored persisted publishes (one per group)",
+        );
         let backlog_bytes = gauge(
             "backlog_bytes",
             "Bytes written for clients that their sockets did not take yet",
@@ -254,6 +263,8 @@ impl Metrics {
             closes,
             handshakes_refused,
             backlog_bytes,
+            messages_stored,
+            history_commits,
         }
     }
 

@@ -5,6 +5,7 @@
 //! encoded once; subscribers that spelled the topic alike share its bytes.
 
 mod cluster;
+mod storing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct TopicActor {
     metrics: Metrics,
     /// A pub/sub topic of a cluster: what it shares through the broker.
     shared: Option<cluster::Shared>,
+    /// This turn's publishes waiting for their group's store (`storing`).
+    unstored: Vec<storing::Unstored>,
 }
 
 pub fn now_ms() -> i64 {
@@ -153,6 +156,7 @@ impl TopicActor {
             last_active: Instant::now(),
             metrics,
             shared,
+            unstored: Vec::new(),
         }
     }
 
@@ -312,7 +316,7 @@ impl TopicActor {
             msg.reference.as_ref(),
             &server::Subscribed {
                 topic: &subscriber.spelling,
-                seq: self.seq,
+                seq: self.announced_seq(),
                 epoch: &self.epoch,
                 recovered,
             },
@@ -386,14 +390,17 @@ impl TopicActor {
         mut earlier: Vec<ByteString>,
         ctx: &mut Context<Self>,
     ) {
+        // Publishes waiting for their store are not out yet: they reach
+        // this subscriber when they are delivered.
+        let announced = self.announced_seq();
         let resumable = match (msg.since, &msg.epoch) {
-            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= announced => {
                 Some(since)
             }
             _ => None,
         };
         let replayed =
-            resumable.and_then(|since| self.replay.after(since, self.seq, Instant::now()));
+            resumable.and_then(|since| self.replay.after(since, announced, Instant::now()));
         if let (None, Some(since), true) = (&replayed, resumable, self.shared.is_some()) {
             // Older than this node's ring: the cluster's replay log has it.
             return self.resume_shared(msg, since, earlier, ctx);
@@ -608,6 +615,7 @@ impl ActorFuture<TopicActor> for FlushAfterEachTurn {
     ) -> std::task::Poll<()> {
         topic.flush_fan_out();
         topic.send_outgoing(ctx);
+        topic.store_unstored(ctx);
         std::task::Poll::Pending
     }
 }
@@ -676,9 +684,9 @@ impl Handler<Unsubscribe> for TopicActor {
 impl Handler<Publish> for TopicActor {
     type Result = ();
 
-    /// A persisted publish is stored before it is acked or delivered, under
-    /// `ctx.wait`: later publishes queue behind it, so seq order, storage
-    /// order and delivery order agree.
+    /// A persisted publish is stored, with the others of its turn, before
+    /// it is acked or delivered (`storing`); in a cluster the broker numbers
+    /// it (`cluster`).
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         if self.name.kind() == TopicKind::Table {
             if let Some(reply) = msg.reply {
@@ -691,33 +699,7 @@ impl Handler<Publish> for TopicActor {
         if self.shared.is_some() {
             return self.publish_shared(msg, ctx);
         }
-        self.seq += 1;
-        let (seq, at_ms) = (self.seq, now_ms());
-        if !msg.persist {
-            return self.complete_publish(msg, seq, at_ms, None);
-        }
-        let message = self.to_store(&msg, at_ms, seq);
-        // The mailbox waits for the store; what this turn queued goes now.
-        self.flush_fan_out();
-        let db = self.db.clone();
-        let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
-        ctx.wait(
-            store
-                .into_actor(self)
-                .map(move |stored, topic, _ctx| match stored {
-                    Ok(stored) => topic.complete_publish(msg, seq, at_ms, Some(stored.id())),
-                    Err(e) => {
-                        tracing::warn!(topic = %topic.name, error = %e, "storing a message failed");
-                        // Nothing else ran meanwhile (ctx.wait): the seq can be given back.
-                        topic.seq -= 1;
-                        if let Some(reply) = msg.reply {
-                            let _ = reply.send(Err(ProtocolError::unavailable(format!(
-                                "the message was not stored: {e}"
-                            ))));
-                        }
-                    }
-                }),
-        );
+        self.publish_local(msg);
     }
 }
 

@@ -207,7 +207,11 @@ impl TopicActor {
                 store
                     .into_actor(topic)
                     .map(move |stored, topic, _| match stored {
-                        Ok(stored) => topic.queue_shared(msg, at_ms, Some(stored.id())),
+                        Ok(stored) => {
+                            topic.metrics.history_commits.inc();
+                            topic.metrics.messages_stored.inc();
+                            topic.queue_shared(msg, at_ms, Some(stored.id()))
+                        }
                         Err(e) => {
                             if let Some(reply) = msg.reply {
                                 let _ = reply.send(Err(ProtocolError::unavailable(format!(
