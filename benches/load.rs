@@ -100,6 +100,9 @@ enum Mode {
         /// Publishes per measurement.
         #[arg(long, default_value_t = 2000)]
         messages: u64,
+        /// Topics the back-to-back publishes are spread over, round robin.
+        #[arg(long, default_value_t = 1)]
+        topics: u64,
         #[arg(
             long,
             env = "REALTIDE_TEST_POSTGRES_URL",
@@ -1174,11 +1177,12 @@ async fn wait_acks(ws: &mut Socket, mut count: u64) {
 }
 
 /// Publishes/s when `count` publishes are sent back to back.
-async fn pipelined(ws: &mut Socket, persist: bool, count: u64) -> f64 {
+async fn pipelined(ws: &mut Socket, persist: bool, count: u64, topics: u64) -> f64 {
     let started = Instant::now();
     for i in 0..count {
+        let topic = i % topics.max(1);
         let frame = format!(
-            r#"{{"type":"publish","topic":"bench/persist","event":"m","data":{{"n":{i}}},"persist":{persist}}}"#
+            r#"{{"type":"publish","topic":"bench/persist-{topic}","event":"m","data":{{"n":{i}}},"persist":{persist}}}"#
         );
         ws.feed(Message::text(frame)).await.unwrap();
     }
@@ -1187,16 +1191,16 @@ async fn pipelined(ws: &mut Socket, persist: bool, count: u64) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn persist(backend: &str, messages: u64, postgres_url: &str) {
+async fn persist(backend: &str, messages: u64, topics: u64, postgres_url: &str) {
     let mut scratch = ScratchDb::new(backend, postgres_url);
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
     let mut ws = connect(&server.addr).await;
     let plain = ack_latency(&mut ws, false, messages / 4).await;
     let stored = ack_latency(&mut ws, true, messages / 4).await;
-    let plain_rate = pipelined(&mut ws, false, messages).await;
-    let stored_rate = pipelined(&mut ws, true, messages).await;
+    let plain_rate = pipelined(&mut ws, false, messages, topics).await;
+    let stored_rate = pipelined(&mut ws, true, messages, topics).await;
     let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1000.0;
-    println!("persist: {backend}, one topic, one publisher");
+    println!("persist: {backend}, {topics} topic(s), one publisher");
     println!(
         "  ack latency    plain p50 {:.2} ms p99 {:.2} ms; persisted p50 {:.2} ms p99 {:.2} ms (added p50 {:.2} ms)",
         ms(&plain, 0.5),
@@ -1334,8 +1338,9 @@ fn main() {
             Mode::Persist {
                 backend,
                 messages,
+                topics,
                 postgres_url,
-            } => persist(&backend, messages, &postgres_url).await,
+            } => persist(&backend, messages, topics, &postgres_url).await,
             Mode::Changes {
                 backend,
                 rows,

@@ -158,18 +158,83 @@ pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMes
     .get_result(conn)?)
 }
 
-/// Stores `messages` in one transaction (one commit for all of them);
-/// answers their ids in the same order. Nothing is stored if one fails.
+/// Rows per multi-row INSERT: 6 bound values each, far below SQLite's and
+/// PostgreSQL's limits on parameters per statement.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Stores `messages` atomically, with one commit for all of them (one
+/// statement per [`ROWS_PER_INSERT`] rows); answers their ids in the same
+/// order. Nothing is stored if one fails. Their seqs must differ.
 pub fn insert_all(
     conn: &mut DbConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<String>, DbError> {
+    if messages.len() <= ROWS_PER_INSERT {
+        return insert_rows(conn, messages);
+    }
     conn.transaction(|conn| {
-        messages
-            .iter()
-            .map(|message| insert(conn, message).map(|stored| stored.id()))
-            .collect()
+        let mut ids = Vec::with_capacity(messages.len());
+        for rows in messages.chunks(ROWS_PER_INSERT) {
+            ids.extend(insert_rows(conn, rows)?);
+        }
+        Ok(ids)
     })
+}
+
+#[derive(QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = BigInt)]
+    num: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+}
+
+/// One multi-row INSERT. RETURNING promises no row order, so ids are
+/// matched to messages by seq.
+fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<String>, DbError> {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
+        "INSERT INTO _realtide_messages (room_id, user_id, event, data, created_at, seq) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let p = i * 6;
+        let comma = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{comma}(${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        );
+    }
+    sql.push_str(" RETURNING num, seq");
+    let mut query = diesel::sql_query(sql).into_boxed();
+    for message in rows {
+        query = query
+            .bind::<Text, _>(&message.room_id)
+            .bind::<Nullable<Text>, _>(message.user_id.as_deref())
+            .bind::<Text, _>(&message.event)
+            .bind::<Text, _>(&message.data)
+            .bind::<BigInt, _>(message.created_at)
+            .bind::<BigInt, _>(message.seq as i64);
+    }
+    let inserted: Vec<Inserted> = query.load(conn)?;
+    let by_seq: std::collections::HashMap<i64, i64> =
+        inserted.into_iter().map(|row| (row.seq, row.num)).collect();
+    rows.iter()
+        .map(|message| {
+            by_seq
+                .get(&(message.seq as i64))
+                .map(|num| message_id(*num))
+                .ok_or_else(|| DbError::Task(format!("no id came back for seq {}", message.seq)))
+        })
+        .collect()
 }
 
 /// Gives a stored message its seq (a cluster numbers it after storing it).

@@ -507,3 +507,38 @@ async fn a_burst_of_persisted_publishes_is_stored_in_groups_acked_in_order_and_k
         );
     }
 }
+
+/// A group larger than one statement holds is stored whole, in one
+/// transaction, and every message gets its own id, in order.
+#[tokio::test]
+async fn storing_a_large_group_answers_every_id_in_order() {
+    for db in TestDb::all() {
+        let backend = db.backend();
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let mut conn = realtide::db::connect(&app.db.url).unwrap();
+        let messages: Vec<realtide::history::NewMessage> = (1..=1234)
+            .map(|seq| realtide::history::NewMessage {
+                room_id: "big/group".into(),
+                user_id: (seq % 2 == 0).then(|| "ann".to_string()),
+                event: "e".into(),
+                data: json!({"seq": seq}).to_string(),
+                created_at: 1_000 + seq as i64,
+                seq,
+            })
+            .collect();
+        let ids = realtide::history::insert_all(&mut conn, &messages).unwrap();
+        assert_eq!(ids.len(), messages.len(), "{backend}");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids, "{backend}: ids rise with seq");
+        let (_, body) = app
+            .get_json("/api/v1/public/realtime/history?room=big/group&limit=1")
+            .await;
+        assert_eq!(
+            body["messages"][0]["id"],
+            ids.last().unwrap().as_str(),
+            "{backend}"
+        );
+        assert_eq!(body["messages"][0]["seq"], 1234, "{backend}");
+    }
+}
