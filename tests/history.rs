@@ -542,3 +542,60 @@ async fn storing_a_large_group_answers_every_id_in_order() {
         assert_eq!(body["messages"][0]["seq"], 1234, "{backend}");
     }
 }
+
+/// When the database refuses a group, its persisted publishes are answered
+/// `unavailable` and never delivered; the others of the group are delivered
+/// with seqs that leave no gap.
+#[tokio::test]
+async fn a_group_the_database_refuses_is_refused_and_leaves_no_gap() {
+    let app = TestApp::spawn_on(TestDb::sqlite(), |c| c.max_publish_rate = 10_000).await;
+    if std::env::var_os("REALTIDE_TEST_REDIS_URL").is_some() {
+        return common::skip(
+            "one node",
+            "a cluster node stores each persisted publish on its own",
+        );
+    }
+    let mut ann = app.client_as("ann").await;
+    let mut bob = app.client_as("bob").await;
+    bob.subscribe("fail/x").await;
+    let first = ann
+        .request(json!({"type": "publish", "topic": "fail/x", "event": "e", "data": 0}))
+        .await;
+    assert_eq!(first["seq"], 1);
+    // Someone breaks the history table under the server.
+    app.db
+        .execute("ALTER TABLE _realtide_messages RENAME TO broken_messages");
+    for (n, persist) in [(1, true), (2, false), (3, true), (4, false)] {
+        ann.send(
+            json!({"type": "publish", "topic": "fail/x", "event": "e", "data": n,
+                        "persist": persist, "ref": n.to_string()}),
+        )
+        .await;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 4 {
+        let frame = ann.recv().await;
+        if let Some(reference) = frame["ref"].as_str() {
+            answers.insert(reference.to_string(), frame);
+        }
+    }
+    for refused in ["1", "3"] {
+        assert_eq!(answers[refused]["type"], "error", "{}", answers[refused]);
+        assert_eq!(answers[refused]["code"], "unavailable");
+    }
+    assert_eq!(answers["2"]["seq"], 2, "{}", answers["2"]);
+    assert_eq!(answers["4"]["seq"], 3, "{}", answers["4"]);
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        let event = bob.recv().await;
+        delivered.push((event["seq"].clone(), event["data"].clone()));
+    }
+    assert_eq!(
+        delivered,
+        vec![
+            (json!(1), json!(0)),
+            (json!(2), json!(2)),
+            (json!(3), json!(4))
+        ]
+    );
+}
