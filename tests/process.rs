@@ -456,3 +456,72 @@ async fn the_readme_in_order_works_the_walkthroughs_table_does_not_break_the_dem
     );
     assert!(dir.path().join("realtide-demo.db").exists());
 }
+
+/// Nothing acked is lost: the server is killed (SIGKILL) in the middle of a
+/// stream of persisted publishes; after a restart every message it acked
+/// is in history.
+#[tokio::test]
+async fn every_acked_persisted_message_survives_a_sigkill() {
+    for db in TestDb::all() {
+        let backend = db.backend();
+        let mut server = start_binary_on(&db.url, &["--max-publish-rate", "100000"]).await;
+        let mut client = Client::connect(&format!("ws://{}/api/realtime", server.addr)).await;
+        const SENT: usize = 3000;
+        for n in 0..SENT {
+            client
+                .send(json!({"type": "publish", "topic": "ledger/x", "event": "e",
+                             "data": {"n": n}, "persist": true, "ref": n.to_string()}))
+                .await;
+        }
+        let mut acked = std::collections::BTreeSet::new();
+        while acked.len() < SENT / 3 {
+            let frame = client.recv().await;
+            if frame["type"] == "ack" {
+                acked.insert(frame["message_id"].as_str().unwrap().to_string());
+            }
+        }
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(
+            unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGKILL) },
+            0
+        );
+        server.child.wait().unwrap();
+        // Acks that were on their way when it died count too.
+        while let Some(common::Incoming::Frame(frame)) =
+            client.next_within(Duration::from_millis(200)).await
+        {
+            if frame["type"] == "ack" {
+                acked.insert(frame["message_id"].as_str().unwrap().to_string());
+            }
+        }
+
+        let server = start_binary_on(&db.url, &[]).await;
+        let mut kept = std::collections::BTreeSet::new();
+        let mut before: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "http://{}/api/v1/public/realtime/history?room=ledger/x&limit=100",
+                server.addr
+            );
+            if let Some(id) = &before {
+                url.push_str(&format!("&before_id={id}"));
+            }
+            let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            let page = body["messages"].as_array().unwrap().clone();
+            if page.is_empty() {
+                break;
+            }
+            for message in &page {
+                kept.insert(message["id"].as_str().unwrap().to_string());
+            }
+            before = page.last().unwrap()["id"].as_str().map(str::to_owned);
+        }
+        let lost: Vec<_> = acked.difference(&kept).collect();
+        assert!(
+            lost.is_empty(),
+            "{backend}: {} acked messages lost: {lost:?}",
+            lost.len()
+        );
+        assert!(acked.len() >= SENT / 3, "{backend}");
+    }
+}
