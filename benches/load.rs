@@ -77,6 +77,11 @@ enum Mode {
     Idle {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
+        /// What each connection subscribes to: a topic of its own
+        /// (`per-connection`, per-user channels), one topic for all
+        /// (`shared`), or nothing (`none`).
+        #[arg(long, default_value = "per-connection")]
+        topics: String,
         /// Measure the Node `ws` peer too and print the ratio.
         #[arg(long)]
         against_node: bool,
@@ -967,10 +972,10 @@ async fn fanout_on(
     }
 }
 
-async fn idle_compared(connections: usize, against_node: bool) {
-    let ours = idle(Target::Realtide, connections).await;
+async fn idle_compared(connections: usize, topics: &str, against_node: bool) {
+    let ours = idle(Target::Realtide, connections, topics).await;
     if against_node {
-        let peer = idle(Target::NodeWs, connections).await;
+        let peer = idle(Target::NodeWs, connections, topics).await;
         println!(
             "realtide / node-ws (same run): {:.2}x the memory per idle connection",
             ours / peer
@@ -979,18 +984,28 @@ async fn idle_compared(connections: usize, against_node: bool) {
 }
 
 /// Returns KiB of server RSS per idle connection.
-async fn idle(target: Target, connections: usize) -> f64 {
+async fn idle(target: Target, connections: usize, topics: &str) -> f64 {
     let server = Server::start_target(target).await;
     drop(connect(&server.addr).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_bytes();
     let mut sockets = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        sockets.push(connect(&server.addr).await);
+    for i in 0..connections {
+        let mut ws = connect(&server.addr).await;
+        match topics {
+            "per-connection" => subscribe(&mut ws, &format!("user/{i}")).await,
+            "shared" => subscribe(&mut ws, "everyone/all").await,
+            "none" => {}
+            other => panic!("--topics {other}: per-connection, shared or none"),
+        }
+        sockets.push(ws);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss_bytes();
-    println!("idle ({}): {connections} connections", target.name());
+    println!(
+        "idle ({}): {connections} connections, topics {topics}",
+        target.name()
+    );
     println!(
         "  server RSS     {:.1} MiB before, {:.1} MiB after",
         before as f64 / 1048576.0,
@@ -1328,8 +1343,9 @@ fn main() {
             }
             Mode::Idle {
                 connections,
+                topics,
                 against_node,
-            } => idle_compared(connections, against_node).await,
+            } => idle_compared(connections, &topics, against_node).await,
             Mode::Stream {
                 viewers,
                 rate,

@@ -39,7 +39,8 @@ pub struct Registry {
     /// Live topics this node runs at most; past it, new topics are refused
     /// (`unavailable`) until idle ones stop.
     max_topics: usize,
-    metrics: Metrics,
+    /// One handle for every topic to share.
+    metrics: Arc<Metrics>,
 }
 
 /// How much message history each topic keeps; enforced by a periodic job on
@@ -74,7 +75,7 @@ impl Registry {
             tracking,
             history,
             max_topics,
-            metrics,
+            metrics: Arc::new(metrics),
         }
     }
 

@@ -92,7 +92,9 @@ pub struct TopicActor {
     split: SplitPolicy,
     replay: ReplayRing,
     replay_ttl: Duration,
-    table: Option<TableState>,
+    /// Boxed, like `shared`: most topics are pub/sub topics of one node,
+    /// and an idle topic should cost little (one per user is common).
+    table: Option<Box<TableState>>,
     presence: Presence,
     /// The spellings subscribers used, interned (see `admit`).
     spellings: HashSet<Arc<str>>,
@@ -102,9 +104,10 @@ pub struct TopicActor {
     db: Database,
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
     last_active: Instant,
-    metrics: Metrics,
+    /// Shared by every topic (one pointer each, not a copy of every handle).
+    metrics: Arc<Metrics>,
     /// A pub/sub topic of a cluster: what it shares through the broker.
-    shared: Option<cluster::Shared>,
+    shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
     unstored: Vec<storing::Unstored>,
 }
@@ -121,18 +124,21 @@ impl TopicActor {
         name: TopicName,
         settings: TopicSettings,
         tracking: Tracking,
-        metrics: Metrics,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let db = tracking.db.clone();
         let shared = match name.kind() {
-            TopicKind::PubSub => tracking.cluster.clone().map(cluster::Shared::new),
+            TopicKind::PubSub => tracking
+                .cluster
+                .clone()
+                .map(|link| Box::new(cluster::Shared::new(link))),
             TopicKind::Table => None,
         };
         let table = match name.kind() {
-            TopicKind::Table => Some(TableState {
+            TopicKind::Table => Some(Box::new(TableState {
                 tracking,
                 shape: None,
-            }),
+            })),
             TopicKind::PubSub => None,
         };
         let epoch = match &table {
@@ -472,7 +478,7 @@ impl TopicActor {
         let Some(TableState {
             tracking,
             shape: Some(shape),
-        }) = &self.table
+        }) = self.table.as_deref()
         else {
             return;
         };

@@ -26,7 +26,9 @@ impl ReplayRing {
         ReplayRing {
             capacity,
             ttl,
-            kept: VecDeque::with_capacity(capacity.min(64)),
+            // Grown on the first event: most topics (one per user, say)
+            // sit idle, and 64 kept frames cost several KiB each.
+            kept: VecDeque::new(),
         }
     }
 
