@@ -467,15 +467,7 @@ async fn the_dashboard_and_alerts_use_only_metrics_that_exist() {
         used.extend(metric_names(expr));
     }
     let app = TestApp::spawn().await;
-    let exported = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = app.metrics_text().await;
     let families: Vec<&str> = exported
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -530,23 +522,15 @@ async fn an_operator_lists_connections_and_disconnects_one() {
     assert_eq!(entry["frames_in"], 2);
     assert_eq!(entry["backlog_bytes"], 0);
 
-    let kicked = app
-        .http()
-        .delete(app.url(&format!("/admin/connections/{conn}")))
-        .bearer_auth("ops")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(kicked.status(), 200);
+    let disconnect = || {
+        app.http()
+            .delete(app.url(&format!("/admin/connections/{conn}")))
+            .bearer_auth("ops")
+            .send()
+    };
+    assert_eq!(disconnect().await.unwrap().status(), 200);
     assert_eq!(ann.closed_code(Duration::from_secs(5)).await, Some(4003));
-    let again = app
-        .http()
-        .delete(app.url(&format!("/admin/connections/{conn}")))
-        .bearer_auth("ops")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 404);
+    assert_eq!(disconnect().await.unwrap().status(), 404, "gone already");
 }
 
 /// The console follows topics over a socket the admin key opens, even where

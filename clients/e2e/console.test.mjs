@@ -5,36 +5,16 @@
 // Screenshots land in docs/.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import WebSocket from 'ws';
-import { chromium } from 'playwright-core';
+import { root, scratchDatabase, startServer, mint, sleep, launchChromium } from './helpers.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '../..');
-const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SECRET = 'console-test-secret-of-at-least-32-bytes';
 const ADMIN_KEY = 'console-test-admin-key';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** A client as an app runs it: a token from `realtide token`, frames in order. */
 async function appClient(url, sub) {
-  const token = execFileSync(BIN, ['token', '--sub', sub, '--jwt-secret', SECRET]).toString().trim();
+  const token = mint(sub, SECRET);
   const socket = new WebSocket(`${url}?token=${token}`);
   const frames = [];
   let closed = null;
@@ -61,27 +41,14 @@ async function appClient(url, sub) {
 }
 
 test('an operator signs in, follows topics live, pages history, publishes and disconnects a client', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'realtide-console-'));
-  const dbPath = join(dir, 'rt.db');
-  const sql = (statement) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, statement]);
+  const { dbPath, sql } = scratchDatabase('realtide-console-');
   sql("CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT); INSERT INTO orders VALUES ('7', 'pending')");
-  const port = await freePort();
-  const http = `http://127.0.0.1:${port}`;
-  const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`,
-    '--jwt-secret', SECRET, '--admin-key', ADMIN_KEY], { stdio: 'ignore' });
-  for (let i = 0; i < 400; i++) {
-    try {
-      if ((await fetch(`${http}/healthz`)).ok) break;
-    } catch {}
-    await sleep(25);
-  }
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  const server = await startServer(dbPath, ['--jwt-secret', SECRET, '--admin-key', ADMIN_KEY]);
+  const { http, port } = server;
+  const browser = await launchChromium();
   t.after(async () => {
     await browser.close();
-    child.kill('SIGKILL');
+    await server.stop('SIGKILL');
   });
 
   // An app's user is on the chat and the orders table, present in the room.

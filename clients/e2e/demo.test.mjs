@@ -3,51 +3,15 @@
 // DEMO_BIN). Screenshots land in docs/.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { root, scratchDatabase, startServer, launchChromium as launch } from './helpers.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '../..');
 const DEMO = process.env.DEMO_BIN ?? join(root, 'target/debug/examples/demo');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function startDemo() {
-  const dir = mkdtempSync(join(tmpdir(), 'realtide-demo-'));
-  const dbPath = join(dir, 'realtide.db');
-  const port = await freePort();
-  const child = spawn(DEMO, ['--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`], { stdio: 'ignore' });
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 400; i++) {
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) break;
-    } catch {}
-    await sleep(25);
-  }
-  return { child, url, sql: (sql) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, sql]) };
-}
-
-async function launch() {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const { dbPath, sql } = scratchDatabase('realtide-demo-');
+  const server = await startServer(dbPath, [], DEMO);
+  return { child: server.child, url: server.http, sql };
 }
 
 test('the order dashboard follows the table, from a shell and from its own dropdown', async (t) => {

@@ -4,40 +4,14 @@
 // through it with the server key, admin needs its key, /metrics is denied.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import WebSocket from 'ws';
+import { root, scratchDatabase, startServer, freePort, until, mint } from './helpers.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '../..');
-const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
 const NGINX = process.env.NGINX ?? '/usr/sbin/nginx';
 const SECRET = 'deploy-test-secret-of-at-least-32-bytes';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function until(check, what) {
-  for (let i = 0; i < 400; i++) {
-    try {
-      if (await check()) return;
-    } catch {}
-    await sleep(25);
-  }
-  throw new Error(`${what} did not come up`);
-}
 
 /** The guide's nginx block, listening on `port` without TLS, proxying to `upstream`. */
 function guideConfig(port, upstream) {
@@ -55,12 +29,11 @@ test('the deploy guide\'s nginx configuration carries WebSockets, emit and keys,
     t.skip('nginx is not installed');
     return;
   }
-  const dir = mkdtempSync(join(tmpdir(), 'realtide-deploy-'));
-  const upstream = await freePort();
-  const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${upstream}`, '--database-url', `sqlite://${join(dir, 'rt.db')}`,
-    '--jwt-secret', SECRET, '--server-key', 'backend-key', '--admin-key', 'ops-key'], { stdio: 'ignore' });
-  t.after(() => child.kill('SIGKILL'));
-  await until(async () => (await fetch(`http://127.0.0.1:${upstream}/healthz`)).ok, 'realtide');
+  const { dir, dbPath } = scratchDatabase('realtide-deploy-');
+  const realtide = await startServer(dbPath,
+    ['--jwt-secret', SECRET, '--server-key', 'backend-key', '--admin-key', 'ops-key']);
+  t.after(() => realtide.stop('SIGKILL'));
+  const upstream = realtide.port;
 
   const port = await freePort();
   writeFileSync(join(dir, 'nginx.conf'), `
@@ -83,7 +56,7 @@ ${guideConfig(port, upstream)}
   await until(async () => (await fetch(`${proxied}/healthz`)).ok, 'nginx');
 
   // A client connects through the proxy with its token, and hears an emit.
-  const token = execFileSync(BIN, ['token', '--sub', 'ann', '--jwt-secret', SECRET]).toString().trim();
+  const token = mint('ann', SECRET);
   const socket = new WebSocket(`ws://127.0.0.1:${port}/api/realtime?token=${token}`, ['aerostack-v1']);
   t.after(() => socket.terminate());
   const frames = [];

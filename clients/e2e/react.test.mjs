@@ -6,33 +6,15 @@
 // REALTIDE_BIN) serves the socket on a port of its own.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { build } from 'esbuild';
-import { chromium } from 'playwright-core';
+import { here, root, scratchDatabase, startServer, launchChromium } from './helpers.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '../..');
 const SEED = process.env.SEED_FILE ?? join(root, '../shared/seeds/000_108019943bec17ae.txt');
-const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STATUSES = ['pending', 'processing', 'shipped', 'delivered', 'cancelled'];
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** The seed's client code: the text between its "Client code" and "Server code" headings. */
 function seedComponent() {
@@ -117,30 +99,6 @@ createRoot(document.getElementById('root')).render(
   return readFileSync(join(dir, 'app.js'));
 }
 
-/** realtide on a port and SQLite file of its own; `stop()` is a deploy's SIGTERM. */
-async function startRealtide(dbPath) {
-  const port = await freePort();
-  const server = { http: `http://127.0.0.1:${port}` };
-  server.launch = async () => {
-    server.child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`], {
-      stdio: 'ignore',
-    });
-    for (let i = 0; i < 400; i++) {
-      try {
-        if ((await fetch(`${server.http}/healthz`)).ok) return;
-      } catch {}
-      await sleep(25);
-    }
-    throw new Error('realtide did not start');
-  };
-  server.stop = () => new Promise((resolve) => {
-    server.child.once('exit', resolve);
-    server.child.kill('SIGTERM');
-  });
-  await server.launch();
-  return server;
-}
-
 /** The app's server: the page, its bundle, and the seed's two routes on the same SQLite file. */
 async function startApp(dbPath, script) {
   const app = createHttpServer(async (req, res) => {
@@ -180,24 +138,19 @@ test('the seed\'s Live Order Dashboard runs verbatim on clients/react and stays 
     t.skip(`${SEED} is not here`);
     return;
   }
-  const dir = mkdtempSync(join(tmpdir(), 'realtide-react-'));
-  const dbPath = join(dir, 'app.db');
-  const shell = (statement) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, statement]);
+  const { dir, dbPath, sql: shell } = scratchDatabase('realtide-react-');
   shell(`CREATE TABLE orders (id TEXT PRIMARY KEY, customer_name TEXT NOT NULL, product TEXT NOT NULL,
            amount REAL NOT NULL, status TEXT DEFAULT 'pending', created_at INTEGER NOT NULL);
          INSERT INTO orders VALUES ('101', 'Ada Lovelace', 'Analytical engine', 1843, 'pending', 3),
                                    ('102', 'Grace Hopper', 'Compiler', 1952, 'processing', 2),
                                    ('103', 'Alan Turing', 'Bombe', 1939, 'pending', 1);`);
-  const realtide = await startRealtide(dbPath);
+  const realtide = await startServer(dbPath);
   const { app, url } = await startApp(dbPath, await bundle(dir, realtide.http));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  const browser = await launchChromium();
   t.after(async () => {
     await browser.close();
     app.close();
-    realtide.child.kill('SIGKILL');
+    await realtide.stop('SIGKILL');
   });
   const page = await browser.newPage({ viewport: { width: 900, height: 560 } });
   const problems = [];

@@ -3,61 +3,21 @@
 // real server (the debug binary, or REALTIDE_BIN).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 
 import { createClient } from '../js/realtide.js';
+import { scratchDatabase, sleep, startServer as start, until } from './helpers.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.REALTIDE_BIN ?? join(here, '../../target/debug/realtide');
 const SECRET = 'ws-client-test-secret-of-at-least-32-bytes';
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function startServer(extra = []) {
-  const dbPath = join(mkdtempSync(join(tmpdir(), 'realtide-ws-')), 'rt.db');
-  const port = await freePort();
-  const server = { dbPath, http: `http://127.0.0.1:${port}`, ws: `ws://127.0.0.1:${port}/api/realtime` };
-  server.launch = async () => {
-    server.child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`, ...extra], { stdio: 'ignore' });
-    for (let i = 0; i < 400; i++) {
-      try {
-        if ((await fetch(`${server.http}/healthz`)).ok) return;
-      } catch {}
-      await sleep(25);
-    }
-    throw new Error('realtide did not start');
-  };
-  server.stop = (signal = 'SIGTERM') => new Promise((resolve) => {
-    server.child.once('exit', resolve);
-    server.child.kill(signal);
-  });
-  server.sql = (sql) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, sql]);
-  await server.launch();
+  const { dbPath, sql } = scratchDatabase('realtide-ws-');
+  const server = await start(dbPath, extra);
+  server.sql = sql;
   return server;
 }
 
-async function waitFor(predicate, timeoutMs = 10000) {
-  const started = Date.now();
-  while (!predicate()) {
-    if (Date.now() - started > timeoutMs) throw new Error('timed out');
-    await sleep(10);
-  }
-}
+const waitFor = (predicate) => until(predicate, 'the condition');
 
 test('under `ws`, table changes keep arriving across a server restart, none twice', async (t) => {
   const server = await startServer();

@@ -1,0 +1,85 @@
+// What the browser and client tests share: the repository's paths, a free
+// port, a realtide server of their own (the debug binary, or REALTIDE_BIN),
+// a SQLite shell on its database, and Debian's chromium.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const here = dirname(fileURLToPath(import.meta.url));
+export const root = join(here, '../..');
+export const BIN = process.env.REALTIDE_BIN ?? join(root, 'target/debug/realtide');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export async function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Waits until `check` answers truthy (errors count as not yet). */
+export async function until(check, what, tries = 400) {
+  for (let i = 0; i < tries; i++) {
+    try {
+      if (await check()) return;
+    } catch {}
+    await sleep(25);
+  }
+  throw new Error(`${what} did not happen`);
+}
+
+/** A scratch folder, its SQLite file, and a `sqlite3` shell on it. */
+export function scratchDatabase(prefix) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const dbPath = join(dir, 'rt.db');
+  const sql = (statement) => execFileSync('sqlite3', ['-cmd', '.timeout 5000', dbPath, statement]);
+  return { dir, dbPath, sql };
+}
+
+/**
+ * `binary` (realtide by default) serving `dbPath` on a free port with
+ * `extra` flags, once `/healthz` answers. `stop(signal)` resolves when it
+ * has exited; `launch()` starts it again on the same port and file.
+ */
+export async function startServer(dbPath, extra = [], binary = BIN) {
+  const port = await freePort();
+  const server = {
+    port,
+    http: `http://127.0.0.1:${port}`,
+    ws: `ws://127.0.0.1:${port}/api/realtime`,
+  };
+  server.launch = async () => {
+    const args = ['--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`, ...extra];
+    server.child = spawn(binary, binary === BIN ? ['serve', ...args] : args, { stdio: 'ignore' });
+    await until(async () => (await fetch(`${server.http}/healthz`)).ok, 'the server starting');
+  };
+  server.stop = (signal = 'SIGTERM') => new Promise((resolve) => {
+    if (server.child.exitCode !== null) return resolve();
+    server.child.once('exit', resolve);
+    server.child.kill(signal);
+  });
+  await server.launch();
+  return server;
+}
+
+/** A token for `sub` from `realtide token`, as an app's backend would mint it. */
+export function mint(sub, secret) {
+  return execFileSync(BIN, ['token', '--sub', sub, '--jwt-secret', secret]).toString().trim();
+}
+
+export async function launchChromium() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
