@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ConnId, ConnectionInfo, Describe, Disconnect, Kick, Shutdown};
+use super::messages::{ConnId, Disconnect, Shutdown};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
@@ -41,6 +41,8 @@ use crate::topic::messages::{
     AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, UnsubscribeReply, Untrack,
 };
 use crate::topic::{TopicKind, TopicName};
+
+mod operator;
 
 /// Largest presence state, in bytes of compact JSON.
 pub const MAX_PRESENCE_STATE: usize = 4096;
@@ -777,42 +779,6 @@ impl Handler<Shutdown> for SessionActor {
             ctx,
             CloseCode::Other(close::SERVICE_RESTART),
             "server shutting down",
-        );
-    }
-}
-
-impl Handler<Describe> for SessionActor {
-    type Result = MessageResult<Describe>;
-
-    fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
-        let mut subscriptions: Vec<String> = self
-            .outbox
-            .subscriptions()
-            .into_iter()
-            .map(|(_, spelling)| spelling.to_string())
-            .collect();
-        subscriptions.sort();
-        MessageResult(ConnectionInfo {
-            conn: self.wire_id.clone(),
-            user_id: self.identity.user_id.as_deref().map(str::to_owned),
-            subscriptions,
-            tracked: self.tracked.len(),
-            opened_at: self.opened_at,
-            frames_in: self.frames_in,
-            backlog_bytes: self.outbox.backlog_bytes(),
-        })
-    }
-}
-
-impl Handler<Kick> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Kick, ctx: &mut Self::Context) {
-        tracing::info!(conn = %self.wire_id, "disconnected by an operator");
-        self.close(
-            ctx,
-            CloseCode::Other(close::DISCONNECTED),
-            "disconnected by an operator",
         );
     }
 }
