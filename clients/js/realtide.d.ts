@@ -75,7 +75,7 @@ export type Presence = Record<string, { conn: string; state: Record<string, unkn
 
 export interface Channel {
   readonly topic: string;
-  /** `INSERT`, `UPDATE`, `DELETE`, an event name, `chat`, `presence:sync|join|leave`, `resync`, `unsubscribed`, or `'*'`. */
+  /** `INSERT`, `UPDATE`, `DELETE`, an event name, `chat`, `presence:sync|join|leave`, `resync`, `unsubscribed`, `error` (a refused subscription), or `'*'`. */
   on(event: string, callback: (frame: Frame) => void): Channel;
   off(event: string, callback: (frame: Frame) => void): Channel;
   /** Subscribes (connecting the client if needed); resolves with `subscribed`. */

@@ -323,7 +323,8 @@ class Channel {
   }
 
   /** Listens to an event: `INSERT`, `UPDATE`, `DELETE`, a custom name,
-   * `presence:sync|join|leave`, `resync`, or `'*'` for every event. */
+   * `presence:sync|join|leave`, `resync`, `error` (a refused subscription),
+   * or `'*'` for every event. */
   on(event, callback) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(callback);
@@ -337,19 +338,26 @@ class Channel {
 
   emit(event, payload) {
     for (const callback of this.listeners.get(event) ?? []) callback(payload);
-    if (event !== 'resync' && event !== 'subscribed') {
+    if (event !== 'resync' && event !== 'subscribed' && event !== 'error') {
       for (const callback of this.listeners.get('*') ?? []) callback(payload);
     }
   }
 
-  /** Subscribes (connecting the client if needed); resolves with `subscribed`. */
+  /**
+   * Subscribes (connecting the client if needed); resolves with `subscribed`.
+   * A refusal rejects the promise and reaches the channel's `error`
+   * listeners, so code that ignores the promise (as the SDKs' examples do)
+   * still hears of it, without an unhandled rejection.
+   */
   subscribe() {
     this.wanted = true;
     this.client.connect();
-    return new Promise((resolve, reject) => {
+    const subscribed = new Promise((resolve, reject) => {
       this.onSubscribed = { resolve, reject };
       if (this.client.status === 'connected') this.resubscribe();
     });
+    subscribed.catch((error) => this.emit('error', error));
+    return subscribed;
   }
 
   resubscribe() {

@@ -267,3 +267,22 @@ test('a server that does not answer is reported, and the client keeps trying', a
   assert.equal(errors[0], 'server_gone');
   assert.equal(client.status, 'reconnecting');
 });
+
+test('a refused subscription whose promise the app ignores reaches the channel\'s error listeners, not an unhandled rejection', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  server.sql('CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT)');
+  const unhandled = [];
+  const onUnhandled = (reason) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => process.off('unhandledRejection', onUnhandled));
+  const client = createClient({ url: server.ws });
+  t.after(() => client.disconnect());
+  const errors = [];
+  // Written as the SDKs' examples are: the promise is dropped.
+  client.channel('orders', { filter: { nope: 1 } }).on('error', (error) => errors.push(error.code)).subscribe();
+  await waitFor(() => errors.length === 1);
+  await sleep(50);
+  assert.deepEqual(errors, ['bad_request']);
+  assert.deepEqual(unhandled, []);
+});
