@@ -6,22 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, SECRET, token_for};
+use common::{Client, SECRET, free_port, token_for};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The binary with `args`, its log on a pipe; ready once `/readyz` answers.
 async fn start(dir: &tempfile::TempDir, port: u16, args: &[&str]) -> Child {

@@ -2,25 +2,16 @@
 //! own (on a free port, in a temp dir, so the test may kill, restart and
 //! pause it without touching the machine's Redis).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{TestApp, TestDb};
+use super::{TestApp, TestDb, free_port};
 
 /// A `redis-server` owned by one test.
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl RedisServer {

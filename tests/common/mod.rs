@@ -537,6 +537,15 @@ pub async fn serve_binary(addr: &str, args: &[&str]) -> std::process::Child {
     }
 }
 
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A JWT secret long enough to be accepted (32 bytes at least).
 pub const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
