@@ -70,9 +70,8 @@ pub struct SessionActor {
     /// Topics where this connection tracks presence (or asked to), for
     /// `--max-presence-per-connection`.
     tracked: HashSet<Arc<str>>,
-    /// For the log line at close and the admin API: when it opened (also
-    /// as ms since the Unix epoch), frames read, how it ended.
-    opened: Instant,
+    /// For the log line at close and the admin API: when it opened (ms
+    /// since the Unix epoch), frames read, how it ended.
     opened_at: i64,
     frames_in: u64,
     close_code: Option<u16>,
@@ -98,7 +97,6 @@ impl SessionActor {
             fragments: None,
             expiry: None,
             tracked: HashSet::new(),
-            opened: Instant::now(),
             opened_at: crate::topic::actor::now_ms(),
             frames_in: 0,
             close_code: None,
@@ -686,7 +684,7 @@ impl Actor for SessionActor {
             conn = %self.wire_id,
             user = self.identity.user_id.as_deref().unwrap_or("-"),
             code = code.map_or_else(|| "none (connection dropped)".to_string(), |c| c.to_string()),
-            duration_ms = self.opened.elapsed().as_millis() as u64,
+            duration_ms = (crate::topic::actor::now_ms() - self.opened_at).max(0),
             frames_in = self.frames_in,
             subscriptions = self.outbox.subscription_count(),
             "connection closed"
