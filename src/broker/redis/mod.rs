@@ -246,6 +246,18 @@ impl RedisBroker {
         format!("{}nodes", self.inner.prefix)
     }
 
+    /// What the presence scripts touch for `conn` of `node` on `topic`:
+    /// the topic's entries, the node's index of its entries, the topic's
+    /// channel; and the connection's member in that index.
+    fn presence_keys(&self, topic: &str, node: &str, conn: &str) -> ([String; 3], String) {
+        let keys = [
+            self.key(topic, "pres"),
+            format!("{}:pres", self.node_key(node)),
+            self.channel(topic),
+        ];
+        (keys, format!("{topic}\n{conn}"))
+    }
+
     fn node_key(&self, node: &str) -> String {
         format!("{}node:{node}", self.inner.prefix)
     }
@@ -595,12 +607,7 @@ impl Broker for RedisBroker {
             Ok(json) => json,
             Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
         };
-        let keys = [
-            self.key(topic, "pres"),
-            format!("{}:pres", self.node_key(&entry.node)),
-            self.channel(topic),
-        ];
-        let member = format!("{topic}\n{}", entry.conn);
+        let (keys, member) = self.presence_keys(topic, &entry.node, &entry.conn);
         let broker = self.clone();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
@@ -622,12 +629,8 @@ impl Broker for RedisBroker {
     }
 
     fn untrack(&self, topic: &str, conn_id: &str, op: Option<PresenceOp>) -> BrokerFuture<bool> {
-        let keys = [
-            self.key(topic, "pres"),
-            format!("{}:pres", self.node_key(&self.inner.settings.node)),
-            self.channel(topic),
-        ];
-        let (conn_id, member) = (conn_id.to_string(), format!("{topic}\n{conn_id}"));
+        let (keys, member) = self.presence_keys(topic, &self.inner.settings.node, conn_id);
+        let conn_id = conn_id.to_string();
         let broker = self.clone();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
