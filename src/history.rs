@@ -167,10 +167,9 @@ const ROWS_PER_INSERT: usize = 500;
 /// must differ.
 ///
 /// PostgreSQL gets multi-row INSERTs (one round trip per [`ROWS_PER_INSERT`]
-/// rows: 2,000 to 45,000 rows/s in `cargo bench --bench load -- persist
-/// --backend postgres`); SQLite, in-process, one short INSERT per row in a
-/// transaction, which it parses faster than one long statement (38,000
-/// against 20,000 rows/s).
+/// rows); SQLite, in-process, one short INSERT per row in a transaction,
+/// which measured faster there than one long statement (`persist` in
+/// docs/benchmarks.md).
 pub fn insert_all(
     conn: &mut DbConnection,
     messages: &[NewMessage],
