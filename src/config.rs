@@ -31,6 +31,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How table changes are captured on PostgreSQL (SQLite always uses triggers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// Logical decoding when the server allows it (`wal_level = logical`
+    /// and a role that may replicate), else triggers.
+    Auto,
+    /// Logical decoding through a replication slot; refuse to start without it.
+    Logical,
+    /// A trigger on each watched table.
+    Triggers,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no command is given).
@@ -85,6 +97,11 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_POLL_INTERVAL_MS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=200))]
     pub poll_interval_ms: u64,
+
+    /// How table changes are captured on PostgreSQL: `auto` uses logical
+    /// decoding where the server allows it, else triggers.
+    #[arg(long, env = "REALTIDE_CAPTURE", value_enum, default_value_t = CaptureMode::Auto)]
+    pub capture: CaptureMode,
 
     /// Close a connection from which nothing arrived for this long.
     #[arg(long, env = "REALTIDE_IDLE_TIMEOUT_MS", default_value_t = 75_000,

@@ -56,6 +56,11 @@ pub struct Metrics {
     /// group of one turn's publishes is one commit).
     pub messages_stored: IntCounter,
     pub history_commits: IntCounter,
+    /// WAL that PostgreSQL keeps for realtide's replication slot and that
+    /// the tracker has not read yet (logical capture only).
+    pub capture_slot_lag_bytes: IntGauge,
+    /// 1 while table changes are captured through logical decoding, 0 with triggers.
+    pub capture_logical: IntGauge,
 }
 
 /// Why a connection ended, as `realtide_connections_closed_total` labels it.
@@ -231,6 +236,14 @@ impl Metrics {
             "history_commits_total",
             "Transactions that stored persisted publishes (one per group)",
         );
+        let capture_slot_lag_bytes = gauge(
+            "capture_slot_lag_bytes",
+            "WAL kept for realtide's replication slot and not yet read (logical capture only)",
+        );
+        let capture_logical = gauge(
+            "capture_logical",
+            "1 while table changes are captured through logical decoding, 0 with triggers",
+        );
         let backlog_bytes = gauge(
             "backlog_bytes",
             "Bytes written for clients that their sockets did not take yet",
@@ -265,6 +278,8 @@ impl Metrics {
             backlog_bytes,
             messages_stored,
             history_commits,
+            capture_slot_lag_bytes,
+            capture_logical,
         }
     }
 

@@ -21,12 +21,13 @@ use actix_web::{App, web};
 use crate::auth::api_keys::ApiKeys;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, ClusterLink};
-use crate::changes::ChangeSource;
+use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
 use crate::changes::sqlite::SqliteSource;
-use crate::config::Config;
-use crate::db::{Database, DatabaseUrl, DbConnection, DbError};
+use crate::changes::{CaptureStatus, ChangeSource};
+use crate::config::{CaptureMode, Config};
+use crate::db::{Database, DatabaseUrl, DbError};
 use crate::http;
 use crate::http::connection::Connection;
 use crate::http::upgrade;
@@ -113,21 +114,62 @@ fn start_broker(
     .map_err(|e| StartError::Broker(e.to_string()))
 }
 
-/// Starts the change tracker on a thread of its own with its own connection.
-fn start_tracker(db: &Database, config: &Config, metrics: &Metrics) -> Result<Tracker, StartError> {
-    let conn = db.dedicated_connection()?;
-    let source: Box<dyn ChangeSource> = match (conn, db.url()) {
-        (conn @ DbConnection::Sqlite(_), DatabaseUrl::Sqlite(path)) => {
-            Box::new(SqliteSource::new(conn, path.clone()))
+/// Starts the change tracker on a thread of its own with its own
+/// connection, capturing as `--capture` asks and the database allows.
+fn start_tracker(
+    db: &Database,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Tracker, CaptureStatus), StartError> {
+    let mut conn = db.dedicated_connection()?;
+    let (source, status): (Box<dyn ChangeSource>, CaptureStatus) = match db.url() {
+        DatabaseUrl::Sqlite(path) => (
+            Box::new(SqliteSource::new(conn, path.clone())),
+            CaptureStatus::new("triggers", None),
+        ),
+        url => {
+            let blocked = match config.capture {
+                CaptureMode::Triggers => Some("--capture triggers".to_string()),
+                _ => logical::unavailable_because(&mut conn)?,
+            };
+            match blocked {
+                Some(why) if config.capture == CaptureMode::Logical => {
+                    return Err(StartError::Config(format!(
+                        "--capture logical: logical decoding is not available: {why}"
+                    )));
+                }
+                Some(why) => {
+                    if config.capture == CaptureMode::Auto {
+                        tracing::info!(reason = %why, "change capture: logical decoding is not available; using triggers");
+                    }
+                    (
+                        Box::new(PostgresSource::new(conn, url.clone())),
+                        CaptureStatus::new("triggers", Some(why)),
+                    )
+                }
+                None => {
+                    let status = CaptureStatus::new("logical", None);
+                    metrics.capture_logical.set(1);
+                    let source = LogicalSource::new(
+                        conn,
+                        url.clone(),
+                        db.epoch(),
+                        config.capture == CaptureMode::Auto,
+                        status.clone(),
+                        metrics.clone(),
+                    )?;
+                    (Box::new(source), status)
+                }
+            }
         }
-        (conn, url) => Box::new(PostgresSource::new(conn, url.clone())),
     };
-    Ok(Tracker::start(
+    let tracker = Tracker::start(
         source,
         Duration::from_millis(config.poll_interval_ms),
         Duration::from_secs(config.changes_retention_s),
         metrics.clone(),
-    ))
+    );
+    Ok((tracker, status))
 }
 
 /// Starts realtide on `listener`. Call it inside an actix system; it blocks
@@ -166,7 +208,7 @@ where
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
-    let tracker = start_tracker(&db, &config, &metrics)?;
+    let (tracker, capture) = start_tracker(&db, &config, &metrics)?;
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
@@ -196,7 +238,7 @@ where
         metrics.clone(),
     )
     .start();
-    let state = web::Data::new(AppState::new(
+    let mut state = AppState::new(
         config.clone(),
         registry.clone(),
         db,
@@ -206,7 +248,9 @@ where
             .clone()
             .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
         api_keys,
-    ));
+    );
+    state.capture = capture;
+    let state = web::Data::new(state);
     let listening = state.clone();
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build();
@@ -226,7 +270,7 @@ where
     tracing::info!(
         url = %format!("ws://{addr}{}", upgrade::PATH),
         database = %listening.db.url().redacted(),
-        capture = "triggers",
+        capture = listening.capture.report().mode,
         tables = %config.tables,
         node = %listening.node_id,
         cluster = config.redis_url.is_some(),

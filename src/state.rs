@@ -10,6 +10,7 @@ use crate::auth::TokenVerifier;
 use crate::auth::api_keys::ApiKeys;
 use crate::auth::keys::KeyGuard;
 use crate::broker::Broker;
+use crate::changes::CaptureStatus;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;
@@ -36,6 +37,9 @@ pub struct AppState {
     pub started_at: i64,
     /// Set on SIGTERM: `/readyz` answers 503 while clients are still served.
     pub draining: AtomicBool,
+    /// How table changes are captured (`/readyz` and `/admin/capture`
+    /// report it); the server sets it from the tracker's.
+    pub capture: CaptureStatus,
     next_conn: AtomicU64,
 }
 
@@ -65,6 +69,7 @@ impl AppState {
             metrics,
             started_at: crate::topic::actor::now_ms(),
             draining: AtomicBool::new(false),
+            capture: CaptureStatus::new("triggers", None),
             next_conn: AtomicU64::new(1),
         }
     }

@@ -5,9 +5,14 @@
 //! notice commits cheaply and read the log.
 
 pub mod filter;
+pub mod logical;
+pub mod pgoutput;
+pub mod pgtext;
 pub mod poller;
 pub mod postgres;
 pub mod sqlite;
+
+use std::sync::{Arc, RwLock};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
@@ -20,6 +25,39 @@ use crate::db::{DbConnection, DbError};
 
 /// Name of the change log table (reserved: no client can subscribe to it).
 pub const LOG_TABLE: &str = "_realtide_changes";
+
+/// How this node captures table changes, as the start line and `/readyz`
+/// report it. Shared between the tracker's thread and the HTTP handlers.
+#[derive(Clone)]
+pub struct CaptureStatus(Arc<RwLock<CaptureReport>>);
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureReport {
+    /// `logical` (PostgreSQL's logical decoding) or `triggers`.
+    pub mode: &'static str,
+    /// Why triggers are used where logical decoding was asked for or possible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl CaptureStatus {
+    pub fn new(mode: &'static str, reason: Option<String>) -> Self {
+        CaptureStatus(Arc::new(RwLock::new(CaptureReport { mode, reason })))
+    }
+
+    pub fn set(&self, mode: &'static str, reason: Option<String>) {
+        if let Ok(mut report) = self.0.write() {
+            *report = CaptureReport { mode, reason };
+        }
+    }
+
+    pub fn report(&self) -> CaptureReport {
+        match self.0.read() {
+            Ok(report) => report.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {

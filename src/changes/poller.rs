@@ -275,7 +275,8 @@ impl PollerActor {
     }
 }
 
-/// Delete changes older than the retention window.
+/// Delete changes older than the retention window (and, when idle, keep
+/// logical capture's slot read).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PruneChanges;
@@ -284,6 +285,13 @@ impl Handler<PruneChanges> for PollerActor {
     type Result = ();
 
     fn handle(&mut self, _msg: PruneChanges, _ctx: &mut Self::Context) {
+        if !self.ticking {
+            // Logical capture: a slot nobody reads keeps WAL, so it is read
+            // (into the log) even while no topic watches.
+            if let Err(error) = self.source.probe() {
+                tracing::warn!(%error, "change tracker: reading capture while idle failed");
+            }
+        }
         let cutoff = crate::topic::actor::now_ms() - self.retention.as_millis() as i64;
         match self.source.prune(cutoff) {
             Ok(Some(through)) => tracing::debug!(through, "change log pruned"),

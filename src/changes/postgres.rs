@@ -25,10 +25,10 @@ use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
-const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
+pub(super) const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
 /// How often watched tables' columns are re-read (PostgreSQL has no cheap
 /// schema version to watch): new bytea columns must decode as base64.
-const SHAPE_REFRESH: Duration = Duration::from_secs(2);
+pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
 
 pub struct PostgresSource {
     conn: DbConnection,
@@ -69,30 +69,7 @@ impl PostgresSource {
     }
 
     fn shape(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
-        let is_table: Flag = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = $1 AND table_type = 'BASE TABLE') AS value",
-        )
-        .bind::<Text, _>(table)
-        .get_result(&mut self.conn)?;
-        if !is_table.value {
-            return Ok(None);
-        }
-        let columns: Vec<Column> = diesel::sql_query(
-            "SELECT column_name::text AS name, data_type::text AS data_type FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-        )
-        .bind::<Text, _>(table)
-        .load(&mut self.conn)?;
-        let binary: HashSet<String> = columns
-            .iter()
-            .filter(|c| c.data_type == "bytea")
-            .map(|c| c.name.clone())
-            .collect();
-        Ok(Some(TableShape {
-            columns: columns.into_iter().map(|c| c.name).collect(),
-            decoder: RowDecoder::Postgres { binary },
-        }))
+        table_shape(&mut self.conn, table)
     }
 
     fn pg(&mut self) -> Option<&mut PgConnection> {
@@ -108,39 +85,81 @@ impl PostgresSource {
             diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
                 .bind::<BigInt, _>(SEQUENCER_LOCK)
                 .execute(conn)?;
-            // Only the longest ready prefix in id order: a change whose
-            // transaction could still be overtaken (xid at or past xmin)
-            // holds back every later id, since for one row a later id is a
-            // later commit even when its xid is older.
-            diesel::sql_query(
-                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
-                 blocker AS ( \
-                   SELECT min(c.id) AS id FROM _realtide_changes AS c, horizon \
-                   WHERE c.seq IS NULL AND c.xid >= horizon.xmin), \
-                 ready AS ( \
-                   SELECT c.id FROM _realtide_changes AS c, horizon, blocker \
-                   WHERE c.seq IS NULL AND c.xid < horizon.xmin \
-                     AND (blocker.id IS NULL OR c.id < blocker.id) \
-                   ORDER BY c.id LIMIT $1), \
-                 top AS (SELECT GREATEST( \
-                   (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
-                   (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
-                 ) AS seq), \
-                 numbered AS ( \
-                   SELECT ready.id, top.seq + row_number() OVER (ORDER BY ready.id) AS seq FROM ready, top) \
-                 UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id",
-            )
-            .bind::<BigInt, _>(limit)
-            .execute(conn)?;
-            Ok(())
+            number_ready_changes(conn, limit)
         })?;
-        let waiting: Flag = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM _realtide_changes WHERE seq IS NULL) AS value",
-        )
-        .get_result(&mut self.conn)?;
-        self.pending = waiting.value;
+        self.pending = unnumbered_changes(&mut self.conn)?;
         Ok(())
     }
+}
+
+/// A table's columns and decoder, or `None` when there is no such table.
+pub(super) fn table_shape(
+    conn: &mut DbConnection,
+    table: &str,
+) -> Result<Option<TableShape>, DbError> {
+    let is_table: Flag = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = $1 AND table_type = 'BASE TABLE') AS value",
+    )
+    .bind::<Text, _>(table)
+    .get_result(conn)?;
+    if !is_table.value {
+        return Ok(None);
+    }
+    let columns: Vec<Column> = diesel::sql_query(
+        "SELECT column_name::text AS name, data_type::text AS data_type FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+    )
+    .bind::<Text, _>(table)
+    .load(conn)?;
+    let binary: HashSet<String> = columns
+        .iter()
+        .filter(|c| c.data_type == "bytea")
+        .map(|c| c.name.clone())
+        .collect();
+    Ok(Some(TableShape {
+        columns: columns.into_iter().map(|c| c.name).collect(),
+        decoder: RowDecoder::Postgres { binary },
+    }))
+}
+
+/// Under the sequencer's lock: gives a `seq` to the longest ready prefix,
+/// in id order, of the trigger-written changes that have none.
+pub(super) fn number_ready_changes(conn: &mut DbConnection, limit: i64) -> Result<(), DbError> {
+    // Only the longest ready prefix in id order: a change whose
+    // transaction could still be overtaken (xid at or past xmin) holds back
+    // every later id, since for one row a later id is a later commit even
+    // when its xid is older.
+    diesel::sql_query(
+        "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
+         blocker AS ( \
+           SELECT min(c.id) AS id FROM _realtide_changes AS c, horizon \
+           WHERE c.seq IS NULL AND c.xid >= horizon.xmin), \
+         ready AS ( \
+           SELECT c.id FROM _realtide_changes AS c, horizon, blocker \
+           WHERE c.seq IS NULL AND c.xid < horizon.xmin \
+             AND (blocker.id IS NULL OR c.id < blocker.id) \
+           ORDER BY c.id LIMIT $1), \
+         top AS (SELECT GREATEST( \
+           (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
+           (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
+         ) AS seq), \
+         numbered AS ( \
+           SELECT ready.id, top.seq + row_number() OVER (ORDER BY ready.id) AS seq FROM ready, top) \
+         UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id",
+    )
+    .bind::<BigInt, _>(limit)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Whether trigger-written changes are still waiting for their `seq`.
+pub(super) fn unnumbered_changes(conn: &mut DbConnection) -> Result<bool, DbError> {
+    let waiting: Flag = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM _realtide_changes WHERE seq IS NULL) AS value",
+    )
+    .get_result(conn)?;
+    Ok(waiting.value)
 }
 
 impl ChangeSource for PostgresSource {

@@ -67,6 +67,24 @@ pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(HttpResponse::Ok().json(nodes))
 }
 
+/// `GET /admin/capture`: how table changes are captured on this node, and
+/// (logical decoding) how much WAL the replication slot holds back.
+pub async fn capture(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let report = state.capture.report();
+    let mut body = json!(report);
+    if report.mode == "logical" {
+        body["slot"] = json!(crate::changes::logical::slot_name(state.db.epoch()));
+        body["publication"] = json!(crate::changes::logical::PUBLICATION);
+        body["slot_lag_bytes"] = json!(state.metrics.capture_slot_lag_bytes.get());
+    }
+    body["backend"] = json!(state.db.backend());
+    Ok(HttpResponse::Ok().json(body))
+}
+
 #[derive(Debug, serde::Deserialize)]
 pub struct PresenceQuery {
     topic: String,

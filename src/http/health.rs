@@ -11,6 +11,9 @@ use crate::state::AppState;
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// `/readyz`'s header naming the capture mode: `logical` or `triggers`.
+pub const CAPTURE_HEADER: &str = "realtide-capture";
+
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"ok": true}))
 }
@@ -28,8 +31,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if draining {
         body["draining"] = json!(true);
     }
+    // The body is PROTOCOL.md's; how changes are captured rides in a header.
+    let capture = (CAPTURE_HEADER, state.capture.report().mode);
     if database && !draining {
-        return HttpResponse::Ok().json(body);
+        return HttpResponse::Ok().insert_header(capture).json(body);
     }
     let why = match ping {
         _ if draining => "this node is shutting down".to_string(),
@@ -40,7 +45,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         state.metrics.error(crate::protocol::ErrorCode::Unavailable);
     }
     body["error"] = json!({"code": "unavailable", "message": why});
-    HttpResponse::ServiceUnavailable().json(body)
+    HttpResponse::ServiceUnavailable()
+        .insert_header(capture)
+        .json(body)
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

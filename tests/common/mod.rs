@@ -148,8 +148,26 @@ impl Drop for TestDb {
         if let Some((base, name)) = &self.postgres
             && let Ok(mut admin) = PgConnection::establish(base)
         {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            // A database with a replication slot (logical capture) cannot be
+            // dropped: end its sessions, then drop its slots, then it.
+            for _ in 0..20 {
+                let _ = diesel::sql_query(format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                ))
                 .execute(&mut admin);
+                let _ = diesel::sql_query(format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE database = '{name}' AND NOT active"
+                ))
+                .execute(&mut admin);
+                if diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .is_ok()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }

@@ -1,0 +1,733 @@
+//! The PostgreSQL change source through logical decoding: no trigger on the
+//! application's tables and no cost to its writes. Watched tables join the
+//! `realtide` publication with REPLICA IDENTITY FULL (so `old` is the whole
+//! row), and a persistent replication slot (`realtide_<epoch>`, plugin
+//! `pgoutput`) is read with `pg_logical_slot_peek_binary_changes`.
+//!
+//! Decoding yields whole transactions in commit order, so each change's
+//! `seq` is given as it is read: `seq` order is commit order, and a
+//! transaction left open elsewhere holds nothing back. Under the
+//! sequencer's advisory lock (one reader per database, whichever node takes
+//! it), one transaction writes a batch of changes into the change log and
+//! records the end of the last commit read; only then does the slot advance.
+//! A crash between the two re-reads transactions the log already has, and
+//! they are skipped by that record: each change is logged once. The log is
+//! then read as with triggers, so resume, `since` and retention work alike,
+//! and every node reads it; the reading node notifies the others.
+//!
+//! A slot nobody reads keeps WAL forever: the tracker also reads it when no
+//! topic watches, exports its lag, and warns when it grows.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text};
+
+use super::pgoutput::{self, Cell, Message, Relation};
+use super::pgtext::{self, ServerCast};
+use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, SHAPE_REFRESH};
+use super::{CaptureStatus, Change, ChangeSource, Probe, RowDecoder, TableShape};
+use crate::db::{DatabaseUrl, DbConnection, DbError};
+use crate::metrics::Metrics;
+
+/// The publication watched tables join.
+pub const PUBLICATION: &str = "realtide";
+/// Key of the advisory lock under which the slot and publication are created.
+const SETUP_LOCK: i64 = 0x7274_736c_6f74_7375; // "rtslotsu"
+/// Decoded rows asked for per read (a transaction is never split: one
+/// larger than this comes whole).
+const READ_ROWS: i64 = 20_000;
+/// Changes written into the log per statement.
+const INSERT_ROWS: usize = 2_000;
+/// Warn when the slot holds back more WAL than this.
+const LAG_WARNING_BYTES: i64 = 1 << 30;
+/// How long creating the slot may wait for transactions open at that moment.
+const SLOT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether this server can use logical decoding: `None` when it can, or why not.
+pub fn unavailable_because(conn: &mut DbConnection) -> Result<Option<String>, DbError> {
+    #[derive(QueryableByName)]
+    struct Ability {
+        #[diesel(sql_type = Text)]
+        wal_level: String,
+        #[diesel(sql_type = Bool)]
+        may_replicate: bool,
+    }
+    let ability: Ability = diesel::sql_query(
+        "SELECT current_setting('wal_level') AS wal_level, \
+         (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user) AS may_replicate",
+    )
+    .get_result(conn)?;
+    Ok(if ability.wal_level != "logical" {
+        Some(format!(
+            "wal_level is {}, not logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)",
+            ability.wal_level
+        ))
+    } else if !ability.may_replicate {
+        Some("the database role has neither REPLICATION nor SUPERUSER".to_string())
+    } else {
+        None
+    })
+}
+
+/// The slot of the database whose epoch is `epoch`.
+pub fn slot_name(epoch: &str) -> String {
+    format!("realtide_{epoch}")
+}
+
+pub struct LogicalSource {
+    conn: DbConnection,
+    url: DatabaseUrl,
+    slot: String,
+    /// In `--capture auto`, a failure to set up the slot falls back to triggers.
+    may_fall_back: bool,
+    /// Set once the slot could not be set up: every call goes there.
+    triggers: Option<PostgresSource>,
+    slot_ready: bool,
+    /// Watched tables' decoders (their bytea columns).
+    watched: HashMap<String, RowDecoder>,
+    /// Relations as the last decoding call described them, by oid.
+    relations: HashMap<u32, Relation>,
+    /// `format_type` of the types only the server can convert.
+    type_names: HashMap<u32, String>,
+    current_schema: String,
+    /// The slot was last advanced to here.
+    advanced_to: u64,
+    /// Trigger-written changes from before logical capture still wait for their seq.
+    trigger_backlog: bool,
+    shapes_read: Instant,
+    lag_warned: bool,
+    status: CaptureStatus,
+    metrics: Metrics,
+}
+
+/// One change as decoded, before it is written into the log.
+struct Decoded {
+    table: String,
+    op: &'static str,
+    new: Option<Vec<(String, Json)>>,
+    old: Option<Vec<(String, Json)>>,
+    at_ms: i64,
+}
+
+/// A column's JSON text, or where the server's conversion will put it.
+enum Json {
+    Ready(String),
+    Cast(u32, usize),
+}
+
+#[derive(QueryableByName)]
+struct SlotRow {
+    #[diesel(sql_type = Binary)]
+    data: Vec<u8>,
+}
+
+#[derive(QueryableByName)]
+struct Lsn {
+    #[diesel(sql_type = Text)]
+    lsn: String,
+}
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    value: bool,
+}
+
+#[derive(QueryableByName)]
+struct JsonText {
+    #[diesel(sql_type = Nullable<Text>)]
+    json: Option<String>,
+}
+
+/// `0/21AD670` as a number.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+impl LogicalSource {
+    /// `conn` must be a PostgreSQL connection of its own (the tracker's).
+    pub fn new(
+        conn: DbConnection,
+        url: DatabaseUrl,
+        epoch: &str,
+        may_fall_back: bool,
+        status: CaptureStatus,
+        metrics: Metrics,
+    ) -> Result<Self, DbError> {
+        let mut source = LogicalSource {
+            conn,
+            url,
+            slot: slot_name(epoch),
+            may_fall_back,
+            triggers: None,
+            slot_ready: false,
+            watched: HashMap::new(),
+            relations: HashMap::new(),
+            type_names: HashMap::new(),
+            current_schema: String::new(),
+            advanced_to: 0,
+            trigger_backlog: true,
+            shapes_read: Instant::now(),
+            lag_warned: false,
+            status,
+            metrics,
+        };
+        source.prepare_connection()?;
+        Ok(source)
+    }
+
+    fn prepare_connection(&mut self) -> Result<(), DbError> {
+        // pgtext reads dates in ISO style; LISTEN hears other nodes' reads.
+        self.conn
+            .batch_execute("SET DateStyle = 'ISO, YMD'; LISTEN _realtide_changes;")?;
+        #[derive(QueryableByName)]
+        struct Schema {
+            #[diesel(sql_type = Text)]
+            schema: String,
+        }
+        let schema: Schema = diesel::sql_query("SELECT current_schema()::text AS schema")
+            .get_result(&mut self.conn)?;
+        self.current_schema = schema.schema;
+        Ok(())
+    }
+
+    /// Creates the slot and the publication unless they exist. Creating a
+    /// slot waits for the transactions open at that moment to end.
+    fn set_up(&mut self) -> Result<(), DbError> {
+        if self.slot_ready {
+            return Ok(());
+        }
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<BigInt, _>(SETUP_LOCK)
+            .execute(&mut self.conn)?;
+        let result = self.create_slot_and_publication();
+        let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<BigInt, _>(SETUP_LOCK)
+            .execute(&mut self.conn);
+        result?;
+        unlocked?;
+        self.slot_ready = true;
+        Ok(())
+    }
+
+    fn create_slot_and_publication(&mut self) -> Result<(), DbError> {
+        let exists: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) AS value",
+        )
+        .bind::<Text, _>(&self.slot)
+        .get_result(&mut self.conn)?;
+        if !exists.value {
+            self.conn.batch_execute(&format!(
+                "SET statement_timeout = {}",
+                SLOT_CREATE_TIMEOUT.as_millis()
+            ))?;
+            let created = diesel::sql_query(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text AS lsn",
+            )
+            .bind::<Text, _>(&self.slot)
+            .execute(&mut self.conn);
+            self.conn.batch_execute("SET statement_timeout = 0")?;
+            created?;
+            tracing::info!(slot = %self.slot, "replication slot created");
+        }
+        let published: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS value",
+        )
+        .bind::<Text, _>(PUBLICATION)
+        .get_result(&mut self.conn)?;
+        if !published.value {
+            self.conn
+                .batch_execute(&format!("CREATE PUBLICATION \"{PUBLICATION}\""))?;
+        }
+        Ok(())
+    }
+
+    /// `--capture auto`: triggers from now on, for the reason given.
+    fn fall_back(&mut self, why: String) -> Result<&mut PostgresSource, DbError> {
+        tracing::warn!(reason = %why, "change capture: logical decoding is not possible; using triggers");
+        self.status.set("triggers", Some(why));
+        self.metrics.capture_logical.set(0);
+        let conn = crate::db::connect_to(&self.url)?;
+        Ok(self
+            .triggers
+            .insert(PostgresSource::new(conn, self.url.clone())))
+    }
+
+    /// The connection as PostgreSQL's own, for array parameters.
+    fn pg(&mut self) -> Result<&mut PgConnection, DbError> {
+        match &mut self.conn {
+            DbConnection::Pg(pg) => Ok(pg),
+            DbConnection::Sqlite(_) => Err(DbError::Url(
+                "logical decoding needs a PostgreSQL connection".into(),
+            )),
+        }
+    }
+
+    /// The log's table name for a relation: plain in the current schema.
+    fn table_of(&self, relation: &Relation) -> String {
+        if relation.namespace == self.current_schema {
+            relation.name.clone()
+        } else {
+            format!("{}.{}", relation.namespace, relation.name)
+        }
+    }
+
+    /// Moves what the slot holds into the change log. Returns how many
+    /// changes were written (0 too when another node holds the lock).
+    fn capture(&mut self) -> Result<usize, DbError> {
+        self.conn.batch_execute("BEGIN")?;
+        let result = self.capture_in_transaction();
+        match result {
+            Ok((written, advance_to)) => {
+                self.conn.batch_execute("COMMIT")?;
+                if let Some(lsn) = advance_to.filter(|&lsn| lsn > self.advanced_to) {
+                    diesel::sql_query(
+                        "SELECT pg_replication_slot_advance($1, $2::pg_lsn)::text AS lsn",
+                    )
+                    .bind::<Text, _>(&self.slot)
+                    .bind::<Text, _>(format_lsn(lsn))
+                    .execute(&mut self.conn)?;
+                    self.advanced_to = lsn;
+                }
+                Ok(written)
+            }
+            Err(error) => {
+                let _ = self.conn.batch_execute("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    fn capture_in_transaction(&mut self) -> Result<(usize, Option<u64>), DbError> {
+        let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
+            .bind::<BigInt, _>(SEQUENCER_LOCK)
+            .get_result(&mut self.conn)?;
+        if !locked.value {
+            return Ok((0, None));
+        }
+        if self.trigger_backlog {
+            // Changes written by triggers before this node read the slot
+            // come first, in their own order.
+            postgres::number_ready_changes(&mut self.conn, READ_ROWS)?;
+            self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
+            if self.trigger_backlog {
+                return Ok((0, None));
+            }
+        }
+        let flushed: Lsn = diesel::sql_query("SELECT pg_current_wal_flush_lsn()::text AS lsn")
+            .get_result(&mut self.conn)?;
+        let rows: Vec<SlotRow> = diesel::sql_query(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
+             'proto_version', '1', 'publication_names', $3)",
+        )
+        .bind::<Text, _>(&self.slot)
+        .bind::<BigInt, _>(READ_ROWS)
+        .bind::<Text, _>(PUBLICATION)
+        .load(&mut self.conn)?;
+        let complete = (rows.len() as i64) < READ_ROWS;
+        let logged_through = self.logged_through()?;
+        let mut casts = ServerCast::default();
+        let mut decoded = Vec::new();
+        let mut transaction: Vec<Decoded> = Vec::new();
+        let mut commit_ms = 0;
+        let mut last_end = None;
+        for row in rows {
+            match pgoutput::decode(&row.data)
+                .map_err(|e| DbError::Task(format!("logical decoding: {e}")))?
+            {
+                Message::Begin { commit_time } => {
+                    transaction.clear();
+                    commit_ms = pgoutput::unix_ms(commit_time);
+                }
+                Message::Relation(relation) => {
+                    self.relations.insert(relation.id, relation);
+                }
+                Message::Insert { relation, new } => {
+                    let new = self.row(relation, new, None, &mut casts);
+                    transaction.extend(self.decoded(relation, "INSERT", new, None, commit_ms));
+                }
+                Message::Update { relation, old, new } => {
+                    let old_row = old
+                        .clone()
+                        .and_then(|old| self.row(relation, old, None, &mut casts));
+                    let new = self.row(relation, new, old.as_ref(), &mut casts);
+                    transaction.extend(self.decoded(relation, "UPDATE", new, old_row, commit_ms));
+                }
+                Message::Delete { relation, old } => {
+                    let old = self.row(relation, old, None, &mut casts);
+                    transaction.extend(self.decoded(relation, "DELETE", None, old, commit_ms));
+                }
+                Message::Commit { end_lsn, .. } => {
+                    // Logged before a crash that left the slot behind: skip.
+                    if end_lsn > logged_through {
+                        decoded.append(&mut transaction);
+                    }
+                    transaction.clear();
+                    last_end = Some(end_lsn);
+                }
+                Message::Other => {}
+            }
+        }
+        let written = decoded.len();
+        if written > 0 {
+            let converted = self.server_casts(casts)?;
+            self.write_log(decoded, &converted)?;
+        }
+        if let Some(end) = last_end {
+            diesel::sql_query(
+                "INSERT INTO _realtide_meta (key, value) VALUES ('capture_lsn', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind::<Text, _>(end.to_string())
+            .execute(&mut self.conn)?;
+        }
+        // A read that was not cut short saw everything flushed before it:
+        // the slot may move past other databases' WAL and empty transactions.
+        let advance_to = match (complete, parse_lsn(&flushed.lsn)) {
+            (true, Some(flushed)) => Some(last_end.map_or(flushed, |end| end.max(flushed))),
+            _ => last_end,
+        };
+        Ok((written, advance_to))
+    }
+
+    /// The end of the last commit whose changes are in the log.
+    fn logged_through(&mut self) -> Result<u64, DbError> {
+        #[derive(QueryableByName)]
+        struct Meta {
+            #[diesel(sql_type = Text)]
+            value: String,
+        }
+        let rows: Vec<Meta> =
+            diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'capture_lsn'")
+                .load(&mut self.conn)?;
+        Ok(rows.first().and_then(|m| m.value.parse().ok()).unwrap_or(0))
+    }
+
+    fn decoded(
+        &self,
+        relation: u32,
+        op: &'static str,
+        new: Option<Vec<(String, Json)>>,
+        old: Option<Vec<(String, Json)>>,
+        at_ms: i64,
+    ) -> Option<Decoded> {
+        let table = self.table_of(self.relations.get(&relation)?);
+        Some(Decoded {
+            table,
+            op,
+            new,
+            old,
+            at_ms,
+        })
+    }
+
+    /// A tuple as (column, JSON) pairs. A TOASTed value the change left
+    /// alone is not sent; it is taken from the old row when there is one.
+    fn row(
+        &self,
+        relation: u32,
+        tuple: Vec<Cell>,
+        old: Option<&Vec<Cell>>,
+        casts: &mut ServerCast,
+    ) -> Option<Vec<(String, Json)>> {
+        let relation = self.relations.get(&relation)?;
+        let mut row = Vec::with_capacity(tuple.len());
+        for (i, (cell, column)) in tuple.into_iter().zip(&relation.columns).enumerate() {
+            let cell = match cell {
+                Cell::UnchangedToast => match old.and_then(|o| o.get(i)) {
+                    Some(Cell::Text(bytes)) => Cell::Text(bytes.clone()),
+                    _ => continue,
+                },
+                cell => cell,
+            };
+            let json = match cell {
+                Cell::Null => Json::Ready("null".into()),
+                Cell::Text(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    match pgtext::to_json(column.type_oid, &text) {
+                        Some(json) => Json::Ready(json),
+                        None => {
+                            let (oid, at) = casts.queue(column.type_oid, text.into_owned());
+                            Json::Cast(oid, at)
+                        }
+                    }
+                }
+                Cell::UnchangedToast => continue,
+            };
+            row.push((column.name.clone(), json));
+        }
+        Some(row)
+    }
+
+    /// The server's JSON for values of types converted there, by type.
+    fn server_casts(&mut self, casts: ServerCast) -> Result<HashMap<u32, Vec<String>>, DbError> {
+        let mut converted = HashMap::new();
+        for (oid, texts) in casts.by_type {
+            let type_name = match self.type_names.get(&oid) {
+                Some(name) => name.clone(),
+                None => {
+                    #[derive(QueryableByName)]
+                    struct TypeName {
+                        #[diesel(sql_type = Text)]
+                        name: String,
+                    }
+                    let name: TypeName =
+                        diesel::sql_query("SELECT format_type($1::int::oid, NULL) AS name")
+                            .bind::<BigInt, _>(i64::from(oid))
+                            .get_result(&mut self.conn)?;
+                    self.type_names.insert(oid, name.name.clone());
+                    name.name
+                }
+            };
+            let rows: Vec<JsonText> = diesel::sql_query(pgtext::server_cast_sql(&type_name))
+                .bind::<Array<Text>, _>(&texts)
+                .load(self.pg()?)?;
+            converted.insert(
+                oid,
+                rows.into_iter()
+                    .map(|r| r.json.unwrap_or_else(|| "null".into()))
+                    .collect(),
+            );
+        }
+        Ok(converted)
+    }
+
+    /// Appends changes to the log, numbered after the highest seq ever given.
+    fn write_log(
+        &mut self,
+        decoded: Vec<Decoded>,
+        converted: &HashMap<u32, Vec<String>>,
+    ) -> Result<(), DbError> {
+        let render = |row: Option<Vec<(String, Json)>>| -> Option<String> {
+            let row = row?;
+            let mut json = String::from("{");
+            for (i, (column, value)) in row.into_iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(&serde_json::Value::String(column).to_string());
+                json.push(':');
+                match value {
+                    Json::Ready(text) => json.push_str(&text),
+                    Json::Cast(oid, at) => json.push_str(
+                        converted
+                            .get(&oid)
+                            .and_then(|texts| texts.get(at))
+                            .map_or("null", String::as_str),
+                    ),
+                }
+            }
+            json.push('}');
+            Some(json)
+        };
+        let mut decoded = decoded.into_iter().peekable();
+        while decoded.peek().is_some() {
+            let (mut tables, mut ops, mut news, mut olds, mut times) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for change in decoded.by_ref().take(INSERT_ROWS) {
+                tables.push(change.table);
+                ops.push(change.op);
+                news.push(render(change.new));
+                olds.push(render(change.old));
+                times.push(change.at_ms);
+            }
+            diesel::sql_query(
+                "WITH top AS (SELECT GREATEST( \
+                   (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
+                   (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
+                 ) AS seq) \
+                 INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
+                 SELECT top.seq + u.n, u.t, u.o, u.nr, u.orow, u.c FROM top, \
+                 unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+                   WITH ORDINALITY AS u(t, o, nr, orow, c, n) ORDER BY u.n",
+            )
+            .bind::<Array<Text>, _>(&tables)
+            .bind::<Array<Text>, _>(&ops)
+            .bind::<Array<Nullable<Text>>, _>(&news)
+            .bind::<Array<Nullable<Text>>, _>(&olds)
+            .bind::<Array<BigInt>, _>(&times)
+            .execute(self.pg()?)?;
+        }
+        self.conn
+            .batch_execute("SELECT pg_notify('_realtide_changes', '')")?;
+        Ok(())
+    }
+
+    /// Exports how much WAL the slot holds back, warning once when it is a lot.
+    fn measure_lag(&mut self) -> Result<(), DbError> {
+        #[derive(QueryableByName)]
+        struct Lag {
+            #[diesel(sql_type = Nullable<BigInt>)]
+            bytes: Option<i64>,
+        }
+        let lag: Vec<Lag> = diesel::sql_query(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS bytes \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind::<Text, _>(&self.slot)
+        .load(&mut self.conn)?;
+        let bytes = lag.first().and_then(|l| l.bytes).unwrap_or(0);
+        self.metrics.capture_slot_lag_bytes.set(bytes);
+        if bytes > LAG_WARNING_BYTES && !self.lag_warned {
+            tracing::warn!(slot = %self.slot, bytes, "the replication slot holds back over 1 GiB of WAL");
+        }
+        self.lag_warned = bytes > LAG_WARNING_BYTES;
+        Ok(())
+    }
+
+    /// Joins `table` to the publication with its whole old row, replacing
+    /// a trigger an earlier run installed, in one transaction: commits
+    /// before it were captured by the trigger, commits after by the slot.
+    fn publish(&mut self, table: &str) -> Result<(), DbError> {
+        #[derive(QueryableByName)]
+        struct State {
+            #[diesel(sql_type = Bool)]
+            triggered: bool,
+            #[diesel(sql_type = Bool)]
+            full: bool,
+            #[diesel(sql_type = Bool)]
+            published: bool,
+        }
+        let state: State = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '_realtide_capture' AND tgrelid = c.oid) AS triggered, \
+             c.relreplident = 'f' AS full, \
+             EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+                     WHERE p.pubname = $2 AND pr.prrelid = c.oid) AS published \
+             FROM pg_class c WHERE c.oid = to_regclass(quote_ident($1))",
+        )
+        .bind::<Text, _>(table)
+        .bind::<Text, _>(PUBLICATION)
+        .get_result(&mut self.conn)?;
+        if !state.triggered && state.full && state.published {
+            return Ok(());
+        }
+        // The name was validated as an identifier; quoting keeps its case.
+        let mut script = String::from("BEGIN;");
+        if state.triggered {
+            script.push_str(&format!("DROP TRIGGER _realtide_capture ON \"{table}\";"));
+        }
+        if !state.full {
+            script.push_str(&format!("ALTER TABLE \"{table}\" REPLICA IDENTITY FULL;"));
+        }
+        if !state.published {
+            script.push_str(&format!(
+                "ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE \"{table}\";"
+            ));
+        }
+        script.push_str("COMMIT;");
+        if let Err(e) = self.conn.batch_execute(&script) {
+            let _ = self.conn.batch_execute("ROLLBACK");
+            return Err(e.into());
+        }
+        tracing::info!(table, "change capture installed (logical decoding)");
+        Ok(())
+    }
+}
+
+impl ChangeSource for LogicalSource {
+    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+        if let Some(triggers) = &mut self.triggers {
+            return triggers.watch(table);
+        }
+        if let Err(error) = self.set_up() {
+            if !self.may_fall_back {
+                return Err(error);
+            }
+            return self
+                .fall_back(format!("setting up the replication slot failed: {error}"))?
+                .watch(table);
+        }
+        let Some(shape) = postgres::table_shape(&mut self.conn, table)? else {
+            return Ok(None);
+        };
+        self.publish(table)?;
+        self.watched
+            .insert(table.to_string(), shape.decoder.clone());
+        Ok(Some(shape))
+    }
+
+    fn probe(&mut self) -> Result<Probe, DbError> {
+        if let Some(triggers) = &mut self.triggers {
+            return triggers.probe();
+        }
+        let mut notified = false;
+        if let DbConnection::Pg(pg) = &mut self.conn {
+            for notification in pg.notifications_iter() {
+                notification?;
+                notified = true;
+            }
+        }
+        let written = if self.slot_ready { self.capture()? } else { 0 };
+        let schema_changed = self.shapes_read.elapsed() >= SHAPE_REFRESH;
+        if schema_changed {
+            self.shapes_read = Instant::now();
+            let tables: Vec<String> = self.watched.keys().cloned().collect();
+            for table in tables {
+                match postgres::table_shape(&mut self.conn, &table)? {
+                    Some(shape) => self.watched.insert(table, shape.decoder),
+                    None => self.watched.remove(&table),
+                };
+            }
+            if self.slot_ready {
+                self.measure_lag()?;
+            }
+        }
+        Ok(Probe {
+            committed: written > 0 || notified,
+            schema_changed,
+        })
+    }
+
+    fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
+        if let Some(triggers) = &mut self.triggers {
+            return triggers.poll(cursor, limit);
+        }
+        let rows = super::read_after(&mut self.conn, cursor, limit)?;
+        let plain = RowDecoder::Postgres {
+            binary: HashSet::new(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let decoder = self.watched.get(&row.table_name).unwrap_or(&plain);
+                row.decode(decoder)
+            })
+            .collect())
+    }
+
+    fn reconnect(&mut self) -> Result<(), DbError> {
+        if let Some(triggers) = &mut self.triggers {
+            return triggers.reconnect();
+        }
+        self.conn = crate::db::connect_to(&self.url)?;
+        self.prepare_connection()
+    }
+
+    fn connection(&mut self) -> &mut DbConnection {
+        match &mut self.triggers {
+            Some(triggers) => triggers.connection(),
+            None => &mut self.conn,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_read_and_write_as_postgres_spells_them() {
+        assert_eq!(parse_lsn("0/21AD670"), Some(0x21AD670));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(format_lsn(0x1_0000_00FF), "1/FF");
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+}

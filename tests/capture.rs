@@ -1,0 +1,326 @@
+//! How table changes are captured on PostgreSQL: logical decoding where the
+//! server allows it (no trigger on the app's tables, nothing held back by a
+//! transaction left open), triggers where it does not, and a move from one
+//! to the other that loses and repeats nothing. Needs a PostgreSQL with
+//! `wal_level = logical` (CI sets it); says SKIP otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestApp, TestDb, WAIT};
+use realtide::config::CaptureMode;
+use serde_json::{Value, json};
+
+/// A fresh PostgreSQL database whose server can decode logically, or SKIP.
+fn logical_db() -> Option<TestDb> {
+    use diesel::RunQueryDsl;
+    let db = TestDb::postgres()?;
+    #[derive(diesel::QueryableByName)]
+    struct Level {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        wal_level: String,
+    }
+    let mut conn = realtide::db::connect(&db.url).expect("connect");
+    let level: Level = diesel::sql_query("SELECT current_setting('wal_level') AS wal_level")
+        .get_result(&mut conn)
+        .expect("wal_level");
+    if level.wal_level != "logical" {
+        common::skip(
+            "PostgreSQL with wal_level = logical",
+            &format!("wal_level is {}", level.wal_level),
+        );
+        return None;
+    }
+    Some(db)
+}
+
+fn query_flag(url: &str, sql: &str) -> bool {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Flag {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        value: bool,
+    }
+    let mut conn = realtide::db::connect(url).expect("connect");
+    diesel::sql_query(sql)
+        .get_result::<Flag>(&mut conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .value
+}
+
+async fn change(client: &mut Client) -> Value {
+    let frame = client.recv().await;
+    assert_eq!(frame["type"], "db_change", "{frame}");
+    frame
+}
+
+async fn spawn(db: TestDb, capture: CaptureMode) -> TestApp {
+    TestApp::spawn_on(db, |c| c.capture = capture).await
+}
+
+#[tokio::test]
+async fn with_logical_decoding_the_apps_table_carries_no_trigger_and_a_held_transaction_holds_nothing_back()
+ {
+    use diesel::connection::SimpleConnection;
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    let app = spawn(db, CaptureMode::Auto).await;
+    let (_, capture) = app.get_json("/admin/capture").await;
+    assert_eq!(capture["mode"], "logical", "{capture}");
+    let slot = capture["slot"].as_str().expect("slot named").to_string();
+    let ready = app.http().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.headers()["realtide-capture"], "logical");
+    assert_eq!(app.metric("realtide_capture_logical").await, 1.0);
+
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    assert!(!query_flag(
+        &app.db.url,
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND NOT tgisinternal) AS value"
+    ));
+    assert!(query_flag(
+        &app.db.url,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}') AS value"
+        )
+    ));
+
+    // A transaction left open (in this database or another) delays nothing.
+    let mut held = realtide::db::connect(&app.db.url).unwrap();
+    held.batch_execute("BEGIN; INSERT INTO items VALUES (1, 'held');")
+        .unwrap();
+    app.db.execute("INSERT INTO items VALUES (2, 'quick')");
+    let quick = change(&mut client).await;
+    assert_eq!(quick["data"], json!({"id": 2, "v": "quick"}));
+    app.db
+        .execute("UPDATE items SET v = 'quicker' WHERE id = 2");
+    let update = change(&mut client).await;
+    assert_eq!(
+        update["old"],
+        json!({"id": 2, "v": "quick"}),
+        "the whole old row"
+    );
+    held.batch_execute("COMMIT").unwrap();
+    let late = change(&mut client).await;
+    assert_eq!(late["data"]["v"], "held");
+    assert!(late["seq"].as_u64() > update["seq"].as_u64());
+}
+
+/// Every kind of value reads the same whichever way it was captured.
+#[tokio::test]
+async fn values_of_every_common_type_read_alike_through_triggers_and_logical_decoding() {
+    let table = "CREATE TABLE wide (
+        id INT PRIMARY KEY, flag BOOLEAN, small SMALLINT, big BIGINT, price NUMERIC(10,2),
+        ratio DOUBLE PRECISION, inf REAL, label VARCHAR(20), code CHAR(3), doc JSONB, raw JSON,
+        blob BYTEA, day DATE, at TIMESTAMP, at_tz TIMESTAMPTZ, clock TIME, span INTERVAL,
+        tags INT[], names TEXT[], uid UUID, cash MONEY, nothing TEXT
+    )";
+    let row = "INSERT INTO wide VALUES (1, true, -3, 9007199254740993, 12.50, 0.30000000000000004,
+        '-Infinity', 'héllo \"q\"', 'ab', '{\"a\": [1, {\"b\": null}]}', '{\"x\" : 1}', '\\x00ff',
+        '2026-11-30', '2026-11-30 12:34:56.789', '2026-11-30 12:34:56+05:30', '23:59:59',
+        '1 day 02:00:00', '{1,2,3}', '{\"a b\",NULL}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+        '12.34', NULL)";
+    let mut seen = Vec::new();
+    for capture in [CaptureMode::Triggers, CaptureMode::Logical] {
+        let Some(db) = logical_db() else { return };
+        db.execute(table);
+        let app = spawn(db, capture).await;
+        let mut client = app.client().await;
+        client.subscribe("wide").await;
+        app.db.execute(row);
+        app.db.execute("UPDATE wide SET flag = false");
+        let insert = change(&mut client).await;
+        let update = change(&mut client).await;
+        seen.push((
+            insert["data"].clone(),
+            update["old"].clone(),
+            update["data"]["flag"].clone(),
+        ));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "triggers (left) and logical decoding (right) agree"
+    );
+    assert_eq!(seen[1].0["price"], json!(12.5));
+    assert_eq!(seen[1].0["tags"], json!([1, 2, 3]));
+    assert_eq!(seen[1].0["at_tz"], "2026-11-30T07:04:56+00:00");
+}
+
+#[tokio::test]
+async fn a_large_value_the_update_did_not_touch_is_still_in_the_new_row() {
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE docs (id INT PRIMARY KEY, status TEXT, body TEXT)");
+    // Random text does not compress: it is stored out of line (TOAST), and
+    // an UPDATE of another column does not write it to the WAL again.
+    db.execute(
+        "INSERT INTO docs SELECT 1, 'draft', string_agg(md5(random()::text), '') FROM generate_series(1, 400)",
+    );
+    let app = spawn(db, CaptureMode::Logical).await;
+    let mut client = app.client().await;
+    client.subscribe("docs").await;
+    app.db.execute("UPDATE docs SET status = 'published'");
+    let update = change(&mut client).await;
+    let body = update["data"]["body"]
+        .as_str()
+        .expect("body in the new row");
+    assert_eq!(body.len(), 400 * 32);
+    assert_eq!(update["old"]["body"], body);
+    assert_eq!(update["data"]["status"], "published");
+}
+
+#[tokio::test]
+async fn moving_from_triggers_to_logical_decoding_loses_and_repeats_nothing() {
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    let first = spawn(db, CaptureMode::Triggers).await;
+    let mut client = first.client().await;
+    let subscribed = client.subscribe("items").await;
+    let epoch = subscribed["epoch"].clone();
+    first
+        .db
+        .execute("INSERT INTO items VALUES (1, 'by trigger')");
+    let seen = change(&mut client).await["seq"].clone();
+    client.close().await;
+    first.shutdown().await;
+    // While no server runs, the trigger still captures.
+    first
+        .db
+        .execute("INSERT INTO items VALUES (2, 'while down')");
+
+    let second = spawn(TestDb::shared(&first.db), CaptureMode::Logical).await;
+    let mut back = second.client().await;
+    let reply = back
+        .request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(change(&mut back).await["data"]["v"], "while down");
+    assert!(!query_flag(
+        &second.db.url,
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND NOT tgisinternal) AS value"
+    ));
+    for i in 3..=5 {
+        second
+            .db
+            .execute(&format!("INSERT INTO items VALUES ({i}, 'by slot')"));
+    }
+    let mut seqs = vec![seen.as_u64().unwrap()];
+    for i in 3..=5 {
+        let event = change(&mut back).await;
+        assert_eq!(event["data"]["id"], i);
+        seqs.push(event["seq"].as_u64().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    back.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_restart_reads_the_slot_on_from_where_it_was_and_repeats_nothing() {
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    let first = spawn(db, CaptureMode::Logical).await;
+    let mut client = first.client().await;
+    let epoch = client.subscribe("items").await["epoch"].clone();
+    first.db.execute("INSERT INTO items VALUES (1, 'a')");
+    let seen = change(&mut client).await["seq"].clone();
+    client.close().await;
+    first.shutdown().await;
+    first.db.execute("INSERT INTO items VALUES (2, 'b')");
+    first.db.execute("UPDATE items SET v = 'c' WHERE id = 1");
+
+    let second = spawn(TestDb::shared(&first.db), CaptureMode::Logical).await;
+    let mut back = second.client().await;
+    back.request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
+        .await;
+    assert_eq!(change(&mut back).await["data"]["id"], 2);
+    assert_eq!(change(&mut back).await["data"]["v"], "c");
+    back.expect_silence(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn the_slot_is_read_while_no_topic_watches_so_it_keeps_no_wal() {
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    // Retention 2 s: the idle read comes with pruning, every second.
+    let app = TestApp::spawn_on(db, |c| {
+        c.capture = CaptureMode::Logical;
+        c.changes_retention_s = 2;
+    })
+    .await;
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    client.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.db
+        .execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 100) g");
+    let (_, capture) = app.get_json("/admin/capture").await;
+    let slot = capture["slot"].as_str().unwrap().to_string();
+    let caught_up = format!(
+        "SELECT confirmed_flush_lsn >= pg_current_wal_flush_lsn() - 100000 AND \
+         EXISTS (SELECT 1 FROM _realtide_changes WHERE new_row LIKE '%\"id\":100,%') AS value \
+         FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !query_flag(&app.db.url, &caught_up) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle slot was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_the_right_to_replicate_auto_falls_back_to_triggers_and_logical_refuses() {
+    let Some(db) = logical_db() else { return };
+    let role = format!(
+        "rt_plain_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT ALL ON DATABASE {name} TO {role}; \
+         GRANT ALL ON SCHEMA public TO {role}; CREATE TABLE items (id INT PRIMARY KEY); \
+         ALTER TABLE items OWNER TO {role}"
+    ));
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let config = |capture| realtide::config::Config {
+        database_url: url.clone(),
+        capture,
+        ..realtide::config::Config::default()
+    };
+    let refused = std::thread::spawn({
+        let config = config(CaptureMode::Logical);
+        move || {
+            actix_rt::System::new().block_on(async move {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                realtide::server::start(listener, config)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+        }
+    })
+    .join()
+    .unwrap();
+    let refused = refused.expect("--capture logical refuses to start");
+    assert!(refused.contains("REPLICATION"), "{refused}");
+
+    let app = TestApp::spawn_on(TestDb::shared(&db), |c| {
+        c.database_url = url.clone();
+        c.capture = CaptureMode::Auto;
+    })
+    .await;
+    let (_, capture) = app.get_json("/admin/capture").await;
+    assert_eq!(capture["mode"], "triggers", "{capture}");
+    assert!(capture["reason"].as_str().unwrap().contains("REPLICATION"));
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    app.db.execute("INSERT INTO items VALUES (7)");
+    assert_eq!(change(&mut client).await["data"]["id"], 7);
+    drop(app);
+    drop(db);
+    let _ = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
+        .arg(format!("DROP ROLE IF EXISTS {role}"))
+        .output();
+}
