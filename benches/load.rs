@@ -6,7 +6,11 @@
 //! ```text
 //! cargo bench --bench load -- fanout --subscribers 1000 --rate 100 --seconds 10 --payload 100
 //! cargo bench --bench load -- idle --connections 5000
+//! cargo bench --bench load -- capture --backend postgres
 //! ```
+
+#[path = "load/capture.rs"]
+mod capture;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -130,6 +134,27 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         rate: u64,
         /// PostgreSQL server to create a scratch database on.
+        #[arg(
+            long,
+            env = "REALTIDE_TEST_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
+    },
+    /// Table capture per mode, side by side: the writer's cost (bulk and
+    /// four single-row writers), delivery after a bulk commit, and
+    /// commit-to-client latency over commits 20-50 ms apart.
+    Capture {
+        /// `sqlite` or `postgres` (logical decoding and triggers).
+        #[arg(long, default_value = "postgres")]
+        backend: String,
+        #[arg(long, default_value_t = 50_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 500)]
+        commits: u64,
+        /// Seconds of quiet before one more lone commit (0: skip).
+        #[arg(long, default_value_t = 60)]
+        quiet_s: u64,
         #[arg(
             long,
             env = "REALTIDE_TEST_POSTGRES_URL",
@@ -1057,6 +1082,11 @@ impl Drop for ScratchDb {
         if let Some((admin, name)) = &self.postgres
             && let Ok(mut conn) = realtide::db::connect(admin)
         {
+            // Logical capture left a slot, which keeps the database from being dropped.
+            let _ = conn.batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'; \
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}';"
+            ));
             let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
@@ -1364,6 +1394,22 @@ fn main() {
                 rate,
                 postgres_url,
             } => changes(&backend, rows, writes, rate, &postgres_url).await,
+            Mode::Capture {
+                backend,
+                rows,
+                commits,
+                quiet_s,
+                postgres_url,
+            } => {
+                capture::capture(capture::CaptureLoad {
+                    backend,
+                    rows,
+                    commits,
+                    quiet_s,
+                    postgres_url,
+                })
+                .await
+            }
             Mode::Plot { json, svg } => replot(&json, &svg),
         }
     });

@@ -95,6 +95,9 @@ pub struct LogicalSource {
     current_schema: String,
     /// The slot was last advanced to here.
     advanced_to: u64,
+    /// The flushed end of the WAL when the last complete read began: while
+    /// it stays there, nothing new can be decoded and no read is made.
+    read_through: Option<u64>,
     /// Trigger-written changes from before logical capture still wait for their seq.
     trigger_backlog: bool,
     shapes_read: Instant,
@@ -174,6 +177,7 @@ impl LogicalSource {
             type_names: HashMap::new(),
             current_schema: String::new(),
             advanced_to: 0,
+            read_through: None,
             trigger_backlog: true,
             shapes_read: Instant::now(),
             lag_warned: false,
@@ -283,8 +287,16 @@ impl LogicalSource {
     /// Moves what the slot holds into the change log. Returns how many
     /// changes were written (0 too when another node holds the lock).
     fn capture(&mut self) -> Result<usize, DbError> {
+        // Each read decodes the WAL from the slot's restart point on: skip
+        // it while nothing was written anywhere since the last one.
+        let flushed: Lsn = diesel::sql_query("SELECT pg_current_wal_flush_lsn()::text AS lsn")
+            .get_result(&mut self.conn)?;
+        let flushed = parse_lsn(&flushed.lsn);
+        if !self.trigger_backlog && flushed.is_some() && flushed == self.read_through {
+            return Ok(0);
+        }
         self.conn.batch_execute("BEGIN")?;
-        let result = self.capture_in_transaction();
+        let result = self.capture_in_transaction(flushed);
         match result {
             Ok((written, advance_to)) => {
                 self.conn.batch_execute("COMMIT")?;
@@ -306,7 +318,10 @@ impl LogicalSource {
         }
     }
 
-    fn capture_in_transaction(&mut self) -> Result<(usize, Option<u64>), DbError> {
+    fn capture_in_transaction(
+        &mut self,
+        flushed: Option<u64>,
+    ) -> Result<(usize, Option<u64>), DbError> {
         let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
             .bind::<BigInt, _>(SEQUENCER_LOCK)
             .get_result(&mut self.conn)?;
@@ -322,8 +337,6 @@ impl LogicalSource {
                 return Ok((0, None));
             }
         }
-        let flushed: Lsn = diesel::sql_query("SELECT pg_current_wal_flush_lsn()::text AS lsn")
-            .get_result(&mut self.conn)?;
         let rows: Vec<SlotRow> = diesel::sql_query(
             "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
              'proto_version', '1', 'publication_names', $3)",
@@ -391,8 +404,11 @@ impl LogicalSource {
         }
         // A read that was not cut short saw everything flushed before it:
         // the slot may move past other databases' WAL and empty transactions.
-        let advance_to = match (complete, parse_lsn(&flushed.lsn)) {
-            (true, Some(flushed)) => Some(last_end.map_or(flushed, |end| end.max(flushed))),
+        let advance_to = match (complete, flushed) {
+            (true, Some(flushed)) => {
+                self.read_through = Some(flushed);
+                Some(last_end.map_or(flushed, |end| end.max(flushed)))
+            }
             _ => last_end,
         };
         Ok((written, advance_to))
