@@ -52,6 +52,31 @@ pub enum Command {
     Check(Box<Config>),
     /// Print a token signed with the configured secret, for development.
     Token(TokenArgs),
+    /// Manage table change capture in the database.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaptureCommand {
+    /// Remove realtide's capture from the database: triggers, the
+    /// publication and replication slot, and the change log's rows (with
+    /// `--table`, that table's triggers and publication entry only). Stop
+    /// realtide first: a running server installs capture again.
+    Remove(CaptureRemoveArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaptureRemoveArgs {
+    #[arg(
+        long,
+        env = "REALTIDE_DATABASE_URL",
+        default_value = "sqlite://realtide.db"
+    )]
+    pub database_url: String,
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
 }
 
 /// The server's settings.

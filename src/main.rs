@@ -1,9 +1,9 @@
-//! `realtide serve` (the default) and `realtide token`.
+//! `realtide serve` (the default), `check`, `token` and `capture remove`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use realtide::config::{Cli, Command, Config, LogFormat, TokenArgs};
+use realtide::config::{CaptureCommand, Cli, Command, Config, LogFormat, TokenArgs};
 use serde_json::{Map, Value};
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +13,9 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::Serve(config)) => serve(*config),
         Some(Command::Check(config)) => check(&config),
+        Some(Command::Capture(CaptureCommand::Remove(args))) => {
+            capture_remove(&args.database_url, args.table.as_deref())
+        }
         None => serve(*cli.serve),
     };
     match result {
@@ -62,6 +65,22 @@ fn check(config: &Config) -> Result<(), String> {
         0 => Ok(()),
         n => Err(format!("{n} check(s) failed")),
     }
+}
+
+fn capture_remove(url: &str, table: Option<&str>) -> Result<(), String> {
+    if let Some(table) = table {
+        if !realtide::topic::name::is_valid_table_name(table) {
+            return Err(format!("--table `{table}` is not a table name"));
+        }
+    }
+    let done = realtide::changes::remove::remove(url, table).map_err(|e| e.to_string())?;
+    if done.is_empty() {
+        println!("nothing to remove");
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> Result<(), String> {

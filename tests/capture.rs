@@ -324,3 +324,90 @@ async fn without_the_right_to_replicate_auto_falls_back_to_triggers_and_logical_
         .arg(format!("DROP ROLE IF EXISTS {role}"))
         .output();
 }
+
+/// `realtide capture remove`, run as an operator would, with no server running.
+fn remove_capture(url: &str, table: Option<&str>) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_realtide"));
+    command.args(["capture", "remove", "--database-url", url]);
+    if let Some(table) = table {
+        command.args(["--table", table]);
+    }
+    let output = command.output().expect("run realtide capture remove");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn capture_remove_takes_triggers_slot_and_log_out_of_the_database() {
+    let mut dbs = vec![(TestDb::sqlite(), CaptureMode::Triggers)];
+    dbs.extend(TestDb::postgres().map(|db| (db, CaptureMode::Triggers)));
+    dbs.extend(logical_db().map(|db| (db, CaptureMode::Logical)));
+    for (db, capture) in dbs {
+        let backend = db.backend();
+        db.execute(
+            "CREATE TABLE items (id INT PRIMARY KEY); CREATE TABLE other (id INT PRIMARY KEY)",
+        );
+        let app = spawn(db, capture).await;
+        let mut client = app.client().await;
+        client.subscribe("items").await;
+        client.subscribe("other").await;
+        app.db
+            .execute("INSERT INTO items VALUES (1); INSERT INTO other VALUES (1)");
+        change(&mut client).await;
+        change(&mut client).await;
+        let (_, report) = app.get_json("/admin/capture").await;
+        client.close().await;
+        app.shutdown().await;
+        let url = app.db.url.clone();
+        let what = format!("{backend} {capture:?}");
+
+        let one = remove_capture(&url, Some("items"));
+        assert!(
+            one.contains("items") && !one.contains("other"),
+            "{what}: {one}"
+        );
+        let captured = |table: &str| match (app.db.is_postgres(), capture) {
+            (false, _) => format!(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}') AS value"
+            ),
+            (true, CaptureMode::Logical) => format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = 'realtide' AND tablename = '{table}') AS value"
+            ),
+            (true, _) => format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '_realtide_capture' AND tgrelid = '{table}'::regclass) AS value"
+            ),
+        };
+        assert!(!query_flag(&url, &captured("items")), "{what}");
+        assert!(query_flag(&url, &captured("other")), "{what}");
+
+        let all = remove_capture(&url, None);
+        assert!(
+            all.contains("change log emptied (2 changes)"),
+            "{what}: {all}"
+        );
+        assert!(!query_flag(&url, &captured("other")), "{what}");
+        assert!(!query_flag(
+            &url,
+            "SELECT EXISTS (SELECT 1 FROM _realtide_changes) AS value"
+        ));
+        if capture == CaptureMode::Logical {
+            let slot = report["slot"].as_str().unwrap();
+            assert!(all.contains(slot), "{all}");
+            assert!(!query_flag(
+                &url,
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}') AS value"
+                )
+            ));
+        }
+        assert_eq!(
+            remove_capture(&url, None).trim(),
+            "nothing to remove",
+            "{what}"
+        );
+    }
+}

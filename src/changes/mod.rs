@@ -10,6 +10,7 @@ pub mod pgoutput;
 pub mod pgtext;
 pub mod poller;
 pub mod postgres;
+pub mod remove;
 pub mod sqlite;
 
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,157 @@
+//! `realtide capture remove [--table T]`: takes realtide's change capture
+//! out of a database: the triggers on watched tables, (PostgreSQL) their
+//! place in the `realtide` publication and the replication slot, and the
+//! change log's rows. With `--table`, only that table's capture. Stop every
+//! realtide server of the database first: a running one installs capture
+//! again at the next subscription to a table.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Text};
+
+use super::logical::{PUBLICATION, slot_name};
+use crate::db::{DbConnection, DbError};
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Removes capture; returns one line per thing removed.
+pub fn remove(url: &str, table: Option<&str>) -> Result<Vec<String>, DbError> {
+    let mut conn = crate::db::connect(url)?;
+    let mut done = match &mut conn {
+        DbConnection::Sqlite(_) => remove_sqlite(&mut conn, table)?,
+        DbConnection::Pg(_) => remove_postgres(&mut conn, table)?,
+    };
+    if table.is_none() && has_log(&mut conn)? {
+        // Rows only: the table belongs to realtide's schema. The pruned
+        // mark keeps a later resume from a removed seq honest (recovered: false).
+        let through = super::latest_seq(&mut conn)?;
+        if through > 0 {
+            diesel::sql_query(
+                "INSERT INTO _realtide_meta (key, value) VALUES ('pruned_through', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind::<Text, _>(through.to_string())
+            .execute(&mut conn)?;
+        }
+        let deleted = diesel::sql_query("DELETE FROM _realtide_changes").execute(&mut conn)?;
+        if deleted > 0 {
+            done.push(format!("change log emptied ({deleted} changes)"));
+        }
+    }
+    Ok(done)
+}
+
+fn has_log(conn: &mut DbConnection) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Flag {
+        #[diesel(sql_type = Bool)]
+        value: bool,
+    }
+    let sql = match conn {
+        DbConnection::Sqlite(_) => {
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_realtide_changes') AS value"
+        }
+        DbConnection::Pg(_) => "SELECT to_regclass('_realtide_changes') IS NOT NULL AS value",
+    };
+    Ok(diesel::sql_query(sql).get_result::<Flag>(conn)?.value)
+}
+
+fn remove_sqlite(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<String>, DbError> {
+    let triggers: Vec<Name> = diesel::sql_query(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_realtide\\_%' ESCAPE '\\' \
+         AND ($1 IS NULL OR tbl_name = $1) ORDER BY name",
+    )
+    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .load(conn)?;
+    let mut done = Vec::new();
+    for trigger in triggers {
+        conn.batch_execute(&format!("DROP TRIGGER IF EXISTS {}", ident(&trigger.name)))?;
+        done.push(format!("trigger {} dropped", trigger.name));
+    }
+    Ok(done)
+}
+
+fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<String>, DbError> {
+    let mut done = Vec::new();
+    let triggered: Vec<Name> = diesel::sql_query(
+        "SELECT c.relname::text AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         WHERE t.tgname = '_realtide_capture' AND c.relnamespace = current_schema()::regnamespace \
+         AND ($1::text IS NULL OR c.relname = $1) ORDER BY 1",
+    )
+    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .load(conn)?;
+    for t in triggered {
+        conn.batch_execute(&format!(
+            "DROP TRIGGER IF EXISTS _realtide_capture ON {}",
+            ident(&t.name)
+        ))?;
+        done.push(format!("trigger _realtide_capture on {} dropped", t.name));
+    }
+    let published: Vec<Name> = diesel::sql_query(
+        "SELECT tablename::text AS name FROM pg_publication_tables WHERE pubname = $1 \
+         AND schemaname = current_schema() AND ($2::text IS NULL OR tablename = $2) ORDER BY 1",
+    )
+    .bind::<Text, _>(PUBLICATION)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .load(conn)?;
+    match table {
+        Some(_) => {
+            for t in published {
+                conn.batch_execute(&format!(
+                    "ALTER PUBLICATION {} DROP TABLE {}",
+                    ident(PUBLICATION),
+                    ident(&t.name)
+                ))?;
+                done.push(format!("{} left publication {PUBLICATION}", t.name));
+            }
+        }
+        None => {
+            let exists: Vec<Name> = diesel::sql_query(
+                "SELECT pubname::text AS name FROM pg_publication WHERE pubname = $1",
+            )
+            .bind::<Text, _>(PUBLICATION)
+            .load(conn)?;
+            if !exists.is_empty() {
+                conn.batch_execute(&format!("DROP PUBLICATION {}", ident(PUBLICATION)))?;
+                done.push(format!("publication {PUBLICATION} dropped"));
+            }
+            done.extend(drop_slot(conn)?);
+        }
+    }
+    Ok(done)
+}
+
+/// Drops this database's slot; refuses while a server reads it.
+fn drop_slot(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    #[derive(QueryableByName)]
+    struct Meta {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let epoch: Vec<Meta> =
+        diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'epoch'").load(conn)?;
+    let Some(epoch) = epoch.first() else {
+        return Ok(Vec::new());
+    };
+    let slot = slot_name(&epoch.value);
+    let slots: Vec<Name> = diesel::sql_query(
+        "SELECT slot_name::text AS name FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind::<Text, _>(&slot)
+    .load(conn)?;
+    if slots.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query("SELECT pg_drop_replication_slot($1)")
+        .bind::<Text, _>(&slot)
+        .execute(conn)?;
+    Ok(vec![format!("replication slot {slot} dropped")])
+}
