@@ -68,10 +68,10 @@ fn check(config: &Config) -> Result<(), String> {
 }
 
 fn capture_remove(url: &str, table: Option<&str>) -> Result<(), String> {
-    if let Some(table) = table {
-        if !realtide::topic::name::is_valid_table_name(table) {
-            return Err(format!("--table `{table}` is not a table name"));
-        }
+    if let Some(table) = table
+        && !realtide::topic::name::is_valid_table_name(table)
+    {
+        return Err(format!("--table `{table}` is not a table name"));
     }
     let done = realtide::changes::remove::remove(url, table).map_err(|e| e.to_string())?;
     if done.is_empty() {
