@@ -124,10 +124,11 @@ async fn commit_latency(ws: &mut Socket, url: &str, rows: u64, commits: u64) -> 
     });
     let mut arrived = Vec::new();
     while (arrived.len() as u64) < commits {
-        let Ok(Some(Ok(Message::Text(text)))) =
-            tokio::time::timeout(Duration::from_secs(10), ws.next()).await
-        else {
-            break;
+        let text = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            // The server's keep-alive pings during a quiet spell.
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
         };
         if let Some(sent) = number_after(text.as_bytes(), br#""sent_ns":"#) {
             arrived.push((sent, now_ns()));
@@ -148,6 +149,10 @@ async fn measure(load: &CaptureLoad, mode: &str) -> CaptureReport {
     let url = scratch.url.clone();
     {
         let mut conn = realtide::db::connect(&url).unwrap();
+        if load.backend == "sqlite" {
+            // As realtide leaves the file: untracked and tracked alike in WAL mode.
+            conn.batch_execute("PRAGMA journal_mode = WAL").unwrap();
+        }
         conn.batch_execute(TABLE).unwrap();
         fill(&mut conn, &load.backend, load.rows);
     }
@@ -187,7 +192,16 @@ async fn measure(load: &CaptureLoad, mode: &str) -> CaptureReport {
     let latency = commit_latency(&mut ws, &url, load.rows, load.commits).await;
     report.latency = format!("{} over {} commits", percentiles(&latency), latency.len());
     if load.quiet_s > 0 {
-        tokio::time::sleep(Duration::from_secs(load.quiet_s)).await;
+        // Quiet, but reading: the client answers the server's keep-alive
+        // pings as any live client does.
+        let quiet = tokio::time::sleep(Duration::from_secs(load.quiet_s));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                _ = &mut quiet => break,
+                frame = ws.next() => if !matches!(frame, Some(Ok(_))) { break },
+            }
+        }
         let lone = commit_latency(&mut ws, &url, load.rows, 1).await;
         report.lone_ms = lone.max() as f64 / 1000.0;
     }
