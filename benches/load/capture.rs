@@ -26,6 +26,8 @@ struct CaptureReport {
     bulk_tracked_s: f64,
     single_untracked: f64,
     single_tracked: f64,
+    /// After the single-row writers stopped, until their last change arrived.
+    catch_up_s: f64,
     delivery_per_s: f64,
     latency: String,
     lone_ms: f64,
@@ -183,11 +185,14 @@ async fn measure(load: &CaptureLoad, mode: &str) -> CaptureReport {
 
     let before = single_row_writers(&url, load.rows);
     report.single_tracked = before;
-    // The writers' changes, read off so the latency run starts clean.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    // The writers' changes, read off so the latency run starts clean; how
+    // long that takes says how far capture fell behind the writers.
+    let drained = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(120), async {
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await {}
     })
     .await;
+    report.catch_up_s = drained.elapsed().as_secs_f64() - 0.5;
 
     let latency = commit_latency(&mut ws, &url, load.rows, load.commits).await;
     report.latency = format!("{} over {} commits", percentiles(&latency), latency.len());
@@ -238,6 +243,10 @@ pub async fn capture(load: CaptureLoad) {
         println!(
             "    after a bulk commit: {:.0} changes/s delivered",
             r.delivery_per_s
+        );
+        println!(
+            "    the single-row writers' last change arrived {:.2} s after they stopped",
+            r.catch_up_s.max(0.0)
         );
         println!("    commit->client  {}", r.latency);
         if load.quiet_s > 0 {

@@ -6,8 +6,6 @@
 
 pub mod filter;
 pub mod logical;
-pub mod pgoutput;
-pub mod pgtext;
 pub mod poller;
 pub mod postgres;
 pub mod remove;
@@ -260,6 +258,12 @@ pub trait ChangeSource: Send {
     fn reconnect(&mut self) -> Result<(), DbError>;
     /// The source's own connection, for the queries both backends share.
     fn connection(&mut self) -> &mut DbConnection;
+
+    /// Waits until the next probe: `timeout`, or less when the source can
+    /// tell that something was committed.
+    fn wait(&mut self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout);
+    }
 
     /// The highest `seq` the log holds, for one table or all (0 when none).
     fn latest_seq(&mut self, table: Option<&str>) -> Result<u64, DbError> {

@@ -215,7 +215,7 @@ impl Handler<Tick> for PollerActor {
                     tracing::warn!(%error, "change tracker: cannot reconnect yet");
                 }
             }
-            std::thread::sleep(self.probe_every);
+            self.source.wait(self.probe_every);
             if self.knock.swap(false, Ordering::AcqRel) {
                 // Let the queued messages run; this Tick comes after them.
                 ctx.address().do_send(Tick);

@@ -23,10 +23,16 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
-use super::pgoutput::{self, Cell, Message, Relation};
-use super::pgtext::{self, ServerCast};
+pub mod pgoutput;
+pub mod pgtext;
+mod stream;
+
+use pgoutput::{Cell, Message, Relation};
+use pgtext::ServerCast;
+use stream::ReplicationStream;
+
 use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, SHAPE_REFRESH};
 use super::{CaptureStatus, Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
@@ -36,9 +42,10 @@ use crate::metrics::Metrics;
 pub const PUBLICATION: &str = "realtide";
 /// Key of the advisory lock under which the slot and publication are created.
 const SETUP_LOCK: i64 = 0x7274_736c_6f74_7375; // "rtslotsu"
-/// Decoded rows asked for per read (a transaction is never split: one
-/// larger than this comes whole).
-const READ_ROWS: i64 = 20_000;
+/// Trigger-written changes numbered per step while they drain.
+const BACKLOG_ROWS: i64 = 20_000;
+/// Pause before streaming the slot again after it failed or was in use.
+const STREAM_RETRY: Duration = Duration::from_secs(2);
 /// Changes written into the log per statement.
 const INSERT_ROWS: usize = 2_000;
 /// Warn when the slot holds back more WAL than this.
@@ -93,11 +100,14 @@ pub struct LogicalSource {
     /// `format_type` of the types only the server can convert.
     type_names: HashMap<u32, String>,
     current_schema: String,
-    /// The slot was last advanced to here.
-    advanced_to: u64,
-    /// The flushed end of the WAL when the last complete read began: while
-    /// it stays there, nothing new can be decoded and no read is made.
-    read_through: Option<u64>,
+    /// The url, for the replication connection.
+    url_text: String,
+    /// The slot's stream, while this node reads it.
+    stream: Option<ReplicationStream>,
+    /// When to try opening the stream again (another node may hold it).
+    stream_retry: Option<Instant>,
+    /// `pgoutput` messages received and not yet logged.
+    received: Vec<Vec<u8>>,
     /// Trigger-written changes from before logical capture still wait for their seq.
     trigger_backlog: bool,
     shapes_read: Instant,
@@ -122,18 +132,6 @@ enum Json {
 }
 
 #[derive(QueryableByName)]
-struct SlotRow {
-    #[diesel(sql_type = Binary)]
-    data: Vec<u8>,
-}
-
-#[derive(QueryableByName)]
-struct Lsn {
-    #[diesel(sql_type = Text)]
-    lsn: String,
-}
-
-#[derive(QueryableByName)]
 struct Flag {
     #[diesel(sql_type = Bool)]
     value: bool,
@@ -143,16 +141,6 @@ struct Flag {
 struct JsonText {
     #[diesel(sql_type = Nullable<Text>)]
     json: Option<String>,
-}
-
-/// `0/21AD670` as a number.
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
-}
-
-fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 impl LogicalSource {
@@ -165,6 +153,10 @@ impl LogicalSource {
         status: CaptureStatus,
         metrics: Metrics,
     ) -> Result<Self, DbError> {
+        let url_text = match &url {
+            DatabaseUrl::Postgres(text) => text.clone(),
+            DatabaseUrl::Sqlite(_) => String::new(),
+        };
         let mut source = LogicalSource {
             conn,
             url,
@@ -176,8 +168,10 @@ impl LogicalSource {
             relations: HashMap::new(),
             type_names: HashMap::new(),
             current_schema: String::new(),
-            advanced_to: 0,
-            read_through: None,
+            url_text,
+            stream: None,
+            stream_retry: None,
+            received: Vec::new(),
             trigger_backlog: true,
             shapes_read: Instant::now(),
             lag_warned: false,
@@ -284,32 +278,68 @@ impl LogicalSource {
         }
     }
 
-    /// Moves what the slot holds into the change log. Returns how many
-    /// changes were written (0 too when another node holds the lock).
+    /// Moves what the slot streamed into the change log. Returns how many
+    /// changes were written (0 too while another node streams the slot).
     fn capture(&mut self) -> Result<usize, DbError> {
-        // Each read decodes the WAL from the slot's restart point on: skip
-        // it while nothing was written anywhere since the last one.
-        let flushed: Lsn = diesel::sql_query("SELECT pg_current_wal_flush_lsn()::text AS lsn")
-            .get_result(&mut self.conn)?;
-        let flushed = parse_lsn(&flushed.lsn);
-        if !self.trigger_backlog && flushed.is_some() && flushed == self.read_through {
+        if self.stream.is_none() {
+            if self.stream_retry.is_some_and(|at| Instant::now() < at) {
+                return Ok(0);
+            }
+            match ReplicationStream::open(&self.url_text, &self.slot, PUBLICATION) {
+                Ok(stream) => {
+                    self.stream = Some(stream);
+                    self.stream_retry = None;
+                    self.received.clear();
+                }
+                Err(error) => {
+                    if !error.slot_in_use() {
+                        tracing::warn!(%error, "change capture: cannot stream the replication slot yet");
+                    }
+                    self.stream_retry = Some(Instant::now() + STREAM_RETRY);
+                    return Ok(0);
+                }
+            }
+        }
+        let Some(stream) = &mut self.stream else {
+            return Ok(0);
+        };
+        if let Err(error) = stream.read_available(&mut self.received) {
+            tracing::warn!(%error, "change capture: the replication stream broke; reopening");
+            // What was received and not logged comes again from the slot.
+            self.stream = None;
+            self.received.clear();
+            return Ok(0);
+        }
+        let wal_end = stream.wal_end();
+        // Only whole transactions go into the log.
+        let whole = self
+            .received
+            .iter()
+            .rposition(|m| m.first() == Some(&b'C'))
+            .map_or(0, |last| last + 1);
+        if whole == 0 && !self.trigger_backlog {
+            if self.received.is_empty() {
+                // Everything sent is logged: the slot may move to the WAL's end.
+                self.confirm(wal_end)?;
+            }
             return Ok(0);
         }
         self.conn.batch_execute("BEGIN")?;
-        let result = self.capture_in_transaction(flushed);
-        match result {
-            Ok((written, advance_to)) => {
+        match self.log_received(whole) {
+            Ok(Some((written, last_end))) => {
                 self.conn.batch_execute("COMMIT")?;
-                if let Some(lsn) = advance_to.filter(|&lsn| lsn > self.advanced_to) {
-                    diesel::sql_query(
-                        "SELECT pg_replication_slot_advance($1, $2::pg_lsn)::text AS lsn",
-                    )
-                    .bind::<Text, _>(&self.slot)
-                    .bind::<Text, _>(format_lsn(lsn))
-                    .execute(&mut self.conn)?;
-                    self.advanced_to = lsn;
-                }
+                self.received.drain(..whole);
+                let safe = if self.received.is_empty() {
+                    last_end.max(wal_end)
+                } else {
+                    last_end
+                };
+                self.confirm(safe)?;
                 Ok(written)
+            }
+            Ok(None) => {
+                self.conn.batch_execute("ROLLBACK")?;
+                Ok(0)
             }
             Err(error) => {
                 let _ = self.conn.batch_execute("ROLLBACK");
@@ -318,42 +348,47 @@ impl LogicalSource {
         }
     }
 
-    fn capture_in_transaction(
-        &mut self,
-        flushed: Option<u64>,
-    ) -> Result<(usize, Option<u64>), DbError> {
+    fn confirm(&mut self, lsn: u64) -> Result<(), DbError> {
+        let Some(stream) = &mut self.stream else {
+            return Ok(());
+        };
+        if lsn > 0
+            && let Err(error) = stream.confirm(lsn)
+        {
+            tracing::warn!(%error, "change capture: the replication stream broke; reopening");
+            self.stream = None;
+            self.received.clear();
+        }
+        Ok(())
+    }
+
+    /// In a transaction: the first `whole` received messages into the log.
+    /// `None` when another node holds the sequencer's lock (try again).
+    fn log_received(&mut self, whole: usize) -> Result<Option<(usize, u64)>, DbError> {
         let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
             .bind::<BigInt, _>(SEQUENCER_LOCK)
             .get_result(&mut self.conn)?;
         if !locked.value {
-            return Ok((0, None));
+            return Ok(None);
         }
         if self.trigger_backlog {
             // Changes written by triggers before this node read the slot
             // come first, in their own order.
-            postgres::number_ready_changes(&mut self.conn, READ_ROWS)?;
+            postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
-            if self.trigger_backlog {
-                return Ok((0, None));
+            if self.trigger_backlog || whole == 0 {
+                return Ok(Some((0, 0)));
             }
         }
-        let rows: Vec<SlotRow> = diesel::sql_query(
-            "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
-             'proto_version', '1', 'publication_names', $3)",
-        )
-        .bind::<Text, _>(&self.slot)
-        .bind::<BigInt, _>(READ_ROWS)
-        .bind::<Text, _>(PUBLICATION)
-        .load(&mut self.conn)?;
-        let complete = (rows.len() as i64) < READ_ROWS;
         let logged_through = self.logged_through()?;
         let mut casts = ServerCast::default();
         let mut decoded = Vec::new();
         let mut transaction: Vec<Decoded> = Vec::new();
         let mut commit_ms = 0;
-        let mut last_end = None;
-        for row in rows {
-            match pgoutput::decode(&row.data)
+        let mut last_end = 0;
+        let messages: Vec<Vec<u8>> = self.received[..whole].to_vec();
+        for data in &messages {
+            match pgoutput::decode(data)
                 .map_err(|e| DbError::Task(format!("logical decoding: {e}")))?
             {
                 Message::Begin { commit_time } => {
@@ -384,7 +419,7 @@ impl LogicalSource {
                         decoded.append(&mut transaction);
                     }
                     transaction.clear();
-                    last_end = Some(end_lsn);
+                    last_end = end_lsn;
                 }
                 Message::Other => {}
             }
@@ -394,24 +429,13 @@ impl LogicalSource {
             let converted = self.server_casts(casts)?;
             self.write_log(decoded, &converted)?;
         }
-        if let Some(end) = last_end {
-            diesel::sql_query(
-                "INSERT INTO _realtide_meta (key, value) VALUES ('capture_lsn', $1) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind::<Text, _>(end.to_string())
-            .execute(&mut self.conn)?;
-        }
-        // A read that was not cut short saw everything flushed before it:
-        // the slot may move past other databases' WAL and empty transactions.
-        let advance_to = match (complete, flushed) {
-            (true, Some(flushed)) => {
-                self.read_through = Some(flushed);
-                Some(last_end.map_or(flushed, |end| end.max(flushed)))
-            }
-            _ => last_end,
-        };
-        Ok((written, advance_to))
+        diesel::sql_query(
+            "INSERT INTO _realtide_meta (key, value) VALUES ('capture_lsn', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind::<Text, _>(last_end.max(logged_through).to_string())
+        .execute(&mut self.conn)?;
+        Ok(Some((written, last_end)))
     }
 
     /// The end of the last commit whose changes are in the log.
@@ -727,23 +751,20 @@ impl ChangeSource for LogicalSource {
         self.prepare_connection()
     }
 
+    fn wait(&mut self, timeout: Duration) {
+        match (&self.triggers, &self.stream) {
+            // Wakes as soon as the server streams a commit.
+            (None, Some(stream)) => {
+                stream.wait(timeout);
+            }
+            _ => std::thread::sleep(timeout),
+        }
+    }
+
     fn connection(&mut self) -> &mut DbConnection {
         match &mut self.triggers {
             Some(triggers) => triggers.connection(),
             None => &mut self.conn,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_read_and_write_as_postgres_spells_them() {
-        assert_eq!(parse_lsn("0/21AD670"), Some(0x21AD670));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(format_lsn(0x1_0000_00FF), "1/FF");
-        assert_eq!(parse_lsn("nonsense"), None);
     }
 }

@@ -1,0 +1,265 @@
+//! A replication connection streaming one logical slot (`START_REPLICATION
+//! SLOT … LOGICAL`) through libpq, as `pg_recvlogical` does. The walsender
+//! keeps one decoding context for the connection's life, so each commit is
+//! decoded once, as it is written, and sent at once; the slot's position
+//! moves only when [`ReplicationStream::confirm`] says the changes are safe.
+//!
+//! The copy-both sub-protocol: the server sends `w` (XLogData: start LSN,
+//! end LSN, clock, then one `pgoutput` message) and `k` (keepalive: the
+//! WAL's end, clock, whether a reply is wanted); the client sends `r`
+//! (standby status: received, flushed and applied LSN, clock, no reply).
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pq_sys::{ConnStatusType, ExecStatusType, PGconn};
+
+/// Send a status at least this often: the server drops a silent client
+/// after `wal_sender_timeout` (60 s by default).
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Report a new confirmed position at most this often: the walsender may
+/// write the slot to disk (an fsync) on each, and sends nothing meanwhile.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[error("replication stream: {0}")]
+pub struct StreamError(pub String);
+
+impl StreamError {
+    /// Another session streams this slot (another node of the cluster).
+    pub fn slot_in_use(&self) -> bool {
+        self.0.contains("is active for PID")
+    }
+}
+
+pub struct ReplicationStream {
+    conn: NonNull<PGconn>,
+    /// The end of the WAL the server last said it has sent everything up to.
+    wal_end: u64,
+    confirmed: u64,
+    /// The confirmed position last sent.
+    reported: u64,
+    status_sent: Instant,
+}
+
+// SAFETY: a libpq connection may move between threads; this one is only
+// ever used by the thread that owns the stream (the change tracker's).
+unsafe impl Send for ReplicationStream {}
+
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        // SAFETY: `conn` came from PQconnectdb and is finished exactly once.
+        unsafe { pq_sys::PQfinish(self.conn.as_ptr()) }
+    }
+}
+
+fn c_string(text: &str) -> Result<CString, StreamError> {
+    CString::new(text).map_err(|_| StreamError("a NUL byte in the connection string".into()))
+}
+
+/// The `replication=database` form of a `postgres://` url.
+fn replication_url(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}replication=database")
+}
+
+fn pg_clock_micros() -> i64 {
+    const PG_EPOCH_UNIX_S: u64 = 946_684_800;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now.as_micros() as i64) - (PG_EPOCH_UNIX_S as i64) * 1_000_000
+}
+
+impl ReplicationStream {
+    /// Connects and starts streaming `slot` from its confirmed position.
+    pub fn open(url: &str, slot: &str, publication: &str) -> Result<Self, StreamError> {
+        let conninfo = c_string(&replication_url(url))?;
+        // SAFETY: conninfo is a valid C string; a null result is checked.
+        let raw = unsafe { pq_sys::PQconnectdb(conninfo.as_ptr()) };
+        let conn = NonNull::new(raw).ok_or_else(|| StreamError("out of memory".into()))?;
+        let stream = ReplicationStream {
+            conn,
+            wal_end: 0,
+            confirmed: 0,
+            reported: 0,
+            status_sent: Instant::now(),
+        };
+        // SAFETY: conn is a live connection.
+        if unsafe { pq_sys::PQstatus(stream.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+            return Err(StreamError(stream.error_message()));
+        }
+        // Names come from realtide (a hex epoch, a fixed publication), quoted anyway.
+        let command = c_string(&format!(
+            "START_REPLICATION SLOT \"{slot}\" LOGICAL 0/0 \
+             (proto_version '1', publication_names '\"{publication}\"')"
+        ))?;
+        // SAFETY: conn is live and command a valid C string; the result is
+        // cleared before returning.
+        unsafe {
+            let result = pq_sys::PQexec(stream.conn.as_ptr(), command.as_ptr());
+            let status = pq_sys::PQresultStatus(result);
+            pq_sys::PQclear(result);
+            if status != ExecStatusType::PGRES_COPY_BOTH {
+                return Err(StreamError(stream.error_message()));
+            }
+        }
+        Ok(stream)
+    }
+
+    fn error_message(&self) -> String {
+        // SAFETY: PQerrorMessage returns a string owned by the connection,
+        // valid until the next call on it; it is copied at once.
+        unsafe {
+            let message = pq_sys::PQerrorMessage(self.conn.as_ptr());
+            if message.is_null() {
+                return "unknown error".into();
+            }
+            CStr::from_ptr(message)
+                .to_string_lossy()
+                .trim_end()
+                .to_string()
+        }
+    }
+
+    /// Appends every `pgoutput` message that has arrived, without waiting.
+    pub fn read_available(&mut self, messages: &mut Vec<Vec<u8>>) -> Result<(), StreamError> {
+        loop {
+            let before = messages.len();
+            self.read_buffered(messages)?;
+            if messages.len() == before || !self.wait(Duration::ZERO) {
+                break;
+            }
+        }
+        let due = if self.confirmed > self.reported {
+            CONFIRM_EVERY
+        } else {
+            STATUS_EVERY
+        };
+        if self.status_sent.elapsed() >= due {
+            self.send_status()?;
+        }
+        Ok(())
+    }
+
+    /// What one read of the socket brought.
+    fn read_buffered(&mut self, messages: &mut Vec<Vec<u8>>) -> Result<(), StreamError> {
+        // SAFETY: conn is live.
+        if unsafe { pq_sys::PQconsumeInput(self.conn.as_ptr()) } == 0 {
+            return Err(StreamError(self.error_message()));
+        }
+        loop {
+            let mut buffer: *mut std::os::raw::c_char = std::ptr::null_mut();
+            // SAFETY: conn is live; on a positive length, buffer points at
+            // that many bytes allocated by libpq, copied then freed.
+            let length = unsafe { pq_sys::PQgetCopyData(self.conn.as_ptr(), &mut buffer, 1) };
+            if length == 0 {
+                break;
+            }
+            if length < 0 {
+                return Err(StreamError(match length {
+                    -1 => "the server ended the stream".into(),
+                    _ => self.error_message(),
+                }));
+            }
+            let data = unsafe {
+                let bytes =
+                    std::slice::from_raw_parts(buffer as *const u8, length as usize).to_vec();
+                pq_sys::PQfreemem(buffer.cast());
+                bytes
+            };
+            match data.first() {
+                Some(b'w') if data.len() >= 25 => messages.push(data[25..].to_vec()),
+                Some(b'k') if data.len() >= 18 => {
+                    let mut end = [0; 8];
+                    end.copy_from_slice(&data[1..9]);
+                    self.wal_end = self.wal_end.max(u64::from_be_bytes(end));
+                    if data[17] == 1 {
+                        self.send_status()?;
+                    }
+                }
+                _ => return Err(StreamError("an unexpected copy message".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the WAL the server has sent everything up to.
+    pub fn wal_end(&self) -> u64 {
+        self.wal_end
+    }
+
+    /// Waits up to `timeout` for something to read; true when there is.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        // SAFETY: conn is live; PQsocket returns its descriptor or -1.
+        let fd = unsafe { pq_sys::PQsocket(self.conn.as_ptr()) };
+        if fd < 0 {
+            std::thread::sleep(timeout);
+            return false;
+        }
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut poll, 1, millis) > 0 }
+    }
+
+    /// Every change up to `lsn` is safe: the slot may move there. Told to
+    /// the server within [`CONFIRM_EVERY`]; a crash before that only makes
+    /// the server send again what is already logged.
+    pub fn confirm(&mut self, lsn: u64) -> Result<(), StreamError> {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            if self.status_sent.elapsed() >= CONFIRM_EVERY {
+                self.send_status()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_status(&mut self) -> Result<(), StreamError> {
+        let mut message = Vec::with_capacity(34);
+        message.push(b'r');
+        message.extend_from_slice(&self.wal_end.max(self.confirmed).to_be_bytes());
+        message.extend_from_slice(&self.confirmed.to_be_bytes());
+        message.extend_from_slice(&self.confirmed.to_be_bytes());
+        message.extend_from_slice(&pg_clock_micros().to_be_bytes());
+        message.push(0);
+        // SAFETY: conn is live; the buffer outlives the calls.
+        let sent = unsafe {
+            pq_sys::PQputCopyData(
+                self.conn.as_ptr(),
+                message.as_ptr().cast(),
+                message.len() as i32,
+            ) == 1
+                && pq_sys::PQflush(self.conn.as_ptr()) == 0
+        };
+        if !sent {
+            return Err(StreamError(self.error_message()));
+        }
+        self.status_sent = Instant::now();
+        self.reported = self.confirmed;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_form_of_a_url_keeps_its_parameters() {
+        assert_eq!(
+            replication_url("postgres://u@h/db"),
+            "postgres://u@h/db?replication=database"
+        );
+        assert_eq!(
+            replication_url("postgres://u@h/db?sslmode=disable"),
+            "postgres://u@h/db?sslmode=disable&replication=database"
+        );
+    }
+}
