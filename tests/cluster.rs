@@ -631,3 +631,51 @@ async fn next_presence(client: &mut Client) -> Value {
         }
     }
 }
+
+#[tokio::test]
+async fn when_the_node_streaming_the_slot_dies_another_takes_it_over_and_nothing_is_lost() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    if !db.is_postgres() {
+        common::skip("PostgreSQL", "the replication slot is PostgreSQL's");
+        return;
+    }
+    db.execute("CREATE TABLE items (id BIGINT PRIMARY KEY)");
+    // The first node to watch the table streams the slot.
+    let doomed = NodeProcess::start(&db, &redis, "doomed").await;
+    let mut first = Client::connect(&doomed.ws_url()).await;
+    first.subscribe("items").await;
+    db.execute("INSERT INTO items VALUES (0)");
+    assert_eq!(first.recv().await["data"]["id"], 0);
+
+    let b = node(&db, &redis, "b").await;
+    let (_, capture) = b.get_json("/admin/capture").await;
+    if capture["mode"] != "logical" {
+        common::skip("PostgreSQL with wal_level = logical", &capture.to_string());
+        return;
+    }
+    let mut watcher = b.client().await;
+    watcher.subscribe("items").await;
+    for id in 1..=20 {
+        db.execute(&format!("INSERT INTO items VALUES ({id})"));
+    }
+    let mut seqs = Vec::new();
+    for id in 1..=20 {
+        let change = watcher.recv().await;
+        assert_eq!(change["data"]["id"], id, "{change}");
+        seqs.push(change["seq"].as_u64().unwrap());
+    }
+    drop(doomed);
+    for id in 21..=40 {
+        db.execute(&format!("INSERT INTO items VALUES ({id})"));
+    }
+    for id in 21..=40 {
+        let change = watcher.recv().await;
+        assert_eq!(change["data"]["id"], id, "{change}");
+        seqs.push(change["seq"].as_u64().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    watcher.expect_silence(Duration::from_millis(500)).await;
+}
