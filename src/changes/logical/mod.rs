@@ -108,6 +108,8 @@ pub struct LogicalSource {
     stream_retry: Option<Instant>,
     /// `pgoutput` messages received and not yet logged.
     received: Vec<Vec<u8>>,
+    /// The end of the last commit in the log, as last read or written.
+    logged: Option<u64>,
     /// Trigger-written changes from before logical capture still wait for their seq.
     trigger_backlog: bool,
     shapes_read: Instant,
@@ -172,6 +174,7 @@ impl LogicalSource {
             stream: None,
             stream_retry: None,
             received: Vec::new(),
+            logged: None,
             trigger_backlog: true,
             shapes_read: Instant::now(),
             lag_warned: false,
@@ -288,6 +291,7 @@ impl LogicalSource {
             match ReplicationStream::open(&self.url_text, &self.slot, PUBLICATION) {
                 Ok(stream) => {
                     self.stream = Some(stream);
+                    self.logged = None;
                     self.stream_retry = None;
                     self.received.clear();
                 }
@@ -327,7 +331,32 @@ impl LogicalSource {
         self.conn.batch_execute("BEGIN")?;
         match self.log_received(whole) {
             Ok(Some((written, last_end))) => {
-                self.conn.batch_execute("COMMIT")?;
+                // One round trip: how far the log goes, the other nodes' wake-up, commit.
+                let notify = if written > 0 {
+                    "SELECT pg_notify('_realtide_changes', '');"
+                } else {
+                    ""
+                };
+                // 0: nothing was read from the slot (trigger-written changes only).
+                let through = if last_end > 0 {
+                    format!(
+                        "INSERT INTO _realtide_meta (key, value) VALUES ('capture_lsn', '{last_end}') \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+                    )
+                } else {
+                    String::new()
+                };
+                if let Err(error) = self
+                    .conn
+                    .batch_execute(&format!("{through} {notify} COMMIT;"))
+                {
+                    let _ = self.conn.batch_execute("ROLLBACK");
+                    self.logged = None;
+                    return Err(error.into());
+                }
+                if last_end > 0 {
+                    self.logged = Some(last_end);
+                }
                 self.received.drain(..whole);
                 let safe = if self.received.is_empty() {
                     last_end.max(wal_end)
@@ -343,6 +372,7 @@ impl LogicalSource {
             }
             Err(error) => {
                 let _ = self.conn.batch_execute("ROLLBACK");
+                self.logged = None;
                 Err(error)
             }
         }
@@ -365,13 +395,14 @@ impl LogicalSource {
     /// In a transaction: the first `whole` received messages into the log.
     /// `None` when another node holds the sequencer's lock (try again).
     fn log_received(&mut self, whole: usize) -> Result<Option<(usize, u64)>, DbError> {
-        let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
-            .bind::<BigInt, _>(SEQUENCER_LOCK)
-            .get_result(&mut self.conn)?;
-        if !locked.value {
-            return Ok(None);
-        }
         if self.trigger_backlog {
+            // Another node may number trigger-written changes too: take turns.
+            let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
+                .bind::<BigInt, _>(SEQUENCER_LOCK)
+                .get_result(&mut self.conn)?;
+            if !locked.value {
+                return Ok(None);
+            }
             // Changes written by triggers before this node read the slot
             // come first, in their own order.
             postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
@@ -380,7 +411,15 @@ impl LogicalSource {
                 return Ok(Some((0, 0)));
             }
         }
-        let logged_through = self.logged_through()?;
+        // Only the node streaming the slot writes after it: what it read
+        // once stays true while it streams.
+        let logged_through = match self.logged {
+            Some(through) => through,
+            None => {
+                let through = self.logged_through()?;
+                *self.logged.insert(through)
+            }
+        };
         let mut casts = ServerCast::default();
         let mut decoded = Vec::new();
         let mut transaction: Vec<Decoded> = Vec::new();
@@ -429,13 +468,7 @@ impl LogicalSource {
             let converted = self.server_casts(casts)?;
             self.write_log(decoded, &converted)?;
         }
-        diesel::sql_query(
-            "INSERT INTO _realtide_meta (key, value) VALUES ('capture_lsn', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind::<Text, _>(last_end.max(logged_through).to_string())
-        .execute(&mut self.conn)?;
-        Ok(Some((written, last_end)))
+        Ok(Some((written, last_end.max(logged_through))))
     }
 
     /// The end of the last commit whose changes are in the log.
@@ -596,8 +629,6 @@ impl LogicalSource {
             .bind::<Array<BigInt>, _>(&times)
             .execute(self.pg()?)?;
         }
-        self.conn
-            .batch_execute("SELECT pg_notify('_realtide_changes', '')")?;
         Ok(())
     }
 
