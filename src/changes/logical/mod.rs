@@ -2,18 +2,20 @@
 //! application's tables and no cost to its writes. Watched tables join the
 //! `realtide` publication with REPLICA IDENTITY FULL (so `old` is the whole
 //! row), and a persistent replication slot (`realtide_<epoch>`, plugin
-//! `pgoutput`) is read with `pg_logical_slot_peek_binary_changes`.
+//! `pgoutput`) is streamed over a replication connection ([`stream`]).
 //!
 //! Decoding yields whole transactions in commit order, so each change's
 //! `seq` is given as it is read: `seq` order is commit order, and a
-//! transaction left open elsewhere holds nothing back. Under the
-//! sequencer's advisory lock (one reader per database, whichever node takes
-//! it), one transaction writes a batch of changes into the change log and
-//! records the end of the last commit read; only then does the slot advance.
-//! A crash between the two re-reads transactions the log already has, and
-//! they are skipped by that record: each change is logged once. The log is
-//! then read as with triggers, so resume, `since` and retention work alike,
-//! and every node reads it; the reading node notifies the others.
+//! transaction left open elsewhere holds nothing back. One connection may
+//! stream a slot, so one node of a cluster captures; the others fail to
+//! open it and try again every [`STREAM_RETRY`]. One transaction writes a
+//! batch of whole transactions into the change log and records the end of
+//! the last commit written; only after it commits is the slot told it may
+//! move. A crash between the two has the server send transactions the log
+//! already has, and they are skipped by that record: each change is logged
+//! once. The log is then read as with triggers, so resume, `since` and
+//! retention work alike, and every node reads it; the capturing node
+//! notifies the others.
 //!
 //! A slot nobody reads keeps WAL forever: the tracker also reads it when no
 //! topic watches, exports its lag, and warns when it grows.
