@@ -1,5 +1,7 @@
-//! The PostgreSQL change source. One trigger function serves every table
-//! (`row_to_json` follows schema changes by itself) and notifies
+//! The PostgreSQL change source with triggers. One function serves every
+//! table (`row_to_json` follows schema changes by itself): AFTER statement
+//! triggers hand it each statement's rows as transition tables, and it
+//! writes them all with one INSERT ... SELECT, then notifies
 //! `_realtide_changes` at commit, so the tracker wakes without polling the log.
 //!
 //! Change ids come from a sequence and can commit out of order, so the log is
@@ -39,6 +41,8 @@ pub struct PostgresSource {
     pending: bool,
     listening: bool,
     shapes_read: Instant,
+    /// Tables that refused statement triggers and carry the row trigger.
+    row_triggers_only: HashSet<String>,
 }
 
 #[derive(QueryableByName)]
@@ -65,11 +69,71 @@ impl PostgresSource {
             pending: false,
             listening: false,
             shapes_read: Instant::now(),
+            row_triggers_only: HashSet::new(),
         }
     }
 
     fn shape(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
         table_shape(&mut self.conn, table)
+    }
+
+    /// Installs the statement triggers on `table` unless they are there,
+    /// replacing the row trigger of earlier versions in the same
+    /// transaction. A table that cannot have transition tables (one with
+    /// inheritance children) gets the row trigger.
+    fn install(&mut self, table: &str) -> Result<(), DbError> {
+        #[derive(QueryableByName)]
+        struct Installed {
+            #[diesel(sql_type = BigInt)]
+            statement: i64,
+            #[diesel(sql_type = BigInt)]
+            row: i64,
+        }
+        let installed: Installed = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE tgname IN ('_realtide_capture_insert', '_realtide_capture_update', '_realtide_capture_delete')) AS statement, \
+             count(*) FILTER (WHERE tgname = '_realtide_capture') AS row \
+             FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1))",
+        )
+        .bind::<Text, _>(table)
+        .get_result(&mut self.conn)?;
+        if installed.statement == 3 && installed.row == 0 {
+            return Ok(());
+        }
+        if installed.statement == 0 && installed.row == 1 && self.row_triggers_only.contains(table)
+        {
+            return Ok(());
+        }
+        // The name was validated as an identifier; quoting keeps its case.
+        let t = format!("\"{table}\"");
+        let statement = format!(
+            "BEGIN; DROP TRIGGER IF EXISTS _realtide_capture ON {t}; \
+             CREATE OR REPLACE TRIGGER _realtide_capture_insert AFTER INSERT ON {t} \
+               REFERENCING NEW TABLE AS _realtide_new \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+             CREATE OR REPLACE TRIGGER _realtide_capture_update AFTER UPDATE ON {t} \
+               REFERENCING OLD TABLE AS _realtide_old NEW TABLE AS _realtide_new \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+             CREATE OR REPLACE TRIGGER _realtide_capture_delete AFTER DELETE ON {t} \
+               REFERENCING OLD TABLE AS _realtide_old \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+             COMMIT;"
+        );
+        match self.conn.batch_execute(&statement) {
+            Ok(()) => {
+                tracing::info!(table, "change capture installed (statement triggers)");
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.conn.batch_execute("ROLLBACK");
+                tracing::info!(table, %error, "statement triggers refused; capturing with a row trigger");
+                self.conn.batch_execute(&format!(
+                    "CREATE OR REPLACE TRIGGER _realtide_capture AFTER INSERT OR UPDATE OR DELETE ON {t} \
+                     FOR EACH ROW EXECUTE FUNCTION _realtide_capture()"
+                ))?;
+                self.row_triggers_only.insert(table.to_string());
+                Ok(())
+            }
+        }
     }
 
     fn pg(&mut self) -> Option<&mut PgConnection> {
@@ -171,20 +235,7 @@ impl ChangeSource for PostgresSource {
         let Some(shape) = self.shape(table)? else {
             return Ok(None);
         };
-        let installed: Flag = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger \
-             WHERE tgname = '_realtide_capture' AND tgrelid = to_regclass(quote_ident($1))) AS value",
-        )
-        .bind::<Text, _>(table)
-        .get_result(&mut self.conn)?;
-        if !installed.value {
-            // The name was validated as an identifier; quoting keeps its case.
-            self.conn.batch_execute(&format!(
-                "CREATE OR REPLACE TRIGGER _realtide_capture AFTER INSERT OR UPDATE OR DELETE ON \"{table}\" \
-                 FOR EACH ROW EXECUTE FUNCTION _realtide_capture()"
-            ))?;
-            tracing::info!(table, "change capture installed");
-        }
+        self.install(table)?;
         self.watched
             .insert(table.to_string(), shape.decoder.clone());
         Ok(Some(shape))

@@ -81,19 +81,28 @@ fn remove_sqlite(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<Str
 
 fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<String>, DbError> {
     let mut done = Vec::new();
-    let triggered: Vec<Name> = diesel::sql_query(
-        "SELECT c.relname::text AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-         WHERE t.tgname = '_realtide_capture' AND c.relnamespace = current_schema()::regnamespace \
-         AND ($1::text IS NULL OR c.relname = $1) ORDER BY 1",
+    #[derive(QueryableByName)]
+    struct Trigger {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Text)]
+        table: String,
+    }
+    let triggered: Vec<Trigger> = diesel::sql_query(
+        "SELECT t.tgname::text AS name, c.relname::text AS table FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         WHERE t.tgname IN ('_realtide_capture', '_realtide_capture_insert', '_realtide_capture_update', '_realtide_capture_delete') \
+         AND c.relnamespace = current_schema()::regnamespace \
+         AND ($1::text IS NULL OR c.relname = $1) ORDER BY 2, 1",
     )
     .bind::<diesel::sql_types::Nullable<Text>, _>(table)
     .load(conn)?;
     for t in triggered {
         conn.batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS _realtide_capture ON {}",
-            ident(&t.name)
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            ident(&t.name),
+            ident(&t.table)
         ))?;
-        done.push(format!("trigger _realtide_capture on {} dropped", t.name));
+        done.push(format!("trigger {} on {} dropped", t.name, t.table));
     }
     let published: Vec<Name> = diesel::sql_query(
         "SELECT tablename::text AS name FROM pg_publication_tables WHERE pubname = $1 \

@@ -670,7 +670,7 @@ impl LogicalSource {
             published: bool,
         }
         let state: State = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '_realtide_capture' AND tgrelid = c.oid) AS triggered, \
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname LIKE '\\_realtide\\_capture%' AND tgrelid = c.oid) AS triggered, \
              c.relreplident = 'f' AS full, \
              EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
                      WHERE p.pubname = $2 AND pr.prrelid = c.oid) AS published \
@@ -685,7 +685,14 @@ impl LogicalSource {
         // The name was validated as an identifier; quoting keeps its case.
         let mut script = String::from("BEGIN;");
         if state.triggered {
-            script.push_str(&format!("DROP TRIGGER _realtide_capture ON \"{table}\";"));
+            for trigger in [
+                "_realtide_capture",
+                "_realtide_capture_insert",
+                "_realtide_capture_update",
+                "_realtide_capture_delete",
+            ] {
+                script.push_str(&format!("DROP TRIGGER IF EXISTS {trigger} ON \"{table}\";"));
+            }
         }
         if !state.full {
             script.push_str(&format!("ALTER TABLE \"{table}\" REPLICA IDENTITY FULL;"));

@@ -1,0 +1,1 @@
+DROP FUNCTION _realtide_capture_statement() CASCADE;
