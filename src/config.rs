@@ -77,6 +77,27 @@ pub struct CaptureRemoveArgs {
     /// Only this table.
     #[arg(long)]
     pub table: Option<String>,
+    /// The schema of realtide's own tables (PostgreSQL), as given to the server.
+    #[arg(long, env = "REALTIDE_SCHEMA", default_value = crate::db::DEFAULT_SCHEMA,
+          value_parser = parse_schema)]
+    pub schema: String,
+}
+
+/// A schema name: a plain identifier, so it needs no quoting anywhere.
+fn parse_schema(name: &str) -> Result<String, String> {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63;
+    if plain {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "`{name}` is not a plain schema name (lowercase letters, digits and `_`, at most 63)"
+        ))
+    }
 }
 
 /// The server's settings.
@@ -122,6 +143,13 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_POLL_INTERVAL_MS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=200))]
     pub poll_interval_ms: u64,
+
+    /// The PostgreSQL schema of realtide's own tables (its change log,
+    /// history, metadata and migrations), created if missing; tables an
+    /// earlier version made in the app's schema move there at start.
+    #[arg(long, env = "REALTIDE_SCHEMA", default_value = crate::db::DEFAULT_SCHEMA,
+          value_parser = parse_schema)]
+    pub schema: String,
 
     /// How table changes are captured on PostgreSQL: `auto` uses logical
     /// decoding where the server allows it, else triggers.

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(config)) => serve(*config),
         Some(Command::Check(config)) => check(&config),
         Some(Command::Capture(CaptureCommand::Remove(args))) => {
-            capture_remove(&args.database_url, args.table.as_deref())
+            capture_remove(&args.database_url, &args.schema, args.table.as_deref())
         }
         None => serve(*cli.serve),
     };
@@ -67,13 +67,13 @@ fn check(config: &Config) -> Result<(), String> {
     }
 }
 
-fn capture_remove(url: &str, table: Option<&str>) -> Result<(), String> {
+fn capture_remove(url: &str, schema: &str, table: Option<&str>) -> Result<(), String> {
     if let Some(table) = table
         && !realtide::topic::name::is_valid_table_name(table)
     {
         return Err(format!("--table `{table}` is not a table name"));
     }
-    let done = realtide::changes::remove::remove(url, table).map_err(|e| e.to_string())?;
+    let done = realtide::changes::remove::remove(url, schema, table).map_err(|e| e.to_string())?;
     if done.is_empty() {
         println!("nothing to remove");
     }

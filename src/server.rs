@@ -192,7 +192,7 @@ where
     let api_keys = ApiKeys::new(config.api_keys.as_deref(), config.api_key_grants.as_deref())
         .map_err(StartError::Config)?;
     let config = Arc::new(config);
-    let db = Database::open(&config.database_url)?;
+    let db = Database::open_in(&config.database_url, &config.schema)?;
     tracing::info!(backend = db.backend(), epoch = db.epoch(), "database ready");
     let metrics = Metrics::new();
     let node: Arc<str> = match &config.node_id {

@@ -257,7 +257,7 @@ async fn the_slot_is_read_while_no_topic_watches_so_it_keeps_no_wal() {
     let slot = capture["slot"].as_str().unwrap().to_string();
     let caught_up = format!(
         "SELECT confirmed_flush_lsn >= pg_current_wal_flush_lsn() - 100000 AND \
-         EXISTS (SELECT 1 FROM _realtide_changes WHERE new_row LIKE '%\"id\":100,%') AS value \
+         EXISTS (SELECT 1 FROM realtide._realtide_changes WHERE new_row LIKE '%\"id\":100,%') AS value \
          FROM pg_replication_slots WHERE slot_name = '{slot}'"
     );
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -392,7 +392,10 @@ async fn capture_remove_takes_triggers_slot_and_log_out_of_the_database() {
         assert!(!query_flag(&url, &captured("other")), "{what}");
         assert!(!query_flag(
             &url,
-            "SELECT EXISTS (SELECT 1 FROM _realtide_changes) AS value"
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {}) AS value",
+                app.db.own_table("_realtide_changes")
+            )
         ));
         if capture == CaptureMode::Logical {
             let slot = report["slot"].as_str().unwrap();
@@ -423,7 +426,7 @@ async fn postgres_triggers_capture_a_statement_at_once_and_replace_an_earlier_ro
     // The row trigger an earlier version installed.
     app.db.execute(
         "CREATE TRIGGER _realtide_capture AFTER INSERT OR UPDATE OR DELETE ON items \
-         FOR EACH ROW EXECUTE FUNCTION _realtide_capture()",
+         FOR EACH ROW EXECUTE FUNCTION realtide._realtide_capture()",
     );
     let mut client = app.client().await;
     client.subscribe("items").await;
@@ -456,4 +459,99 @@ async fn postgres_triggers_capture_a_statement_at_once_and_replace_an_earlier_ro
     app.db.execute("INSERT INTO items VALUES (5000, 1)");
     assert_eq!(change(&mut client).await["data"]["id"], 5000);
     client.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// realtide keeps its tables (and its migrations record) in a schema of its
+/// own, beside an app that uses diesel itself, and moves an earlier
+/// version's tables there.
+#[tokio::test]
+async fn realtides_tables_live_in_their_own_schema_and_an_earlier_layout_moves_there() {
+    let Some(db) = TestDb::postgres() else { return };
+    // The app's own diesel migrations, in its schema.
+    db.execute(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('20200101000000'); \
+         CREATE TABLE items (id INT PRIMARY KEY, v TEXT)",
+    );
+    let app = spawn(db, CaptureMode::Triggers).await;
+    let url = app.db.url.clone();
+    assert!(query_flag(
+        &url,
+        "SELECT to_regclass('realtide._realtide_changes') IS NOT NULL AS value"
+    ));
+    assert!(query_flag(
+        &url,
+        "SELECT to_regclass('public._realtide_changes') IS NULL AS value"
+    ));
+    assert!(
+        query_flag(
+            &url,
+            "SELECT array_agg(version) = ARRAY['20200101000000']::varchar[] AS value FROM public.__diesel_schema_migrations"
+        ),
+        "the app's migrations record holds only the app's"
+    );
+    assert!(query_flag(
+        &url,
+        "SELECT count(*) >= 4 AS value FROM realtide.__diesel_schema_migrations"
+    ));
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    app.db.execute("INSERT INTO items VALUES (1, 'a')");
+    assert_eq!(change(&mut client).await["data"]["id"], 1);
+
+    // An earlier version's layout: everything in the app's schema.
+    let Some(old) = TestDb::postgres() else {
+        return;
+    };
+    old.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    let first = TestApp::spawn_on(old, |c| {
+        c.capture = CaptureMode::Triggers;
+        c.schema = "public".into();
+    })
+    .await;
+    let mut client = first.client().await;
+    let epoch = client.subscribe("items").await["epoch"].clone();
+    first.db.execute("INSERT INTO items VALUES (1, 'before')");
+    let seen = change(&mut client).await["seq"].clone();
+    client.close().await;
+    first.shutdown().await;
+    first
+        .db
+        .execute("INSERT INTO items VALUES (2, 'while down')");
+
+    let second = spawn(TestDb::shared(&first.db), CaptureMode::Triggers).await;
+    let url = second.db.url.clone();
+    for table in [
+        "_realtide_meta",
+        "_realtide_changes",
+        "_realtide_messages",
+        "__diesel_schema_migrations",
+    ] {
+        assert!(
+            query_flag(
+                &url,
+                &format!("SELECT to_regclass('public.{table}') IS NULL AS value")
+            ),
+            "{table} left public"
+        );
+        assert!(
+            query_flag(
+                &url,
+                &format!("SELECT to_regclass('realtide.{table}') IS NOT NULL AS value")
+            ),
+            "{table} moved"
+        );
+    }
+    let mut back = second.client().await;
+    let reply = back
+        .request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
+        .await;
+    assert_eq!(
+        reply["recovered"], true,
+        "same epoch, history kept: {reply}"
+    );
+    assert_eq!(change(&mut back).await["data"]["v"], "while down");
+    second.db.execute("INSERT INTO items VALUES (3, 'after')");
+    assert_eq!(change(&mut back).await["data"]["v"], "after");
 }

@@ -515,7 +515,8 @@ async fn storing_a_large_group_answers_every_id_in_order() {
     for db in TestDb::all() {
         let backend = db.backend();
         let app = TestApp::spawn_on(db, |_| {}).await;
-        let mut conn = realtide::db::connect(&app.db.url).unwrap();
+        // A connection as realtide's own: its tables first in the search path.
+        let mut conn = realtide::db::connect_in(&app.db.url, realtide::db::DEFAULT_SCHEMA).unwrap();
         let messages: Vec<realtide::history::NewMessage> = (1..=1234)
             .map(|seq| realtide::history::NewMessage {
                 room_id: "big/group".into(),
@@ -563,8 +564,9 @@ async fn a_group_the_database_refuses_is_refused_and_leaves_no_gap() {
         .await;
     assert_eq!(first["seq"], 1);
     // Someone breaks the history table under the server.
+    let messages = app.db.own_table("_realtide_messages");
     app.db
-        .execute("ALTER TABLE _realtide_messages RENAME TO broken_messages");
+        .execute(&format!("ALTER TABLE {messages} RENAME TO broken_messages"));
     for (n, persist) in [(1, true), (2, false), (3, true), (4, false)] {
         ann.send(
             json!({"type": "publish", "topic": "fail/x", "event": "e", "data": n,

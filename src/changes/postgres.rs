@@ -161,9 +161,11 @@ pub(super) fn table_shape(
     conn: &mut DbConnection,
     table: &str,
 ) -> Result<Option<TableShape>, DbError> {
+    // Resolved through the search path: realtide's schema holds only its
+    // own (reserved) names, so a table topic's name finds the app's table.
     let is_table: Flag = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
-         WHERE table_schema = current_schema() AND table_name = $1 AND table_type = 'BASE TABLE') AS value",
+        "SELECT EXISTS (SELECT 1 FROM pg_class \
+         WHERE oid = to_regclass(quote_ident($1)) AND relkind IN ('r', 'p')) AS value",
     )
     .bind::<Text, _>(table)
     .get_result(conn)?;
@@ -171,8 +173,10 @@ pub(super) fn table_shape(
         return Ok(None);
     }
     let columns: Vec<Column> = diesel::sql_query(
-        "SELECT column_name::text AS name, data_type::text AS data_type FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        "SELECT a.attname::text AS name, t.typname::text AS data_type \
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
     )
     .bind::<Text, _>(table)
     .load(conn)?;

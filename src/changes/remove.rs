@@ -22,9 +22,10 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Removes capture; returns one line per thing removed.
-pub fn remove(url: &str, table: Option<&str>) -> Result<Vec<String>, DbError> {
-    let mut conn = crate::db::connect(url)?;
+/// Removes capture from the database whose realtide tables are in
+/// `schema` (PostgreSQL); returns one line per thing removed.
+pub fn remove(url: &str, schema: &str, table: Option<&str>) -> Result<Vec<String>, DbError> {
+    let mut conn = crate::db::connect_in(url, schema)?;
     let mut done = match &mut conn {
         DbConnection::Sqlite(_) => remove_sqlite(&mut conn, table)?,
         DbConnection::Pg(_) => remove_postgres(&mut conn, table)?,
@@ -91,8 +92,7 @@ fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<S
     let triggered: Vec<Trigger> = diesel::sql_query(
         "SELECT t.tgname::text AS name, c.relname::text AS table FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
          WHERE t.tgname IN ('_realtide_capture', '_realtide_capture_insert', '_realtide_capture_update', '_realtide_capture_delete') \
-         AND c.relnamespace = current_schema()::regnamespace \
-         AND ($1::text IS NULL OR c.relname = $1) ORDER BY 2, 1",
+         AND ($1::text IS NULL OR c.oid = to_regclass(quote_ident($1))) ORDER BY 2, 1",
     )
     .bind::<diesel::sql_types::Nullable<Text>, _>(table)
     .load(conn)?;
@@ -105,8 +105,9 @@ fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<S
         done.push(format!("trigger {} on {} dropped", t.name, t.table));
     }
     let published: Vec<Name> = diesel::sql_query(
-        "SELECT tablename::text AS name FROM pg_publication_tables WHERE pubname = $1 \
-         AND schemaname = current_schema() AND ($2::text IS NULL OR tablename = $2) ORDER BY 1",
+        "SELECT c.relname::text AS name FROM pg_publication_rel pr \
+         JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid \
+         WHERE p.pubname = $1 AND ($2::text IS NULL OR c.oid = to_regclass(quote_ident($2))) ORDER BY 1",
     )
     .bind::<Text, _>(PUBLICATION)
     .bind::<diesel::sql_types::Nullable<Text>, _>(table)

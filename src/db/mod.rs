@@ -3,6 +3,7 @@
 //! embedded and run at start. Every call runs on the blocking thread pool
 //! through [`Database::run`], never on an actor's or worker's thread.
 
+pub mod schema;
 pub mod url;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use diesel::sql_types::Text;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use r2d2::ManageConnection;
 
+pub use schema::{DEFAULT_SCHEMA, connect_in};
 pub use url::DatabaseUrl;
 
 pub(crate) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -104,10 +106,21 @@ struct MetaValue {
 }
 
 impl Database {
-    /// Connects, runs pending migrations and reads the database's epoch.
+    /// Connects, runs pending migrations and reads the database's epoch,
+    /// with realtide's own tables in the schema `realtide` on PostgreSQL.
     /// Blocking: call it before the server starts or from the blocking pool.
     pub fn open(url: &str) -> Result<Database, DbError> {
-        let url = DatabaseUrl::parse(url)?;
+        Self::open_in(url, DEFAULT_SCHEMA)
+    }
+
+    /// [`Database::open`] with realtide's tables in `schema` (PostgreSQL;
+    /// ignored on SQLite). Tables an earlier version made in the app's
+    /// schema move there first.
+    pub fn open_in(url: &str, schema: &str) -> Result<Database, DbError> {
+        let url = match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Postgres(plain) => schema::prepare(&plain, schema)?,
+            sqlite => sqlite,
+        };
         let backend = url.backend();
         let manager = Manager { url: url.clone() };
         if let DbConnection::Sqlite(conn) = &mut manager.connect()? {
@@ -121,6 +134,9 @@ impl Database {
             .build(manager)?;
         let mut conn = pool.get()?;
         migrate(&mut conn)?;
+        if let DbConnection::Pg(pg) = &mut *conn {
+            schema::pin_functions(pg, schema)?;
+        }
         let epoch = ensure_epoch(&mut conn)?;
         drop(conn);
         Ok(Database {
@@ -181,7 +197,7 @@ pub fn connect_to(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
 }
 
 /// Key of the advisory lock under which PostgreSQL migrations run.
-const MIGRATION_LOCK: i64 = 0x7274_6d69_6772_6174; // "rtmigrat"
+pub(crate) const MIGRATION_LOCK: i64 = 0x7274_6d69_6772_6174; // "rtmigrat"
 
 /// Runs pending migrations. Several nodes may start at once on one
 /// database: on PostgreSQL they take turns under an advisory lock; on

@@ -28,6 +28,33 @@ impl DatabaseUrl {
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
 
+    /// This PostgreSQL url with `search_path` set for every connection made
+    /// from it (libpq's `options`), so realtide's tables in `schemas[0]`
+    /// and the app's after it resolve unqualified. SQLite is unchanged.
+    pub fn with_search_path(&self, schemas: &[&str]) -> DatabaseUrl {
+        match self {
+            DatabaseUrl::Sqlite(_) => self.clone(),
+            DatabaseUrl::Postgres(url) => {
+                let path: Vec<String> = schemas
+                    .iter()
+                    .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+                    .collect();
+                let option = format!("-c search_path={}", path.join(","));
+                let encoded: String = option
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                let separator = if url.contains('?') { '&' } else { '?' };
+                DatabaseUrl::Postgres(format!("{url}{separator}options={encoded}"))
+            }
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             DatabaseUrl::Sqlite(_) => "sqlite",

@@ -110,6 +110,16 @@ impl TestDb {
         );
     }
 
+    /// One of realtide's own tables as another program names it: on
+    /// PostgreSQL they live in the `realtide` schema.
+    pub fn own_table(&self, table: &str) -> String {
+        if self.is_postgres() {
+            format!("realtide.{table}")
+        } else {
+            table.to_string()
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
     }

@@ -101,7 +101,6 @@ pub struct LogicalSource {
     relations: HashMap<u32, Relation>,
     /// `format_type` of the types only the server can convert.
     type_names: HashMap<u32, String>,
-    current_schema: String,
     /// The url, for the replication connection.
     url_text: String,
     /// The slot's stream, while this node reads it.
@@ -171,7 +170,6 @@ impl LogicalSource {
             watched: HashMap::new(),
             relations: HashMap::new(),
             type_names: HashMap::new(),
-            current_schema: String::new(),
             url_text,
             stream: None,
             stream_retry: None,
@@ -191,14 +189,6 @@ impl LogicalSource {
         // pgtext reads dates in ISO style; LISTEN hears other nodes' reads.
         self.conn
             .batch_execute("SET DateStyle = 'ISO, YMD'; LISTEN _realtide_changes;")?;
-        #[derive(QueryableByName)]
-        struct Schema {
-            #[diesel(sql_type = Text)]
-            schema: String,
-        }
-        let schema: Schema = diesel::sql_query("SELECT current_schema()::text AS schema")
-            .get_result(&mut self.conn)?;
-        self.current_schema = schema.schema;
         Ok(())
     }
 
@@ -274,13 +264,10 @@ impl LogicalSource {
         }
     }
 
-    /// The log's table name for a relation: plain in the current schema.
+    /// The log's table name for a relation: the publication holds only
+    /// tables watched by their plain name.
     fn table_of(&self, relation: &Relation) -> String {
-        if relation.namespace == self.current_schema {
-            relation.name.clone()
-        } else {
-            format!("{}.{}", relation.namespace, relation.name)
-        }
+        relation.name.clone()
     }
 
     /// Moves what the slot streamed into the change log. Returns how many
