@@ -807,3 +807,39 @@ fn a_postgres_test_without_a_server_says_skip_or_fails_when_one_is_required() {
         "with a server required, the test fails instead"
     );
 }
+
+#[tokio::test]
+async fn changes_that_outlived_the_retention_while_realtide_was_down_are_pruned_at_start() {
+    for db in TestDb::all() {
+        db.execute(ORDERS);
+        let retention = |c: &mut realtide::config::Config| c.changes_retention_s = 4;
+        let first = TestApp::spawn_on(db, retention).await;
+        let mut client = first.client().await;
+        let epoch = client.subscribe("orders").await["epoch"].clone();
+        first
+            .db
+            .execute("INSERT INTO orders VALUES ('1', 'Ann', 1, 'pending', 0)");
+        let seen = change(&mut client).await["seq"].clone();
+        first
+            .db
+            .execute("INSERT INTO orders VALUES ('2', 'Bob', 2, 'pending', 0)");
+        change(&mut client).await;
+        client.close().await;
+        first.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+
+        // The first prune comes at start, not a period later: a client
+        // resuming at once is told its missed change is gone.
+        let second = TestApp::spawn_on(TestDb::shared(&first.db), retention).await;
+        let mut back = second.client().await;
+        let reply = back
+            .request(json!({"type": "subscribe", "topic": "orders", "since": seen, "epoch": epoch}))
+            .await;
+        assert_eq!(
+            reply["recovered"],
+            false,
+            "{}: {reply}",
+            second.db.backend()
+        );
+    }
+}
