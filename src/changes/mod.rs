@@ -307,20 +307,30 @@ pub fn latest_seq(conn: &mut DbConnection) -> Result<u64, DbError> {
     Ok(row.seq.unwrap_or(0).max(0) as u64)
 }
 
-/// Deletes every change up to the newest one written before `before_ms`
-/// (by seq, so what is left is always a suffix of the log) and remembers how
-/// far pruning went. Returns that seq, if anything was deleted.
+/// Deletes the changes, in seq order, that come before the first one
+/// written at or after `before_ms` (so what is left is always a suffix of
+/// the log, found by walking the seq index from its start), and remembers
+/// how far pruning went. Returns that seq, if anything was deleted.
 pub fn prune_before(conn: &mut DbConnection, before_ms: i64) -> Result<Option<u64>, DbError> {
-    let newest: MaxSeq =
-        diesel::sql_query("SELECT max(seq) AS seq FROM _realtide_changes WHERE changed_at < $1")
-            .bind::<BigInt, _>(before_ms)
-            .get_result(conn)?;
-    let Some(through) = newest.seq else {
-        return Ok(None);
+    let kept: Vec<MaxSeq> = diesel::sql_query(
+        "SELECT seq FROM _realtide_changes WHERE seq IS NOT NULL AND changed_at >= $1 \
+         ORDER BY seq LIMIT 1",
+    )
+    .bind::<BigInt, _>(before_ms)
+    .load(conn)?;
+    let through = match kept.first().and_then(|k| k.seq) {
+        Some(first_kept) => first_kept - 1,
+        None => latest_seq(conn)? as i64,
     };
-    diesel::sql_query("DELETE FROM _realtide_changes WHERE seq <= $1")
+    if through <= 0 {
+        return Ok(None);
+    }
+    let deleted = diesel::sql_query("DELETE FROM _realtide_changes WHERE seq <= $1")
         .bind::<BigInt, _>(through)
         .execute(conn)?;
+    if deleted == 0 {
+        return Ok(None);
+    }
     record_pruned_through(conn, through as u64)?;
     Ok(Some(through as u64))
 }
