@@ -183,10 +183,21 @@ async fn measure(load: &CaptureLoad, mode: &str) -> CaptureReport {
     report.bulk_tracked_s = median(bulk);
     report.delivery_per_s = median(rates);
 
-    let before = single_row_writers(&url, load.rows);
-    report.single_tracked = before;
-    // The writers' changes, read off so the latency run starts clean; how
-    // long that takes says how far capture fell behind the writers.
+    // The subscriber reads while the writers write, as a live client does
+    // (one that stopped reading would be cut off as a slow consumer).
+    let writers = {
+        let (url, rows) = (url.clone(), load.rows);
+        tokio::task::spawn_blocking(move || single_row_writers(&url, rows))
+    };
+    tokio::pin!(writers);
+    report.single_tracked = loop {
+        tokio::select! {
+            done = &mut writers => break done.unwrap(),
+            _ = ws.next() => {}
+        }
+    };
+    // The rest of the writers' changes, read off so the latency run starts
+    // clean; how long that takes says how far capture fell behind them.
     let drained = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(120), async {
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await {}
