@@ -91,6 +91,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_search_path_rides_in_the_url_as_a_libpq_option() {
+        let url = DatabaseUrl::Postgres("postgres://u@h/db".into());
+        assert_eq!(
+            url.with_search_path(&["realtide", "public"]),
+            DatabaseUrl::Postgres(
+                "postgres://u@h/db?options=-c%20search_path%3D%22realtide%22%2C%22public%22".into()
+            )
+        );
+        let sqlite = DatabaseUrl::Sqlite("a.db".into());
+        assert_eq!(sqlite.with_search_path(&["x"]), sqlite);
+    }
+
+    #[test]
     fn logs_never_show_a_postgres_password() {
         let url =
             DatabaseUrl::parse("postgres://app:s3cr%40t@db.internal:5432/app?sslmode=require")

@@ -25,14 +25,16 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
 pub mod pgoutput;
 pub mod pgtext;
+mod rows;
 mod stream;
 
-use pgoutput::{Cell, Message, Relation};
+use pgoutput::{Message, Relation};
 use pgtext::ServerCast;
+use rows::Decoded;
 use stream::ReplicationStream;
 
 use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, SHAPE_REFRESH};
@@ -48,8 +50,6 @@ const SETUP_LOCK: i64 = 0x7274_736c_6f74_7375; // "rtslotsu"
 const BACKLOG_ROWS: i64 = 20_000;
 /// Pause before streaming the slot again after it failed or was in use.
 const STREAM_RETRY: Duration = Duration::from_secs(2);
-/// Changes written into the log per statement.
-const INSERT_ROWS: usize = 2_000;
 /// Warn when the slot holds back more WAL than this.
 const LAG_WARNING_BYTES: i64 = 1 << 30;
 /// How long creating the slot may wait for transactions open at that moment.
@@ -119,31 +119,10 @@ pub struct LogicalSource {
     metrics: Metrics,
 }
 
-/// One change as decoded, before it is written into the log.
-struct Decoded {
-    table: String,
-    op: &'static str,
-    new: Option<Vec<(String, Json)>>,
-    old: Option<Vec<(String, Json)>>,
-    at_ms: i64,
-}
-
-/// A column's JSON text, or where the server's conversion will put it.
-enum Json {
-    Ready(String),
-    Cast(u32, usize),
-}
-
 #[derive(QueryableByName)]
 struct Flag {
     #[diesel(sql_type = Bool)]
     value: bool,
-}
-
-#[derive(QueryableByName)]
-struct JsonText {
-    #[diesel(sql_type = Nullable<Text>)]
-    json: Option<String>,
 }
 
 impl LogicalSource {
@@ -471,154 +450,6 @@ impl LogicalSource {
             diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'capture_lsn'")
                 .load(&mut self.conn)?;
         Ok(rows.first().and_then(|m| m.value.parse().ok()).unwrap_or(0))
-    }
-
-    fn decoded(
-        &self,
-        relation: u32,
-        op: &'static str,
-        new: Option<Vec<(String, Json)>>,
-        old: Option<Vec<(String, Json)>>,
-        at_ms: i64,
-    ) -> Option<Decoded> {
-        let table = self.table_of(self.relations.get(&relation)?);
-        Some(Decoded {
-            table,
-            op,
-            new,
-            old,
-            at_ms,
-        })
-    }
-
-    /// A tuple as (column, JSON) pairs. A TOASTed value the change left
-    /// alone is not sent; it is taken from the old row when there is one.
-    fn row(
-        &self,
-        relation: u32,
-        tuple: Vec<Cell>,
-        old: Option<&Vec<Cell>>,
-        casts: &mut ServerCast,
-    ) -> Option<Vec<(String, Json)>> {
-        let relation = self.relations.get(&relation)?;
-        let mut row = Vec::with_capacity(tuple.len());
-        for (i, (cell, column)) in tuple.into_iter().zip(&relation.columns).enumerate() {
-            let cell = match cell {
-                Cell::UnchangedToast => match old.and_then(|o| o.get(i)) {
-                    Some(Cell::Text(bytes)) => Cell::Text(bytes.clone()),
-                    _ => continue,
-                },
-                cell => cell,
-            };
-            let json = match cell {
-                Cell::Null => Json::Ready("null".into()),
-                Cell::Text(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    match pgtext::to_json(column.type_oid, &text) {
-                        Some(json) => Json::Ready(json),
-                        None => {
-                            let (oid, at) = casts.queue(column.type_oid, text.into_owned());
-                            Json::Cast(oid, at)
-                        }
-                    }
-                }
-                Cell::UnchangedToast => continue,
-            };
-            row.push((column.name.clone(), json));
-        }
-        Some(row)
-    }
-
-    /// The server's JSON for values of types converted there, by type.
-    fn server_casts(&mut self, casts: ServerCast) -> Result<HashMap<u32, Vec<String>>, DbError> {
-        let mut converted = HashMap::new();
-        for (oid, texts) in casts.by_type {
-            let type_name = match self.type_names.get(&oid) {
-                Some(name) => name.clone(),
-                None => {
-                    #[derive(QueryableByName)]
-                    struct TypeName {
-                        #[diesel(sql_type = Text)]
-                        name: String,
-                    }
-                    let name: TypeName =
-                        diesel::sql_query("SELECT format_type($1::int::oid, NULL) AS name")
-                            .bind::<BigInt, _>(i64::from(oid))
-                            .get_result(&mut self.conn)?;
-                    self.type_names.insert(oid, name.name.clone());
-                    name.name
-                }
-            };
-            let rows: Vec<JsonText> = diesel::sql_query(pgtext::server_cast_sql(&type_name))
-                .bind::<Array<Text>, _>(&texts)
-                .load(self.pg()?)?;
-            converted.insert(
-                oid,
-                rows.into_iter()
-                    .map(|r| r.json.unwrap_or_else(|| "null".into()))
-                    .collect(),
-            );
-        }
-        Ok(converted)
-    }
-
-    /// Appends changes to the log, numbered after the highest seq ever given.
-    fn write_log(
-        &mut self,
-        decoded: Vec<Decoded>,
-        converted: &HashMap<u32, Vec<String>>,
-    ) -> Result<(), DbError> {
-        let render = |row: Option<Vec<(String, Json)>>| -> Option<String> {
-            let row = row?;
-            let mut json = String::from("{");
-            for (i, (column, value)) in row.into_iter().enumerate() {
-                if i > 0 {
-                    json.push(',');
-                }
-                json.push_str(&serde_json::Value::String(column).to_string());
-                json.push(':');
-                match value {
-                    Json::Ready(text) => json.push_str(&text),
-                    Json::Cast(oid, at) => json.push_str(
-                        converted
-                            .get(&oid)
-                            .and_then(|texts| texts.get(at))
-                            .map_or("null", String::as_str),
-                    ),
-                }
-            }
-            json.push('}');
-            Some(json)
-        };
-        let mut decoded = decoded.into_iter().peekable();
-        while decoded.peek().is_some() {
-            let (mut tables, mut ops, mut news, mut olds, mut times) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for change in decoded.by_ref().take(INSERT_ROWS) {
-                tables.push(change.table);
-                ops.push(change.op);
-                news.push(render(change.new));
-                olds.push(render(change.old));
-                times.push(change.at_ms);
-            }
-            diesel::sql_query(
-                "WITH top AS (SELECT GREATEST( \
-                   (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
-                   (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
-                 ) AS seq) \
-                 INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
-                 SELECT top.seq + u.n, u.t, u.o, u.nr, u.orow, u.c FROM top, \
-                 unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-                   WITH ORDINALITY AS u(t, o, nr, orow, c, n) ORDER BY u.n",
-            )
-            .bind::<Array<Text>, _>(&tables)
-            .bind::<Array<Text>, _>(&ops)
-            .bind::<Array<Nullable<Text>>, _>(&news)
-            .bind::<Array<Nullable<Text>>, _>(&olds)
-            .bind::<Array<BigInt>, _>(&times)
-            .execute(self.pg()?)?;
-        }
-        Ok(())
     }
 
     /// Exports how much WAL the slot holds back, warning once when it is a lot.
