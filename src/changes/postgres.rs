@@ -23,6 +23,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
+use super::libpq::Listener;
 use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
@@ -40,6 +41,9 @@ pub struct PostgresSource {
     /// Changes were waiting for an older transaction at the last poll.
     pending: bool,
     listening: bool,
+    /// A connection of libpq's own LISTENing, so the tracker sleeps until
+    /// a commit's notification rather than a whole poll period.
+    listener: Option<Listener>,
     shapes_read: Instant,
     /// Tables that refused statement triggers and carry the row trigger.
     row_triggers_only: HashSet<String>,
@@ -68,6 +72,7 @@ impl PostgresSource {
             watched: HashMap::new(),
             pending: false,
             listening: false,
+            listener: None,
             shapes_read: Instant::now(),
             row_triggers_only: HashSet::new(),
         }
@@ -134,6 +139,28 @@ impl PostgresSource {
                 Ok(())
             }
         }
+    }
+
+    /// LISTENs on a libpq connection of its own, or (if that cannot be
+    /// opened) on the tracker's connection, which is only read at probes.
+    fn listen(&mut self) -> Result<(), DbError> {
+        if self.listener.is_some() || self.listening {
+            return Ok(());
+        }
+        if let DatabaseUrl::Postgres(url) = &self.url {
+            match Listener::open(url, "_realtide_changes") {
+                Ok(listener) => {
+                    self.listener = Some(listener);
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "change tracker: cannot open a LISTEN connection; polling")
+                }
+            }
+        }
+        self.conn.batch_execute("LISTEN _realtide_changes")?;
+        self.listening = true;
+        Ok(())
     }
 
     fn pg(&mut self) -> Option<&mut PgConnection> {
@@ -232,10 +259,7 @@ pub(super) fn unnumbered_changes(conn: &mut DbConnection) -> Result<bool, DbErro
 
 impl ChangeSource for PostgresSource {
     fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
-        if !self.listening {
-            self.conn.batch_execute("LISTEN _realtide_changes")?;
-            self.listening = true;
-        }
+        self.listen()?;
         let Some(shape) = self.shape(table)? else {
             return Ok(None);
         };
@@ -246,11 +270,23 @@ impl ChangeSource for PostgresSource {
     }
 
     fn probe(&mut self) -> Result<Probe, DbError> {
+        self.listen()?;
         let mut notified = false;
         if let Some(pg) = self.pg() {
             for notification in pg.notifications_iter() {
                 notification?;
                 notified = true;
+            }
+        }
+        if let Some(listener) = &mut self.listener {
+            match listener.notified() {
+                Ok(heard) => notified |= heard,
+                Err(error) => {
+                    tracing::warn!(%error, "change tracker: the LISTEN connection broke; reopening");
+                    self.listener = None;
+                    // What it would have heard may be in the log already.
+                    notified = true;
+                }
             }
         }
         let schema_changed = self.shapes_read.elapsed() >= SHAPE_REFRESH;
@@ -285,6 +321,13 @@ impl ChangeSource for PostgresSource {
             .collect())
     }
 
+    fn wait(&mut self, timeout: Duration) {
+        match &self.listener {
+            Some(listener) => listener.wait(timeout),
+            None => std::thread::sleep(timeout),
+        }
+    }
+
     fn connection(&mut self) -> &mut DbConnection {
         &mut self.conn
     }
@@ -292,8 +335,8 @@ impl ChangeSource for PostgresSource {
     fn reconnect(&mut self) -> Result<(), DbError> {
         self.conn = crate::db::connect_to(&self.url)?;
         self.listening = false;
-        self.conn.batch_execute("LISTEN _realtide_changes")?;
-        self.listening = true;
+        self.listener = None;
+        self.listen()?;
         // Notifications may have been missed while disconnected.
         self.pending = true;
         Ok(())

@@ -37,6 +37,7 @@ use pgtext::ServerCast;
 use rows::Decoded;
 use stream::ReplicationStream;
 
+use super::libpq::Listener;
 use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, SHAPE_REFRESH};
 use super::{CaptureStatus, Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
@@ -111,6 +112,9 @@ pub struct LogicalSource {
     received: Vec<Vec<u8>>,
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
+    /// While another node streams the slot: its notifications wake this
+    /// node's tracker (they are also read on the tracker's connection).
+    listener: Option<Listener>,
     /// Trigger-written changes from before logical capture still wait for their seq.
     trigger_backlog: bool,
     shapes_read: Instant,
@@ -154,6 +158,7 @@ impl LogicalSource {
             stream_retry: None,
             received: Vec::new(),
             logged: None,
+            listener: None,
             trigger_backlog: true,
             shapes_read: Instant::now(),
             lag_warned: false,
@@ -610,12 +615,29 @@ impl ChangeSource for LogicalSource {
     }
 
     fn wait(&mut self, timeout: Duration) {
-        match (&self.triggers, &self.stream) {
+        if let Some(triggers) = &mut self.triggers {
+            return triggers.wait(timeout);
+        }
+        match (&self.stream, &mut self.listener) {
             // Wakes as soon as the server streams a commit.
-            (None, Some(stream)) => {
+            (Some(stream), _) => {
                 stream.wait(timeout);
             }
-            _ => std::thread::sleep(timeout),
+            // Another node captures: wake at its notification.
+            (None, Some(listener)) => {
+                listener.wait(timeout);
+                if listener.notified().is_err() {
+                    self.listener = None;
+                }
+            }
+            (None, None) => {
+                if self.slot_ready
+                    && let Ok(listener) = Listener::open(&self.url_text, "_realtide_changes")
+                {
+                    self.listener = Some(listener);
+                }
+                std::thread::sleep(timeout);
+            }
         }
     }
 

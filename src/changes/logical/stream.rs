@@ -9,11 +9,11 @@
 //! WAL's end, clock, whether a reply is wanted); the client sends `r`
 //! (standby status: received, flushed and applied LSN, clock, no reply).
 
-use std::ffi::{CStr, CString};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pq_sys::{ConnStatusType, ExecStatusType, PGconn};
+use pq_sys::ExecStatusType;
+
+use crate::changes::libpq::{LibpqConnection, LibpqError};
 
 /// Send a status at least this often: the server drops a silent client
 /// after `wal_sender_timeout` (60 s by default).
@@ -34,7 +34,7 @@ impl StreamError {
 }
 
 pub struct ReplicationStream {
-    conn: NonNull<PGconn>,
+    conn: LibpqConnection,
     /// The end of the WAL the server last said it has sent everything up to.
     wal_end: u64,
     confirmed: u64,
@@ -43,19 +43,10 @@ pub struct ReplicationStream {
     status_sent: Instant,
 }
 
-// SAFETY: a libpq connection may move between threads; this one is only
-// ever used by the thread that owns the stream (the change tracker's).
-unsafe impl Send for ReplicationStream {}
-
-impl Drop for ReplicationStream {
-    fn drop(&mut self) {
-        // SAFETY: `conn` came from PQconnectdb and is finished exactly once.
-        unsafe { pq_sys::PQfinish(self.conn.as_ptr()) }
+impl From<LibpqError> for StreamError {
+    fn from(error: LibpqError) -> Self {
+        StreamError(error.0)
     }
-}
-
-fn c_string(text: &str) -> Result<CString, StreamError> {
-    CString::new(text).map_err(|_| StreamError("a NUL byte in the connection string".into()))
 }
 
 /// The `replication=database` form of a `postgres://` url.
@@ -75,52 +66,22 @@ fn pg_clock_micros() -> i64 {
 impl ReplicationStream {
     /// Connects and starts streaming `slot` from its confirmed position.
     pub fn open(url: &str, slot: &str, publication: &str) -> Result<Self, StreamError> {
-        let conninfo = c_string(&replication_url(url))?;
-        // SAFETY: conninfo is a valid C string; a null result is checked.
-        let raw = unsafe { pq_sys::PQconnectdb(conninfo.as_ptr()) };
-        let conn = NonNull::new(raw).ok_or_else(|| StreamError("out of memory".into()))?;
-        let stream = ReplicationStream {
+        let mut conn = LibpqConnection::connect(&replication_url(url))?;
+        // Names come from realtide (a hex epoch, a fixed publication), quoted anyway.
+        conn.exec(
+            &format!(
+                "START_REPLICATION SLOT \"{slot}\" LOGICAL 0/0 \
+                 (proto_version '1', publication_names '\"{publication}\"')"
+            ),
+            ExecStatusType::PGRES_COPY_BOTH,
+        )?;
+        Ok(ReplicationStream {
             conn,
             wal_end: 0,
             confirmed: 0,
             reported: 0,
             status_sent: Instant::now(),
-        };
-        // SAFETY: conn is a live connection.
-        if unsafe { pq_sys::PQstatus(stream.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
-            return Err(StreamError(stream.error_message()));
-        }
-        // Names come from realtide (a hex epoch, a fixed publication), quoted anyway.
-        let command = c_string(&format!(
-            "START_REPLICATION SLOT \"{slot}\" LOGICAL 0/0 \
-             (proto_version '1', publication_names '\"{publication}\"')"
-        ))?;
-        // SAFETY: conn is live and command a valid C string; the result is
-        // cleared before returning.
-        unsafe {
-            let result = pq_sys::PQexec(stream.conn.as_ptr(), command.as_ptr());
-            let status = pq_sys::PQresultStatus(result);
-            pq_sys::PQclear(result);
-            if status != ExecStatusType::PGRES_COPY_BOTH {
-                return Err(StreamError(stream.error_message()));
-            }
-        }
-        Ok(stream)
-    }
-
-    fn error_message(&self) -> String {
-        // SAFETY: PQerrorMessage returns a string owned by the connection,
-        // valid until the next call on it; it is copied at once.
-        unsafe {
-            let message = pq_sys::PQerrorMessage(self.conn.as_ptr());
-            if message.is_null() {
-                return "unknown error".into();
-            }
-            CStr::from_ptr(message)
-                .to_string_lossy()
-                .trim_end()
-                .to_string()
-        }
+        })
     }
 
     /// Appends every `pgoutput` message that has arrived, without waiting.
@@ -145,10 +106,7 @@ impl ReplicationStream {
 
     /// What one read of the socket brought.
     fn read_buffered(&mut self, messages: &mut Vec<Vec<u8>>) -> Result<(), StreamError> {
-        // SAFETY: conn is live.
-        if unsafe { pq_sys::PQconsumeInput(self.conn.as_ptr()) } == 0 {
-            return Err(StreamError(self.error_message()));
-        }
+        self.conn.consume_input()?;
         loop {
             let mut buffer: *mut std::os::raw::c_char = std::ptr::null_mut();
             // SAFETY: conn is live; on a positive length, buffer points at
@@ -160,7 +118,7 @@ impl ReplicationStream {
             if length < 0 {
                 return Err(StreamError(match length {
                     -1 => "the server ended the stream".into(),
-                    _ => self.error_message(),
+                    _ => self.conn.error_message(),
                 }));
             }
             let data = unsafe {
@@ -192,20 +150,7 @@ impl ReplicationStream {
 
     /// Waits up to `timeout` for something to read; true when there is.
     pub fn wait(&self, timeout: Duration) -> bool {
-        // SAFETY: conn is live; PQsocket returns its descriptor or -1.
-        let fd = unsafe { pq_sys::PQsocket(self.conn.as_ptr()) };
-        if fd < 0 {
-            std::thread::sleep(timeout);
-            return false;
-        }
-        let mut poll = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut poll, 1, millis) > 0 }
+        self.conn.wait_readable(timeout)
     }
 
     /// Every change up to `lsn` is safe: the slot may move there. Told to
@@ -239,7 +184,7 @@ impl ReplicationStream {
                 && pq_sys::PQflush(self.conn.as_ptr()) == 0
         };
         if !sent {
-            return Err(StreamError(self.error_message()));
+            return Err(StreamError(self.conn.error_message()));
         }
         self.status_sent = Instant::now();
         self.reported = self.confirmed;
