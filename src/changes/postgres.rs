@@ -29,6 +29,8 @@ use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
 pub(super) const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
+/// After a notification, how long the tracker lets more commits gather.
+const COALESCE: Duration = Duration::from_millis(5);
 /// How often watched tables' columns are re-read (PostgreSQL has no cheap
 /// schema version to watch): new bytea columns must decode as base64.
 pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
@@ -323,7 +325,15 @@ impl ChangeSource for PostgresSource {
 
     fn wait(&mut self, timeout: Duration) {
         match &self.listener {
-            Some(listener) => listener.wait(timeout),
+            Some(listener) => {
+                let started = Instant::now();
+                listener.wait(timeout);
+                // Woken by a commit: let the commits of a burst gather a
+                // moment, so the sequencer numbers them together rather
+                // than racing the writers one commit at a time.
+                let left = timeout.saturating_sub(started.elapsed());
+                std::thread::sleep(left.min(COALESCE));
+            }
             None => std::thread::sleep(timeout),
         }
     }
