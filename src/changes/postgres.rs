@@ -35,18 +35,73 @@ const COALESCE: Duration = Duration::from_millis(5);
 /// schema version to watch): new bytea columns must decode as base64.
 pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
 
+/// The watched tables' decoders (their bytea columns), re-read every
+/// [`SHAPE_REFRESH`], and the log read through them: what both PostgreSQL
+/// sources share.
+pub(super) struct WatchedTables {
+    decoders: HashMap<String, RowDecoder>,
+    read_at: Instant,
+}
+
+impl WatchedTables {
+    pub(super) fn new() -> Self {
+        WatchedTables {
+            decoders: HashMap::new(),
+            read_at: Instant::now(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, table: &str, decoder: RowDecoder) {
+        self.decoders.insert(table.to_string(), decoder);
+    }
+
+    /// Re-reads the tables' shapes when due; true when it did.
+    pub(super) fn refresh_if_due(&mut self, conn: &mut DbConnection) -> Result<bool, DbError> {
+        if self.read_at.elapsed() < SHAPE_REFRESH {
+            return Ok(false);
+        }
+        self.read_at = Instant::now();
+        let tables: Vec<String> = self.decoders.keys().cloned().collect();
+        for table in tables {
+            match table_shape(conn, &table)? {
+                Some(shape) => self.decoders.insert(table, shape.decoder),
+                None => self.decoders.remove(&table),
+            };
+        }
+        Ok(true)
+    }
+
+    /// The log's changes after `cursor`, decoded by their table's shape.
+    pub(super) fn read_after(
+        &self,
+        conn: &mut DbConnection,
+        cursor: u64,
+        limit: i64,
+    ) -> Result<Vec<Change>, DbError> {
+        let rows = super::read_after(conn, cursor, limit)?;
+        let plain = RowDecoder::Postgres {
+            binary: HashSet::new(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let decoder = self.decoders.get(&row.table_name).unwrap_or(&plain);
+                row.decode(decoder)
+            })
+            .collect())
+    }
+}
+
 pub struct PostgresSource {
     conn: DbConnection,
     url: DatabaseUrl,
-    /// Watched tables' decoders (their bytea columns).
-    watched: HashMap<String, RowDecoder>,
+    watched: WatchedTables,
     /// Changes were waiting for an older transaction at the last poll.
     pending: bool,
     listening: bool,
     /// A connection of libpq's own LISTENing, so the tracker sleeps until
     /// a commit's notification rather than a whole poll period.
     listener: Option<Listener>,
-    shapes_read: Instant,
     /// Tables that refused statement triggers and carry the row trigger.
     row_triggers_only: HashSet<String>,
 }
@@ -71,11 +126,10 @@ impl PostgresSource {
         PostgresSource {
             conn,
             url,
-            watched: HashMap::new(),
+            watched: WatchedTables::new(),
             pending: false,
             listening: false,
             listener: None,
-            shapes_read: Instant::now(),
             row_triggers_only: HashSet::new(),
         }
     }
@@ -266,8 +320,7 @@ impl ChangeSource for PostgresSource {
             return Ok(None);
         };
         self.install(table)?;
-        self.watched
-            .insert(table.to_string(), shape.decoder.clone());
+        self.watched.insert(table, shape.decoder.clone());
         Ok(Some(shape))
     }
 
@@ -291,17 +344,7 @@ impl ChangeSource for PostgresSource {
                 }
             }
         }
-        let schema_changed = self.shapes_read.elapsed() >= SHAPE_REFRESH;
-        if schema_changed {
-            self.shapes_read = Instant::now();
-            let tables: Vec<String> = self.watched.keys().cloned().collect();
-            for table in tables {
-                match self.shape(&table)? {
-                    Some(shape) => self.watched.insert(table, shape.decoder),
-                    None => self.watched.remove(&table),
-                };
-            }
-        }
+        let schema_changed = self.watched.refresh_if_due(&mut self.conn)?;
         Ok(Probe {
             committed: notified || self.pending,
             schema_changed,
@@ -310,17 +353,7 @@ impl ChangeSource for PostgresSource {
 
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
         self.sequence(limit)?;
-        let rows = super::read_after(&mut self.conn, cursor, limit)?;
-        let plain = RowDecoder::Postgres {
-            binary: HashSet::new(),
-        };
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let decoder = self.watched.get(&row.table_name).unwrap_or(&plain);
-                row.decode(decoder)
-            })
-            .collect())
+        self.watched.read_after(&mut self.conn, cursor, limit)
     }
 
     fn wait(&mut self, timeout: Duration) {

@@ -20,7 +20,7 @@
 //! A slot nobody reads keeps WAL forever: the tracker also reads it when no
 //! topic watches, exports its lag, and warns when it grows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -38,8 +38,8 @@ use rows::Decoded;
 use stream::ReplicationStream;
 
 use super::libpq::Listener;
-use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, SHAPE_REFRESH};
-use super::{CaptureStatus, Change, ChangeSource, Probe, RowDecoder, TableShape};
+use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, WatchedTables};
+use super::{CaptureStatus, Change, ChangeSource, Probe, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 use crate::metrics::Metrics;
 
@@ -96,8 +96,7 @@ pub struct LogicalSource {
     /// Set once the slot could not be set up: every call goes there.
     triggers: Option<PostgresSource>,
     slot_ready: bool,
-    /// Watched tables' decoders (their bytea columns).
-    watched: HashMap<String, RowDecoder>,
+    watched: WatchedTables,
     /// Relations as the last decoding call described them, by oid.
     relations: HashMap<u32, Relation>,
     /// `format_type` of the types only the server can convert.
@@ -113,11 +112,10 @@ pub struct LogicalSource {
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
     /// While another node streams the slot: its notifications wake this
-    /// node's tracker (they are also read on the tracker's connection).
+    /// node's tracker and tell it to read the log.
     listener: Option<Listener>,
     /// Trigger-written changes from before logical capture still wait for their seq.
     trigger_backlog: bool,
-    shapes_read: Instant,
     lag_warned: bool,
     status: CaptureStatus,
     metrics: Metrics,
@@ -150,7 +148,7 @@ impl LogicalSource {
             may_fall_back,
             triggers: None,
             slot_ready: false,
-            watched: HashMap::new(),
+            watched: WatchedTables::new(),
             relations: HashMap::new(),
             type_names: HashMap::new(),
             url_text,
@@ -160,7 +158,6 @@ impl LogicalSource {
             logged: None,
             listener: None,
             trigger_backlog: true,
-            shapes_read: Instant::now(),
             lag_warned: false,
             status,
             metrics,
@@ -170,9 +167,8 @@ impl LogicalSource {
     }
 
     fn prepare_connection(&mut self) -> Result<(), DbError> {
-        // pgtext reads dates in ISO style; LISTEN hears other nodes' reads.
-        self.conn
-            .batch_execute("SET DateStyle = 'ISO, YMD'; LISTEN _realtide_changes;")?;
+        // pgtext reads dates in ISO style.
+        self.conn.batch_execute("SET DateStyle = 'ISO, YMD'")?;
         Ok(())
     }
 
@@ -264,6 +260,8 @@ impl LogicalSource {
             match ReplicationStream::open(&self.url_text, &self.slot, PUBLICATION) {
                 Ok(stream) => {
                     self.stream = Some(stream);
+                    // This node writes the log now: no one else's notifications to hear.
+                    self.listener = None;
                     self.logged = None;
                     self.stream_retry = None;
                     self.received.clear();
@@ -271,6 +269,9 @@ impl LogicalSource {
                 Err(error) => {
                     if !error.slot_in_use() {
                         tracing::warn!(%error, "change capture: cannot stream the replication slot yet");
+                    } else if self.listener.is_none() {
+                        // Another node streams: hear when it writes the log.
+                        self.listener = Listener::open(&self.url_text, "_realtide_changes").ok();
                     }
                     self.stream_retry = Some(Instant::now() + STREAM_RETRY);
                     return Ok(0);
@@ -552,8 +553,7 @@ impl ChangeSource for LogicalSource {
             return Ok(None);
         };
         self.publish(table)?;
-        self.watched
-            .insert(table.to_string(), shape.decoder.clone());
+        self.watched.insert(table, shape.decoder.clone());
         Ok(Some(shape))
     }
 
@@ -561,27 +561,19 @@ impl ChangeSource for LogicalSource {
         if let Some(triggers) = &mut self.triggers {
             return triggers.probe();
         }
-        let mut notified = false;
-        if let DbConnection::Pg(pg) = &mut self.conn {
-            for notification in pg.notifications_iter() {
-                notification?;
-                notified = true;
+        // Another node's write into the log (only while this one does not stream).
+        let notified = match self.listener.as_mut().map(Listener::notified) {
+            Some(Ok(heard)) => heard,
+            Some(Err(_)) => {
+                self.listener = None;
+                true
             }
-        }
+            None => false,
+        };
         let written = if self.slot_ready { self.capture()? } else { 0 };
-        let schema_changed = self.shapes_read.elapsed() >= SHAPE_REFRESH;
-        if schema_changed {
-            self.shapes_read = Instant::now();
-            let tables: Vec<String> = self.watched.keys().cloned().collect();
-            for table in tables {
-                match postgres::table_shape(&mut self.conn, &table)? {
-                    Some(shape) => self.watched.insert(table, shape.decoder),
-                    None => self.watched.remove(&table),
-                };
-            }
-            if self.slot_ready {
-                self.measure_lag()?;
-            }
+        let schema_changed = self.watched.refresh_if_due(&mut self.conn)?;
+        if schema_changed && self.slot_ready {
+            self.measure_lag()?;
         }
         Ok(Probe {
             committed: written > 0 || notified,
@@ -593,17 +585,7 @@ impl ChangeSource for LogicalSource {
         if let Some(triggers) = &mut self.triggers {
             return triggers.poll(cursor, limit);
         }
-        let rows = super::read_after(&mut self.conn, cursor, limit)?;
-        let plain = RowDecoder::Postgres {
-            binary: HashSet::new(),
-        };
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let decoder = self.watched.get(&row.table_name).unwrap_or(&plain);
-                row.decode(decoder)
-            })
-            .collect())
+        self.watched.read_after(&mut self.conn, cursor, limit)
     }
 
     fn reconnect(&mut self) -> Result<(), DbError> {
@@ -624,20 +606,8 @@ impl ChangeSource for LogicalSource {
                 stream.wait(timeout);
             }
             // Another node captures: wake at its notification.
-            (None, Some(listener)) => {
-                listener.wait(timeout);
-                if listener.notified().is_err() {
-                    self.listener = None;
-                }
-            }
-            (None, None) => {
-                if self.slot_ready
-                    && let Ok(listener) = Listener::open(&self.url_text, "_realtide_changes")
-                {
-                    self.listener = Some(listener);
-                }
-                std::thread::sleep(timeout);
-            }
+            (None, Some(listener)) => listener.wait(timeout),
+            (None, None) => std::thread::sleep(timeout),
         }
     }
 
