@@ -1102,22 +1102,31 @@ fn percentiles(h: &Histogram<u64>) -> String {
     )
 }
 
+/// The table the `changes` and `capture` modes write: `rows` rows of
+/// (id, value, sent_ns), made before realtide watches it.
+fn create_bench_rows(conn: &mut realtide::db::DbConnection, backend: &str, rows: u64) {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(
+        "CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)",
+    )
+    .unwrap();
+    let fill = if backend == "postgres" {
+        format!("INSERT INTO bench_rows SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
+    } else {
+        format!(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
+             INSERT INTO bench_rows SELECT x, 0, 0 FROM c"
+        )
+    };
+    conn.batch_execute(&fill).unwrap();
+}
+
 async fn changes(backend: &str, rows: u64, writes: u64, rate: u64, postgres_url: &str) {
     use diesel::connection::SimpleConnection;
     let mut scratch = ScratchDb::new(backend, postgres_url);
     {
         let mut conn = realtide::db::connect(&scratch.url).unwrap();
-        conn.batch_execute("CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)")
-            .unwrap();
-        let fill = if backend == "postgres" {
-            format!("INSERT INTO bench_rows SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
-        } else {
-            format!(
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
-                 INSERT INTO bench_rows SELECT x, 0, 0 FROM c"
-            )
-        };
-        conn.batch_execute(&fill).unwrap();
+        create_bench_rows(&mut conn, backend, rows);
     }
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
     let mut ws = connect(&server.addr).await;

@@ -10,7 +10,6 @@
 use super::*;
 
 use diesel::connection::SimpleConnection;
-use realtide::db::DbConnection;
 
 pub struct CaptureLoad {
     pub backend: String,
@@ -31,20 +30,6 @@ struct CaptureReport {
     delivery_per_s: f64,
     latency: String,
     lone_ms: f64,
-}
-
-const TABLE: &str = "CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)";
-
-fn fill(conn: &mut DbConnection, backend: &str, rows: u64) {
-    let fill = if backend == "postgres" {
-        format!("INSERT INTO bench_rows SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
-    } else {
-        format!(
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
-             INSERT INTO bench_rows SELECT x, 0, 0 FROM c"
-        )
-    };
-    conn.batch_execute(&fill).unwrap();
 }
 
 /// Median seconds of three `UPDATE` of every row, one transaction each.
@@ -155,8 +140,7 @@ async fn measure(load: &CaptureLoad, mode: &str) -> CaptureReport {
             // As realtide leaves the file: untracked and tracked alike in WAL mode.
             conn.batch_execute("PRAGMA journal_mode = WAL").unwrap();
         }
-        conn.batch_execute(TABLE).unwrap();
-        fill(&mut conn, &load.backend, load.rows);
+        create_bench_rows(&mut conn, &load.backend, load.rows);
     }
     let mut report = CaptureReport {
         bulk_untracked_s: bulk_update(&url),
