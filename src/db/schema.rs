@@ -134,10 +134,18 @@ fn move_from(conn: &mut PgConnection, app: &str, schema: &str) -> Result<(), DbE
 /// change log through a search path of their own.
 pub fn pin_functions(conn: &mut PgConnection, schema: &str) -> Result<(), DbError> {
     for function in FUNCTIONS {
-        let found: Flag = diesel::sql_query("SELECT to_regprocedure($1) IS NOT NULL AS value")
-            .bind::<Text, _>(format!("{}.{function}", ident(schema)))
-            .get_result(conn)?;
-        if found.value {
+        // Only where it is missing: an ALTER on every start would have
+        // nodes starting together queue on the function's catalog row.
+        let unpinned: Flag = diesel::sql_query(
+            "SELECT COALESCE(NOT ($2 = ANY (proconfig)), true) AS value FROM pg_proc \
+             WHERE oid = to_regprocedure($1) \
+             UNION ALL SELECT false AS value LIMIT 1",
+        )
+        .bind::<Text, _>(format!("{}.{function}", ident(schema)))
+        // As PostgreSQL stores it: a plain name (as `--schema` allows) unquoted.
+        .bind::<Text, _>(format!("search_path={schema}"))
+        .get_result(conn)?;
+        if unpinned.value {
             conn.batch_execute(&format!(
                 "ALTER FUNCTION {}.{function} SET search_path = {}",
                 ident(schema),
