@@ -133,10 +133,7 @@ impl Database {
             .connection_timeout(POOL_WAIT)
             .build(manager)?;
         let mut conn = pool.get()?;
-        migrate(&mut conn)?;
-        if let DbConnection::Pg(pg) = &mut *conn {
-            schema::pin_functions(pg, schema)?;
-        }
+        migrate(&mut conn, schema)?;
         let epoch = ensure_epoch(&mut conn)?;
         drop(conn);
         Ok(Database {
@@ -202,17 +199,24 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x7274_6d69_6772_6174; // "rtmigrat"
 /// Runs pending migrations. Several nodes may start at once on one
 /// database: on PostgreSQL they take turns under an advisory lock; on
 /// SQLite the one that loses the race finds the migrations done on retry.
-fn migrate(conn: &mut DbConnection) -> Result<(), DbError> {
+/// The capture functions' search path is set under the same lock: two
+/// nodes altering one function at once fail with "tuple concurrently
+/// updated".
+fn migrate(conn: &mut DbConnection, schema: &str) -> Result<(), DbError> {
     match conn {
         DbConnection::Pg(c) => {
             diesel::sql_query("SELECT pg_advisory_lock($1)")
                 .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
                 .execute(c)?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
+            let result = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(drop)
+                .map_err(|e| DbError::Migration(e.to_string()))
+                .and_then(|()| schema::pin_functions(c, schema));
             let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
                 .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
                 .execute(c);
-            result.map_err(|e| DbError::Migration(e.to_string()))?;
+            result?;
             unlocked?;
             Ok(())
         }

@@ -540,13 +540,17 @@ impl Client {
 // The child is handed to the caller, whose drop kills and waits for it.
 #[allow(clippy::zombie_processes)]
 pub async fn serve_binary(addr: &str, args: &[&str]) -> std::process::Child {
+    use std::io::{Read, Seek};
     use std::process::{Command, Stdio};
+    // The log is kept (in an unnamed file) so a server that does not come
+    // up says why in the panic.
+    let mut log = tempfile::tempfile().expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_realtide"))
         .args(["serve", "--bind", addr])
         .args(args)
         .env_remove("REALTIDE_JWT_SECRET")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.try_clone().expect("log file"))
         .spawn()
         .expect("start realtide");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -559,7 +563,10 @@ pub async fn serve_binary(addr: &str, args: &[&str]) -> std::process::Child {
         if tokio::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("realtide on {addr} did not start");
+            let mut printed = String::new();
+            let _ = log.rewind();
+            let _ = log.read_to_string(&mut printed);
+            panic!("realtide on {addr} did not start; it printed:\n{printed}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -507,7 +507,9 @@ impl LogicalSource {
             return Ok(());
         }
         // The name was validated as an identifier; quoting keeps its case.
-        let mut script = String::from("BEGIN;");
+        // Nodes watching the table at once take turns; the checks above are
+        // repeated under the lock where repeating the change would fail.
+        let mut script = format!("BEGIN; SELECT pg_advisory_xact_lock({SETUP_LOCK});");
         if state.triggered {
             for trigger in [
                 "_realtide_capture",
@@ -523,7 +525,10 @@ impl LogicalSource {
         }
         if !state.published {
             script.push_str(&format!(
-                "ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE \"{table}\";"
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr \
+                   JOIN pg_publication p ON p.oid = pr.prpubid \
+                   WHERE p.pubname = '{PUBLICATION}' AND pr.prrelid = to_regclass('\"{table}\"')) THEN \
+                   ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE \"{table}\"; END IF; END $$;"
             ));
         }
         script.push_str("COMMIT;");
