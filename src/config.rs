@@ -74,7 +74,7 @@ pub struct CaptureRemoveArgs {
         default_value = "sqlite://realtide.db"
     )]
     pub database_url: String,
-    /// Only this table.
+    /// Only this table (`orders`, or `app.items` in another PostgreSQL schema).
     #[arg(long)]
     pub table: Option<String>,
     /// The schema of realtide's own tables (PostgreSQL), as given to the server.
@@ -129,7 +129,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Tables served as table topics: `*` for every non-reserved table, else a comma list.
+    /// Tables served as table topics, a comma list: `*` (every non-reserved
+    /// table of the app's schema), `orders`, `app.items` (PostgreSQL: a table
+    /// of another schema, topic `items`) or `stock=app.items` (topic `stock`).
     #[arg(long, env = "REALTIDE_TABLES", default_value = "*")]
     pub tables: String,
 

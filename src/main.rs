@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use realtide::changes::tables::TableRef;
 use realtide::config::{CaptureCommand, Cli, Command, Config, LogFormat, TokenArgs};
 use serde_json::{Map, Value};
 use tracing_subscriber::EnvFilter;
@@ -68,12 +69,16 @@ fn check(config: &Config) -> Result<(), String> {
 }
 
 fn capture_remove(url: &str, schema: &str, table: Option<&str>) -> Result<(), String> {
-    if let Some(table) = table
-        && !realtide::topic::name::is_valid_table_name(table)
-    {
-        return Err(format!("--table `{table}` is not a table name"));
-    }
-    let done = realtide::changes::remove::remove(url, schema, table).map_err(|e| e.to_string())?;
+    let table = table
+        .map(|t| match t.contains('=') {
+            true => Err(format!(
+                "--table `{t}`: name a table (`orders`, `app.items`)"
+            )),
+            false => TableRef::parse(t).map_err(|e| format!("--table {e}")),
+        })
+        .transpose()?;
+    let done = realtide::changes::remove::remove(url, schema, table.as_ref())
+        .map_err(|e| e.to_string())?;
     if done.is_empty() {
         println!("nothing to remove");
     }

@@ -25,6 +25,7 @@ use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
 use crate::changes::sqlite::SqliteSource;
+use crate::changes::tables::{TableList, TableRef};
 use crate::changes::{CaptureStatus, ChangeSource};
 use crate::config::{CaptureMode, Config};
 use crate::db::{Database, DatabaseUrl, DbError};
@@ -119,10 +120,20 @@ fn start_broker(
 fn start_tracker(
     db: &Database,
     config: &Config,
+    tables: &Arc<TableList>,
     metrics: &Metrics,
 ) -> Result<(Tracker, CaptureStatus), StartError> {
     let mut conn = db.dedicated_connection()?;
     let (source, status): (Box<dyn ChangeSource>, CaptureStatus) = match db.url() {
+        DatabaseUrl::Sqlite(_) if tables.first_renamed().is_some() => {
+            let table = tables
+                .first_renamed()
+                .map(TableRef::sql)
+                .unwrap_or_default();
+            return Err(StartError::Config(format!(
+                "--tables: {table}: SQLite tables have no schema and are read under their own names"
+            )));
+        }
         DatabaseUrl::Sqlite(path) => (
             Box::new(SqliteSource::new(conn, path.clone())),
             CaptureStatus::new("triggers", None),
@@ -154,6 +165,7 @@ fn start_tracker(
                         conn,
                         url.clone(),
                         db.epoch(),
+                        tables.clone(),
                         config.capture == CaptureMode::Auto,
                         status.clone(),
                         metrics.clone(),
@@ -165,6 +177,7 @@ fn start_tracker(
     };
     let tracker = Tracker::start(
         source,
+        tables.clone(),
         Duration::from_millis(config.poll_interval_ms),
         Duration::from_secs(config.changes_retention_s),
         metrics.clone(),
@@ -208,7 +221,8 @@ where
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
-    let (tracker, capture) = start_tracker(&db, &config, &metrics)?;
+    let tables = Arc::new(TableList::parse(&config.tables).map_err(StartError::Config)?);
+    let (tracker, capture) = start_tracker(&db, &config, &tables, &metrics)?;
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
@@ -250,6 +264,7 @@ where
         api_keys,
     );
     state.capture = capture;
+    state.tables = tables;
     let state = web::Data::new(state);
     let listening = state.clone();
     let addr = listener.local_addr()?;

@@ -11,6 +11,7 @@ use crate::auth::api_keys::ApiKeys;
 use crate::auth::keys::KeyGuard;
 use crate::broker::Broker;
 use crate::changes::CaptureStatus;
+use crate::changes::tables::TableList;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;
@@ -40,6 +41,9 @@ pub struct AppState {
     /// How table changes are captured (`/readyz` and `/admin/capture`
     /// report it); the server sets it from the tracker's.
     pub capture: CaptureStatus,
+    /// `--tables`: the table topics and the tables they read (none until
+    /// the server sets it from the tracker's).
+    pub tables: Arc<TableList>,
     next_conn: AtomicU64,
 }
 
@@ -70,14 +74,14 @@ impl AppState {
             started_at: crate::topic::actor::now_ms(),
             draining: AtomicBool::new(false),
             capture: CaptureStatus::new("triggers", None),
+            tables: Arc::default(),
             next_conn: AtomicU64::new(1),
         }
     }
 
-    /// Whether `--tables` lets clients subscribe to `table`.
+    /// Whether `--tables` lets clients subscribe to the table topic `table`.
     pub fn table_allowed(&self, table: &str) -> bool {
-        let tables = self.config.tables.trim();
-        tables == "*" || tables.split(',').any(|t| t.trim() == table)
+        self.tables.allows(table)
     }
 
     pub fn next_conn_id(&self) -> ConnId {

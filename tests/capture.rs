@@ -8,46 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::capture::{logical_db, query_flag, remove_capture};
 use common::{Client, TestApp, TestDb, WAIT};
 use realtide::config::CaptureMode;
 use serde_json::{Value, json};
-
-/// A fresh PostgreSQL database whose server can decode logically, or SKIP.
-fn logical_db() -> Option<TestDb> {
-    use diesel::RunQueryDsl;
-    let db = TestDb::postgres()?;
-    #[derive(diesel::QueryableByName)]
-    struct Level {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        wal_level: String,
-    }
-    let mut conn = realtide::db::connect(&db.url).expect("connect");
-    let level: Level = diesel::sql_query("SELECT current_setting('wal_level') AS wal_level")
-        .get_result(&mut conn)
-        .expect("wal_level");
-    if level.wal_level != "logical" {
-        common::skip(
-            "PostgreSQL with wal_level = logical",
-            &format!("wal_level is {}", level.wal_level),
-        );
-        return None;
-    }
-    Some(db)
-}
-
-fn query_flag(url: &str, sql: &str) -> bool {
-    use diesel::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Flag {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        value: bool,
-    }
-    let mut conn = realtide::db::connect(url).expect("connect");
-    diesel::sql_query(sql)
-        .get_result::<Flag>(&mut conn)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .value
-}
 
 async fn change(client: &mut Client) -> Value {
     let frame = client.recv().await;
@@ -323,22 +287,6 @@ async fn without_the_right_to_replicate_auto_falls_back_to_triggers_and_logical_
         .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
         .arg(format!("DROP ROLE IF EXISTS {role}"))
         .output();
-}
-
-/// `realtide capture remove`, run as an operator would, with no server running.
-fn remove_capture(url: &str, table: Option<&str>) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_realtide"));
-    command.args(["capture", "remove", "--database-url", url]);
-    if let Some(table) = table {
-        command.args(["--table", table]);
-    }
-    let output = command.output().expect("run realtide capture remove");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]

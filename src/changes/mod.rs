@@ -11,6 +11,7 @@ pub mod poller;
 pub mod postgres;
 pub mod remove;
 pub mod sqlite;
+pub mod tables;
 
 use std::sync::{Arc, RwLock};
 
@@ -22,6 +23,7 @@ pub use filter::Filter;
 pub use poller::{PollerActor, Tracker};
 
 use crate::db::{DbConnection, DbError};
+use tables::TableRef;
 
 /// Name of the change log table (reserved: no client can subscribe to it).
 pub const LOG_TABLE: &str = "_realtide_changes";
@@ -249,8 +251,9 @@ pub fn hex_to_base64(hex: &str) -> Option<String> {
 /// for any one row; a transaction's changes keep their statement order.
 pub trait ChangeSource: Send {
     /// Installs capture on `table` (idempotent) and returns its columns and
-    /// decoder, or `None` when there is no such table.
-    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError>;
+    /// decoder, or `None` when there is no such table. Its changes go into
+    /// the log under `table.topic`.
+    fn watch(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError>;
     /// Cheaply tells whether anything may have committed since the last call.
     fn probe(&mut self) -> Result<Probe, DbError>;
     /// Changes after `cursor`, oldest first, at most `limit`.

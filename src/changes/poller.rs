@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::tables::{TableList, TableRef};
 use super::{Change, ChangeSource, TableShape};
 use crate::db::DbError;
 use crate::metrics::Metrics;
@@ -44,12 +45,15 @@ pub struct Tracker {
     addr: Addr<PollerActor>,
     /// Set after a message is queued; the loop checks it every period.
     knock: Arc<AtomicBool>,
+    /// Which table each table topic reads.
+    tables: Arc<TableList>,
 }
 
 impl Tracker {
     /// Starts the poller on a thread of its own.
     pub fn start(
         source: Box<dyn ChangeSource>,
+        tables: Arc<TableList>,
         probe_every: Duration,
         retention: Duration,
         metrics: Metrics,
@@ -72,27 +76,40 @@ impl Tracker {
                 metrics.clone(),
             )
         });
-        Tracker { addr, knock }
+        Tracker {
+            addr,
+            knock,
+            tables,
+        }
     }
 
     fn knock(&self) {
         self.knock.store(true, Ordering::Release);
     }
 
-    /// Start delivering `table`'s changes to `topic`: see [`Watch`].
+    /// Start delivering the changes of the table that the table topic
+    /// `name` reads to `topic`: see [`Watch`]. `None` when `--tables` does
+    /// not list it or there is no such table.
     pub fn watch(
         &self,
-        table: String,
+        name: &str,
         topic: Recipient<TableChanged>,
     ) -> impl Future<Output = Result<Option<Watched>, DbError>> + 'static {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        // do_send, then knock: the message is queued before the loop yields.
-        self.addr.do_send(Watch {
-            table,
-            topic,
-            reply,
-        });
-        self.knock();
+        match self.tables.resolve(name) {
+            Some(table) => {
+                // do_send, then knock: the message is queued before the loop yields.
+                self.addr.do_send(Watch {
+                    table,
+                    topic,
+                    reply,
+                });
+                self.knock();
+            }
+            None => {
+                let _ = reply.send(Ok(None));
+            }
+        }
         async move {
             answer
                 .await
@@ -231,7 +248,7 @@ impl Handler<Tick> for PollerActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Watch {
-    pub table: String,
+    pub table: TableRef,
     pub topic: Recipient<TableChanged>,
     pub reply: tokio::sync::oneshot::Sender<Result<Option<Watched>, DbError>>,
 }
@@ -255,7 +272,7 @@ impl Handler<Watch> for PollerActor {
 impl PollerActor {
     fn watch(
         &mut self,
-        table: String,
+        table: TableRef,
         topic: Recipient<TableChanged>,
         ctx: &mut SyncContext<Self>,
     ) -> Result<Option<Watched>, DbError> {
@@ -269,8 +286,8 @@ impl PollerActor {
             self.ticking = true;
             ctx.address().do_send(Tick);
         }
-        let latest_seq = self.source.latest_seq(Some(&table))?;
-        self.topics.insert(table, topic);
+        let latest_seq = self.source.latest_seq(Some(&table.topic))?;
+        self.topics.insert(table.topic, topic);
         Ok(Some(Watched { shape, latest_seq }))
     }
 }

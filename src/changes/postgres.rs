@@ -24,6 +24,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
 use super::libpq::Listener;
+use super::tables::TableRef;
 use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
@@ -39,7 +40,8 @@ pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
 /// [`SHAPE_REFRESH`], and the log read through them: what both PostgreSQL
 /// sources share.
 pub(super) struct WatchedTables {
-    decoders: HashMap<String, RowDecoder>,
+    /// By topic (the log's table name).
+    decoders: HashMap<String, (TableRef, RowDecoder)>,
     read_at: Instant,
 }
 
@@ -51,8 +53,9 @@ impl WatchedTables {
         }
     }
 
-    pub(super) fn insert(&mut self, table: &str, decoder: RowDecoder) {
-        self.decoders.insert(table.to_string(), decoder);
+    pub(super) fn insert(&mut self, table: &TableRef, decoder: RowDecoder) {
+        self.decoders
+            .insert(table.topic.clone(), (table.clone(), decoder));
     }
 
     /// Re-reads the tables' shapes when due; true when it did.
@@ -61,11 +64,13 @@ impl WatchedTables {
             return Ok(false);
         }
         self.read_at = Instant::now();
-        let tables: Vec<String> = self.decoders.keys().cloned().collect();
+        let tables: Vec<TableRef> = self.decoders.values().map(|(t, _)| t.clone()).collect();
         for table in tables {
             match table_shape(conn, &table)? {
-                Some(shape) => self.decoders.insert(table, shape.decoder),
-                None => self.decoders.remove(&table),
+                Some(shape) => self.insert(&table, shape.decoder),
+                None => {
+                    self.decoders.remove(&table.topic);
+                }
             };
         }
         Ok(true)
@@ -85,7 +90,10 @@ impl WatchedTables {
         Ok(rows
             .into_iter()
             .filter_map(|row| {
-                let decoder = self.decoders.get(&row.table_name).unwrap_or(&plain);
+                let decoder = self
+                    .decoders
+                    .get(&row.table_name)
+                    .map_or(&plain, |(_, decoder)| decoder);
                 row.decode(decoder)
             })
             .collect())
@@ -134,15 +142,17 @@ impl PostgresSource {
         }
     }
 
-    fn shape(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+    fn shape(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError> {
         table_shape(&mut self.conn, table)
     }
 
     /// Installs the statement triggers on `table` unless they are there,
     /// replacing the row trigger of earlier versions in the same
     /// transaction. A table that cannot have transition tables (one with
-    /// inheritance children) gets the row trigger.
-    fn install(&mut self, table: &str) -> Result<(), DbError> {
+    /// inheritance children) gets the row trigger. A table read under
+    /// another name than its own (another schema, another topic name) tells
+    /// its triggers the log's name as their argument.
+    fn install(&mut self, table: &TableRef) -> Result<(), DbError> {
         #[derive(QueryableByName)]
         struct Installed {
             #[diesel(sql_type = BigInt)]
@@ -150,48 +160,59 @@ impl PostgresSource {
             #[diesel(sql_type = BigInt)]
             row: i64,
         }
+        let (argument, stored) = if table.renamed() {
+            // Validated as an identifier: no quote to escape.
+            (
+                format!("'{}'", table.topic),
+                format!("{}\\000", table.topic),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let installed: Installed = diesel::sql_query(
             "SELECT count(*) FILTER (WHERE tgname IN ('_realtide_capture_insert', '_realtide_capture_update', '_realtide_capture_delete')) AS statement, \
              count(*) FILTER (WHERE tgname = '_realtide_capture') AS row \
-             FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1))",
+             FROM pg_trigger WHERE tgrelid = to_regclass($1) AND encode(tgargs, 'escape') = $2",
         )
-        .bind::<Text, _>(table)
+        .bind::<Text, _>(table.sql())
+        .bind::<Text, _>(&stored)
         .get_result(&mut self.conn)?;
         if installed.statement == 3 && installed.row == 0 {
             return Ok(());
         }
-        if installed.statement == 0 && installed.row == 1 && self.row_triggers_only.contains(table)
+        if installed.statement == 0
+            && installed.row == 1
+            && self.row_triggers_only.contains(&table.topic)
         {
             return Ok(());
         }
-        // The name was validated as an identifier; quoting keeps its case.
-        let t = format!("\"{table}\"");
+        let t = table.sql();
         let statement = format!(
             "BEGIN; DROP TRIGGER IF EXISTS _realtide_capture ON {t}; \
              CREATE OR REPLACE TRIGGER _realtide_capture_insert AFTER INSERT ON {t} \
                REFERENCING NEW TABLE AS _realtide_new \
-               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement({argument}); \
              CREATE OR REPLACE TRIGGER _realtide_capture_update AFTER UPDATE ON {t} \
                REFERENCING OLD TABLE AS _realtide_old NEW TABLE AS _realtide_new \
-               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement({argument}); \
              CREATE OR REPLACE TRIGGER _realtide_capture_delete AFTER DELETE ON {t} \
                REFERENCING OLD TABLE AS _realtide_old \
-               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement(); \
+               FOR EACH STATEMENT EXECUTE FUNCTION _realtide_capture_statement({argument}); \
              COMMIT;"
         );
         match self.conn.batch_execute(&statement) {
             Ok(()) => {
-                tracing::info!(table, "change capture installed (statement triggers)");
+                tracing::info!(table = %t, "change capture installed (statement triggers)");
                 Ok(())
             }
             Err(error) => {
                 let _ = self.conn.batch_execute("ROLLBACK");
-                tracing::info!(table, %error, "statement triggers refused; capturing with a row trigger");
+                tracing::info!(table = %t, %error, "statement triggers refused; capturing with a row trigger");
                 self.conn.batch_execute(&format!(
                     "CREATE OR REPLACE TRIGGER _realtide_capture AFTER INSERT OR UPDATE OR DELETE ON {t} \
-                     FOR EACH ROW EXECUTE FUNCTION _realtide_capture()"
+                     FOR EACH ROW EXECUTE FUNCTION _realtide_capture({argument})"
                 ))?;
-                self.row_triggers_only.insert(table.to_string());
+                self.row_triggers_only.insert(table.topic.clone());
                 Ok(())
             }
         }
@@ -242,15 +263,15 @@ impl PostgresSource {
 /// A table's columns and decoder, or `None` when there is no such table.
 pub(super) fn table_shape(
     conn: &mut DbConnection,
-    table: &str,
+    table: &TableRef,
 ) -> Result<Option<TableShape>, DbError> {
-    // Resolved through the search path: realtide's schema holds only its
-    // own (reserved) names, so a table topic's name finds the app's table.
+    // An unqualified name is resolved through the search path: realtide's
+    // schema holds only its own (reserved) names, so it finds the app's table.
     let is_table: Flag = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM pg_class \
-         WHERE oid = to_regclass(quote_ident($1)) AND relkind IN ('r', 'p')) AS value",
+         WHERE oid = to_regclass($1) AND relkind IN ('r', 'p')) AS value",
     )
-    .bind::<Text, _>(table)
+    .bind::<Text, _>(table.sql())
     .get_result(conn)?;
     if !is_table.value {
         return Ok(None);
@@ -258,10 +279,10 @@ pub(super) fn table_shape(
     let columns: Vec<Column> = diesel::sql_query(
         "SELECT a.attname::text AS name, t.typname::text AS data_type \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
          ORDER BY a.attnum",
     )
-    .bind::<Text, _>(table)
+    .bind::<Text, _>(table.sql())
     .load(conn)?;
     let binary: HashSet<String> = columns
         .iter()
@@ -314,7 +335,7 @@ pub(super) fn unnumbered_changes(conn: &mut DbConnection) -> Result<bool, DbErro
 }
 
 impl ChangeSource for PostgresSource {
-    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+    fn watch(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError> {
         self.listen()?;
         let Some(shape) = self.shape(table)? else {
             return Ok(None);

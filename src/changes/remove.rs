@@ -1,7 +1,8 @@
 //! `realtide capture remove [--table T]`: takes realtide's change capture
 //! out of a database: the triggers on watched tables, (PostgreSQL) their
 //! place in the `realtide` publication and the replication slot, and the
-//! change log's rows. With `--table`, only that table's capture. Stop every
+//! change log's rows. With `--table` (`orders`, or `app.items` in another
+//! PostgreSQL schema), only that table's capture. Stop every
 //! realtide server of the database first: a running one installs capture
 //! again at the next subscription to a table.
 
@@ -10,6 +11,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 
 use super::logical::{PUBLICATION, slot_name};
+use super::tables::TableRef;
 use crate::db::{DbConnection, DbError};
 
 #[derive(QueryableByName)]
@@ -24,7 +26,7 @@ fn ident(name: &str) -> String {
 
 /// Removes capture from the database whose realtide tables are in
 /// `schema` (PostgreSQL); returns one line per thing removed.
-pub fn remove(url: &str, schema: &str, table: Option<&str>) -> Result<Vec<String>, DbError> {
+pub fn remove(url: &str, schema: &str, table: Option<&TableRef>) -> Result<Vec<String>, DbError> {
     let mut conn = crate::db::connect_in(url, schema)?;
     let mut done = match &mut conn {
         DbConnection::Sqlite(_) => remove_sqlite(&mut conn, table)?,
@@ -65,12 +67,15 @@ fn has_log(conn: &mut DbConnection) -> Result<bool, DbError> {
     Ok(diesel::sql_query(sql).get_result::<Flag>(conn)?.value)
 }
 
-fn remove_sqlite(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<String>, DbError> {
+fn remove_sqlite(
+    conn: &mut DbConnection,
+    table: Option<&TableRef>,
+) -> Result<Vec<String>, DbError> {
     let triggers: Vec<Name> = diesel::sql_query(
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_realtide\\_%' ESCAPE '\\' \
          AND ($1 IS NULL OR tbl_name = $1) ORDER BY name",
     )
-    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(table.map(|t| &t.name))
     .load(conn)?;
     let mut done = Vec::new();
     for trigger in triggers {
@@ -80,7 +85,13 @@ fn remove_sqlite(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<Str
     Ok(done)
 }
 
-fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<String>, DbError> {
+/// Tables are named by `oid::regclass`: schema-qualified (and quoted)
+/// where the search path would not find them.
+fn remove_postgres(
+    conn: &mut DbConnection,
+    table: Option<&TableRef>,
+) -> Result<Vec<String>, DbError> {
+    let table = table.map(TableRef::sql);
     let mut done = Vec::new();
     #[derive(QueryableByName)]
     struct Trigger {
@@ -90,27 +101,27 @@ fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<S
         table: String,
     }
     let triggered: Vec<Trigger> = diesel::sql_query(
-        "SELECT t.tgname::text AS name, c.relname::text AS table FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+        "SELECT t.tgname::text AS name, t.tgrelid::regclass::text AS table FROM pg_trigger t \
          WHERE t.tgname IN ('_realtide_capture', '_realtide_capture_insert', '_realtide_capture_update', '_realtide_capture_delete') \
-         AND ($1::text IS NULL OR c.oid = to_regclass(quote_ident($1))) ORDER BY 2, 1",
+         AND ($1::text IS NULL OR t.tgrelid = to_regclass($1)) ORDER BY 2, 1",
     )
-    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(&table)
     .load(conn)?;
     for t in triggered {
         conn.batch_execute(&format!(
             "DROP TRIGGER IF EXISTS {} ON {}",
             ident(&t.name),
-            ident(&t.table)
+            t.table
         ))?;
         done.push(format!("trigger {} on {} dropped", t.name, t.table));
     }
     let published: Vec<Name> = diesel::sql_query(
-        "SELECT c.relname::text AS name FROM pg_publication_rel pr \
-         JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid \
-         WHERE p.pubname = $1 AND ($2::text IS NULL OR c.oid = to_regclass(quote_ident($2))) ORDER BY 1",
+        "SELECT pr.prrelid::regclass::text AS name FROM pg_publication_rel pr \
+         JOIN pg_publication p ON p.oid = pr.prpubid \
+         WHERE p.pubname = $1 AND ($2::text IS NULL OR pr.prrelid = to_regclass($2)) ORDER BY 1",
     )
     .bind::<Text, _>(PUBLICATION)
-    .bind::<diesel::sql_types::Nullable<Text>, _>(table)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(&table)
     .load(conn)?;
     match table {
         Some(_) => {
@@ -118,7 +129,7 @@ fn remove_postgres(conn: &mut DbConnection, table: Option<&str>) -> Result<Vec<S
                 conn.batch_execute(&format!(
                     "ALTER PUBLICATION {} DROP TABLE {}",
                     ident(PUBLICATION),
-                    ident(&t.name)
+                    t.name
                 ))?;
                 done.push(format!("{} left publication {PUBLICATION}", t.name));
             }

@@ -18,6 +18,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
+use super::tables::TableRef;
 use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
@@ -197,7 +198,9 @@ impl SqliteSource {
 }
 
 impl ChangeSource for SqliteSource {
-    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+    fn watch(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError> {
+        // The server refuses schemas and other topic names on SQLite.
+        let table = table.name.as_str();
         let Some(columns) = self.columns(table)? else {
             return Ok(None);
         };

@@ -444,7 +444,7 @@ impl TopicActor {
         let watch = table
             .tracking
             .tracker
-            .watch(self.name.to_string(), ctx.address().recipient());
+            .watch(self.name.as_str(), ctx.address().recipient());
         ctx.wait(
             watch
                 .into_actor(self)

@@ -3,6 +3,7 @@
 //! client (tokio-tungstenite) speaking the protocol as an app would.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod cluster;
 
 use std::net::{SocketAddr, TcpListener};

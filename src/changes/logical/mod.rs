@@ -21,6 +21,7 @@
 //! topic watches, exports its lag, and warns when it grows.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -39,6 +40,7 @@ use stream::ReplicationStream;
 
 use super::libpq::Listener;
 use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, WatchedTables};
+use super::tables::{TableList, TableRef};
 use super::{CaptureStatus, Change, ChangeSource, Probe, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 use crate::metrics::Metrics;
@@ -99,6 +101,11 @@ pub struct LogicalSource {
     watched: WatchedTables,
     /// Relations as the last decoding call described them, by oid.
     relations: HashMap<u32, Relation>,
+    /// Each relation's topic (the log's table name), or `None` for a
+    /// published table that `--tables` does not serve, by oid.
+    relation_topics: HashMap<u32, Option<String>>,
+    /// `--tables`: which topic reads which table.
+    tables: Arc<TableList>,
     /// `format_type` of the types only the server can convert.
     type_names: HashMap<u32, String>,
     /// The url, for the replication connection.
@@ -133,6 +140,7 @@ impl LogicalSource {
         conn: DbConnection,
         url: DatabaseUrl,
         epoch: &str,
+        tables: Arc<TableList>,
         may_fall_back: bool,
         status: CaptureStatus,
         metrics: Metrics,
@@ -150,6 +158,8 @@ impl LogicalSource {
             slot_ready: false,
             watched: WatchedTables::new(),
             relations: HashMap::new(),
+            relation_topics: HashMap::new(),
+            tables,
             type_names: HashMap::new(),
             url_text,
             stream: None,
@@ -244,10 +254,28 @@ impl LogicalSource {
         }
     }
 
-    /// The log's table name for a relation: the publication holds only
-    /// tables watched by their plain name.
-    fn table_of(&self, relation: &Relation) -> String {
-        relation.name.clone()
+    /// The log's table name (its topic) for a relation the stream
+    /// described: the `--tables` entry that resolves to that very table.
+    fn topic_of(&mut self, relation: &Relation) -> Result<Option<String>, DbError> {
+        for table in self.tables.candidates(&relation.name) {
+            if table
+                .schema
+                .as_ref()
+                .is_some_and(|schema| *schema != relation.namespace)
+            {
+                continue;
+            }
+            let same: Flag = diesel::sql_query(
+                "SELECT COALESCE(to_regclass($1)::oid = $2::int8::oid, false) AS value",
+            )
+            .bind::<Text, _>(table.sql())
+            .bind::<BigInt, _>(i64::from(relation.id))
+            .get_result(&mut self.conn)?;
+            if same.value {
+                return Ok(Some(table.topic));
+            }
+        }
+        Ok(None)
     }
 
     /// Moves what the slot streamed into the change log. Returns how many
@@ -409,6 +437,8 @@ impl LogicalSource {
                     commit_ms = pgoutput::unix_ms(commit_time);
                 }
                 Message::Relation(relation) => {
+                    let topic = self.topic_of(&relation)?;
+                    self.relation_topics.insert(relation.id, topic);
                     self.relations.insert(relation.id, relation);
                 }
                 Message::Insert { relation, new } => {
@@ -483,7 +513,7 @@ impl LogicalSource {
     /// Joins `table` to the publication with its whole old row, replacing
     /// a trigger an earlier run installed, in one transaction: commits
     /// before it were captured by the trigger, commits after by the slot.
-    fn publish(&mut self, table: &str) -> Result<(), DbError> {
+    fn publish(&mut self, table: &TableRef) -> Result<(), DbError> {
         #[derive(QueryableByName)]
         struct State {
             #[diesel(sql_type = Bool)]
@@ -498,17 +528,17 @@ impl LogicalSource {
              c.relreplident = 'f' AS full, \
              EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
                      WHERE p.pubname = $2 AND pr.prrelid = c.oid) AS published \
-             FROM pg_class c WHERE c.oid = to_regclass(quote_ident($1))",
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
         )
-        .bind::<Text, _>(table)
+        .bind::<Text, _>(table.sql())
         .bind::<Text, _>(PUBLICATION)
         .get_result(&mut self.conn)?;
         if !state.triggered && state.full && state.published {
             return Ok(());
         }
-        // The name was validated as an identifier; quoting keeps its case.
         // Nodes watching the table at once take turns; the checks above are
         // repeated under the lock where repeating the change would fail.
+        let t = table.sql();
         let mut script = format!("BEGIN; SELECT pg_advisory_xact_lock({SETUP_LOCK});");
         if state.triggered {
             for trigger in [
@@ -517,18 +547,18 @@ impl LogicalSource {
                 "_realtide_capture_update",
                 "_realtide_capture_delete",
             ] {
-                script.push_str(&format!("DROP TRIGGER IF EXISTS {trigger} ON \"{table}\";"));
+                script.push_str(&format!("DROP TRIGGER IF EXISTS {trigger} ON {t};"));
             }
         }
         if !state.full {
-            script.push_str(&format!("ALTER TABLE \"{table}\" REPLICA IDENTITY FULL;"));
+            script.push_str(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"));
         }
         if !state.published {
             script.push_str(&format!(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr \
                    JOIN pg_publication p ON p.oid = pr.prpubid \
-                   WHERE p.pubname = '{PUBLICATION}' AND pr.prrelid = to_regclass('\"{table}\"')) THEN \
-                   ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE \"{table}\"; END IF; END $$;"
+                   WHERE p.pubname = '{PUBLICATION}' AND pr.prrelid = to_regclass('{t}')) THEN \
+                   ALTER PUBLICATION \"{PUBLICATION}\" ADD TABLE {t}; END IF; END $$;"
             ));
         }
         script.push_str("COMMIT;");
@@ -536,13 +566,13 @@ impl LogicalSource {
             let _ = self.conn.batch_execute("ROLLBACK");
             return Err(e.into());
         }
-        tracing::info!(table, "change capture installed (logical decoding)");
+        tracing::info!(table = %t, "change capture installed (logical decoding)");
         Ok(())
     }
 }
 
 impl ChangeSource for LogicalSource {
-    fn watch(&mut self, table: &str) -> Result<Option<TableShape>, DbError> {
+    fn watch(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError> {
         if let Some(triggers) = &mut self.triggers {
             return triggers.watch(table);
         }

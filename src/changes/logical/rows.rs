@@ -46,7 +46,7 @@ impl LogicalSource {
         old: Option<Vec<(String, Json)>>,
         at_ms: i64,
     ) -> Option<Decoded> {
-        let table = self.table_of(self.relations.get(&relation)?);
+        let table = self.relation_topics.get(&relation)?.clone()?;
         Some(Decoded {
             table,
             op,
