@@ -21,6 +21,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Report a new confirmed position at most this often: the walsender may
 /// write the slot to disk (an fsync) on each, and sends nothing meanwhile.
 const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+/// Messages taken off the socket per read: bounds the memory a backlog
+/// takes and how long the tracker goes without delivering.
+const READ_AT_MOST: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("replication stream: {0}")]
@@ -84,12 +87,17 @@ impl ReplicationStream {
         })
     }
 
-    /// Appends every `pgoutput` message that has arrived, without waiting.
+    /// Appends every `pgoutput` message that has arrived (at most
+    /// [`READ_AT_MOST`] more), without waiting.
     pub fn read_available(&mut self, messages: &mut Vec<Vec<u8>>) -> Result<(), StreamError> {
-        loop {
-            let before = messages.len();
+        let start = messages.len();
+        // Until the socket is empty: one read may bring only part of a
+        // message (over TLS, one record at a time), so a read that completed
+        // none says nothing about what is still waiting. Stopping there left
+        // a backlog in the socket and logged it a transaction per pass.
+        while messages.len() - start < READ_AT_MOST {
             self.read_buffered(messages)?;
-            if messages.len() == before || !self.wait(Duration::ZERO) {
+            if !self.wait(Duration::ZERO) {
                 break;
             }
         }
