@@ -48,9 +48,10 @@ enum Mode {
         /// Bytes of padding in each message's data.
         #[arg(long, default_value_t = 100)]
         payload: usize,
-        /// Run the same load against the Node `ws` peer and print the ratios.
-        #[arg(long)]
-        against_node: bool,
+        /// Run the same load against a peer (`uws`: uWebSockets.js pub/sub;
+        /// `ws`: Node `ws`) in the same run and print the ratios.
+        #[arg(long, value_enum)]
+        against: Option<Peer>,
         /// Repeat the run and report medians (the machine is noisy).
         #[arg(long, default_value_t = 1)]
         runs: usize,
@@ -86,9 +87,9 @@ enum Mode {
         /// (`shared`), or nothing (`none`).
         #[arg(long, default_value = "per-connection")]
         topics: String,
-        /// Measure the Node `ws` peer too and print the ratio.
-        #[arg(long)]
-        against_node: bool,
+        /// Measure a peer too (`uws` or `ws`) and print the ratio.
+        #[arg(long, value_enum)]
+        against: Option<Peer>,
     },
     /// N viewers of one token stream: token -> viewer latency.
     Stream {
@@ -228,9 +229,11 @@ impl Server {
         .await
     }
 
-    /// The reference peer: `benches/peers/node-ws` (run `npm ci` there first).
-    async fn start_node_peer() -> Server {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/node-ws");
+    /// A peer: `benches/peers/<name>` (run `npm ci` there first).
+    async fn start_peer(name: &str) -> Server {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches/peers")
+            .join(name);
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -241,7 +244,9 @@ impl Server {
             .current_dir(&dir)
             .stdout(Stdio::null())
             .spawn()
-            .expect("start the Node peer (node on PATH, npm ci in benches/peers/node-ws)");
+            .unwrap_or_else(|e| {
+                panic!("start the {name} peer (node on PATH, npm ci in benches/peers/{name}): {e}")
+            });
         Server {
             child,
             addr: addr.to_string(),
@@ -254,7 +259,8 @@ impl Server {
     async fn start_target(target: Target) -> Server {
         match target {
             Target::Realtide => Self::start().await,
-            Target::NodeWs => Self::start_node_peer().await,
+            Target::NodeWs => Self::start_peer("node-ws").await,
+            Target::Uws => Self::start_peer("uws").await,
         }
     }
 
@@ -487,6 +493,7 @@ fn own_cpu() -> (f64, f64) {
 enum Target {
     Realtide,
     NodeWs,
+    Uws,
 }
 
 impl Target {
@@ -494,6 +501,25 @@ impl Target {
         match self {
             Target::Realtide => "realtide",
             Target::NodeWs => "node-ws",
+            Target::Uws => "uws",
+        }
+    }
+}
+
+/// The server measured beside realtide in the same run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Peer {
+    /// uWebSockets.js pub/sub (`benches/peers/uws`): the strongest found.
+    Uws,
+    /// Node `ws` (`benches/peers/node-ws`).
+    Ws,
+}
+
+impl Peer {
+    fn target(self) -> Target {
+        match self {
+            Peer::Uws => Target::Uws,
+            Peer::Ws => Target::NodeWs,
         }
     }
 }
@@ -528,12 +554,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs `fanout` `runs` times against realtide (and the Node peer when
-/// asked, alternating), then prints medians and realtide's over the peer's.
+/// Runs `fanout` `runs` times against realtide (and the peer when asked,
+/// alternating), then prints medians and realtide's over the peer's.
 async fn fanout_compared(
     load: Load,
     runs: usize,
-    against_node: bool,
+    against: Option<Peer>,
     nodes: usize,
     json: Option<&str>,
 ) {
@@ -542,8 +568,8 @@ async fn fanout_compared(
     let mut clustered = Vec::new();
     for _ in 0..runs.max(1) {
         ours.push(fanout(Target::Realtide, load).await);
-        if against_node {
-            peers.push(fanout(Target::NodeWs, load).await);
+        if let Some(peer) = against {
+            peers.push(fanout(peer.target(), load).await);
         }
         if nodes > 1 {
             clustered.push(fanout_nodes(load, nodes).await);
@@ -566,16 +592,17 @@ async fn fanout_compared(
         p50 / 1000.0,
         p99 / 1000.0
     );
-    if against_node {
+    if let Some(peer) = against {
+        let name = peer.target().name();
         let (pdps, pp50, pp99, puser, ptotal) = summary(&peers);
         println!(
-            "median of {} run(s), node-ws: {pdps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {puser:.2} µs user / {ptotal:.2} µs total CPU per delivery",
+            "median of {} run(s), {name}: {pdps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {puser:.2} µs user / {ptotal:.2} µs total CPU per delivery",
             peers.len(),
             pp50 / 1000.0,
             pp99 / 1000.0
         );
         println!(
-            "realtide / node-ws: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x (user {:.2}x)",
+            "realtide / {name}: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x (user {:.2}x)",
             dps / pdps,
             p50 / pp50.max(1.0),
             p99 / pp99.max(1.0),
@@ -609,14 +636,11 @@ async fn fanout_compared(
 /// Raises the rate until p99 passes 100 ms or anything is lost, for
 /// realtide and (when asked) the peer; prints the highest sustained rate of
 /// each and plots latency against rate.
-async fn find_max(load: Load, start: u64, against_node: bool, svg: &str, json: Option<&str>) {
+async fn find_max(load: Load, start: u64, against: Option<Peer>, svg: &str, json: Option<&str>) {
     let mut ladders = Vec::new();
-    let targets: &[Target] = if against_node {
-        &[Target::Realtide, Target::NodeWs]
-    } else {
-        &[Target::Realtide]
-    };
-    for &target in targets {
+    let mut targets = vec![Target::Realtide];
+    targets.extend(against.map(Peer::target));
+    for target in targets {
         let mut steps: Vec<FanoutReport> = Vec::new();
         let mut rate = start;
         loop {
@@ -638,10 +662,11 @@ async fn find_max(load: Load, start: u64, against_node: bool, svg: &str, json: O
         );
         ladders.push((target, steps, best));
     }
-    if let [(_, _, ours), (_, _, peer)] = ladders.as_slice() {
+    if let [(_, _, ours), (peer, _, theirs)] = ladders.as_slice() {
         println!(
-            "realtide / node-ws: {:.2}x the sustained deliveries/s",
-            ours / peer
+            "realtide / {}: {:.2}x the sustained deliveries/s",
+            peer.name(),
+            ours / theirs
         );
     }
     plot(&ladders, load.subscribers, svg);
@@ -659,7 +684,7 @@ fn replot(json: &str, svg: &str) {
         serde_json::from_str(&std::fs::read_to_string(json).expect("read the JSON")).unwrap();
     let mut ladders = Vec::new();
     let mut subscribers = 0;
-    for target in [Target::Realtide, Target::NodeWs] {
+    for target in [Target::Realtide, Target::Uws, Target::NodeWs] {
         let steps: Vec<FanoutReport> = reports
             .iter()
             .filter(|r| r.target == target)
@@ -997,13 +1022,14 @@ async fn fanout_on(
     }
 }
 
-async fn idle_compared(connections: usize, topics: &str, against_node: bool) {
+async fn idle_compared(connections: usize, topics: &str, against: Option<Peer>) {
     let ours = idle(Target::Realtide, connections, topics).await;
-    if against_node {
-        let peer = idle(Target::NodeWs, connections, topics).await;
+    if let Some(peer) = against {
+        let theirs = idle(peer.target(), connections, topics).await;
         println!(
-            "realtide / node-ws (same run): {:.2}x the memory per idle connection",
-            ours / peer
+            "realtide / {} (same run): {:.2}x the memory per idle connection",
+            peer.target().name(),
+            ours / theirs
         );
     }
 }
@@ -1361,7 +1387,7 @@ fn main() {
                 rate,
                 seconds,
                 payload,
-                against_node,
+                against,
                 runs,
                 find_max: climb,
                 svg,
@@ -1375,16 +1401,16 @@ fn main() {
                     payload,
                 };
                 if climb {
-                    find_max(load, rate, against_node, &svg, json.as_deref()).await;
+                    find_max(load, rate, against, &svg, json.as_deref()).await;
                 } else {
-                    fanout_compared(load, runs, against_node, nodes, json.as_deref()).await;
+                    fanout_compared(load, runs, against, nodes, json.as_deref()).await;
                 }
             }
             Mode::Idle {
                 connections,
                 topics,
-                against_node,
-            } => idle_compared(connections, &topics, against_node).await,
+                against,
+            } => idle_compared(connections, &topics, against).await,
             Mode::Stream {
                 viewers,
                 rate,

@@ -142,7 +142,7 @@ pub struct Config {
     /// How often the change tracker checks for commits, in ms (at most 200).
     /// A check costs no read of the change log; the log itself is read when
     /// a check sees a commit, and at least every 200 ms.
-    #[arg(long, env = "REALTIDE_POLL_INTERVAL_MS", default_value_t = 15,
+    #[arg(long, env = "REALTIDE_POLL_INTERVAL_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=200))]
     pub poll_interval_ms: u64,
 
