@@ -234,7 +234,7 @@ impl Metrics {
         let messages_stored = counter("messages_stored_total", "Persisted publishes stored");
         let history_commits = counter(
             "history_commits_total",
-            "Transactions that stored persisted publishes (one per group)",
+            "Transactions that stored persisted publishes (one per group, or shared by topics' groups)",
         );
         let capture_slot_lag_bytes = gauge(
             "capture_slot_lag_bytes",

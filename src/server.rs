@@ -29,6 +29,7 @@ use crate::changes::tables::{TableList, TableRef};
 use crate::changes::{CaptureStatus, ChangeSource};
 use crate::config::{CaptureMode, Config};
 use crate::db::{Database, DatabaseUrl, DbError};
+use crate::history::HistoryWriter;
 use crate::http;
 use crate::http::connection::Connection;
 use crate::http::upgrade;
@@ -226,6 +227,7 @@ where
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
+        history: HistoryWriter::start(db.clone(), metrics.history_commits.clone()),
         cluster: broker.clone().map(|broker| ClusterLink {
             broker: Arc::new(broker) as Arc<dyn Broker>,
             node: node.clone(),

@@ -601,3 +601,69 @@ async fn a_group_the_database_refuses_is_refused_and_leaves_no_gap() {
         ]
     );
 }
+
+/// Many rooms' persisted publishes that wait on the database at once (here
+/// behind another program's write lock) are stored together: a few commits
+/// for all of them, not one each, and each room keeps its own message.
+#[tokio::test]
+async fn persisted_publishes_of_many_rooms_waiting_on_the_database_share_commits() {
+    use diesel::connection::SimpleConnection;
+    const ROOMS: usize = 40;
+    for db in TestDb::all() {
+        let backend = db.backend();
+        let app = TestApp::spawn_on(db, |_| {}).await;
+        let mut clients = Vec::new();
+        for i in 0..ROOMS {
+            clients.push(app.client_as(&format!("u{i}")).await);
+        }
+        let commits_before = app.metric("realtide_history_commits_total").await;
+
+        let mut blocker = realtide::db::connect(&app.db.url).expect("connect");
+        let lock = if app.db.is_postgres() {
+            format!(
+                "BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
+                app.db.own_table("_realtide_messages")
+            )
+        } else {
+            "BEGIN IMMEDIATE".to_string()
+        };
+        blocker.batch_execute(&lock).unwrap();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            blocker.batch_execute("COMMIT").unwrap();
+        });
+        for (i, client) in clients.iter_mut().enumerate() {
+            client
+                .send(
+                    json!({"type": "publish", "topic": format!("room/{i}"), "event": "said",
+                             "data": {"i": i}, "persist": true, "ref": "p"}),
+                )
+                .await;
+        }
+        for client in &mut clients {
+            let ack = client.recv().await;
+            assert_eq!(ack["type"], "ack", "{backend}: {ack}");
+            assert!(ack["message_id"].is_string(), "{backend}: {ack}");
+        }
+        released.join().unwrap();
+
+        let commits = app.metric("realtide_history_commits_total").await - commits_before;
+        assert!(
+            commits <= 3.0,
+            "{backend}: {ROOMS} rooms' messages took {commits} commits"
+        );
+        for i in 0..ROOMS {
+            let (status, body) = app
+                .get_json(&format!("/api/v1/public/realtime/history?room=room/{i}"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let data: Vec<Value> = body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["data"].clone())
+                .collect();
+            assert_eq!(data, vec![json!({"i": i})], "{backend}: room/{i}");
+        }
+    }
+}

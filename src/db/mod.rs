@@ -176,6 +176,15 @@ impl Database {
             .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// Runs blocking `work` on a pooled connection, on the calling thread
+    /// (one of realtide's own, never an actor's).
+    pub fn blocking<T>(
+        &self,
+        work: impl FnOnce(&mut DbConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        work(&mut *self.pool.get()?)
+    }
+
     /// Whether the database answers a query now.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.run(|conn| Ok(conn.batch_execute("SELECT 1")?)).await

@@ -30,6 +30,7 @@ use crate::cache::prefetch;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
 use crate::db::Database;
+use crate::history::HistoryWriter;
 use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
@@ -67,6 +68,8 @@ pub struct TopicSettings {
 pub struct Tracking {
     pub tracker: Tracker,
     pub db: Database,
+    /// Stores persisted publishes, every topic's in shared commits.
+    pub history: HistoryWriter,
     /// How often the registry asks the tracker to prune the change log.
     pub prune_every: Duration,
     /// The cluster, with `--redis-url`: pub/sub topics go through it.
@@ -100,8 +103,10 @@ pub struct TopicActor {
     spellings: HashSet<Arc<str>>,
     /// Token streams in progress, for subscribers who join mid-stream.
     streams: RunningStreams,
-    /// Where persisted messages go (and table changes are read from).
+    /// Where history is read from (and table changes).
     db: Database,
+    /// Where persisted publishes are stored.
+    history: HistoryWriter,
     /// Last subscribe, unsubscribe or event: the idle clock starts here.
     last_active: Instant,
     /// Shared by every topic (one pointer each, not a copy of every handle).
@@ -127,6 +132,7 @@ impl TopicActor {
         metrics: Arc<Metrics>,
     ) -> Self {
         let db = tracking.db.clone();
+        let history = tracking.history.clone();
         let shared = match name.kind() {
             TopicKind::PubSub => tracking
                 .cluster
@@ -159,6 +165,7 @@ impl TopicActor {
             spellings: HashSet::new(),
             streams: RunningStreams::default(),
             db,
+            history,
             last_active: Instant::now(),
             metrics,
             shared,

@@ -1,7 +1,8 @@
 //! Persisted publishes in groups (group commit), for a pub/sub topic on one
 //! node: every publish of a mailbox turn that asks `persist: true` waits for
 //! the turn's end, when all of them are stored in one transaction (one
-//! commit); then, in seq order, each is acked and delivered. Nothing is
+//! commit, which the server's `HistoryWriter` shares with other topics'
+//! groups); then, in seq order, each is acked and delivered. Nothing is
 //! acked before its commit. A publish that is not persisted but comes after
 //! a persisted one of the same turn waits behind it, so that delivery order
 //! stays seq order.
@@ -9,7 +10,7 @@
 use actix::prelude::*;
 
 use super::{TopicActor, now_ms};
-use crate::history::{self, NewMessage};
+use crate::history::NewMessage;
 use crate::protocol::ProtocolError;
 use crate::topic::messages::Publish;
 
@@ -57,15 +58,11 @@ impl TopicActor {
         }
         let batch = std::mem::take(&mut self.unstored);
         let messages: Vec<NewMessage> = batch.iter().filter_map(|u| u.message.clone()).collect();
-        let db = self.db.clone();
-        let store = async move {
-            db.run(move |conn| history::insert_all(conn, &messages))
-                .await
-        };
+        let writer = self.history.clone();
+        let store = async move { writer.store(messages).await };
         ctx.wait(store.into_actor(self).map(move |stored, topic, _| {
             match stored {
                 Ok(ids) => {
-                    topic.metrics.history_commits.inc();
                     topic.metrics.messages_stored.inc_by(ids.len() as u64);
                     let mut ids = ids.into_iter();
                     for unstored in batch {

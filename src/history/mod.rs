@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 use crate::db::{DbConnection, DbError};
 use crate::protocol::ProtocolError;
 
+pub mod writer;
+pub use writer::HistoryWriter;
+
 /// Most messages one page returns, and the default.
 pub const MAX_PAGE: i64 = 100;
 pub const DEFAULT_PAGE: i64 = 50;
@@ -163,8 +166,8 @@ pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMes
 const ROWS_PER_INSERT: usize = 500;
 
 /// Stores `messages` atomically, with one commit for all of them; answers
-/// their ids in the same order. Nothing is stored if one fails. Their seqs
-/// must differ.
+/// their ids in the same order. Nothing is stored if one fails. No two may
+/// share a room and a seq.
 ///
 /// PostgreSQL gets multi-row INSERTs (one round trip per [`ROWS_PER_INSERT`]
 /// rows); SQLite, in-process, one short INSERT per row in a transaction,
@@ -198,12 +201,14 @@ pub fn insert_all(
 struct Inserted {
     #[diesel(sql_type = BigInt)]
     num: i64,
+    #[diesel(sql_type = Text)]
+    room_id: String,
     #[diesel(sql_type = BigInt)]
     seq: i64,
 }
 
 /// One multi-row INSERT. RETURNING promises no row order, so ids are
-/// matched to messages by seq.
+/// matched to messages by room and seq.
 fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<String>, DbError> {
     use std::fmt::Write;
     if rows.is_empty() {
@@ -226,7 +231,7 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
             p + 6
         );
     }
-    sql.push_str(" RETURNING num, seq");
+    sql.push_str(" RETURNING num, room_id, seq");
     let mut query = diesel::sql_query(sql).into_boxed();
     for message in rows {
         query = query
@@ -238,14 +243,21 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
             .bind::<BigInt, _>(message.seq as i64);
     }
     let inserted: Vec<Inserted> = query.load(conn)?;
-    let by_seq: std::collections::HashMap<i64, i64> =
-        inserted.into_iter().map(|row| (row.seq, row.num)).collect();
+    let by_key: std::collections::HashMap<(String, i64), i64> = inserted
+        .into_iter()
+        .map(|row| ((row.room_id, row.seq), row.num))
+        .collect();
     rows.iter()
         .map(|message| {
-            by_seq
-                .get(&(message.seq as i64))
+            by_key
+                .get(&(message.room_id.clone(), message.seq as i64))
                 .map(|num| message_id(*num))
-                .ok_or_else(|| DbError::Task(format!("no id came back for seq {}", message.seq)))
+                .ok_or_else(|| {
+                    DbError::Task(format!(
+                        "no id came back for {} seq {}",
+                        message.room_id, message.seq
+                    ))
+                })
         })
         .collect()
 }
