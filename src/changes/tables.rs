@@ -95,16 +95,25 @@ impl TableList {
 
     /// Whether clients may subscribe to the table topic `topic`.
     pub fn allows(&self, topic: &str) -> bool {
-        self.every || self.named.contains_key(topic)
+        self.resolve(topic).is_some()
     }
 
-    /// The table topic `topic` reads, when it is allowed.
+    /// The table topic `topic` reads, when it is allowed. Under `*`, a
+    /// table of the app's schema that an entry serves under another name
+    /// is not served under its own too (one table, one topic).
     pub fn resolve(&self, topic: &str) -> Option<TableRef> {
         match self.named.get(topic) {
             Some(table) => Some(table.clone()),
-            None if self.every => Some(TableRef::plain(topic)),
+            None if self.every && !self.renames_plain(topic) => Some(TableRef::plain(topic)),
             None => None,
         }
+    }
+
+    /// Whether an entry serves the app's table `name` under another topic.
+    fn renames_plain(&self, name: &str) -> bool {
+        self.named
+            .values()
+            .any(|t| t.schema.is_none() && t.name == name && t.topic != name)
     }
 
     /// The tables that a table called `name` (in some schema) may be read
@@ -116,7 +125,7 @@ impl TableList {
             .filter(|t| t.name == name)
             .cloned()
             .collect();
-        if self.every && !self.named.contains_key(name) {
+        if self.every && !self.named.contains_key(name) && !self.renames_plain(name) {
             found.push(TableRef::plain(name));
         }
         found
@@ -193,6 +202,15 @@ mod tests {
             Some("app")
         );
         assert_eq!(list.resolve("orders"), Some(TableRef::plain("orders")));
+    }
+
+    #[test]
+    fn a_table_served_under_another_name_is_not_served_under_its_own_too() {
+        let list = TableList::parse("*,stock=items").unwrap();
+        assert_eq!(list.resolve("stock").unwrap().name, "items");
+        assert!(!list.allows("items"));
+        assert_eq!(list.candidates("items").len(), 1);
+        assert!(list.allows("orders"));
     }
 
     #[test]

@@ -58,9 +58,9 @@ const BACKLOG_ROWS: i64 = 20_000;
 const STREAM_RETRY: Duration = Duration::from_secs(2);
 /// Warn when the slot holds back more WAL than this.
 const LAG_WARNING_BYTES: i64 = 1 << 30;
-/// How long creating the slot may wait for transactions open at that moment.
 /// Just-logged changes kept for the tracker at most (see `keep_logged`).
 const KEEP_LOGGED_AT_MOST: usize = 100_000;
+/// How long creating the slot may wait for transactions open at that moment.
 const SLOT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether this server can use logical decoding: `None` when it can, or why not.
