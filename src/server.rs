@@ -227,7 +227,7 @@ where
     let tracking = Tracking {
         tracker: tracker.clone(),
         db: db.clone(),
-        history: HistoryWriter::start(db.clone(), metrics.history_commits.clone()),
+        history: HistoryWriter::start(db.clone(), metrics.history_commits.clone())?,
         cluster: broker.clone().map(|broker| ClusterLink {
             broker: Arc::new(broker) as Arc<dyn Broker>,
             node: node.clone(),

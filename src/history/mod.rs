@@ -1,6 +1,6 @@
 //! Message history: persisted pub/sub messages in `_realtide_messages`, and
 //! the pages clients read back. Every function here blocks: call it through
-//! `Database::run`.
+//! `Database::run`, or (storing) through the [`HistoryWriter`]'s thread.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};

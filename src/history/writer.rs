@@ -33,7 +33,7 @@ pub struct HistoryWriter {
 impl HistoryWriter {
     /// Starts the writer's thread; it ends when every handle is dropped.
     /// `commits` counts the transactions that stored messages.
-    pub fn start(db: Database, commits: IntCounter) -> HistoryWriter {
+    pub fn start(db: Database, commits: IntCounter) -> std::io::Result<HistoryWriter> {
         let (queue, groups) = mpsc::channel::<Group>();
         std::thread::Builder::new()
             .name("history-writer".into())
@@ -52,9 +52,8 @@ impl HistoryWriter {
                     }
                     store(&db, taken, &commits);
                 }
-            })
-            .expect("spawn the history writer's thread");
-        HistoryWriter { queue }
+            })?;
+        Ok(HistoryWriter { queue })
     }
 
     /// Stores `messages` atomically; answers their ids, in order, once
@@ -79,9 +78,10 @@ fn store(db: &Database, groups: Vec<Group>, commits: &IntCounter) {
         }
         stored
     };
-    if groups.len() == 1 {
-        let group = groups.into_iter().next().expect("one group");
-        let _ = group.reply.send(store_one(&group.messages));
+    if let [_] = groups.as_slice() {
+        for group in groups {
+            let _ = group.reply.send(store_one(&group.messages));
+        }
         return;
     }
     let all: Vec<NewMessage> = groups
