@@ -648,10 +648,17 @@ async fn persisted_publishes_of_many_rooms_waiting_on_the_database_share_commits
         released.join().unwrap();
 
         let commits = app.metric("realtide_history_commits_total").await - commits_before;
-        assert!(
-            commits <= 3.0,
-            "{backend}: {ROOMS} rooms' messages took {commits} commits"
-        );
+        if std::env::var_os("REALTIDE_TEST_REDIS_URL").is_none() {
+            assert!(
+                commits <= 3.0,
+                "{backend}: {ROOMS} rooms' messages took {commits} commits"
+            );
+        } else {
+            common::skip(
+                "one node",
+                "shared commits not checked: a cluster node stores each persisted publish on its own",
+            );
+        }
         for i in 0..ROOMS {
             let (status, body) = app
                 .get_json(&format!("/api/v1/public/realtime/history?room=room/{i}"))
