@@ -23,6 +23,37 @@ async fn spawn(db: TestDb, capture: CaptureMode) -> TestApp {
     TestApp::spawn_on(db, |c| c.capture = capture).await
 }
 
+/// Where a client was when its server stopped: `items`' epoch and the seq
+/// of the one change it saw.
+struct Seen {
+    epoch: Value,
+    seq: Value,
+}
+
+/// A client subscribed to `items` sees `(1, value)` inserted; then the
+/// server stops.
+async fn see_one_change_then_stop(app: &TestApp, value: &str) -> Seen {
+    let mut client = app.client().await;
+    let epoch = client.subscribe("items").await["epoch"].clone();
+    app.db
+        .execute(&format!("INSERT INTO items VALUES (1, '{value}')"));
+    let seq = change(&mut client).await["seq"].clone();
+    client.close().await;
+    app.shutdown().await;
+    Seen { epoch, seq }
+}
+
+/// A client of `app` resuming `items` from `seen`; with the subscribe's reply.
+async fn resume(app: &TestApp, seen: &Seen) -> (Client, Value) {
+    let mut client = app.client().await;
+    let reply = client
+        .request(
+            json!({"type": "subscribe", "topic": "items", "since": seen.seq, "epoch": seen.epoch}),
+        )
+        .await;
+    (client, reply)
+}
+
 #[tokio::test]
 async fn with_logical_decoding_the_apps_table_carries_no_trigger_and_a_held_transaction_holds_nothing_back()
  {
@@ -138,25 +169,14 @@ async fn moving_from_triggers_to_logical_decoding_loses_and_repeats_nothing() {
     let Some(db) = logical_db() else { return };
     db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
     let first = spawn(db, CaptureMode::Triggers).await;
-    let mut client = first.client().await;
-    let subscribed = client.subscribe("items").await;
-    let epoch = subscribed["epoch"].clone();
-    first
-        .db
-        .execute("INSERT INTO items VALUES (1, 'by trigger')");
-    let seen = change(&mut client).await["seq"].clone();
-    client.close().await;
-    first.shutdown().await;
+    let seen = see_one_change_then_stop(&first, "by trigger").await;
     // While no server runs, the trigger still captures.
     first
         .db
         .execute("INSERT INTO items VALUES (2, 'while down')");
 
     let second = spawn(TestDb::shared(&first.db), CaptureMode::Logical).await;
-    let mut back = second.client().await;
-    let reply = back
-        .request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
-        .await;
+    let (mut back, reply) = resume(&second, &seen).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(change(&mut back).await["data"]["v"], "while down");
     assert!(!query_flag(
@@ -168,7 +188,7 @@ async fn moving_from_triggers_to_logical_decoding_loses_and_repeats_nothing() {
             .db
             .execute(&format!("INSERT INTO items VALUES ({i}, 'by slot')"));
     }
-    let mut seqs = vec![seen.as_u64().unwrap()];
+    let mut seqs = vec![seen.seq.as_u64().unwrap()];
     for i in 3..=5 {
         let event = change(&mut back).await;
         assert_eq!(event["data"]["id"], i);
@@ -183,19 +203,12 @@ async fn a_restart_reads_the_slot_on_from_where_it_was_and_repeats_nothing() {
     let Some(db) = logical_db() else { return };
     db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
     let first = spawn(db, CaptureMode::Logical).await;
-    let mut client = first.client().await;
-    let epoch = client.subscribe("items").await["epoch"].clone();
-    first.db.execute("INSERT INTO items VALUES (1, 'a')");
-    let seen = change(&mut client).await["seq"].clone();
-    client.close().await;
-    first.shutdown().await;
+    let seen = see_one_change_then_stop(&first, "a").await;
     first.db.execute("INSERT INTO items VALUES (2, 'b')");
     first.db.execute("UPDATE items SET v = 'c' WHERE id = 1");
 
     let second = spawn(TestDb::shared(&first.db), CaptureMode::Logical).await;
-    let mut back = second.client().await;
-    back.request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
-        .await;
+    let (mut back, _) = resume(&second, &seen).await;
     assert_eq!(change(&mut back).await["data"]["id"], 2);
     assert_eq!(change(&mut back).await["data"]["v"], "c");
     back.expect_silence(Duration::from_millis(500)).await;
@@ -458,12 +471,7 @@ async fn realtides_tables_live_in_their_own_schema_and_an_earlier_layout_moves_t
         c.schema = "public".into();
     })
     .await;
-    let mut client = first.client().await;
-    let epoch = client.subscribe("items").await["epoch"].clone();
-    first.db.execute("INSERT INTO items VALUES (1, 'before')");
-    let seen = change(&mut client).await["seq"].clone();
-    client.close().await;
-    first.shutdown().await;
+    let seen = see_one_change_then_stop(&first, "before").await;
     first
         .db
         .execute("INSERT INTO items VALUES (2, 'while down')");
@@ -491,10 +499,7 @@ async fn realtides_tables_live_in_their_own_schema_and_an_earlier_layout_moves_t
             "{table} moved"
         );
     }
-    let mut back = second.client().await;
-    let reply = back
-        .request(json!({"type": "subscribe", "topic": "items", "since": seen, "epoch": epoch}))
-        .await;
+    let (mut back, reply) = resume(&second, &seen).await;
     assert_eq!(
         reply["recovered"], true,
         "same epoch, history kept: {reply}"
