@@ -104,28 +104,18 @@ enum Mode {
     /// The cost of `persist: true`: ack latency with and without, and the
     /// persisted publishes per second one topic sustains.
     Persist {
-        /// `sqlite` or `postgres`.
-        #[arg(long, default_value = "sqlite")]
-        backend: String,
         /// Publishes per measurement.
         #[arg(long, default_value_t = 2000)]
         messages: u64,
         /// Topics the back-to-back publishes are spread over, round robin.
         #[arg(long, default_value_t = 1)]
         topics: u64,
-        #[arg(
-            long,
-            env = "REALTIDE_TEST_POSTGRES_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        postgres_url: String,
+        #[command(flatten)]
+        db: Database,
     },
     /// Table change -> client latency for single writes by an external
     /// writer, the tracker's idle CPU, and its CPU per change.
     Changes {
-        /// `sqlite` or `postgres`.
-        #[arg(long, default_value = "sqlite")]
-        backend: String,
         /// Rows in the table before the run: poll cost must not depend on it.
         #[arg(long, default_value_t = 1000)]
         rows: u64,
@@ -134,21 +124,13 @@ enum Mode {
         /// Writes a second.
         #[arg(long, default_value_t = 50)]
         rate: u64,
-        /// PostgreSQL server to create a scratch database on.
-        #[arg(
-            long,
-            env = "REALTIDE_TEST_POSTGRES_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        postgres_url: String,
+        #[command(flatten)]
+        db: Database,
     },
     /// Table capture per mode, side by side: the writer's cost (bulk and
     /// four single-row writers), delivery after a bulk commit, and
     /// commit-to-client latency over commits 20-50 ms apart.
     Capture {
-        /// `sqlite` or `postgres` (logical decoding and triggers).
-        #[arg(long, default_value = "postgres")]
-        backend: String,
         #[arg(long, default_value_t = 50_000)]
         rows: u64,
         #[arg(long, default_value_t = 500)]
@@ -156,13 +138,24 @@ enum Mode {
         /// Seconds of quiet before one more lone commit (0: skip).
         #[arg(long, default_value_t = 60)]
         quiet_s: u64,
-        #[arg(
-            long,
-            env = "REALTIDE_TEST_POSTGRES_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        postgres_url: String,
+        #[command(flatten)]
+        db: Database,
     },
+}
+
+/// The database a mode runs against: a scratch one, made per run.
+#[derive(clap::Args)]
+struct Database {
+    /// `sqlite` or `postgres` (`capture` measures both of PostgreSQL's modes).
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// PostgreSQL server to create the scratch database on.
+    #[arg(
+        long,
+        env = "REALTIDE_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -1465,31 +1458,28 @@ fn main() {
                 tokens,
             } => stream(viewers, rate, tokens).await,
             Mode::Persist {
-                backend,
                 messages,
                 topics,
-                postgres_url,
-            } => persist(&backend, messages, topics, &postgres_url).await,
+                db,
+            } => persist(&db.backend, messages, topics, &db.postgres_url).await,
             Mode::Changes {
-                backend,
                 rows,
                 writes,
                 rate,
-                postgres_url,
-            } => changes(&backend, rows, writes, rate, &postgres_url).await,
+                db,
+            } => changes(&db.backend, rows, writes, rate, &db.postgres_url).await,
             Mode::Capture {
-                backend,
                 rows,
                 commits,
                 quiet_s,
-                postgres_url,
+                db,
             } => {
                 capture::capture(capture::CaptureLoad {
-                    backend,
+                    backend: db.backend,
                     rows,
                     commits,
                     quiet_s,
-                    postgres_url,
+                    postgres_url: db.postgres_url,
                 })
                 .await
             }
