@@ -25,7 +25,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 
 use super::libpq::Listener;
 use super::tables::TableRef;
-use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
+use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
@@ -83,15 +83,12 @@ impl WatchedTables {
         cursor: u64,
         limit: i64,
     ) -> Result<Vec<Change>, DbError> {
-        Ok(self.decode(super::read_after(conn, cursor, limit)?))
-    }
-
-    /// Log rows decoded by their table's shape.
-    pub(super) fn decode(&self, rows: Vec<LogRow>) -> Vec<Change> {
+        let rows = super::read_after(conn, cursor, limit)?;
         let plain = RowDecoder::Postgres {
             binary: HashSet::new(),
         };
-        rows.into_iter()
+        Ok(rows
+            .into_iter()
             .filter_map(|row| {
                 let decoder = self
                     .decoders
@@ -99,7 +96,7 @@ impl WatchedTables {
                     .map_or(&plain, |(_, decoder)| decoder);
                 row.decode(decoder)
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -15,14 +15,13 @@
 //! already has, and they are skipped by that record: each change is logged
 //! once. The log is then read as with triggers, so resume, `since` and
 //! retention work alike, and every node reads it; the capturing node
-//! notifies the others, and hands its own tracker what it just wrote
-//! rather than have it read straight back. The slot and publication are
-//! set up in [`publication`].
+//! notifies the others. The slot and publication are set up in
+//! [`publication`].
 //!
 //! A slot nobody reads keeps WAL forever: the tracker also reads it when no
 //! topic watches, exports its lag, and warns when it grows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ use stream::ReplicationStream;
 use super::libpq::Listener;
 use super::postgres::{self, PostgresSource, SEQUENCER_LOCK, WatchedTables};
 use super::tables::{TableList, TableRef};
-use super::{CaptureStatus, Change, ChangeSource, LogRow, Probe, TableShape};
+use super::{CaptureStatus, Change, ChangeSource, Probe, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 use crate::metrics::Metrics;
 
@@ -58,8 +57,6 @@ const BACKLOG_ROWS: i64 = 20_000;
 const STREAM_RETRY: Duration = Duration::from_secs(2);
 /// Warn when the slot holds back more WAL than this.
 const LAG_WARNING_BYTES: i64 = 1 << 30;
-/// Just-logged changes kept for the tracker at most (see `keep_logged`).
-const KEEP_LOGGED_AT_MOST: usize = 100_000;
 /// How long creating the slot may wait for transactions open at that moment.
 const SLOT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -104,9 +101,6 @@ pub struct LogicalSource {
     triggers: Option<PostgresSource>,
     slot_ready: bool,
     watched: WatchedTables,
-    /// Changes this node just wrote into the log, in seq order, until the
-    /// tracker reads them.
-    just_logged: VecDeque<LogRow>,
     /// Relations as the last decoding call described them, by oid.
     relations: HashMap<u32, Relation>,
     /// Each relation's topic (the log's table name), or `None` for a
@@ -165,7 +159,6 @@ impl LogicalSource {
             triggers: None,
             slot_ready: false,
             watched: WatchedTables::new(),
-            just_logged: VecDeque::new(),
             relations: HashMap::new(),
             relation_topics: HashMap::new(),
             tables,
@@ -268,7 +261,7 @@ impl LogicalSource {
         match self.log_received(whole) {
             Ok(Some((written, last_end))) => {
                 // One round trip: how far the log goes, the other nodes' wake-up, commit.
-                let notify = if !written.is_empty() {
+                let notify = if written > 0 {
                     "SELECT pg_notify('_realtide_changes', '');"
                 } else {
                     ""
@@ -300,9 +293,7 @@ impl LogicalSource {
                     last_end
                 };
                 self.confirm(safe)?;
-                let count = written.len();
-                self.keep_logged(written);
-                Ok(count)
+                Ok(written)
             }
             Ok(None) => {
                 self.conn.batch_execute("ROLLBACK")?;
@@ -314,17 +305,6 @@ impl LogicalSource {
                 Err(error)
             }
         }
-    }
-
-    /// Keeps what was just logged for the tracker's next read, which would
-    /// otherwise fetch it straight back; a tracker that is not reading (no
-    /// topic watches) lets it go.
-    fn keep_logged(&mut self, written: Vec<LogRow>) {
-        if self.just_logged.len() + written.len() > KEEP_LOGGED_AT_MOST {
-            self.just_logged.clear();
-            return;
-        }
-        self.just_logged.extend(written);
     }
 
     fn confirm(&mut self, lsn: u64) -> Result<(), DbError> {
@@ -342,9 +322,9 @@ impl LogicalSource {
     }
 
     /// In a transaction: the first `whole` received messages into the log;
-    /// returns the rows written and the end of the last commit logged.
-    /// `None` when another node holds the sequencer's lock (try again).
-    fn log_received(&mut self, whole: usize) -> Result<Option<(Vec<LogRow>, u64)>, DbError> {
+    /// returns how many changes were written and the end of the last commit
+    /// logged. `None` when another node holds the sequencer's lock (try again).
+    fn log_received(&mut self, whole: usize) -> Result<Option<(usize, u64)>, DbError> {
         if self.trigger_backlog {
             // Another node may number trigger-written changes too: take turns.
             let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
@@ -358,7 +338,7 @@ impl LogicalSource {
             postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
             if self.trigger_backlog || whole == 0 {
-                return Ok(Some((Vec::new(), 0)));
+                return Ok(Some((0, 0)));
             }
         }
         // Only the node streaming the slot writes after it: what it read
@@ -415,10 +395,10 @@ impl LogicalSource {
                 Message::Other => {}
             }
         }
-        let mut written = Vec::new();
-        if !decoded.is_empty() {
+        let written = decoded.len();
+        if written > 0 {
             let converted = self.server_casts(casts)?;
-            written = self.write_log(decoded, &converted)?;
+            self.write_log(decoded, &converted)?;
         }
         Ok(Some((written, last_end.max(logged_through))))
     }
@@ -486,25 +466,7 @@ impl ChangeSource for LogicalSource {
         if let Some(triggers) = &mut self.triggers {
             return triggers.poll(cursor, limit);
         }
-        while self
-            .just_logged
-            .front()
-            .is_some_and(|row| row.seq as u64 <= cursor)
-        {
-            self.just_logged.pop_front();
-        }
-        match self.just_logged.front() {
-            // What this node just wrote, in order and without a gap.
-            Some(row) if row.seq as u64 == cursor + 1 => {
-                let take = self.just_logged.len().min(limit.max(0) as usize);
-                let rows: Vec<LogRow> = self.just_logged.drain(..take).collect();
-                Ok(self.watched.decode(rows))
-            }
-            _ => {
-                self.just_logged.clear();
-                self.watched.read_after(&mut self.conn, cursor, limit)
-            }
-        }
+        self.watched.read_after(&mut self.conn, cursor, limit)
     }
 
     fn reconnect(&mut self) -> Result<(), DbError> {

@@ -11,7 +11,6 @@ use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use super::LogicalSource;
 use super::pgoutput::Cell;
 use super::pgtext::{self, ServerCast};
-use crate::changes::LogRow;
 use crate::db::DbError;
 
 /// Changes written into the log per statement.
@@ -30,12 +29,6 @@ pub(super) struct Decoded {
 pub(super) enum Json {
     Ready(String),
     Cast(u32, usize),
-}
-
-#[derive(QueryableByName)]
-struct Top {
-    #[diesel(sql_type = BigInt)]
-    seq: i64,
 }
 
 #[derive(QueryableByName)]
@@ -137,13 +130,12 @@ impl LogicalSource {
         Ok(converted)
     }
 
-    /// Appends changes to the log, numbered after the highest seq ever
-    /// given, and returns them as the log now holds them.
+    /// Appends changes to the log, numbered after the highest seq ever given.
     pub(super) fn write_log(
         &mut self,
         decoded: Vec<Decoded>,
         converted: &HashMap<u32, Vec<String>>,
-    ) -> Result<Vec<LogRow>, DbError> {
+    ) -> Result<(), DbError> {
         let render = |row: Option<Vec<(String, Json)>>| -> Option<String> {
             let row = row?;
             let mut json = String::from("{");
@@ -166,31 +158,11 @@ impl LogicalSource {
             json.push('}');
             Some(json)
         };
-        // Only the node streaming the slot numbers changes now (the
-        // trigger-written backlog was numbered first), so the top read here
-        // holds until this transaction commits.
-        let top: Top = diesel::sql_query(
-            "SELECT GREATEST( \
-               (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
-               (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
-             ) AS seq",
-        )
-        .get_result(&mut self.conn)?;
-        let mut next = top.seq;
-        let mut written = Vec::with_capacity(decoded.len());
         let mut decoded = decoded.into_iter().peekable();
         while decoded.peek().is_some() {
-            let (mut seqs, mut tables, mut ops, mut news, mut olds, mut times) = (
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            );
+            let (mut tables, mut ops, mut news, mut olds, mut times) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for change in decoded.by_ref().take(INSERT_ROWS) {
-                next += 1;
-                seqs.push(next);
                 tables.push(change.table);
                 ops.push(change.op);
                 news.push(render(change.new));
@@ -198,34 +170,22 @@ impl LogicalSource {
                 times.push(change.at_ms);
             }
             diesel::sql_query(
-                "INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])",
+                "WITH top AS (SELECT GREATEST( \
+                   (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
+                   (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
+                 ) AS seq) \
+                 INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
+                 SELECT top.seq + u.n, u.t, u.o, u.nr, u.orow, u.c FROM top, \
+                 unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+                   WITH ORDINALITY AS u(t, o, nr, orow, c, n) ORDER BY u.n",
             )
-            .bind::<Array<BigInt>, _>(&seqs)
             .bind::<Array<Text>, _>(&tables)
             .bind::<Array<Text>, _>(&ops)
             .bind::<Array<Nullable<Text>>, _>(&news)
             .bind::<Array<Nullable<Text>>, _>(&olds)
             .bind::<Array<BigInt>, _>(&times)
             .execute(self.pg()?)?;
-            for (((((seq, table_name), op), new_row), old_row), changed_at) in seqs
-                .into_iter()
-                .zip(tables)
-                .zip(ops)
-                .zip(news)
-                .zip(olds)
-                .zip(times)
-            {
-                written.push(LogRow {
-                    seq,
-                    table_name,
-                    op: op.to_string(),
-                    new_row: new_row.map(String::into_bytes),
-                    old_row: old_row.map(String::into_bytes),
-                    changed_at,
-                });
-            }
         }
-        Ok(written)
+        Ok(())
     }
 }
