@@ -16,7 +16,8 @@ use futures_util::future::join_all;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::messages::{ConnId, Describe, FrameKind, Kick, Shutdown};
+use crate::session::messages::{ConnId, Describe, Disconnect, FrameKind};
+use crate::session::outbound::Outbox;
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};
@@ -346,10 +347,10 @@ impl Handler<ListTopics> for Registry {
 /// How the registry reaches an open session.
 pub struct SessionHandle {
     /// The id clients see.
-    pub wire_id: String,
-    pub shutdown: Recipient<Shutdown>,
+    pub wire_id: Arc<str>,
+    /// Ends the session ([`Outbox::disconnect`]).
+    pub outbox: Arc<Outbox>,
     pub describe: Recipient<Describe>,
-    pub kick: Recipient<Kick>,
 }
 
 #[derive(Message)]
@@ -391,7 +392,7 @@ impl Handler<ShutdownSessions> for Registry {
 
     fn handle(&mut self, _msg: ShutdownSessions, _ctx: &mut Self::Context) -> usize {
         for session in self.sessions.values() {
-            session.shutdown.do_send(Shutdown);
+            session.outbox.disconnect(Disconnect::Shutdown);
         }
         self.sessions.len()
     }
@@ -437,12 +438,12 @@ impl Handler<KickSession> for Registry {
         let found = self
             .sessions
             .iter()
-            .find(|(_, s)| s.wire_id == msg.wire_id)
+            .find(|(_, s)| *s.wire_id == *msg.wire_id)
             .map(|(conn, _)| *conn);
         // Gone from the list at once: it is closing, whatever its client does.
         match found.and_then(|conn| self.sessions.remove(&conn)) {
             Some(session) => {
-                session.kick.do_send(Kick);
+                session.outbox.disconnect(Disconnect::Kicked);
                 true
             }
             None => false,

@@ -43,9 +43,12 @@ struct Condition {
 }
 
 /// Every condition must hold (an empty filter matches every row).
+///
+/// A boxed slice, not a `Vec`: every subscription holds one, usually empty,
+/// and an idle subscription should cost little.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
-    conditions: Vec<Condition>,
+    conditions: Box<[Condition]>,
 }
 
 impl Filter {
@@ -85,13 +88,21 @@ impl Filter {
                 }),
             }
         }
-        Ok(Filter { conditions })
+        Ok(Filter {
+            conditions: conditions.into(),
+        })
     }
 
     /// Both filters must hold: a token's forced filter and the client's own.
-    pub fn and(mut self, other: Filter) -> Filter {
-        self.conditions.extend(other.conditions);
-        self
+    pub fn and(self, other: Filter) -> Filter {
+        if other.is_empty() {
+            return self;
+        }
+        let mut conditions = self.conditions.into_vec();
+        conditions.extend(other.conditions);
+        Filter {
+            conditions: conditions.into(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 pub mod schema;
 pub mod url;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -90,9 +91,12 @@ impl r2d2::ManageConnection for Manager {
 
 pub type Pool = r2d2::Pool<Manager>;
 
-/// The pool and what was learnt opening it.
+/// The pool and what was learnt opening it; a clone is one pointer (every
+/// topic holds one).
 #[derive(Clone)]
-pub struct Database {
+pub struct Database(Arc<Opened>);
+
+struct Opened {
     pool: Pool,
     url: DatabaseUrl,
     backend: &'static str,
@@ -136,32 +140,32 @@ impl Database {
         migrate(&mut conn, schema)?;
         let epoch = ensure_epoch(&mut conn)?;
         drop(conn);
-        Ok(Database {
+        Ok(Database(Arc::new(Opened {
             pool,
             url,
             backend,
             epoch,
-        })
+        })))
     }
 
     /// A connection outside the pool, for the change tracker's own thread.
     /// Blocking.
     pub fn dedicated_connection(&self) -> Result<DbConnection, DbError> {
-        connect_to(&self.url)
+        connect_to(&self.0.url)
     }
 
     pub fn url(&self) -> &DatabaseUrl {
-        &self.url
+        &self.0.url
     }
 
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
-        self.backend
+        self.0.backend
     }
 
     /// The id of this database's change history; stable across restarts.
     pub fn epoch(&self) -> &str {
-        &self.epoch
+        &self.0.epoch
     }
 
     /// Runs `work` with a pooled connection on the blocking thread pool.
@@ -170,7 +174,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        let pool = self.0.pool.clone();
         tokio::task::spawn_blocking(move || work(&mut *pool.get()?))
             .await
             .map_err(|e| DbError::Task(e.to_string()))?
@@ -182,7 +186,7 @@ impl Database {
         &self,
         work: impl FnOnce(&mut DbConnection) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        work(&mut *self.pool.get()?)
+        work(&mut *self.0.pool.get()?)
     }
 
     /// Whether the database answers a query now.

@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ConnId, Disconnect, Shutdown};
+use super::messages::{ConnId, Disconnect};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
@@ -56,7 +56,7 @@ struct Fragments {
 pub struct SessionActor {
     conn: ConnId,
     /// The `conn` id clients see (and presence keys on, when anonymous).
-    wire_id: String,
+    wire_id: Arc<str>,
     identity: Identity,
     state: web::Data<AppState>,
     next_sub_id: u64,
@@ -88,7 +88,7 @@ impl SessionActor {
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
         SessionActor {
             conn: state.next_conn_id(),
-            wire_id: uuid::Uuid::new_v4().simple().to_string(),
+            wire_id: uuid::Uuid::new_v4().simple().to_string().into(),
             identity,
             publish_limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             next_sub_id: 1,
@@ -181,13 +181,13 @@ impl SessionActor {
                 self.send(ctx, server::pong(reference.as_ref()));
                 Ok(())
             }
-            Request::Subscribe(subscribe) => self.subscribe(subscribe, reference, ctx),
+            Request::Subscribe(subscribe) => self.subscribe(subscribe, reference),
             Request::Unsubscribe { topic } => {
                 let name = self.parse_topic(&topic)?;
                 let reply = UnsubscribeReply {
                     reference,
                     spelling: topic.into(),
-                    handle: self.subscriber_handle(ctx),
+                    handle: self.subscriber_handle(),
                 };
                 // The topic answers, behind the `subscribed` of any
                 // subscribe still in flight; with no subscription, we do.
@@ -198,14 +198,14 @@ impl SessionActor {
             }
             Request::Publish(publish) => self.publish(publish, reference, ctx),
             Request::Auth { token } => self.reauthenticate(&token, reference, ctx),
-            Request::Track { topic, state } => self.track(&topic, state, reference, ctx),
+            Request::Track { topic, state } => self.track(&topic, state, reference),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
                 self.tracked.remove(name.as_str());
                 let ack = AckTo {
                     reference,
                     id: None,
-                    handle: self.subscriber_handle(ctx),
+                    handle: self.subscriber_handle(),
                 };
                 self.state.registry.do_send(ForTopic {
                     topic: name.shared(),
@@ -238,7 +238,6 @@ impl SessionActor {
         &mut self,
         request: SubscribeRequest,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(&request.topic)?;
         if !self.identity.grants.can_subscribe(name.as_str()) {
@@ -283,7 +282,7 @@ impl SessionActor {
                 epoch: request.epoch,
                 filter,
                 history: request.history,
-                handle: self.subscriber_handle(ctx),
+                handle: self.subscriber_handle(),
             },
             topic: name,
         });
@@ -328,7 +327,6 @@ impl SessionActor {
         topic: &str,
         state: serde_json::Map<String, Value>,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(topic)?;
         if !self.outbox.is_subscribed(name.as_str()) {
@@ -355,20 +353,20 @@ impl SessionActor {
         }
         let key = match &self.identity.user_id {
             Some(user) => user.to_string(),
-            None => self.wire_id.clone(),
+            None => self.wire_id.to_string(),
         };
         // The topic acks, ahead of the `presence:join` this client gets too.
         let ack = AckTo {
             reference,
             id: None,
-            handle: self.subscriber_handle(ctx),
+            handle: self.subscriber_handle(),
         };
         self.state.registry.do_send(ForTopic {
             topic: name.shared(),
             message: TopicCommand::Track(Track {
                 conn: self.conn,
                 key,
-                wire_conn: self.wire_id.clone(),
+                wire_conn: self.wire_id.to_string(),
                 state,
                 ack,
             }),
@@ -418,10 +416,9 @@ impl SessionActor {
     }
 
     /// Where topics send this session's frames.
-    fn subscriber_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SubscriberHandle {
+    fn subscriber_handle(&self) -> SubscriberHandle {
         SubscriberHandle {
             outbox: self.outbox.clone(),
-            disconnect: ctx.address().recipient(),
         }
     }
 
@@ -485,7 +482,7 @@ impl SessionActor {
                 ack: Some(AckTo {
                     reference: reference.clone(),
                     id: request.id,
-                    handle: self.subscriber_handle(ctx),
+                    handle: self.subscriber_handle(),
                 }),
                 reply: None,
             },
@@ -573,16 +570,33 @@ impl SessionActor {
         }));
     }
 
-    /// Closes with 4000 once nothing has arrived for the idle timeout.
-    fn schedule_idle_check(&self, ctx: &mut ws::WebsocketContext<Self>, after: Duration) {
-        ctx.run_later(after, |session, ctx| {
-            let idle = session.state.config.idle_timeout();
-            let silent = session.last_heard.elapsed();
-            if silent >= idle {
-                session.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout");
-            } else {
-                session.schedule_idle_check(ctx, idle - silent);
+    /// The connection's one timer: it pings every third of the idle timeout
+    /// (so a client that only answers pings stays open), closes with 4000
+    /// once nothing has arrived for the whole timeout, and stops a session
+    /// whose reader fell too far behind. One timer, not one per duty: an idle
+    /// connection's every byte counts.
+    fn schedule_heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>, ping_at: Instant) {
+        let idle_at = self.last_heard + self.state.config.idle_timeout();
+        let wake_in = ping_at
+            .min(idle_at)
+            .saturating_duration_since(Instant::now());
+        ctx.run_later(wake_in, move |session, ctx| {
+            if session.outbox.is_slow() {
+                ctx.stop();
+                return;
             }
+            let idle = session.state.config.idle_timeout();
+            if session.last_heard.elapsed() >= idle {
+                session.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout");
+                return;
+            }
+            let now = Instant::now();
+            let mut next_ping = ping_at;
+            if now >= ping_at {
+                ctx.ping(b"");
+                next_ping = now + idle / 3;
+            }
+            session.schedule_heartbeat(ctx, next_ping);
         });
     }
 
@@ -639,13 +653,13 @@ impl Actor for SessionActor {
         let state = self.state.clone();
         state.metrics.connections.inc();
         let address = ctx.address();
+        self.outbox.attach(address.clone().recipient());
         state.registry.do_send(SessionOpened {
             conn: self.conn,
             handle: SessionHandle {
                 wire_id: self.wire_id.clone(),
-                shutdown: address.clone().recipient(),
-                describe: address.clone().recipient(),
-                kick: address.recipient(),
+                outbox: self.outbox.clone(),
+                describe: address.recipient(),
             },
         });
         tracing::info!(conn = %self.wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
@@ -657,15 +671,8 @@ impl Actor for SessionActor {
             max_frame: state.config.max_frame_bytes,
         });
         self.send(ctx, welcome);
-        let idle = state.config.idle_timeout();
-        ctx.run_interval(idle / 3, |session, ctx| {
-            if session.outbox.is_slow() {
-                ctx.stop();
-            } else {
-                ctx.ping(b"");
-            }
-        });
-        self.schedule_idle_check(ctx, idle);
+        let first_ping = Instant::now() + state.config.idle_timeout() / 3;
+        self.schedule_heartbeat(ctx, first_ping);
         self.schedule_expiry(ctx);
     }
 
@@ -765,18 +772,19 @@ impl Handler<Disconnect> for SessionActor {
                 CloseCode::Other(close::SERVICE_RESTART),
                 "topic lost continuity: resume",
             ),
+            Disconnect::Shutdown => self.close(
+                ctx,
+                CloseCode::Other(close::SERVICE_RESTART),
+                "server shutting down",
+            ),
+            Disconnect::Kicked => {
+                tracing::info!(conn = %self.wire_id, "disconnected by an operator");
+                self.close(
+                    ctx,
+                    CloseCode::Other(close::DISCONNECTED),
+                    "disconnected by an operator",
+                );
+            }
         }
-    }
-}
-
-impl Handler<Shutdown> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
-        self.close(
-            ctx,
-            CloseCode::Other(close::SERVICE_RESTART),
-            "server shutting down",
-        );
     }
 }

@@ -24,7 +24,10 @@ pub enum FrameKind {
     Refusal { sub_id: u64 },
 }
 
-/// A topic tells the session to end the connection.
+/// Someone other than the client ends the connection: a topic, the server
+/// shutting down, or an operator. It reaches the session through its outbox
+/// ([`crate::session::outbound::Outbox::disconnect`]), the one handle every
+/// topic and the registry already hold.
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub enum Disconnect {
@@ -33,12 +36,12 @@ pub enum Disconnect {
     /// The topic lost continuity (a new epoch, or events no longer kept):
     /// close with 1012, so the client resumes and learns `recovered: false`.
     Restart,
+    /// The server is shutting down: close with 1012 so the client
+    /// reconnects (here or elsewhere).
+    Shutdown,
+    /// An operator ends the connection: close with 4003.
+    Kicked,
 }
-
-/// The server is shutting down: close with 1012 so the client reconnects (here or elsewhere).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 /// What the admin API shows of a connection.
 #[derive(Debug, Clone, Serialize)]
@@ -62,8 +65,3 @@ pub struct ConnectionInfo {
 #[derive(Message, Debug)]
 #[rtype(result = "ConnectionInfo")]
 pub struct Describe;
-
-/// An operator ends the connection: close 4003.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Kick;

@@ -20,15 +20,16 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
+use actix::Recipient;
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
 use prometheus::IntCounter;
 
-use super::messages::FrameKind;
+use super::messages::{Disconnect, FrameKind};
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::http::connection::{Offer, Socket, close_frame};
@@ -152,6 +153,9 @@ pub struct Outbox {
     closing: AtomicBool,
     shared: Mutex<Shared>,
     slow_closes: IntCounter,
+    /// The session, for whoever must end the connection: one handle per
+    /// connection, not one per subscription.
+    session: OnceLock<Recipient<Disconnect>>,
 }
 
 /// What became of a frame offered to the outbox.
@@ -184,7 +188,21 @@ impl Outbox {
             closing: AtomicBool::new(false),
             shared: Mutex::new(Shared::default()),
             slow_closes,
+            session: OnceLock::new(),
         })
+    }
+
+    /// Names the session that ends this connection when told to; set once,
+    /// when the session starts, before any topic or the registry hears of it.
+    pub fn attach(&self, session: Recipient<Disconnect>) {
+        let _ = self.session.set(session);
+    }
+
+    /// Tells the session to end the connection.
+    pub fn disconnect(&self, why: Disconnect) {
+        if let Some(session) = self.session.get() {
+            session.do_send(why);
+        }
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {

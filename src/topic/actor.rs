@@ -7,7 +7,7 @@
 mod cluster;
 mod storing;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,8 +99,9 @@ pub struct TopicActor {
     /// and an idle topic should cost little (one per user is common).
     table: Option<Box<TableState>>,
     presence: Presence,
-    /// The spellings subscribers used, interned (see `admit`).
-    spellings: HashSet<Arc<str>>,
+    /// The spellings subscribers used, interned (see `admit`): at most
+    /// three, so a list.
+    spellings: Vec<Arc<str>>,
     /// Token streams in progress, for subscribers who join mid-stream.
     streams: RunningStreams,
     /// Where history is read from (and table changes).
@@ -162,7 +163,7 @@ impl TopicActor {
             split: SplitPolicy::new(settings.fanout_split_at, settings.fanout_busy_split_at),
             table,
             presence: Presence::default(),
-            spellings: HashSet::new(),
+            spellings: Vec::new(),
             streams: RunningStreams::default(),
             db,
             history,
@@ -195,7 +196,7 @@ impl TopicActor {
             Reserve::Ok => true,
             Reserve::BecameSlow => {
                 tracing::info!(topic = %self.name, "closing a slow consumer");
-                handle.disconnect.do_send(Disconnect::TooSlow);
+                handle.outbox.disconnect(Disconnect::TooSlow);
                 false
             }
             Reserve::AlreadySlow => false,
@@ -311,10 +312,11 @@ impl TopicActor {
     fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
         // One `Arc` per distinct spelling (a topic has at most three), so the
         // fan-out compares pointers, not strings.
-        let spelling = match self.spellings.get(&msg.spelling) {
+        let spelling = match self.spellings.iter().find(|s| **s == msg.spelling) {
             Some(known) => known.clone(),
             None => {
-                self.spellings.insert(msg.spelling.clone());
+                self.spellings.reserve_exact(1);
+                self.spellings.push(msg.spelling.clone());
                 msg.spelling
             }
         };

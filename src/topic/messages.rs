@@ -15,10 +15,9 @@ use crate::session::outbound::Outbox;
 /// Where a topic sends one subscriber's frames.
 #[derive(Clone)]
 pub struct SubscriberHandle {
-    /// Frames go straight into the session's outbox.
+    /// Frames go straight into the session's outbox, and through it the
+    /// session is told when it must end.
     pub outbox: Arc<Outbox>,
-    /// Told once the client reads too slowly, so the session stops.
-    pub disconnect: Recipient<Disconnect>,
 }
 
 impl SubscriberHandle {
@@ -26,7 +25,7 @@ impl SubscriberHandle {
     /// client's session (a topic, the registry).
     pub fn reply(&self, frame: &bytestring::ByteString) {
         if self.outbox.send_own(frame) == crate::session::outbound::Reserve::BecameSlow {
-            self.disconnect.do_send(Disconnect::TooSlow);
+            self.outbox.disconnect(Disconnect::TooSlow);
         }
     }
 }

@@ -1,12 +1,10 @@
 //! What an operator asks of a session through the admin API: describe the
-//! connection, or end it (4003).
+//! connection. (Ending it, 4003, is a [`crate::session::messages::Disconnect`].)
 
 use actix::prelude::*;
-use actix_web_actors::ws::CloseCode;
 
 use super::SessionActor;
-use crate::protocol::close;
-use crate::session::messages::{ConnectionInfo, Describe, Kick};
+use crate::session::messages::{ConnectionInfo, Describe};
 
 impl Handler<Describe> for SessionActor {
     type Result = MessageResult<Describe>;
@@ -20,7 +18,7 @@ impl Handler<Describe> for SessionActor {
             .collect();
         subscriptions.sort();
         MessageResult(ConnectionInfo {
-            conn: self.wire_id.clone(),
+            conn: self.wire_id.to_string(),
             user_id: self.identity.user_id.as_deref().map(str::to_owned),
             subscriptions,
             tracked: self.tracked.len(),
@@ -28,18 +26,5 @@ impl Handler<Describe> for SessionActor {
             frames_in: self.frames_in,
             backlog_bytes: self.outbox.backlog_bytes(),
         })
-    }
-}
-
-impl Handler<Kick> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Kick, ctx: &mut Self::Context) {
-        tracing::info!(conn = %self.wire_id, "disconnected by an operator");
-        self.close(
-            ctx,
-            CloseCode::Other(close::DISCONNECTED),
-            "disconnected by an operator",
-        );
     }
 }

@@ -511,7 +511,7 @@ impl TopicActor {
         let conns: Vec<ConnId> = self.subscribers.keys().copied().collect();
         for conn in conns {
             if let Some(subscriber) = self.subscribers.get(&conn) {
-                subscriber.handle.disconnect.do_send(Disconnect::Restart);
+                subscriber.handle.outbox.disconnect(Disconnect::Restart);
             }
             self.remove(conn);
         }
