@@ -22,8 +22,8 @@ use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};
 use crate::topic::messages::{
-    Publish, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe, UnsubscribeReply,
-    Untrack,
+    Publish, PublishReply, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe,
+    UnsubscribeReply, Untrack,
 };
 
 pub struct Registry {
@@ -243,11 +243,7 @@ impl Handler<PublishTo> for Registry {
     fn handle(&mut self, msg: PublishTo, _ctx: &mut Self::Context) {
         match self.topic(&msg.topic) {
             Ok(topic) => topic.do_send(msg.publish),
-            Err(error) => {
-                if let Some(reply) = msg.publish.reply {
-                    let _ = reply.send(Err(error));
-                }
-            }
+            Err(error) => msg.publish.reply.failed(error, &self.metrics),
         }
     }
 }
@@ -258,8 +254,8 @@ pub fn publish(
     topic: TopicName,
     mut publish: Publish,
 ) -> impl Future<Output = Result<Published, ProtocolError>> + 'static {
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    publish.reply = Some(reply);
+    let (reply, outcome) = PublishReply::to_waiter();
+    publish.reply = reply;
     registry.do_send(PublishTo { topic, publish });
     async move {
         outcome

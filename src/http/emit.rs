@@ -10,7 +10,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::client::validate_event_name;
 use crate::registry;
 use crate::state::AppState;
-use crate::topic::messages::Publish;
+use crate::topic::messages::{Publish, PublishReply};
 use crate::topic::{TopicKind, TopicName};
 
 /// Largest batch of one emit request.
@@ -81,8 +81,7 @@ pub async fn emit(
                 publisher: None,
                 persist: message.persist == Some(true),
                 stream: None,
-                ack: None,
-                reply: None,
+                reply: PublishReply::nobody(),
             };
             registry::publish(&state.registry, topic, publish)
         })

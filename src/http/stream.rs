@@ -16,7 +16,7 @@ use crate::protocol::client::validate_event_name;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::registry;
 use crate::state::AppState;
-use crate::topic::messages::{Publish, StreamPart};
+use crate::topic::messages::{Publish, PublishReply, StreamPart};
 use crate::topic::{TopicKind, TopicName};
 
 /// Longest line (one token's JSON), in bytes.
@@ -44,8 +44,7 @@ async fn publish(
         publisher: None,
         persist: false,
         stream: Some(part),
-        ack: None,
-        reply: None,
+        reply: PublishReply::nobody(),
     };
     registry::publish(&state.registry, topic.clone(), publish)
         .await

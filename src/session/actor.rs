@@ -33,12 +33,13 @@ use crate::protocol::client::{
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::registry::{
-    self, ForTopic, SessionClosed, SessionHandle, SessionOpened, SubscribeTo, TopicCommand,
+    ForTopic, PublishTo, SessionClosed, SessionHandle, SessionOpened, SubscribeTo, TopicCommand,
     UnsubscribeFrom,
 };
 use crate::state::AppState;
 use crate::topic::messages::{
-    AckTo, Publish, Refilter, Subscribe, SubscriberHandle, Track, UnsubscribeReply, Untrack,
+    AckTo, Publish, PublishReply, Refilter, Subscribe, SubscriberHandle, Track, UnsubscribeReply,
+    Untrack,
 };
 use crate::topic::{TopicKind, TopicName};
 
@@ -196,7 +197,7 @@ impl SessionActor {
                 }
                 Ok(())
             }
-            Request::Publish(publish) => self.publish(publish, reference, ctx),
+            Request::Publish(publish) => self.publish(publish, reference),
             Request::Auth { token } => self.reauthenticate(&token, reference, ctx),
             Request::Track { topic, state } => self.track(&topic, state, reference),
             Request::Untrack { topic } => {
@@ -225,7 +226,7 @@ impl SessionActor {
                     persist: Some(true),
                     id: None,
                 };
-                self.publish(publish, reference, ctx)
+                self.publish(publish, reference)
             }
         }
     }
@@ -445,7 +446,6 @@ impl SessionActor {
         &mut self,
         request: PublishRequest,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(&request.topic)?;
         if name.kind() == TopicKind::Table {
@@ -467,32 +467,25 @@ impl SessionActor {
                 ),
             ));
         }
-        // The topic sends the ack itself, ahead of this client's own echo;
-        // only a failure to reach the topic is answered from here.
-        let answer = registry::publish(
-            &self.state.registry,
-            name,
-            Publish {
+        // The topic answers, ahead of this client's own echo (and the
+        // registry, should the topic not start): see `PublishReply`.
+        let ack = AckTo {
+            reference,
+            id: request.id,
+            handle: self.subscriber_handle(),
+        };
+        self.state.registry.do_send(PublishTo {
+            topic: name,
+            publish: Publish {
                 event: request.event,
                 data: request.data,
                 user_id: self.identity.user_id.clone(),
                 publisher: Some(self.conn),
                 persist: request.persist == Some(true),
                 stream: None,
-                ack: Some(AckTo {
-                    reference: reference.clone(),
-                    id: request.id,
-                    handle: self.subscriber_handle(),
-                }),
-                reply: None,
+                reply: PublishReply::to_client(ack, request.topic),
             },
-        );
-        let topic = request.topic;
-        ctx.spawn(answer.into_actor(self).map(move |answer, session, ctx| {
-            if let Err(error) = answer {
-                session.send_error(ctx, reference.as_ref(), Some(&topic), &error);
-            }
-        }));
+        });
         Ok(())
     }
 

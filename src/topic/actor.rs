@@ -704,11 +704,10 @@ impl Handler<Publish> for TopicActor {
     /// it (`cluster`).
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         if self.name.kind() == TopicKind::Table {
-            if let Some(reply) = msg.reply {
-                let _ = reply.send(Err(ProtocolError::forbidden(
-                    "table topics receive database changes only",
-                )));
-            }
+            msg.reply.failed(
+                ProtocolError::forbidden("table topics receive database changes only"),
+                &self.metrics,
+            );
             return;
         }
         if self.shared.is_some() {
@@ -733,7 +732,7 @@ impl TopicActor {
 
     /// Acks the publisher, delivers the event, keeps it for resuming clients.
     fn complete_publish(&mut self, msg: Publish, seq: u64, at_ms: i64, message_id: Option<String>) {
-        if let Some(ack) = &msg.ack {
+        if let Some(ack) = msg.reply.client() {
             let reply = server::publish_ack(
                 ack.reference.as_ref(),
                 ack.id.as_ref(),
@@ -753,9 +752,7 @@ impl TopicActor {
         );
         self.announce(seq, frame, msg.publisher, msg.stream.as_ref());
         self.metrics.events_published.inc();
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(Ok(Published { seq, message_id }));
-        }
+        msg.reply.published(Published { seq, message_id });
     }
 
     /// Delivers event `seq` to the subscribers, keeps it for resuming

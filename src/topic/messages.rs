@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::changes::{Change, Filter};
-use crate::protocol::ProtocolError;
+use crate::metrics::Metrics;
+use crate::protocol::{ProtocolError, server};
 use crate::session::messages::{ConnId, Disconnect};
 use crate::session::outbound::Outbox;
 
@@ -90,8 +91,7 @@ impl std::fmt::Debug for UnsubscribeReply {
 
 /// Publish an event to every subscriber. Sent with `do_send` all the way
 /// (a `send` to a full mailbox is held back and can be overtaken), so events
-/// keep the order their publisher sent them in; the outcome comes back on
-/// `reply`.
+/// keep the order their publisher sent them in; the outcome goes to `reply`.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Publish {
@@ -105,10 +105,110 @@ pub struct Publish {
     pub persist: bool,
     /// Part of a token stream: kept for late joiners while the stream runs.
     pub stream: Option<StreamPart>,
-    /// Where to send the `ack`, ahead of the publisher's own echo.
-    pub ack: Option<AckTo>,
-    /// Where the outcome goes; dropped unanswered if the topic is gone.
-    pub reply: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
+    /// Who hears how it ended.
+    pub reply: PublishReply,
+}
+
+/// Who hears how a publish ended, once: the publishing client (its `ack`,
+/// ahead of its own echo, or an `error`, through its outbox), or a caller
+/// awaiting the outcome (HTTP emit and streams). A client's publish is
+/// answered by the topic alone: nothing travels back to the session, so a
+/// publish costs no wake-up of the session's thread. Dropped unanswered
+/// (the topic stopped with the publish in its mailbox), it answers
+/// `unavailable` itself.
+pub struct PublishReply {
+    client: Option<AckTo>,
+    /// The topic as the client spelled it, for its `error` frame.
+    spelling: Option<String>,
+    waiter: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
+}
+
+impl PublishReply {
+    /// The publishing client is answered (it spelled the topic `spelling`).
+    pub fn to_client(ack: AckTo, spelling: String) -> Self {
+        PublishReply {
+            client: Some(ack),
+            spelling: Some(spelling),
+            waiter: None,
+        }
+    }
+
+    /// The caller awaits the outcome on the receiver; if the publish is
+    /// dropped unanswered, the receiver sees the sender gone.
+    pub fn to_waiter() -> (
+        Self,
+        tokio::sync::oneshot::Receiver<Result<Published, ProtocolError>>,
+    ) {
+        let (waiter, outcome) = tokio::sync::oneshot::channel();
+        let reply = PublishReply {
+            client: None,
+            spelling: None,
+            waiter: Some(waiter),
+        };
+        (reply, outcome)
+    }
+
+    /// Nobody is told (a publish built before its caller decides).
+    pub fn nobody() -> Self {
+        PublishReply {
+            client: None,
+            spelling: None,
+            waiter: None,
+        }
+    }
+
+    /// Where the client's `ack` goes, if a client is waiting for one: the
+    /// topic writes it itself (counted, a slow reader found out), then
+    /// calls [`Self::published`].
+    pub fn client(&self) -> Option<&AckTo> {
+        self.client.as_ref()
+    }
+
+    /// The publish went out as `published`; the client's ack is already written.
+    pub fn published(mut self, published: Published) {
+        self.client = None;
+        if let Some(waiter) = self.waiter.take() {
+            let _ = waiter.send(Ok(published));
+        }
+    }
+
+    /// The publish failed: the client gets an `error` (counted in
+    /// `metrics`), a waiter the error.
+    pub fn failed(mut self, error: ProtocolError, metrics: &Metrics) {
+        if self.client.is_some() {
+            metrics.error(error.code);
+        }
+        self.fail(error);
+    }
+
+    fn fail(&mut self, error: ProtocolError) {
+        if let Some(ack) = self.client.take() {
+            let frame = server::error(ack.reference.as_ref(), self.spelling.as_deref(), &error);
+            ack.send(&frame);
+        }
+        if let Some(waiter) = self.waiter.take() {
+            let _ = waiter.send(Err(error));
+        }
+    }
+}
+
+impl Drop for PublishReply {
+    fn drop(&mut self) {
+        if self.client.is_some() {
+            self.fail(ProtocolError::unavailable(
+                "the topic stopped before publishing",
+            ));
+        }
+    }
+}
+
+impl std::fmt::Debug for PublishReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishReply")
+            .field("client", &self.client)
+            .field("waiter", &self.waiter.is_some())
+            .finish()
+    }
 }
 
 /// A client's ack, sent by the topic through the client's own channel so
@@ -212,4 +312,83 @@ pub enum StreamPart {
 pub struct Refilter {
     pub conn: ConnId,
     pub filter: Filter,
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::IntCounter;
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::connection::{Connection, test_pair, tests::RawClient};
+
+    /// A client's publish reply, the client's end of its socket, and the
+    /// server's end (kept open while the test runs).
+    async fn client_reply() -> (PublishReply, RawClient, Connection) {
+        let (connection, socket, client) = test_pair().await;
+        let outbox = Outbox::new(socket, 1 << 20, 4008, IntCounter::new("t", "t").unwrap());
+        let ack = AckTo {
+            reference: Some(json!("r1")),
+            id: None,
+            handle: SubscriberHandle {
+                outbox: outbox.clone(),
+            },
+        };
+        (
+            PublishReply::to_client(ack, "Chat/Room".to_string()),
+            client,
+            connection,
+        )
+    }
+
+    /// One text frame, short enough for a one-byte length.
+    async fn frame(client: &mut RawClient) -> Value {
+        let head = client.read_exactly(2).await;
+        assert_eq!(head[0], 0x81);
+        let body = client.read_exactly(usize::from(head[1])).await;
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_publish_the_topic_never_answered_gets_one_error_when_dropped() {
+        let (reply, mut client, _connection) = client_reply().await;
+        drop(reply);
+        let error = frame(&mut client).await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], "unavailable");
+        assert_eq!(error["ref"], "r1");
+        assert_eq!(error["topic"], "Chat/Room", "as the client spelled it");
+        client.assert_nothing_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_is_answered_once_and_an_answered_one_not_again() {
+        let metrics = Metrics::new();
+        let (reply, mut client, _connection) = client_reply().await;
+        reply.failed(ProtocolError::forbidden("no"), &metrics);
+        let error = frame(&mut client).await;
+        assert_eq!(error["code"], "forbidden");
+        assert_eq!(error["ref"], "r1");
+        client.assert_nothing_more().await;
+
+        let (reply, mut client, _connection) = client_reply().await;
+        reply.published(Published {
+            seq: 1,
+            message_id: None,
+        });
+        client.assert_nothing_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_hears_the_outcome_or_that_nobody_will_answer() {
+        let (reply, outcome) = PublishReply::to_waiter();
+        reply.published(Published {
+            seq: 7,
+            message_id: None,
+        });
+        assert_eq!(outcome.await.unwrap().unwrap().seq, 7);
+        let (reply, outcome) = PublishReply::to_waiter();
+        drop(reply);
+        assert!(outcome.await.is_err(), "the sender is gone");
+    }
 }

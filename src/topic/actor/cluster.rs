@@ -37,7 +37,7 @@ use crate::history;
 use crate::protocol::ProtocolError;
 use crate::protocol::server::{self, TopicFrame};
 use crate::session::messages::{ConnId, Disconnect, FrameKind};
-use crate::topic::messages::{AckTo, Publish, Published, Subscribe};
+use crate::topic::messages::{AckTo, Publish, PublishReply, Published, Subscribe};
 
 mod presence;
 
@@ -46,8 +46,7 @@ const GAP_WAIT: Duration = Duration::from_millis(150);
 
 /// A publish of this node, waiting for its event to come back.
 struct Waiting {
-    ack: Option<AckTo>,
-    reply: Option<tokio::sync::oneshot::Sender<Result<Published, ProtocolError>>>,
+    reply: PublishReply,
     /// Its seq, once the broker has answered.
     seq: Option<u64>,
 }
@@ -190,9 +189,7 @@ impl TopicActor {
     pub(super) fn publish_shared(&mut self, msg: Publish, ctx: &mut Context<Self>) {
         self.when_joined(ctx, move |topic, ctx, joined| {
             if let Err(error) = joined {
-                if let Some(reply) = msg.reply {
-                    let _ = reply.send(Err(error));
-                }
+                msg.reply.failed(error, &topic.metrics);
                 return;
             }
             let at_ms = now_ms();
@@ -212,13 +209,10 @@ impl TopicActor {
                             topic.metrics.messages_stored.inc();
                             topic.queue_shared(msg, at_ms, Some(stored.id()))
                         }
-                        Err(e) => {
-                            if let Some(reply) = msg.reply {
-                                let _ = reply.send(Err(ProtocolError::unavailable(format!(
-                                    "the message was not stored: {e}"
-                                ))));
-                            }
-                        }
+                        Err(e) => msg.reply.failed(
+                            ProtocolError::unavailable(format!("the message was not stored: {e}")),
+                            &topic.metrics,
+                        ),
                     }),
             );
         });
@@ -252,7 +246,6 @@ impl TopicActor {
         shared.waiting.insert(
             token,
             Waiting {
-                ack: msg.ack,
                 reply: msg.reply,
                 seq: None,
             },
@@ -291,10 +284,10 @@ impl TopicActor {
                     }
                     Err(error) => {
                         for token in tokens {
-                            if let Some(waiting) = topic.shared().waiting.remove(&token)
-                                && let Some(reply) = waiting.reply
-                            {
-                                let _ = reply.send(Err(unavailable(error.clone())));
+                            if let Some(waiting) = topic.shared().waiting.remove(&token) {
+                                waiting
+                                    .reply
+                                    .failed(unavailable(error.clone()), &topic.metrics);
                             }
                         }
                         // Not published: the stored messages must not show
@@ -329,6 +322,7 @@ impl TopicActor {
     /// Answers the publishers of events that were skipped as lost (their
     /// seq is behind the topic's now, and they were never delivered here).
     fn fail_skipped(&mut self) {
+        let metrics = self.metrics.clone();
         let current = self.seq;
         let shared = self.shared();
         let skipped: Vec<u64> = shared
@@ -338,12 +332,11 @@ impl TopicActor {
             .map(|(token, _)| *token)
             .collect();
         for token in skipped {
-            if let Some(waiting) = shared.waiting.remove(&token)
-                && let Some(reply) = waiting.reply
-            {
-                let _ = reply.send(Err(ProtocolError::unavailable(
-                    "the event was lost between nodes",
-                )));
+            if let Some(waiting) = shared.waiting.remove(&token) {
+                waiting.reply.failed(
+                    ProtocolError::unavailable("the event was lost between nodes"),
+                    &metrics,
+                );
             }
         }
     }
@@ -355,12 +348,11 @@ impl TopicActor {
         let shared = self.shared();
         let lost = seq <= current && shared.waiting.contains_key(&token);
         if lost {
-            if let Some(waiting) = shared.waiting.remove(&token)
-                && let Some(reply) = waiting.reply
-            {
-                let _ = reply.send(Err(ProtocolError::unavailable(
-                    "the event was lost between nodes",
-                )));
+            if let Some(waiting) = shared.waiting.remove(&token) {
+                waiting.reply.failed(
+                    ProtocolError::unavailable("the event was lost between nodes"),
+                    &self.metrics,
+                );
             }
         } else if let Some(waiting) = shared.waiting.get_mut(&token) {
             waiting.seq = Some(seq);
@@ -483,7 +475,7 @@ impl TopicActor {
         let frame = frame_of(self.name.as_str(), seq, &event);
         let local = event.origin == *self.shared().link.node;
         if local && let Some(waiting) = self.shared().waiting.remove(&event.token) {
-            if let Some(ack) = &waiting.ack {
+            if let Some(ack) = waiting.reply.client() {
                 let reply = server::publish_ack(
                     ack.reference.as_ref(),
                     ack.id.as_ref(),
@@ -492,12 +484,10 @@ impl TopicActor {
                 );
                 self.send_to(&ack.handle, FrameKind::Reply, reply);
             }
-            if let Some(reply) = waiting.reply {
-                let _ = reply.send(Ok(Published {
-                    seq,
-                    message_id: event.message_id.clone(),
-                }));
-            }
+            waiting.reply.published(Published {
+                seq,
+                message_id: event.message_id.clone(),
+            });
             self.metrics.events_published.inc();
         }
         let publisher = if local { event.conn.map(ConnId) } else { None };
@@ -531,12 +521,11 @@ impl TopicActor {
             .map(|(token, _)| *token)
             .collect();
         for token in old_epoch {
-            if let Some(waiting) = self.shared().waiting.remove(&token)
-                && let Some(reply) = waiting.reply
-            {
-                let _ = reply.send(Err(ProtocolError::unavailable(
-                    "the event was lost: the topic's epoch changed",
-                )));
+            if let Some(waiting) = self.shared().waiting.remove(&token) {
+                waiting.reply.failed(
+                    ProtocolError::unavailable("the event was lost: the topic's epoch changed"),
+                    &self.metrics,
+                );
             }
         }
         self.epoch = epoch;

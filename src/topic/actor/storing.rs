@@ -84,11 +84,9 @@ impl TopicActor {
         self.seq = batch.first().map_or(self.seq, |first| first.seq - 1);
         for unstored in batch {
             if unstored.message.is_some() {
-                if let Some(reply) = unstored.msg.reply {
-                    let error =
-                        ProtocolError::unavailable(format!("the message was not stored: {error}"));
-                    let _ = reply.send(Err(error));
-                }
+                let error =
+                    ProtocolError::unavailable(format!("the message was not stored: {error}"));
+                unstored.msg.reply.failed(error, &self.metrics);
                 continue;
             }
             self.seq += 1;
