@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::capture::{logical_db, query_flag, remove_capture};
+use common::capture::{logical_db, query_flag, query_number, remove_capture};
 use common::{Client, TestApp, TestDb, WAIT};
 use realtide::config::CaptureMode;
 use serde_json::{Value, json};
@@ -214,6 +214,87 @@ async fn a_restart_reads_the_slot_on_from_where_it_was_and_repeats_nothing() {
     back.expect_silence(Duration::from_millis(500)).await;
 }
 
+/// A long transaction reaches clients while the server is still sending
+/// it: it is logged in steps. A crash half-way loses and repeats none of it,
+/// early in the transaction or after more of it was logged than realtide
+/// reads from the slot at once (50,000 changes) when it starts again.
+#[tokio::test]
+async fn a_crash_half_way_through_a_long_transaction_loses_and_repeats_none_of_it() {
+    crash_during_long_transaction(100_000, None).await;
+    crash_during_long_transaction(120_000, Some(55_000)).await;
+}
+
+/// A server process, killed when dropped (by a failed assertion too).
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `rows` rows updated in one transaction; the server is killed (SIGKILL)
+/// once the log holds `kill_at` of its changes (or once a client has the
+/// first), then started again. The log ends with every change once.
+async fn crash_during_long_transaction(rows: i64, kill_at: Option<i64>) {
+    const LOGGED: &str = "SELECT count(*) AS value FROM realtide._realtide_changes";
+    const ROWS_LOGGED: &str =
+        "SELECT count(DISTINCT new_row::jsonb->>'id') AS value FROM realtide._realtide_changes";
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INT PRIMARY KEY, v TEXT)");
+    db.execute(&format!(
+        "INSERT INTO items SELECT i, 'before' FROM generate_series(1, {rows}) i"
+    ));
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let args = ["--database-url", db.url.as_str(), "--capture", "logical"];
+    let mut server = Process(common::serve_binary(&addr, &args).await);
+    let mut client = Client::connect(&format!("ws://{addr}/api/realtime")).await;
+    client.subscribe("items").await;
+
+    db.execute("UPDATE items SET v = 'after'");
+    match kill_at {
+        None => {
+            let first = change(&mut client).await;
+            assert_eq!(first["data"]["v"], "after");
+        }
+        Some(at) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while query_number(&db.url, LOGGED) < at {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{at} changes logged in time"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    server.0.kill().expect("SIGKILL");
+    server.0.wait().expect("reaped");
+    let logged = query_number(&db.url, LOGGED);
+    assert!(
+        logged < rows,
+        "changes went out before the transaction was logged whole: {logged} of {rows} in the log"
+    );
+
+    let _server = Process(common::serve_binary(&addr, &args).await);
+    let mut back = Client::connect(&format!("ws://{addr}/api/realtime")).await;
+    back.subscribe("items").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while query_number(&db.url, LOGGED) < rows && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        (
+            query_number(&db.url, LOGGED),
+            query_number(&db.url, ROWS_LOGGED)
+        ),
+        (rows, rows),
+        "every row's change in the log once ({logged} were at the crash)"
+    );
+}
+
 #[tokio::test]
 async fn the_slot_is_read_while_no_topic_watches_so_it_keeps_no_wal() {
     let Some(db) = logical_db() else { return };
@@ -230,10 +311,15 @@ async fn the_slot_is_read_while_no_topic_watches_so_it_keeps_no_wal() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     app.db
         .execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 100) g");
+    // Where the WAL was once the rows were in (other tests write WAL too).
+    let written = query_number(
+        &app.db.url,
+        "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint AS value",
+    );
     let (_, capture) = app.get_json("/admin/capture").await;
     let slot = capture["slot"].as_str().unwrap().to_string();
     let caught_up = format!(
-        "SELECT confirmed_flush_lsn >= pg_current_wal_flush_lsn() - 100000 AND \
+        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn >= {written} AND \
          EXISTS (SELECT 1 FROM realtide._realtide_changes WHERE new_row LIKE '%\"id\":100,%') AS value \
          FROM pg_replication_slots WHERE slot_name = '{slot}'"
     );

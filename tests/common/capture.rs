@@ -41,6 +41,21 @@ pub fn query_flag(url: &str, sql: &str) -> bool {
         .value
 }
 
+/// One number (`... AS value`) from a connection of its own.
+pub fn query_number(url: &str, sql: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Number {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        value: i64,
+    }
+    let mut conn = realtide::db::connect(url).expect("connect");
+    diesel::sql_query(sql)
+        .get_result::<Number>(&mut conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .value
+}
+
 /// `realtide capture remove`, run as an operator would, with no server running.
 pub fn remove_capture(url: &str, table: Option<&str>) -> String {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_realtide"));

@@ -13,7 +13,11 @@
 //! the last commit written; only after it commits is the slot told it may
 //! move. A crash between the two has the server send transactions the log
 //! already has, and they are skipped by that record: each change is logged
-//! once. The log is then read as with triggers, so resume, `since` and
+//! once. A long transaction is logged in steps while the server is still
+//! sending it (it sends a transaction only once committed), so its first
+//! changes reach clients before its last arrive; the log records how many
+//! of its changes it holds, and a transaction sent again skips those. The
+//! log is then read as with triggers, so resume, `since` and
 //! retention work alike, and every node reads it; the capturing node
 //! notifies the others. The slot and publication are set up in
 //! [`publication`].
@@ -53,6 +57,8 @@ pub const PUBLICATION: &str = "realtide";
 const SETUP_LOCK: i64 = 0x7274_736c_6f74_7375; // "rtslotsu"
 /// Trigger-written changes numbered per step while they drain.
 const BACKLOG_ROWS: i64 = 20_000;
+/// Changes of a transaction still arriving logged per step.
+const STEP_CHANGES: usize = 5_000;
 /// Pause before streaming the slot again after it failed or was in use.
 const STREAM_RETRY: Duration = Duration::from_secs(2);
 /// Warn when the slot holds back more WAL than this.
@@ -91,6 +97,38 @@ pub fn slot_name(epoch: &str) -> String {
     format!("realtide_{epoch}")
 }
 
+/// A transaction logged in steps while it arrives: the first `logged` of
+/// its changes are in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Partial {
+    /// Where the transaction commits (its `Begin`'s final LSN).
+    final_lsn: u64,
+    logged: usize,
+}
+
+/// What [`LogicalSource::read_messages`] found in the received messages.
+struct Read {
+    /// Changes the log does not hold yet, in commit order.
+    decoded: Vec<Decoded>,
+    /// Values only the server can turn into JSON.
+    casts: ServerCast,
+    /// The end of the last commit read.
+    last_end: u64,
+    /// How far the transaction still arriving is now logged.
+    partial: Option<Partial>,
+}
+
+impl Partial {
+    /// `<final_lsn>:<logged>`, as the log's meta table keeps it.
+    fn parse(text: &str) -> Option<Partial> {
+        let (at, logged) = text.split_once(':')?;
+        Some(Partial {
+            final_lsn: at.parse().ok()?,
+            logged: logged.parse().ok()?,
+        })
+    }
+}
+
 pub struct LogicalSource {
     conn: DbConnection,
     url: DatabaseUrl,
@@ -120,6 +158,8 @@ pub struct LogicalSource {
     received: Vec<Vec<u8>>,
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
+    /// The transaction being logged in steps, as last read or written.
+    partial: Option<Partial>,
     /// While another node streams the slot: its notifications wake this
     /// node's tracker and tell it to read the log.
     listener: Option<Listener>,
@@ -168,6 +208,7 @@ impl LogicalSource {
             stream_retry: None,
             received: Vec::new(),
             logged: None,
+            partial: None,
             listener: None,
             trigger_backlog: true,
             lag_warned: false,
@@ -244,13 +285,13 @@ impl LogicalSource {
             return Ok(0);
         }
         let wal_end = stream.wal_end();
-        // Only whole transactions go into the log.
-        let whole = self
-            .received
+        let upto = self.log_upto();
+        // What is logged of transactions that committed can leave the buffer.
+        let whole = self.received[..upto]
             .iter()
             .rposition(|m| m.first() == Some(&b'C'))
             .map_or(0, |last| last + 1);
-        if whole == 0 && !self.trigger_backlog {
+        if upto == 0 && !self.trigger_backlog {
             if self.received.is_empty() {
                 // Everything sent is logged: the slot may move to the WAL's end.
                 self.confirm(wal_end)?;
@@ -258,8 +299,8 @@ impl LogicalSource {
             return Ok(0);
         }
         self.conn.batch_execute("BEGIN")?;
-        match self.log_received(whole) {
-            Ok(Some((written, last_end))) => {
+        match self.log_received(upto) {
+            Ok(Some((written, last_end, partial))) => {
                 // One round trip: how far the log goes, the other nodes' wake-up, commit.
                 let notify = if written > 0 {
                     "SELECT pg_notify('_realtide_changes', '');"
@@ -275,9 +316,17 @@ impl LogicalSource {
                 } else {
                     String::new()
                 };
+                let steps = match &partial {
+                    Some(p) => format!(
+                        "INSERT INTO _realtide_meta (key, value) VALUES ('capture_partial', '{}:{}') \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value;",
+                        p.final_lsn, p.logged
+                    ),
+                    None => String::new(),
+                };
                 if let Err(error) = self
                     .conn
-                    .batch_execute(&format!("{through} {notify} COMMIT;"))
+                    .batch_execute(&format!("{through} {steps} {notify} COMMIT;"))
                 {
                     let _ = self.conn.batch_execute("ROLLBACK");
                     self.logged = None;
@@ -285,6 +334,9 @@ impl LogicalSource {
                 }
                 if last_end > 0 {
                     self.logged = Some(last_end);
+                }
+                if partial.is_some() {
+                    self.partial = partial;
                 }
                 self.received.drain(..whole);
                 let safe = if self.received.is_empty() {
@@ -321,10 +373,65 @@ impl LogicalSource {
         Ok(())
     }
 
-    /// In a transaction: the first `whole` received messages into the log;
-    /// returns how many changes were written and the end of the last commit
-    /// logged. `None` when another node holds the sequencer's lock (try again).
-    fn log_received(&mut self, whole: usize) -> Result<Option<(usize, u64)>, DbError> {
+    /// How many received messages to log now: whole transactions, and the
+    /// start of one still arriving once a log statement's worth of its
+    /// changes is not yet logged; at most a step of changes, cut anywhere,
+    /// even inside a transaction. Steps keep delivery close behind the
+    /// server's sending: the tracker delivers each before it logs the next.
+    fn log_upto(&self) -> usize {
+        let (mut unlogged, mut whole) = (0, 0);
+        // The transaction being read: its changes so far, how many of them
+        // the log already holds, and how many it does not.
+        let (mut seen, mut skip, mut open) = (0, 0, 0);
+        for (i, message) in self.received.iter().enumerate() {
+            if pgoutput::is_change(message) {
+                seen += 1;
+                if seen > skip {
+                    unlogged += 1;
+                    open += 1;
+                    if unlogged == STEP_CHANGES {
+                        return i + 1;
+                    }
+                }
+                continue;
+            }
+            match pgoutput::decode(message) {
+                Ok(Message::Begin { final_lsn, .. }) => {
+                    (seen, open) = (0, 0);
+                    skip = self.logged_of(final_lsn);
+                }
+                Ok(Message::Commit { .. }) => {
+                    whole = i + 1;
+                    open = 0;
+                }
+                _ => {}
+            }
+        }
+        if open >= rows::INSERT_ROWS {
+            self.received.len()
+        } else {
+            whole
+        }
+    }
+
+    /// How many changes of the transaction that commits at `final_lsn` the
+    /// log holds from steps.
+    fn logged_of(&self, final_lsn: u64) -> usize {
+        match &self.partial {
+            Some(p) if p.final_lsn == final_lsn => p.logged,
+            _ => 0,
+        }
+    }
+
+    /// In a transaction: the first `upto` received messages into the log,
+    /// which may end inside a transaction. Returns how many changes were
+    /// written, the end of the last commit logged, and how far the
+    /// transaction the messages end in is logged. `None` when another node
+    /// holds the sequencer's lock (try again).
+    fn log_received(
+        &mut self,
+        upto: usize,
+    ) -> Result<Option<(usize, u64, Option<Partial>)>, DbError> {
         if self.trigger_backlog {
             // Another node may number trigger-written changes too: take turns.
             let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
@@ -337,8 +444,8 @@ impl LogicalSource {
             // come first, in their own order.
             postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
-            if self.trigger_backlog || whole == 0 {
-                return Ok(Some((0, 0)));
+            if self.trigger_backlog || upto == 0 {
+                return Ok(Some((0, 0, None)));
             }
         }
         // Only the node streaming the slot writes after it: what it read
@@ -346,23 +453,63 @@ impl LogicalSource {
         let logged_through = match self.logged {
             Some(through) => through,
             None => {
-                let through = self.logged_through()?;
+                let (through, partial) = self.logged_through()?;
+                self.partial = partial;
                 *self.logged.insert(through)
             }
         };
+        // Taken out while they are read, put back whatever happens.
+        let received = std::mem::take(&mut self.received);
+        let read = self.read_messages(&received[..upto], logged_through);
+        self.received = received;
+        let read = read?;
+        let written = read.decoded.len();
+        if written > 0 {
+            let converted = self.server_casts(read.casts)?;
+            self.write_log(read.decoded, &converted)?;
+        }
+        Ok(Some((
+            written,
+            read.last_end.max(logged_through),
+            read.partial,
+        )))
+    }
+
+    /// Decodes `messages` into the changes the log does not hold yet (see
+    /// [`Self::log_received`]).
+    fn read_messages(
+        &mut self,
+        messages: &[Vec<u8>],
+        logged_through: u64,
+    ) -> Result<Read, DbError> {
         let mut casts = ServerCast::default();
         let mut decoded = Vec::new();
         let mut transaction: Vec<Decoded> = Vec::new();
         let mut commit_ms = 0;
         let mut last_end = 0;
-        let messages: Vec<Vec<u8>> = self.received[..whole].to_vec();
-        for data in &messages {
+        // The transaction being read: where it commits, its changes so far,
+        // how many of them the log already holds, and whether its commit
+        // is still to come.
+        let (mut final_lsn, mut seen, mut skip) = (0, 0, 0);
+        let mut open = false;
+        for data in messages {
+            if pgoutput::is_change(data) {
+                seen += 1;
+                if seen <= skip {
+                    continue;
+                }
+            }
             match pgoutput::decode(data)
                 .map_err(|e| DbError::Task(format!("logical decoding: {e}")))?
             {
-                Message::Begin { commit_time } => {
+                Message::Begin {
+                    final_lsn: at,
+                    commit_time,
+                } => {
                     transaction.clear();
                     commit_ms = pgoutput::unix_ms(commit_time);
+                    (final_lsn, seen, open) = (at, 0, true);
+                    skip = self.logged_of(at);
                 }
                 Message::Relation(relation) => {
                     let topic = self.topic_of(&relation)?;
@@ -391,29 +538,50 @@ impl LogicalSource {
                     }
                     transaction.clear();
                     last_end = end_lsn;
+                    (skip, open) = (0, false);
                 }
                 Message::Other => {}
             }
         }
-        let written = decoded.len();
-        if written > 0 {
-            let converted = self.server_casts(casts)?;
-            self.write_log(decoded, &converted)?;
+        // The start of a transaction the messages end in, unless it is one
+        // the log holds whole (sent again after a crash).
+        let mut partial = None;
+        if open && final_lsn >= logged_through {
+            decoded.append(&mut transaction);
+            partial = Some(Partial {
+                final_lsn,
+                // Sent again after a crash, it may not have come as far as the log.
+                logged: seen.max(skip),
+            });
         }
-        Ok(Some((written, last_end.max(logged_through))))
+        Ok(Read {
+            decoded,
+            casts,
+            last_end,
+            partial,
+        })
     }
 
-    /// The end of the last commit whose changes are in the log.
-    fn logged_through(&mut self) -> Result<u64, DbError> {
+    /// The end of the last commit whose changes are in the log, and the
+    /// transaction last logged in steps.
+    fn logged_through(&mut self) -> Result<(u64, Option<Partial>), DbError> {
         #[derive(QueryableByName)]
         struct Meta {
             #[diesel(sql_type = Text)]
+            key: String,
+            #[diesel(sql_type = Text)]
             value: String,
         }
-        let rows: Vec<Meta> =
-            diesel::sql_query("SELECT value FROM _realtide_meta WHERE key = 'capture_lsn'")
-                .load(&mut self.conn)?;
-        Ok(rows.first().and_then(|m| m.value.parse().ok()).unwrap_or(0))
+        let rows: Vec<Meta> = diesel::sql_query(
+            "SELECT key, value FROM _realtide_meta WHERE key IN ('capture_lsn', 'capture_partial')",
+        )
+        .load(&mut self.conn)?;
+        let value = |key: &str| rows.iter().find(|m| m.key == key).map(|m| m.value.as_str());
+        let through = value("capture_lsn")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let partial = value("capture_partial").and_then(Partial::parse);
+        Ok((through, partial))
     }
 }
 

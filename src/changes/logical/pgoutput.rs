@@ -8,6 +8,8 @@
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Begin {
+        /// Where the transaction's commit record is: its identity in the WAL.
+        final_lsn: u64,
         /// The transaction's commit timestamp, in µs since 2000-01-01.
         commit_time: i64,
     },
@@ -128,14 +130,23 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether a message is a row change (insert, update or delete), without
+/// decoding it.
+pub fn is_change(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(b'I' | b'U' | b'D'))
+}
+
 /// Decodes one message.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     let mut r = Reader { bytes };
     Ok(match r.u8()? {
         b'B' => {
-            let _final_lsn = r.u64()?;
+            let final_lsn = r.u64()?;
             let commit_time = r.u64()? as i64;
-            Message::Begin { commit_time }
+            Message::Begin {
+                final_lsn,
+                commit_time,
+            }
         }
         b'C' => {
             let _flags = r.u8()?;
@@ -235,6 +246,7 @@ mod tests {
         assert_eq!(
             begin,
             Message::Begin {
+                final_lsn: 0x021ad760,
                 commit_time: 0x0003047c3be2586f
             }
         );

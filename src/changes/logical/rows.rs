@@ -14,7 +14,7 @@ use super::pgtext::{self, ServerCast};
 use crate::db::DbError;
 
 /// Changes written into the log per statement.
-const INSERT_ROWS: usize = 2_000;
+pub(super) const INSERT_ROWS: usize = 2_000;
 
 /// One change as decoded, before it is written into the log.
 pub(super) struct Decoded {
