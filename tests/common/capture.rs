@@ -28,17 +28,12 @@ pub fn logical_db() -> Option<TestDb> {
 
 /// One boolean answer (`... AS value`) from a connection of its own.
 pub fn query_flag(url: &str, sql: &str) -> bool {
-    use diesel::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Flag {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        value: bool,
-    }
-    let mut conn = realtide::db::connect(url).expect("connect");
-    diesel::sql_query(sql)
-        .get_result::<Flag>(&mut conn)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .value
+    query_number(
+        url,
+        &format!(
+            "SELECT CAST(CASE WHEN value THEN 1 ELSE 0 END AS BIGINT) AS value FROM ({sql}) AS answer"
+        ),
+    ) != 0
 }
 
 /// One number (`... AS value`) from a connection of its own.
