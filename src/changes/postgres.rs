@@ -32,6 +32,10 @@ use crate::db::{DatabaseUrl, DbConnection, DbError};
 pub(super) const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
 /// After a notification, how long the tracker lets more commits gather.
 const COALESCE: Duration = Duration::from_millis(5);
+/// Changes numbered per sequencer transaction, at most: each is a commit
+/// (a WAL flush), so a bulk statement's changes take few of them, however
+/// few the tracker reads at a time.
+const SEQUENCE_STEP: i64 = 10_000;
 /// How often watched tables' columns are re-read (PostgreSQL has no cheap
 /// schema version to watch): new bytea columns must decode as base64.
 pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
@@ -373,7 +377,7 @@ impl ChangeSource for PostgresSource {
     }
 
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
-        self.sequence(limit)?;
+        self.sequence(limit.max(SEQUENCE_STEP))?;
         self.watched.read_after(&mut self.conn, cursor, limit)
     }
 
