@@ -14,10 +14,10 @@
 //! move. A crash between the two has the server send transactions the log
 //! already has, and they are skipped by that record: each change is logged
 //! once. A long transaction is logged in steps while the server is still
-//! sending it ([`steps`]). The log is then read as with triggers, so resume, `since` and
-//! retention work alike, and every node reads it; the capturing node
-//! notifies the others. The slot and publication are set up in
-//! [`publication`].
+//! sending it ([`steps`]). The log is then read as with triggers, so
+//! resume, `since` and retention work alike, and every node reads it; the
+//! capturing node notifies the others. The slot and publication are set up
+//! in [`publication`].
 //!
 //! A slot nobody reads keeps WAL forever: the tracker also reads it when no
 //! topic watches, exports its lag, and warns when it grows.
