@@ -216,12 +216,15 @@ async fn a_restart_reads_the_slot_on_from_where_it_was_and_repeats_nothing() {
 
 /// A long transaction reaches clients while the server is still sending
 /// it: it is logged in steps. A crash half-way loses and repeats none of it,
-/// early in the transaction or after more of it was logged than realtide
-/// reads from the slot at once (50,000 changes) when it starts again.
+/// early in the transaction, after more of it was logged than realtide
+/// reads from the slot at once (50,000 changes) when it starts again, or
+/// once all of it was logged (PostgreSQL may send it again, whole: here
+/// two long transactions), and capture goes on after it.
 #[tokio::test]
 async fn a_crash_half_way_through_a_long_transaction_loses_and_repeats_none_of_it() {
     crash_during_long_transaction(100_000, None).await;
     crash_during_long_transaction(120_000, Some(55_000)).await;
+    crash_during_long_transaction(60_000, Some(60_000)).await;
 }
 
 /// A server process, killed when dropped (by a failed assertion too).
@@ -236,7 +239,8 @@ impl Drop for Process {
 
 /// `rows` rows updated in one transaction; the server is killed (SIGKILL)
 /// once the log holds `kill_at` of its changes (or once a client has the
-/// first), then started again. The log ends with every change once.
+/// first), then started again, and one more row is inserted. The log ends
+/// with every change once.
 async fn crash_during_long_transaction(rows: i64, kill_at: Option<i64>) {
     const LOGGED: &str = "SELECT count(*) AS value FROM realtide._realtide_changes";
     const ROWS_LOGGED: &str =
@@ -252,7 +256,20 @@ async fn crash_during_long_transaction(rows: i64, kill_at: Option<i64>) {
     let mut client = Client::connect(&format!("ws://{addr}/api/realtime")).await;
     client.subscribe("items").await;
 
-    db.execute("UPDATE items SET v = 'after'");
+    // Two transactions when the crash comes after all of it was logged:
+    // both come again, whole, the first no longer the one last stepped.
+    if kill_at == Some(rows) {
+        db.execute(&format!(
+            "UPDATE items SET v = 'after' WHERE id <= {}",
+            rows / 2
+        ));
+        db.execute(&format!(
+            "UPDATE items SET v = 'after' WHERE id > {}",
+            rows / 2
+        ));
+    } else {
+        db.execute("UPDATE items SET v = 'after'");
+    }
     match kill_at {
         None => {
             let first = change(&mut client).await;
@@ -272,16 +289,20 @@ async fn crash_during_long_transaction(rows: i64, kill_at: Option<i64>) {
     server.0.kill().expect("SIGKILL");
     server.0.wait().expect("reaped");
     let logged = query_number(&db.url, LOGGED);
-    assert!(
-        logged < rows,
-        "changes went out before the transaction was logged whole: {logged} of {rows} in the log"
-    );
+    if kill_at != Some(rows) {
+        assert!(
+            logged < rows,
+            "changes went out before the transaction was logged whole: {logged} of {rows} in the log"
+        );
+    }
 
     let _server = Process(common::serve_binary(&addr, &args).await);
     let mut back = Client::connect(&format!("ws://{addr}/api/realtime")).await;
     back.subscribe("items").await;
+    // One more commit after the long one: capture goes on past it.
+    db.execute("INSERT INTO items VALUES (0, 'after')");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while query_number(&db.url, LOGGED) < rows && tokio::time::Instant::now() < deadline {
+    while query_number(&db.url, LOGGED) <= rows && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -290,7 +311,7 @@ async fn crash_during_long_transaction(rows: i64, kill_at: Option<i64>) {
             query_number(&db.url, LOGGED),
             query_number(&db.url, ROWS_LOGGED)
         ),
-        (rows, rows),
+        (rows + 1, rows + 1),
         "every row's change in the log once ({logged} were at the crash)"
     );
 }

@@ -89,7 +89,7 @@ impl LogicalSource {
             match pgoutput::decode(message) {
                 Ok(Message::Begin { final_lsn, .. }) => {
                     (seen, open) = (0, 0);
-                    skip = self.logged_of(final_lsn);
+                    skip = self.logged_of(final_lsn, self.logged.unwrap_or(0));
                 }
                 Ok(Message::Commit { .. }) => {
                     whole = i + 1;
@@ -106,9 +106,12 @@ impl LogicalSource {
     }
 
     /// How many changes of the transaction that commits at `final_lsn` the
-    /// log holds from steps.
-    fn logged_of(&self, final_lsn: u64) -> usize {
+    /// log holds: all of them when it committed before the end of the last
+    /// commit logged, `logged_through` (sent again after a crash, before
+    /// the slot was told), else those logged in steps.
+    fn logged_of(&self, final_lsn: u64, logged_through: u64) -> usize {
         match &self.partial {
+            _ if final_lsn < logged_through => usize::MAX,
             Some(p) if p.final_lsn == final_lsn => p.logged,
             _ => 0,
         }
@@ -200,7 +203,7 @@ impl LogicalSource {
                     transaction.clear();
                     commit_ms = pgoutput::unix_ms(commit_time);
                     (final_lsn, seen, open) = (at, 0, true);
-                    skip = self.logged_of(at);
+                    skip = self.logged_of(at, logged_through);
                 }
                 Message::Relation(relation) => {
                     let topic = self.topic_of(&relation)?;
