@@ -84,21 +84,26 @@ fn store(db: &Database, groups: Vec<Group>, commits: &IntCounter) {
         }
         return;
     }
-    let all: Vec<NewMessage> = groups
-        .iter()
-        .flat_map(|g| g.messages.iter().cloned())
-        .collect();
+    // Moved, not copied, into one list; each group is its run of it.
+    let mut all = Vec::with_capacity(groups.iter().map(|g| g.messages.len()).sum());
+    let mut waiting = Vec::with_capacity(groups.len());
+    for group in groups {
+        waiting.push((group.messages.len(), group.reply));
+        all.extend(group.messages);
+    }
     match store_one(&all) {
         Ok(ids) => {
             let mut ids = ids.into_iter();
-            for group in groups {
-                let mine: Vec<String> = ids.by_ref().take(group.messages.len()).collect();
-                let _ = group.reply.send(Ok(mine));
+            for (len, reply) in waiting {
+                let _ = reply.send(Ok(ids.by_ref().take(len).collect()));
             }
         }
         Err(_) => {
-            for group in groups {
-                let _ = group.reply.send(store_one(&group.messages));
+            let mut rest = all.as_slice();
+            for (len, reply) in waiting {
+                let (mine, after) = rest.split_at(len);
+                rest = after;
+                let _ = reply.send(store_one(mine));
             }
         }
     }
