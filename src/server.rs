@@ -25,7 +25,7 @@ use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
 use crate::changes::sqlite::SqliteSource;
-use crate::changes::tables::{TableList, TableRef};
+use crate::changes::tables::TableList;
 use crate::changes::{CaptureStatus, ChangeSource};
 use crate::config::{CaptureMode, Config};
 use crate::db::{Database, DatabaseUrl, DbError};
@@ -124,17 +124,14 @@ fn start_tracker(
     tables: &Arc<TableList>,
     metrics: &Metrics,
 ) -> Result<(Tracker, CaptureStatus), StartError> {
+    if let (DatabaseUrl::Sqlite(_), Some(table)) = (db.url(), tables.first_renamed()) {
+        return Err(StartError::Config(format!(
+            "--tables: {}: SQLite tables have no schema and are read under their own names",
+            table.sql()
+        )));
+    }
     let mut conn = db.dedicated_connection()?;
     let (source, status): (Box<dyn ChangeSource>, CaptureStatus) = match db.url() {
-        DatabaseUrl::Sqlite(_) if tables.first_renamed().is_some() => {
-            let table = tables
-                .first_renamed()
-                .map(TableRef::sql)
-                .unwrap_or_default();
-            return Err(StartError::Config(format!(
-                "--tables: {table}: SQLite tables have no schema and are read under their own names"
-            )));
-        }
         DatabaseUrl::Sqlite(path) => (
             Box::new(SqliteSource::new(conn, path.clone())),
             CaptureStatus::new("triggers", None),

@@ -86,12 +86,15 @@ impl LogicalSource {
                 }
                 continue;
             }
-            match pgoutput::decode(message) {
-                Ok(Message::Begin { final_lsn, .. }) => {
-                    (seen, open) = (0, 0);
-                    skip = self.logged_of(final_lsn, self.logged.unwrap_or(0));
+            // Only a transaction's ends matter here, and only a begin is decoded.
+            match message.first() {
+                Some(b'B') => {
+                    if let Ok(Message::Begin { final_lsn, .. }) = pgoutput::decode(message) {
+                        (seen, open) = (0, 0);
+                        skip = self.logged_of(final_lsn, self.logged.unwrap_or(0));
+                    }
                 }
-                Ok(Message::Commit { .. }) => {
+                Some(b'C') => {
                     whole = i + 1;
                     open = 0;
                 }
