@@ -70,11 +70,14 @@ fn check(config: &Config) -> Result<(), String> {
 
 fn capture_remove(url: &str, schema: &str, table: Option<&str>) -> Result<(), String> {
     let table = table
-        .map(|t| match t.contains('=') {
-            true => Err(format!(
-                "--table `{t}`: name a table (`orders`, `app.items`)"
-            )),
-            false => TableRef::parse(t).map_err(|e| format!("--table {e}")),
+        .map(|t| {
+            if t.contains('=') {
+                Err(format!(
+                    "--table `{t}`: name a table (`orders`, `app.items`)"
+                ))
+            } else {
+                TableRef::parse(t).map_err(|e| format!("--table {e}"))
+            }
         })
         .transpose()?;
     let done = realtide::changes::remove::remove(url, schema, table.as_ref())
