@@ -10,6 +10,7 @@ pub mod logical;
 pub mod poller;
 pub mod postgres;
 pub mod remove;
+pub mod row;
 pub mod sqlite;
 pub mod tables;
 
@@ -17,10 +18,11 @@ use std::sync::{Arc, RwLock};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use filter::Filter;
 pub use poller::{PollerActor, Tracker};
+pub use row::Row;
 
 use crate::db::{DbConnection, DbError};
 use tables::TableRef;
@@ -95,9 +97,9 @@ pub struct Change {
     pub table: String,
     pub operation: Operation,
     /// The row after the change (INSERT, UPDATE).
-    pub new: Option<Map<String, Value>>,
+    pub new: Option<Row>,
     /// The row before the change (UPDATE, DELETE).
-    pub old: Option<Map<String, Value>>,
+    pub old: Option<Row>,
     /// When the change was written, in ms since the Unix epoch.
     pub at_ms: i64,
     /// Some stored text was not valid UTF-8 (SQLite allows it) and was
@@ -109,8 +111,7 @@ impl Change {
     /// Whether a subscriber with `filter` sees this change: an INSERT when the
     /// new row matches, a DELETE when the old one did, an UPDATE when either.
     pub fn visible_through(&self, filter: &Filter) -> bool {
-        let matches =
-            |row: &Option<Map<String, Value>>| row.as_ref().is_some_and(|r| filter.matches(r));
+        let matches = |row: &Option<Row>| row.as_ref().is_some_and(|r| filter.matches(r.values()));
         filter.is_empty() || matches(&self.new) || matches(&self.old)
     }
 }
@@ -147,6 +148,33 @@ pub enum RowDecoder {
 }
 
 impl RowDecoder {
+    /// Whether a row's JSON text may hold a value [`Self::decode_value`]
+    /// changes; a row that cannot is passed on as it is.
+    fn may_change(&self, json: &str) -> bool {
+        match self {
+            RowDecoder::Sqlite => json.contains(r#""$blob""#) || json.contains(r#""$real""#),
+            RowDecoder::Postgres { binary } => !binary.is_empty() && json.contains(r#""\\x"#),
+        }
+    }
+
+    /// A row from the log's JSON text, its stored values as protocol
+    /// values; `None` unless the text is one JSON object.
+    pub fn row(&self, json: String) -> Option<Row> {
+        if !self.may_change(&json) {
+            return Row::from_json(json);
+        }
+        let row::Columns(columns) = serde_json::from_str(&json).ok()?;
+        Some(Row::from_columns(
+            columns
+                .into_iter()
+                .map(|(column, value)| {
+                    let value = self.decode_value(&column, value);
+                    (column, value)
+                })
+                .collect(),
+        ))
+    }
+
     pub fn decode_value(&self, column: &str, value: Value) -> Value {
         match (self, value) {
             (RowDecoder::Sqlite, Value::Object(marked)) if marked.len() == 1 => {
@@ -189,7 +217,7 @@ impl LogRow {
     pub fn decode(self, decoder: &RowDecoder) -> Option<Change> {
         let table = self.table_name;
         let mut repaired = false;
-        let mut parse = |bytes: Option<Vec<u8>>| -> Option<Map<String, Value>> {
+        let mut parse = |bytes: Option<Vec<u8>>| -> Option<Row> {
             let text = match String::from_utf8(bytes?) {
                 Ok(text) => text,
                 Err(invalid) => {
@@ -197,17 +225,7 @@ impl LogRow {
                     String::from_utf8_lossy(invalid.as_bytes()).into_owned()
                 }
             };
-            let Value::Object(row) = serde_json::from_str(&text).ok()? else {
-                return None;
-            };
-            Some(
-                row.into_iter()
-                    .map(|(column, value)| {
-                        let value = decoder.decode_value(&column, value);
-                        (column, value)
-                    })
-                    .collect(),
-            )
+            decoder.row(text)
         };
         let new = parse(self.new_row);
         let old = parse(self.old_row);
@@ -455,7 +473,7 @@ mod tests {
     #[test]
     fn an_update_is_visible_when_either_row_matches() {
         let filter = Filter::parse(json!({"status": "open"}).as_object().unwrap()).unwrap();
-        let row = |s: &str| Some(json!({"status": s}).as_object().unwrap().clone());
+        let row = |s: &str| Row::from_json(json!({"status": s}).to_string());
         let change = |operation, new, old| Change {
             seq: 1,
             table: "t".into(),

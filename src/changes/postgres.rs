@@ -46,6 +46,8 @@ pub(super) const SHAPE_REFRESH: Duration = Duration::from_secs(2);
 pub(super) struct WatchedTables {
     /// By topic (the log's table name).
     decoders: HashMap<String, (TableRef, RowDecoder)>,
+    /// For a table no longer watched: no bytea columns known.
+    plain: RowDecoder,
     read_at: Instant,
 }
 
@@ -53,8 +55,18 @@ impl WatchedTables {
     pub(super) fn new() -> Self {
         WatchedTables {
             decoders: HashMap::new(),
+            plain: RowDecoder::Postgres {
+                binary: HashSet::new(),
+            },
             read_at: Instant::now(),
         }
+    }
+
+    /// How `topic`'s rows are decoded.
+    pub(super) fn decoder(&self, topic: &str) -> &RowDecoder {
+        self.decoders
+            .get(topic)
+            .map_or(&self.plain, |(_, decoder)| decoder)
     }
 
     pub(super) fn insert(&mut self, table: &TableRef, decoder: RowDecoder) {
@@ -88,16 +100,10 @@ impl WatchedTables {
         limit: i64,
     ) -> Result<Vec<Change>, DbError> {
         let rows = super::read_after(conn, cursor, limit)?;
-        let plain = RowDecoder::Postgres {
-            binary: HashSet::new(),
-        };
         Ok(rows
             .into_iter()
             .filter_map(|row| {
-                let decoder = self
-                    .decoders
-                    .get(&row.table_name)
-                    .map_or(&plain, |(_, decoder)| decoder);
+                let decoder = self.decoder(&row.table_name);
                 row.decode(decoder)
             })
             .collect())

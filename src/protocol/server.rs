@@ -180,26 +180,33 @@ impl TopicFrame {
 
     /// A `db_change` frame of a table topic.
     pub fn db_change(change: &crate::changes::Change) -> Self {
-        use crate::changes::Operation;
-        let mut fields = Map::new();
-        fields.insert("operation".into(), change.operation.as_str().into());
-        fields.insert("seq".into(), change.seq.into());
-        fields.insert("timestamp".into(), change.at_ms.into());
+        use crate::changes::{Operation, Row};
+        use std::fmt::Write;
+        fn json(row: &Option<Row>) -> &str {
+            row.as_ref().map_or("null", Row::json)
+        }
         let data = match change.operation {
             Operation::Delete => &change.old,
             Operation::Insert | Operation::Update => &change.new,
         };
-        fields.insert(
-            "data".into(),
-            data.clone().map_or(Value::Null, Value::Object),
-        );
+        let mut tail = String::with_capacity(96 + json(data).len() * 2);
+        tail.push_str(r#","data":"#);
+        tail.push_str(json(data));
         if change.operation != Operation::Insert {
-            fields.insert(
-                "old".into(),
-                change.old.clone().map_or(Value::Null, Value::Object),
-            );
+            tail.push_str(r#","old":"#);
+            tail.push_str(json(&change.old));
         }
-        Self::from_fields(r#"{"type":"db_change","topic":"#, Value::Object(fields))
+        let _ = write!(
+            tail,
+            r#","operation":"{}","seq":{},"timestamp":{}}}"#,
+            change.operation.as_str(),
+            change.seq,
+            change.at_ms
+        );
+        TopicFrame {
+            head: r#"{"type":"db_change","topic":"#,
+            tail: ByteString::from(tail),
+        }
     }
 
     fn from_fields(head: &'static str, fields: Value) -> Self {

@@ -14,9 +14,10 @@
 //! move. A crash between the two has the server send transactions the log
 //! already has, and they are skipped by that record: each change is logged
 //! once. A long transaction is logged in steps while the server is still
-//! sending it ([`steps`]). The log is then read as with triggers, so
-//! resume, `since` and retention work alike, and every node reads it; the
-//! capturing node notifies the others. The slot and publication are set up
+//! sending it ([`steps`]). Resume, `since` and retention read the log as
+//! with triggers. The capturing node hands what it logged to topics once it
+//! committed, without reading it back; the other nodes read the log when
+//! the capturing node notifies them. The slot and publication are set up
 //! in [`publication`].
 //!
 //! A slot nobody reads keeps WAL forever: the tracker also reads it when no
@@ -38,7 +39,7 @@ mod steps;
 mod stream;
 
 use pgoutput::Relation;
-use steps::Partial;
+use steps::{Logged, Partial};
 use stream::ReplicationStream;
 
 use super::libpq::Listener;
@@ -117,6 +118,9 @@ pub struct LogicalSource {
     stream_retry: Option<Instant>,
     /// `pgoutput` messages received and not yet logged.
     received: Vec<Vec<u8>>,
+    /// What the last pass logged, in seq order with no gap, until polled:
+    /// the log need not be read back for it.
+    fresh: Vec<Change>,
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
     /// The transaction being logged in steps, as last read or written.
@@ -168,6 +172,7 @@ impl LogicalSource {
             stream: None,
             stream_retry: None,
             received: Vec::new(),
+            fresh: Vec::new(),
             logged: None,
             partial: None,
             listener: None,
@@ -261,7 +266,12 @@ impl LogicalSource {
         }
         self.conn.batch_execute("BEGIN")?;
         match self.log_received(upto) {
-            Ok(Some((written, last_end, partial))) => {
+            Ok(Some(Logged {
+                changes,
+                last_end,
+                partial,
+            })) => {
+                let written = changes.len();
                 // One round trip: how far the log goes, the other nodes' wake-up, commit.
                 let notify = if written > 0 {
                     "SELECT pg_notify('_realtide_changes', '');"
@@ -298,6 +308,11 @@ impl LogicalSource {
                 if partial.is_some() {
                     self.partial = partial;
                 }
+                // Numbered in one transaction, so with no gap; checked, as
+                // `take_fresh` counts on it.
+                if changes.windows(2).all(|w| w[1].seq == w[0].seq + 1) {
+                    self.fresh = changes;
+                }
                 self.received.drain(..whole);
                 let safe = if self.received.is_empty() {
                     last_end.max(wal_end)
@@ -317,6 +332,26 @@ impl LogicalSource {
                 Err(error)
             }
         }
+    }
+
+    /// The changes after `cursor` (at most `limit`) when the last pass
+    /// logged them all, taken out of what it logged.
+    fn take_fresh(&mut self, cursor: u64, limit: i64) -> Option<Vec<Change>> {
+        let (first, last) = (self.fresh.first()?.seq, self.fresh.last()?.seq);
+        if last <= cursor {
+            self.fresh.clear();
+            return None;
+        }
+        if first > cursor + 1 {
+            return None;
+        }
+        let skip = (cursor + 1 - first) as usize;
+        let take = usize::try_from(limit)
+            .unwrap_or(0)
+            .min(self.fresh.len() - skip);
+        let mut taken: Vec<Change> = self.fresh.drain(..skip + take).collect();
+        taken.drain(..skip);
+        Some(taken)
     }
 
     fn confirm(&mut self, lsn: u64) -> Result<(), DbError> {
@@ -382,6 +417,9 @@ impl ChangeSource for LogicalSource {
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
         if let Some(triggers) = &mut self.triggers {
             return triggers.poll(cursor, limit);
+        }
+        if let Some(fresh) = self.take_fresh(cursor, limit) {
+            return Ok(fresh);
         }
         self.watched.read_after(&mut self.conn, cursor, limit)
     }

@@ -6,7 +6,7 @@
 
 /// One decoded message.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Message {
+pub enum Message<'a> {
     Begin {
         /// Where the transaction's commit record is: its identity in the WAL.
         final_lsn: u64,
@@ -22,18 +22,18 @@ pub enum Message {
     Relation(Relation),
     Insert {
         relation: u32,
-        new: Tuple,
+        new: Tuple<'a>,
     },
     Update {
         relation: u32,
         /// The whole old row under REPLICA IDENTITY FULL, its key columns
         /// under an index identity, absent when the key did not change.
-        old: Option<Tuple>,
-        new: Tuple,
+        old: Option<Tuple<'a>>,
+        new: Tuple<'a>,
     },
     Delete {
         relation: u32,
-        old: Tuple,
+        old: Tuple<'a>,
     },
     Other,
 }
@@ -52,16 +52,17 @@ pub struct Column {
     pub type_oid: u32,
 }
 
-pub type Tuple = Vec<Cell>;
+/// A row's cells, borrowed from the message they were decoded from.
+pub type Tuple<'a> = Vec<Cell<'a>>;
 
 /// One column's value in a tuple.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
     Null,
     /// A TOASTed value the change did not touch: not in the WAL, so not sent.
     UnchangedToast,
     /// The value in the type's text output.
-    Text(Vec<u8>),
+    Text(&'a [u8]),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -114,7 +115,7 @@ impl<'a> Reader<'a> {
         Ok(text)
     }
 
-    fn tuple(&mut self) -> Result<Tuple, DecodeError> {
+    fn tuple(&mut self) -> Result<Tuple<'a>, DecodeError> {
         let columns = self.u16()?;
         (0..columns)
             .map(|_| match self.u8()? {
@@ -122,7 +123,7 @@ impl<'a> Reader<'a> {
                 b'u' => Ok(Cell::UnchangedToast),
                 b't' | b'b' => {
                     let len = self.u32()? as usize;
-                    Ok(Cell::Text(self.take(len)?.to_vec()))
+                    Ok(Cell::Text(self.take(len)?))
                 }
                 _ => Err(DecodeError("unknown tuple cell kind")),
             })
@@ -137,7 +138,7 @@ pub fn is_change(bytes: &[u8]) -> bool {
 }
 
 /// Decodes one message.
-pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
     let mut r = Reader { bytes };
     Ok(match r.u8()? {
         b'B' => {
@@ -242,7 +243,8 @@ mod tests {
     // under REPLICA IDENTITY FULL, one UPDATE of name 'a' to 'b'.
     #[test]
     fn messages_from_a_real_server_decode() {
-        let begin = decode(&hex("4200000000021ad7600003047c3be2586f000002dc")).unwrap();
+        let begin = hex("4200000000021ad7600003047c3be2586f000002dc");
+        let begin = decode(&begin).unwrap();
         assert_eq!(
             begin,
             Message::Begin {
@@ -250,10 +252,10 @@ mod tests {
                 commit_time: 0x0003047c3be2586f
             }
         );
-        let relation = decode(&hex(
+        let relation = hex(
             "52000040057075626c6963006974656d73006600020169640000000017ffffffff016e616d650000000019ffffffff",
-        ))
-        .unwrap();
+        );
+        let relation = decode(&relation).unwrap();
         let Message::Relation(relation) = relation else {
             panic!("{relation:?}")
         };
@@ -269,19 +271,18 @@ mod tests {
             }
         );
         assert_eq!(relation.columns[1].type_oid, 25);
-        let update = decode(&hex(
-            "55000040054f00027400000001316e4e0002740000000131740000000162",
-        ))
-        .unwrap();
+        let update = hex("55000040054f00027400000001316e4e0002740000000131740000000162");
+        let update = decode(&update).unwrap();
         assert_eq!(
             update,
             Message::Update {
                 relation: 0x4005,
-                old: Some(vec![Cell::Text(b"1".to_vec()), Cell::Null]),
-                new: vec![Cell::Text(b"1".to_vec()), Cell::Text(b"b".to_vec())],
+                old: Some(vec![Cell::Text(b"1"), Cell::Null]),
+                new: vec![Cell::Text(b"1"), Cell::Text(b"b")],
             }
         );
-        let commit = decode(&hex("430000000000021ad76000000000021ad7900003047c3be2586f")).unwrap();
+        let commit = hex("430000000000021ad76000000000021ad7900003047c3be2586f");
+        let commit = decode(&commit).unwrap();
         assert_eq!(
             commit,
             Message::Commit {

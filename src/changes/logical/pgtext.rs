@@ -36,21 +36,28 @@ mod oid {
 
 /// The JSON text of a value, or `None` when only the server can say it.
 pub fn to_json(type_oid: u32, text: &str) -> Option<String> {
+    let mut json = Vec::new();
+    write_json(type_oid, text, &mut json).then(|| String::from_utf8_lossy(&json).into_owned())
+}
+
+/// Appends a value's JSON text to `out`; `false` (and nothing appended)
+/// when only the server can say it.
+pub fn write_json(type_oid: u32, text: &str, out: &mut Vec<u8>) -> bool {
     match type_oid {
         oid::BOOL => match text {
-            "t" => Some("true".into()),
-            "f" => Some("false".into()),
-            _ => None,
+            "t" => out.extend_from_slice(b"true"),
+            "f" => out.extend_from_slice(b"false"),
+            _ => return false,
         },
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => {
-            Some(if is_json_number(text) {
-                text.to_string()
+            if is_json_number(text) {
+                out.extend_from_slice(text.as_bytes());
             } else {
                 // NaN and the infinities: row_to_json quotes what is no JSON number.
-                quoted(text)
-            })
+                quote(text, out);
+            }
         }
-        oid::JSON | oid::JSONB => Some(text.to_string()),
+        oid::JSON | oid::JSONB => out.extend_from_slice(text.as_bytes()),
         oid::TEXT
         | oid::VARCHAR
         | oid::BPCHAR
@@ -59,19 +66,28 @@ pub fn to_json(type_oid: u32, text: &str) -> Option<String> {
         | oid::UUID
         | oid::BYTEA
         | oid::TIME
-        | oid::INTERVAL => Some(quoted(text)),
-        oid::DATE if !text.ends_with(" BC") => Some(quoted(text)),
-        oid::TIMESTAMP if !text.ends_with(" BC") => Some(quoted(&text.replacen(' ', "T", 1))),
+        | oid::INTERVAL => quote(text, out),
+        oid::DATE if !text.ends_with(" BC") => quote(text, out),
+        oid::TIMESTAMP if !text.ends_with(" BC") => quote(&text.replacen(' ', "T", 1), out),
         oid::TIMESTAMPTZ if !text.ends_with(" BC") => {
-            iso_offset(&text.replacen(' ', "T", 1)).map(|t| quoted(&t))
+            match iso_offset(&text.replacen(' ', "T", 1)) {
+                Some(t) => quote(&t, out),
+                None => return false,
+            }
         }
-        oid::TIMETZ => iso_offset(text).map(|t| quoted(&t)),
-        _ => None,
+        oid::TIMETZ => match iso_offset(text) {
+            Some(t) => quote(&t, out),
+            None => return false,
+        },
+        _ => return false,
     }
+    true
 }
 
-fn quoted(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
+/// `text` as a JSON string.
+fn quote(text: &str, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
 }
 
 /// `+05` → `+05:00`, `-03:30` stays; seconds in an offset go to the server.

@@ -1,7 +1,7 @@
-//! Decoded `pgoutput` tuples to the change log's rows: each column's JSON
-//! as `row_to_json` would write it (converted here, or by the server for the
+//! Decoded `pgoutput` tuples to the change log's rows: each row's JSON as
+//! `row_to_json` would write it (converted here, or by the server for the
 //! types only it can spell), written in batches numbered after the highest
-//! `seq` ever given.
+//! `seq` ever given, and handed on as changes without reading them back.
 
 use std::collections::HashMap;
 
@@ -11,6 +11,7 @@ use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use super::LogicalSource;
 use super::pgoutput::Cell;
 use super::pgtext::{self, ServerCast};
+use crate::changes::{Change, Operation};
 use crate::db::DbError;
 
 /// Changes written into the log per statement.
@@ -19,16 +20,43 @@ pub(super) const INSERT_ROWS: usize = 2_000;
 /// One change as decoded, before it is written into the log.
 pub(super) struct Decoded {
     table: String,
-    op: &'static str,
-    new: Option<Vec<(String, Json)>>,
-    old: Option<Vec<(String, Json)>>,
+    operation: Operation,
+    new: Option<RowJson>,
+    old: Option<RowJson>,
     at_ms: i64,
 }
 
-/// A column's JSON text, or where the server's conversion will put it.
-pub(super) enum Json {
-    Ready(String),
-    Cast(u32, usize),
+/// A row's JSON text as decoded, and where the values only the server can
+/// convert go in it.
+pub(super) struct RowJson {
+    text: Vec<u8>,
+    /// (byte offset in `text`, type oid, index among that type's values).
+    casts: Vec<(usize, u32, usize)>,
+}
+
+impl RowJson {
+    /// The whole text, with the server's conversions in place.
+    fn finish(self, converted: &HashMap<u32, Vec<String>>) -> String {
+        let mut text = self.text;
+        if !self.casts.is_empty() {
+            let mut whole = Vec::with_capacity(text.len() + 16 * self.casts.len());
+            let mut from = 0;
+            for (at, oid, i) in self.casts {
+                whole.extend_from_slice(&text[from..at]);
+                let json = converted
+                    .get(&oid)
+                    .and_then(|texts| texts.get(i))
+                    .map_or("null", String::as_str);
+                whole.extend_from_slice(json.as_bytes());
+                from = at;
+            }
+            whole.extend_from_slice(&text[from..]);
+            text = whole;
+        }
+        // Built from UTF-8 pieces; lossy only to never panic.
+        String::from_utf8(text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
 }
 
 #[derive(QueryableByName)]
@@ -37,60 +65,73 @@ struct JsonText {
     json: Option<String>,
 }
 
+#[derive(QueryableByName)]
+struct FirstSeq {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<i64>,
+}
+
 impl LogicalSource {
     pub(super) fn decoded(
         &self,
         relation: u32,
-        op: &'static str,
-        new: Option<Vec<(String, Json)>>,
-        old: Option<Vec<(String, Json)>>,
+        operation: Operation,
+        new: Option<RowJson>,
+        old: Option<RowJson>,
         at_ms: i64,
     ) -> Option<Decoded> {
         let table = self.relation_topics.get(&relation)?.clone()?;
         Some(Decoded {
             table,
-            op,
+            operation,
             new,
             old,
             at_ms,
         })
     }
 
-    /// A tuple as (column, JSON) pairs. A TOASTed value the change left
-    /// alone is not sent; it is taken from the old row when there is one.
+    /// A tuple's JSON object. A TOASTed value the change left alone is not
+    /// sent; it is taken from the old row when there is one.
     pub(super) fn row(
         &self,
         relation: u32,
-        tuple: Vec<Cell>,
-        old: Option<&Vec<Cell>>,
+        tuple: &[Cell],
+        old: Option<&[Cell]>,
         casts: &mut ServerCast,
-    ) -> Option<Vec<(String, Json)>> {
+    ) -> Option<RowJson> {
         let relation = self.relations.get(&relation)?;
-        let mut row = Vec::with_capacity(tuple.len());
-        for (i, (cell, column)) in tuple.into_iter().zip(&relation.columns).enumerate() {
-            let cell = match cell {
+        let mut row = RowJson {
+            text: Vec::with_capacity(2 + 24 * tuple.len()),
+            casts: Vec::new(),
+        };
+        row.text.push(b'{');
+        for (i, (cell, column)) in tuple.iter().zip(&relation.columns).enumerate() {
+            let value = match cell {
+                Cell::Null => None,
+                Cell::Text(bytes) => Some(*bytes),
                 Cell::UnchangedToast => match old.and_then(|o| o.get(i)) {
-                    Some(Cell::Text(bytes)) => Cell::Text(bytes.clone()),
+                    Some(Cell::Text(bytes)) => Some(*bytes),
                     _ => continue,
                 },
-                cell => cell,
             };
-            let json = match cell {
-                Cell::Null => Json::Ready("null".into()),
-                Cell::Text(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    match pgtext::to_json(column.type_oid, &text) {
-                        Some(json) => Json::Ready(json),
-                        None => {
-                            let (oid, at) = casts.queue(column.type_oid, text.into_owned());
-                            Json::Cast(oid, at)
-                        }
+            if row.text.len() > 1 {
+                row.text.push(b',');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut row.text, &column.name);
+            row.text.push(b':');
+            match value {
+                None => row.text.extend_from_slice(b"null"),
+                Some(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    if !pgtext::write_json(column.type_oid, &text, &mut row.text) {
+                        let (oid, at) = casts.queue(column.type_oid, text.into_owned());
+                        row.casts.push((row.text.len(), oid, at));
                     }
                 }
-                Cell::UnchangedToast => continue,
-            };
-            row.push((column.name.clone(), json));
+            }
         }
+        row.text.push(b'}');
         Some(row)
     }
 
@@ -130,62 +171,65 @@ impl LogicalSource {
         Ok(converted)
     }
 
-    /// Appends changes to the log, numbered after the highest seq ever given.
+    /// Appends changes to the log, numbered after the highest seq ever
+    /// given, and returns them as the log now holds them.
     pub(super) fn write_log(
         &mut self,
         decoded: Vec<Decoded>,
         converted: &HashMap<u32, Vec<String>>,
-    ) -> Result<(), DbError> {
-        let render = |row: Option<Vec<(String, Json)>>| -> Option<String> {
-            let row = row?;
-            let mut json = String::from("{");
-            for (i, (column, value)) in row.into_iter().enumerate() {
-                if i > 0 {
-                    json.push(',');
-                }
-                json.push_str(&serde_json::Value::String(column).to_string());
-                json.push(':');
-                match value {
-                    Json::Ready(text) => json.push_str(&text),
-                    Json::Cast(oid, at) => json.push_str(
-                        converted
-                            .get(&oid)
-                            .and_then(|texts| texts.get(at))
-                            .map_or("null", String::as_str),
-                    ),
-                }
-            }
-            json.push('}');
-            Some(json)
-        };
+    ) -> Result<Vec<Change>, DbError> {
+        let mut logged = Vec::with_capacity(decoded.len());
         let mut decoded = decoded.into_iter().peekable();
         while decoded.peek().is_some() {
             let (mut tables, mut ops, mut news, mut olds, mut times) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for change in decoded.by_ref().take(INSERT_ROWS) {
                 tables.push(change.table);
-                ops.push(change.op);
-                news.push(render(change.new));
-                olds.push(render(change.old));
+                ops.push(change.operation);
+                news.push(change.new.map(|row| row.finish(converted)));
+                olds.push(change.old.map(|row| row.finish(converted)));
                 times.push(change.at_ms);
             }
-            diesel::sql_query(
+            let op_names: Vec<&str> = ops.iter().map(|op| op.as_str()).collect();
+            let first: FirstSeq = diesel::sql_query(
                 "WITH top AS (SELECT GREATEST( \
                    (SELECT COALESCE(max(seq), 0) FROM _realtide_changes), \
                    (SELECT COALESCE(max(value::bigint), 0) FROM _realtide_meta WHERE key = 'pruned_through') \
-                 ) AS seq) \
-                 INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
+                 ) AS seq), \
+                 logged AS (INSERT INTO _realtide_changes (seq, table_name, op, new_row, old_row, changed_at) \
                  SELECT top.seq + u.n, u.t, u.o, u.nr, u.orow, u.c FROM top, \
                  unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-                   WITH ORDINALITY AS u(t, o, nr, orow, c, n) ORDER BY u.n",
+                   WITH ORDINALITY AS u(t, o, nr, orow, c, n) ORDER BY u.n RETURNING seq) \
+                 SELECT min(seq) AS seq FROM logged",
             )
             .bind::<Array<Text>, _>(&tables)
-            .bind::<Array<Text>, _>(&ops)
+            .bind::<Array<Text>, _>(&op_names)
             .bind::<Array<Nullable<Text>>, _>(&news)
             .bind::<Array<Nullable<Text>>, _>(&olds)
             .bind::<Array<BigInt>, _>(&times)
-            .execute(self.pg()?)?;
+            .get_result(self.pg()?)?;
+            // The statement numbered its rows first, first + 1, ... in order.
+            let Some(first) = first.seq.and_then(|seq| u64::try_from(seq).ok()) else {
+                return Err(DbError::Task("the change log numbered no changes".into()));
+            };
+            let batch = tables
+                .into_iter()
+                .zip(ops)
+                .zip(news.into_iter().zip(olds))
+                .zip(times);
+            for (n, (((table, operation), (new, old)), at_ms)) in batch.enumerate() {
+                let decoder = self.watched.decoder(&table);
+                logged.push(Change {
+                    seq: first + n as u64,
+                    new: new.and_then(|text| decoder.row(text)),
+                    old: old.and_then(|text| decoder.row(text)),
+                    table,
+                    operation,
+                    at_ms,
+                    repaired: false,
+                });
+            }
         }
-        Ok(())
+        Ok(logged)
     }
 }

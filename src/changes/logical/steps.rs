@@ -17,6 +17,8 @@ use super::pgtext::ServerCast;
 use super::postgres::{self, SEQUENCER_LOCK};
 use super::rows::{self, Decoded};
 use super::{Flag, LogicalSource};
+use crate::changes::Change;
+use crate::changes::Operation::{Delete, Insert, Update};
 use crate::db::DbError;
 
 /// Trigger-written changes numbered per step while they drain.
@@ -31,6 +33,17 @@ pub(super) struct Partial {
     /// Where the transaction commits (its `Begin`'s final LSN).
     final_lsn: u64,
     logged: usize,
+}
+
+/// What one pass wrote into the log.
+#[derive(Default)]
+pub(super) struct Logged {
+    /// The changes, as the log holds them.
+    pub changes: Vec<Change>,
+    /// The end of the last commit logged (0: nothing was read from the slot).
+    pub last_end: u64,
+    /// How far the transaction the messages end in is logged.
+    pub partial: Option<Partial>,
 }
 
 /// What [`LogicalSource::read_messages`] found in the received messages.
@@ -121,14 +134,9 @@ impl LogicalSource {
     }
 
     /// In a transaction: the first `upto` received messages into the log,
-    /// which may end inside a transaction. Returns how many changes were
-    /// written, the end of the last commit logged, and how far the
-    /// transaction the messages end in is logged. `None` when another node
-    /// holds the sequencer's lock (try again).
-    pub(super) fn log_received(
-        &mut self,
-        upto: usize,
-    ) -> Result<Option<(usize, u64, Option<Partial>)>, DbError> {
+    /// which may end inside a transaction. `None` when another node holds
+    /// the sequencer's lock (try again).
+    pub(super) fn log_received(&mut self, upto: usize) -> Result<Option<Logged>, DbError> {
         if self.trigger_backlog {
             // Another node may number trigger-written changes too: take turns.
             let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
@@ -142,7 +150,7 @@ impl LogicalSource {
             postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
             if self.trigger_backlog || upto == 0 {
-                return Ok(Some((0, 0, None)));
+                return Ok(Some(Logged::default()));
             }
         }
         // Only the node streaming the slot writes after it: what it read
@@ -160,16 +168,16 @@ impl LogicalSource {
         let read = self.read_messages(&received[..upto], logged_through);
         self.received = received;
         let read = read?;
-        let written = read.decoded.len();
-        if written > 0 {
+        let mut changes = Vec::new();
+        if !read.decoded.is_empty() {
             let converted = self.server_casts(read.casts)?;
-            self.write_log(read.decoded, &converted)?;
+            changes = self.write_log(read.decoded, &converted)?;
         }
-        Ok(Some((
-            written,
-            read.last_end.max(logged_through),
-            read.partial,
-        )))
+        Ok(Some(Logged {
+            changes,
+            last_end: read.last_end.max(logged_through),
+            partial: read.partial,
+        }))
     }
 
     /// Decodes `messages` into the changes the log does not hold yet (see
@@ -214,19 +222,17 @@ impl LogicalSource {
                     self.relations.insert(relation.id, relation);
                 }
                 Message::Insert { relation, new } => {
-                    let new = self.row(relation, new, None, &mut casts);
-                    transaction.extend(self.decoded(relation, "INSERT", new, None, commit_ms));
+                    let new = self.row(relation, &new, None, &mut casts);
+                    transaction.extend(self.decoded(relation, Insert, new, None, commit_ms));
                 }
                 Message::Update { relation, old, new } => {
-                    let old_row = old
-                        .clone()
-                        .and_then(|old| self.row(relation, old, None, &mut casts));
-                    let new = self.row(relation, new, old.as_ref(), &mut casts);
-                    transaction.extend(self.decoded(relation, "UPDATE", new, old_row, commit_ms));
+                    let new = self.row(relation, &new, old.as_deref(), &mut casts);
+                    let old = old.and_then(|old| self.row(relation, &old, None, &mut casts));
+                    transaction.extend(self.decoded(relation, Update, new, old, commit_ms));
                 }
                 Message::Delete { relation, old } => {
-                    let old = self.row(relation, old, None, &mut casts);
-                    transaction.extend(self.decoded(relation, "DELETE", None, old, commit_ms));
+                    let old = self.row(relation, &old, None, &mut casts);
+                    transaction.extend(self.decoded(relation, Delete, None, old, commit_ms));
                 }
                 Message::Commit { end_lsn, .. } => {
                     // Logged before a crash that left the slot behind: skip.
