@@ -5,6 +5,7 @@
 //! notice commits cheaply and read the log.
 
 pub mod filter;
+pub mod fresh;
 pub mod libpq;
 pub mod logical;
 pub mod poller;

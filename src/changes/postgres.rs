@@ -23,9 +23,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
+use super::fresh::Fresh;
 use super::libpq::Listener;
 use super::tables::TableRef;
-use super::{Change, ChangeSource, Probe, RowDecoder, TableShape};
+use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
@@ -116,6 +117,8 @@ pub struct PostgresSource {
     watched: WatchedTables,
     /// Changes were waiting for an older transaction at the last poll.
     pending: bool,
+    /// What this node numbered last, until polled.
+    fresh: Fresh,
     listening: bool,
     /// A connection of libpq's own LISTENing, so the tracker sleeps until
     /// a commit's notification rather than a whole poll period.
@@ -146,6 +149,7 @@ impl PostgresSource {
             url,
             watched: WatchedTables::new(),
             pending: false,
+            fresh: Fresh::default(),
             listening: false,
             listener: None,
             row_triggers_only: HashSet::new(),
@@ -259,12 +263,20 @@ impl PostgresSource {
 
     /// Numbers every change whose transaction can no longer be overtaken.
     fn sequence(&mut self, limit: i64) -> Result<(), DbError> {
-        self.conn.transaction::<_, DbError, _>(|conn| {
+        let numbered = self.conn.transaction::<_, DbError, _>(|conn| {
             diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
                 .bind::<BigInt, _>(SEQUENCER_LOCK)
                 .execute(conn)?;
             number_ready_changes(conn, limit)
         })?;
+        let changes = numbered
+            .into_iter()
+            .filter_map(|row| {
+                let decoder = self.watched.decoder(&row.table_name);
+                row.decode(decoder)
+            })
+            .collect();
+        self.fresh.hold(changes);
         self.pending = unnumbered_changes(&mut self.conn)?;
         Ok(())
     }
@@ -307,12 +319,17 @@ pub(super) fn table_shape(
 
 /// Under the sequencer's lock: gives a `seq` to the longest ready prefix,
 /// in id order, of the trigger-written changes that have none.
-pub(super) fn number_ready_changes(conn: &mut DbConnection, limit: i64) -> Result<(), DbError> {
+///
+/// Returns the changes it numbered, in no particular order.
+pub(super) fn number_ready_changes(
+    conn: &mut DbConnection,
+    limit: i64,
+) -> Result<Vec<LogRow>, DbError> {
     // Only the longest ready prefix in id order: a change whose
     // transaction could still be overtaken (xid at or past xmin) holds back
     // every later id, since for one row a later id is a later commit even
     // when its xid is older.
-    diesel::sql_query(
+    Ok(diesel::sql_query(
         "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
          blocker AS ( \
            SELECT min(c.id) AS id FROM _realtide_changes AS c, horizon \
@@ -328,11 +345,11 @@ pub(super) fn number_ready_changes(conn: &mut DbConnection, limit: i64) -> Resul
          ) AS seq), \
          numbered AS ( \
            SELECT ready.id, top.seq + row_number() OVER (ORDER BY ready.id) AS seq FROM ready, top) \
-         UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id",
+         UPDATE _realtide_changes AS c SET seq = numbered.seq FROM numbered WHERE c.id = numbered.id \
+         RETURNING c.seq, c.table_name, c.op, c.new_row, c.old_row, c.changed_at",
     )
     .bind::<BigInt, _>(limit)
-    .execute(conn)?;
-    Ok(())
+    .load(conn)?)
 }
 
 /// Whether trigger-written changes are still waiting for their `seq`.
@@ -383,7 +400,13 @@ impl ChangeSource for PostgresSource {
     }
 
     fn poll(&mut self, cursor: u64, limit: i64) -> Result<Vec<Change>, DbError> {
+        if let Some(fresh) = self.fresh.take(cursor, limit) {
+            return Ok(fresh);
+        }
         self.sequence(limit.max(SEQUENCE_STEP))?;
+        if let Some(fresh) = self.fresh.take(cursor, limit) {
+            return Ok(fresh);
+        }
         self.watched.read_after(&mut self.conn, cursor, limit)
     }
 

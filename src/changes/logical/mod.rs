@@ -42,6 +42,7 @@ use pgoutput::Relation;
 use steps::{Logged, Partial};
 use stream::ReplicationStream;
 
+use super::fresh::Fresh;
 use super::libpq::Listener;
 use super::postgres::{self, PostgresSource, WatchedTables};
 use super::tables::{TableList, TableRef};
@@ -118,9 +119,8 @@ pub struct LogicalSource {
     stream_retry: Option<Instant>,
     /// `pgoutput` messages received and not yet logged.
     received: Vec<Vec<u8>>,
-    /// What the last pass logged, in seq order with no gap, until polled:
-    /// the log need not be read back for it.
-    fresh: Vec<Change>,
+    /// What the last pass logged, until polled.
+    fresh: Fresh,
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
     /// The transaction being logged in steps, as last read or written.
@@ -172,7 +172,7 @@ impl LogicalSource {
             stream: None,
             stream_retry: None,
             received: Vec::new(),
-            fresh: Vec::new(),
+            fresh: Fresh::default(),
             logged: None,
             partial: None,
             listener: None,
@@ -308,11 +308,7 @@ impl LogicalSource {
                 if partial.is_some() {
                     self.partial = partial;
                 }
-                // Numbered in one transaction, so with no gap; checked, as
-                // `take_fresh` counts on it.
-                if changes.windows(2).all(|w| w[1].seq == w[0].seq + 1) {
-                    self.fresh = changes;
-                }
+                self.fresh.hold(changes);
                 self.received.drain(..whole);
                 let safe = if self.received.is_empty() {
                     last_end.max(wal_end)
@@ -332,26 +328,6 @@ impl LogicalSource {
                 Err(error)
             }
         }
-    }
-
-    /// The changes after `cursor` (at most `limit`) when the last pass
-    /// logged them all, taken out of what it logged.
-    fn take_fresh(&mut self, cursor: u64, limit: i64) -> Option<Vec<Change>> {
-        let (first, last) = (self.fresh.first()?.seq, self.fresh.last()?.seq);
-        if last <= cursor {
-            self.fresh.clear();
-            return None;
-        }
-        if first > cursor + 1 {
-            return None;
-        }
-        let skip = (cursor + 1 - first) as usize;
-        let take = usize::try_from(limit)
-            .unwrap_or(0)
-            .min(self.fresh.len() - skip);
-        let mut taken: Vec<Change> = self.fresh.drain(..skip + take).collect();
-        taken.drain(..skip);
-        Some(taken)
     }
 
     fn confirm(&mut self, lsn: u64) -> Result<(), DbError> {
@@ -418,7 +394,7 @@ impl ChangeSource for LogicalSource {
         if let Some(triggers) = &mut self.triggers {
             return triggers.poll(cursor, limit);
         }
-        if let Some(fresh) = self.take_fresh(cursor, limit) {
+        if let Some(fresh) = self.fresh.take(cursor, limit) {
             return Ok(fresh);
         }
         self.watched.read_after(&mut self.conn, cursor, limit)

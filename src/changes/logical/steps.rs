@@ -147,6 +147,7 @@ impl LogicalSource {
             }
             // Changes written by triggers before this node read the slot
             // come first, in their own order.
+            // Numbered only: the tracker reads them from the log.
             postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
             if self.trigger_backlog || upto == 0 {
