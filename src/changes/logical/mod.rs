@@ -56,6 +56,10 @@ pub const PUBLICATION: &str = "realtide";
 const SETUP_LOCK: i64 = 0x7274_736c_6f74_7375; // "rtslotsu"
 /// Pause before streaming the slot again after it failed or was in use.
 const STREAM_RETRY: Duration = Duration::from_secs(2);
+/// After a pass that logged a few changes, how long more commits may gather
+/// before the next: under a stream of small commits, each log transaction
+/// (statements planned and a commit flushed) then carries many of them.
+const GATHER: Duration = Duration::from_millis(5);
 /// Warn when the slot holds back more WAL than this.
 const LAG_WARNING_BYTES: i64 = 1 << 30;
 /// How long creating the slot may wait for transactions open at that moment.
@@ -121,6 +125,8 @@ pub struct LogicalSource {
     received: Vec<Vec<u8>>,
     /// What the last pass logged, until polled.
     fresh: Fresh,
+    /// Until when commits gather before the next pass (see [`GATHER`]).
+    gather_until: Option<Instant>,
     /// The end of the last commit in the log, as last read or written.
     logged: Option<u64>,
     /// The transaction being logged in steps, as last read or written.
@@ -171,6 +177,7 @@ impl LogicalSource {
             url_text,
             stream: None,
             stream_retry: None,
+            gather_until: None,
             received: Vec::new(),
             fresh: Fresh::default(),
             logged: None,
@@ -309,6 +316,9 @@ impl LogicalSource {
                     self.partial = partial;
                 }
                 self.fresh.hold(changes);
+                // A pass that logged a step or more goes on at once.
+                self.gather_until =
+                    (written > 0 && written < rows::INSERT_ROWS).then(|| Instant::now() + GATHER);
                 self.received.drain(..whole);
                 let safe = if self.received.is_empty() {
                     last_end.max(wal_end)
@@ -413,9 +423,16 @@ impl ChangeSource for LogicalSource {
             return triggers.wait(timeout);
         }
         match (&self.stream, &mut self.listener) {
-            // Wakes as soon as the server streams a commit.
+            // Wakes as soon as the server streams a commit, but lets a
+            // busy stream's commits gather.
             (Some(stream), _) => {
-                stream.wait(timeout);
+                if stream.wait(timeout)
+                    && let Some(left) = self
+                        .gather_until
+                        .and_then(|at| at.checked_duration_since(Instant::now()))
+                {
+                    std::thread::sleep(left);
+                }
             }
             // Another node captures: wake at its notification.
             (None, Some(listener)) => listener.wait(timeout),
