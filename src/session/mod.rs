@@ -5,5 +5,6 @@
 pub mod actor;
 pub mod messages;
 pub mod outbound;
+pub mod subscriptions;
 
 pub use actor::SessionActor;

@@ -17,7 +17,6 @@
 //! is too slow. The socket queues a 4008 close frame and refuses the rest;
 //! whoever offered the frame that crossed the limit is told, once.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -30,57 +29,15 @@ use futures_util::Stream;
 use prometheus::IntCounter;
 
 use super::messages::{Disconnect, FrameKind};
+pub use super::subscriptions::Subscription;
+use super::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::http::connection::{Offer, Socket, close_frame};
 
-/// One of the connection's subscriptions.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    /// Frames carry the id of the subscription they belong to; older ones are dropped.
-    pub id: u64,
-    /// The topic as the client spelled it last.
-    pub spelling: Arc<str>,
-    /// Table topics: the client's own filter, to combine with a new token's.
-    pub own_filter: Filter,
-    /// The subscription this one replaces, kept until the topic admits or
-    /// refuses this one: a refused re-subscribe leaves the earlier one as it
-    /// was. Longer than one only while several re-subscribes are in flight.
-    pub previous: Option<Box<Subscription>>,
-}
-
-impl Subscription {
-    /// The topic admitted subscription `id`: what it replaced is gone for good.
-    fn admitted(&mut self, id: u64) {
-        let mut link = Some(self);
-        while let Some(subscription) = link {
-            if subscription.id == id {
-                subscription.previous = None;
-                return;
-            }
-            link = subscription.previous.as_deref_mut();
-        }
-    }
-
-    /// Takes refused subscription `id` out of the chain below this one.
-    fn unlink(&mut self, id: u64) {
-        let mut link = self;
-        loop {
-            match link.previous.take() {
-                Some(mut refused) if refused.id == id => {
-                    link.previous = refused.previous.take();
-                    return;
-                }
-                Some(other) => link = link.previous.insert(other),
-                None => return,
-            }
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Shared {
-    subscriptions: HashMap<Arc<str>, Subscription>,
+    subscriptions: Subscriptions,
     /// Bumped on every change to `subscriptions`, so the last lookup may be
     /// remembered across frames.
     version: u64,
@@ -359,11 +316,7 @@ impl Outbox {
     pub fn unsubscribe_all(&self) -> Vec<Arc<str>> {
         let mut shared = self.shared();
         shared.version += 1;
-        shared
-            .subscriptions
-            .drain()
-            .map(|(topic, _)| topic)
-            .collect()
+        shared.subscriptions.take_topics()
     }
 }
 
