@@ -7,7 +7,6 @@
 mod cluster;
 mod storing;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +15,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::fanout::{Audience, Batch, Claims, End, MAX_BATCH, PendingEvent, SplitPolicy};
+use super::members::Members;
 use super::messages::StreamPart;
 use super::messages::{
     AckTo, GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
@@ -88,7 +88,7 @@ pub struct TopicActor {
     /// actor); a table topic's is the database's, stable across restarts.
     epoch: Arc<str>,
     seq: u64,
-    subscribers: HashMap<ConnId, Subscriber>,
+    subscribers: Members<Subscriber>,
     /// Events of this mailbox turn, not sent yet.
     pending: Vec<PendingEvent>,
     /// Whether a batch is sent from two threads.
@@ -156,7 +156,7 @@ impl TopicActor {
             name,
             epoch,
             seq: 0,
-            subscribers: HashMap::new(),
+            subscribers: Members::default(),
             pending: Vec::new(),
             replay: ReplayRing::new(settings.replay_size, settings.replay_ttl),
             replay_ttl: settings.replay_ttl,

@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod fanout;
+pub mod members;
 pub mod messages;
 pub mod name;
 pub mod presence;

@@ -498,7 +498,7 @@ impl TopicActor {
     /// Closes this node's subscribers with 1012: they missed events that
     /// cannot be replayed, and must resume to learn it.
     fn lose_continuity(&mut self) {
-        let conns: Vec<ConnId> = self.subscribers.keys().copied().collect();
+        let conns: Vec<ConnId> = self.subscribers.iter().map(|(conn, _)| *conn).collect();
         for conn in conns {
             if let Some(subscriber) = self.subscribers.get(&conn) {
                 subscriber.handle.outbox.disconnect(Disconnect::Restart);
