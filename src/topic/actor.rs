@@ -216,10 +216,13 @@ impl TopicActor {
     /// anything that must come after them (a new subscriber's `subscribed`
     /// carries a seq that counts them).
     fn flush_fan_out(&mut self) {
+        // Taken whole (draining batch by batch from the front would move the
+        // rest each time), and not kept: an idle topic holds no buffer.
         while !self.pending.is_empty() {
-            let take = self.pending.len().min(MAX_BATCH);
-            let events: Vec<PendingEvent> = self.pending.drain(..take).collect();
-            self.send_batch(&events);
+            let events = std::mem::take(&mut self.pending);
+            for batch in events.chunks(MAX_BATCH) {
+                self.send_batch(batch);
+            }
         }
     }
 
