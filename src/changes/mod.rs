@@ -168,9 +168,20 @@ impl RowDecoder {
         Some(Row::from_columns(
             columns
                 .into_iter()
-                .map(|(column, value)| {
-                    let value = self.decode_value(&column, value);
-                    (column, value)
+                .map(|(column, raw)| {
+                    // Only a value that may change is parsed, so every other
+                    // keeps its spelling (a numeric's `1.50`, say).
+                    let marked = match self {
+                        RowDecoder::Sqlite => raw.get().starts_with('{'),
+                        RowDecoder::Postgres { binary } => binary.contains(&column),
+                    };
+                    let decoded = marked
+                        .then(|| serde_json::from_str::<Value>(raw.get()).ok())
+                        .flatten()
+                        .and_then(|value| {
+                            serde_json::value::to_raw_value(&self.decode_value(&column, value)).ok()
+                        });
+                    (column, decoded.unwrap_or(raw))
                 })
                 .collect(),
         ))
@@ -468,6 +479,25 @@ mod tests {
             pg.decode_value("t", json!("\\x01ff")),
             json!("\\x01ff"),
             "text stays text"
+        );
+    }
+
+    #[test]
+    fn a_row_decodes_only_its_marked_values_and_keeps_the_rest_as_spelled() {
+        let pg = RowDecoder::Postgres {
+            binary: ["b".to_string()].into_iter().collect(),
+        };
+        let row = pg.row(r#"{"n":1.50,"b":"\\x01ff","t":"\\x01"}"#.into());
+        assert_eq!(row.unwrap().json(), r#"{"n":1.50,"b":"Af8=","t":"\\x01"}"#);
+        let row =
+            RowDecoder::Sqlite.row(r#"{"r":{"$real":"0.5"},"n":2.0,"x":{"$blob":"01"}}"#.into());
+        assert_eq!(row.unwrap().json(), r#"{"r":0.5,"n":2.0,"x":"AQ=="}"#);
+        assert_eq!(
+            RowDecoder::Sqlite
+                .row(r#"{"n":1.50}"#.into())
+                .unwrap()
+                .json(),
+            r#"{"n":1.50}"#
         );
     }
 

@@ -30,7 +30,7 @@ impl Row {
     }
 
     /// The row from its columns, written in their order.
-    pub fn from_columns(columns: Vec<(String, Value)>) -> Row {
+    pub fn from_columns(columns: Vec<(String, Box<RawValue>)>) -> Row {
         let mut text = String::from("{");
         for (i, (column, value)) in columns.iter().enumerate() {
             if i > 0 {
@@ -38,7 +38,7 @@ impl Row {
             }
             text.push_str(&Value::from(column.as_str()).to_string());
             text.push(':');
-            text.push_str(&value.to_string());
+            text.push_str(value.get());
         }
         text.push('}');
         Row {
@@ -71,8 +71,9 @@ impl fmt::Debug for Row {
     }
 }
 
-/// A JSON object's members in the order it spells them (a `Map` sorts them).
-pub struct Columns(pub Vec<(String, Value)>);
+/// A JSON object's members in the order it spells them (a `Map` sorts
+/// them), each value as its text.
+pub struct Columns(pub Vec<(String, Box<RawValue>)>);
 
 impl<'de> Deserialize<'de> for Columns {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -131,6 +132,12 @@ mod tests {
         assert_eq!(
             Row::from_columns(columns).json(),
             r#"{"z":1,"a":[true],"m":{"k":"v"}}"#
+        );
+        let Columns(columns) = serde_json::from_str(r#"{"n": 1.50, "t": "x"}"#).unwrap();
+        assert_eq!(
+            Row::from_columns(columns).json(),
+            r#"{"n":1.50,"t":"x"}"#,
+            "values keep their spelling"
         );
     }
 }
