@@ -34,12 +34,6 @@ mod oid {
     pub const JSONB: u32 = 3802;
 }
 
-/// The JSON text of a value, or `None` when only the server can say it.
-pub fn to_json(type_oid: u32, text: &str) -> Option<String> {
-    let mut json = Vec::new();
-    write_json(type_oid, text, &mut json).then(|| String::from_utf8_lossy(&json).into_owned())
-}
-
 /// Appends a value's JSON text to `out`; `false` (and nothing appended)
 /// when only the server can say it.
 pub fn write_json(type_oid: u32, text: &str, out: &mut Vec<u8>) -> bool {
@@ -171,6 +165,12 @@ impl ServerCast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value's JSON text, or `None` when only the server can say it.
+    fn to_json(type_oid: u32, text: &str) -> Option<String> {
+        let mut json = Vec::new();
+        write_json(type_oid, text, &mut json).then(|| String::from_utf8(json).unwrap())
+    }
 
     #[test]
     fn common_types_read_as_row_to_json_writes_them() {
