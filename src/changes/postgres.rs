@@ -100,14 +100,17 @@ impl WatchedTables {
         cursor: u64,
         limit: i64,
     ) -> Result<Vec<Change>, DbError> {
-        let rows = super::read_after(conn, cursor, limit)?;
-        Ok(rows
-            .into_iter()
+        Ok(self.decode(super::read_after(conn, cursor, limit)?))
+    }
+
+    /// Log rows as changes, each by its table's decoder.
+    pub(super) fn decode(&self, rows: Vec<LogRow>) -> Vec<Change> {
+        rows.into_iter()
             .filter_map(|row| {
                 let decoder = self.decoder(&row.table_name);
                 row.decode(decoder)
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -269,14 +272,7 @@ impl PostgresSource {
                 .execute(conn)?;
             number_ready_changes(conn, limit)
         })?;
-        let changes = numbered
-            .into_iter()
-            .filter_map(|row| {
-                let decoder = self.watched.decoder(&row.table_name);
-                row.decode(decoder)
-            })
-            .collect();
-        self.fresh.hold(changes);
+        self.fresh.hold(self.watched.decode(numbered));
         self.pending = unnumbered_changes(&mut self.conn)?;
         Ok(())
     }

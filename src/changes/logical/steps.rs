@@ -38,7 +38,8 @@ pub(super) struct Partial {
 /// What one pass wrote into the log.
 #[derive(Default)]
 pub(super) struct Logged {
-    /// The changes, as the log holds them.
+    /// The changes, as the log holds them: trigger-written ones it numbered
+    /// first, then those it logged from the slot.
     pub changes: Vec<Change>,
     /// The end of the last commit logged (0: nothing was read from the slot).
     pub last_end: u64,
@@ -137,6 +138,7 @@ impl LogicalSource {
     /// which may end inside a transaction. `None` when another node holds
     /// the sequencer's lock (try again).
     pub(super) fn log_received(&mut self, upto: usize) -> Result<Option<Logged>, DbError> {
+        let mut backlog = Vec::new();
         if self.trigger_backlog {
             // Another node may number trigger-written changes too: take turns.
             let locked: Flag = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS value")
@@ -147,11 +149,14 @@ impl LogicalSource {
             }
             // Changes written by triggers before this node read the slot
             // come first, in their own order.
-            // Numbered only: the tracker reads them from the log.
-            postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
+            let numbered = postgres::number_ready_changes(&mut self.conn, BACKLOG_ROWS)?;
+            backlog = self.watched.decode(numbered);
             self.trigger_backlog = postgres::unnumbered_changes(&mut self.conn)?;
             if self.trigger_backlog || upto == 0 {
-                return Ok(Some(Logged::default()));
+                return Ok(Some(Logged {
+                    changes: backlog,
+                    ..Logged::default()
+                }));
             }
         }
         // Only the node streaming the slot writes after it: what it read
@@ -169,10 +174,10 @@ impl LogicalSource {
         let read = self.read_messages(&received[..upto], logged_through);
         self.received = received;
         let read = read?;
-        let mut changes = Vec::new();
+        let mut changes = backlog;
         if !read.decoded.is_empty() {
             let converted = self.server_casts(read.casts)?;
-            changes = self.write_log(read.decoded, &converted)?;
+            changes.extend(self.write_log(read.decoded, &converted)?);
         }
         Ok(Some(Logged {
             changes,
