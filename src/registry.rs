@@ -16,7 +16,8 @@ use futures_util::future::join_all;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::messages::{ConnId, Describe, Disconnect, FrameKind};
+use crate::session::keepalive::{self, Keepalive, Kept};
+use crate::session::messages::{ConnId, Disconnect, FrameKind};
 use crate::session::outbound::Outbox;
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
@@ -29,7 +30,9 @@ use crate::topic::messages::{
 pub struct Registry {
     topics: HashMap<Arc<str>, Addr<TopicActor>>,
     /// Open sessions; each removes itself when it stops.
-    sessions: HashMap<ConnId, SessionHandle>,
+    sessions: HashMap<ConnId, Kept>,
+    /// Pings every session, and ends the silent and the expired.
+    keepalive: Keepalive,
     /// Topic actors are spread over these threads, round robin.
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -65,11 +68,13 @@ impl Registry {
         tracking: Tracking,
         history: HistoryRetention,
         max_topics: usize,
+        keepalive: Keepalive,
         metrics: Metrics,
     ) -> Self {
         Registry {
             topics: HashMap::new(),
             sessions: HashMap::new(),
+            keepalive,
             arbiters,
             next_arbiter: 0,
             topic_settings,
@@ -77,6 +82,13 @@ impl Registry {
             history,
             max_topics,
             metrics: Arc::new(metrics),
+        }
+    }
+
+    fn keep_sessions_alive(&mut self) {
+        let (now, unix_now) = (keepalive::uptime_ms(), keepalive::unix_now());
+        for kept in self.sessions.values_mut() {
+            self.keepalive.check(kept, now, unix_now);
         }
     }
 
@@ -160,6 +172,9 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.sweep_period(), |registry, ctx| registry.sweep(ctx));
+        ctx.run_interval(self.keepalive.period(), |registry, _| {
+            registry.keep_sessions_alive()
+        });
         self.tracking.tracker.prune();
         ctx.run_interval(self.history.period(), |registry, _| {
             registry.prune_history()
@@ -340,27 +355,21 @@ impl Handler<ListTopics> for Registry {
     }
 }
 
-/// How the registry reaches an open session.
-pub struct SessionHandle {
-    /// The id clients see.
-    pub wire_id: Arc<str>,
-    /// Ends the session ([`Outbox::disconnect`]).
-    pub outbox: Arc<Outbox>,
-    pub describe: Recipient<Describe>,
-}
-
+/// A session opened: the registry keeps it alive and can end it, through
+/// its outbox.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionOpened {
     pub conn: ConnId,
-    pub handle: SessionHandle,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Handler<SessionOpened> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionOpened, _ctx: &mut Self::Context) {
-        self.sessions.insert(msg.conn, msg.handle);
+        let kept = self.keepalive.watch(msg.outbox);
+        self.sessions.insert(msg.conn, kept);
     }
 }
 
@@ -387,8 +396,8 @@ impl Handler<ShutdownSessions> for Registry {
     type Result = usize;
 
     fn handle(&mut self, _msg: ShutdownSessions, _ctx: &mut Self::Context) -> usize {
-        for session in self.sessions.values() {
-            session.outbox.disconnect(Disconnect::Shutdown);
+        for kept in self.sessions.values() {
+            kept.outbox.disconnect(Disconnect::Shutdown);
         }
         self.sessions.len()
     }
@@ -409,14 +418,14 @@ impl Handler<CountSessions> for Registry {
 
 /// Every open session, to describe for the admin API.
 #[derive(Message)]
-#[rtype(result = "Vec<Recipient<Describe>>")]
+#[rtype(result = "Vec<Arc<Outbox>>")]
 pub struct ListSessions;
 
 impl Handler<ListSessions> for Registry {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.sessions.values().map(|s| s.describe.clone()).collect())
+        MessageResult(self.sessions.values().map(|s| s.outbox.clone()).collect())
     }
 }
 
@@ -431,15 +440,18 @@ impl Handler<KickSession> for Registry {
     type Result = bool;
 
     fn handle(&mut self, msg: KickSession, _ctx: &mut Self::Context) -> bool {
+        let Ok(wire_id) = uuid::Uuid::try_parse(&msg.wire_id) else {
+            return false;
+        };
         let found = self
             .sessions
             .iter()
-            .find(|(_, s)| *s.wire_id == *msg.wire_id)
+            .find(|(_, s)| *s.outbox.wire_id().as_uuid() == wire_id)
             .map(|(conn, _)| *conn);
         // Gone from the list at once: it is closing, whatever its client does.
         match found.and_then(|conn| self.sessions.remove(&conn)) {
-            Some(session) => {
-                session.outbox.disconnect(Disconnect::Kicked);
+            Some(kept) => {
+                kept.outbox.disconnect(Disconnect::Kicked);
                 true
             }
             None => false,

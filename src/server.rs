@@ -35,6 +35,7 @@ use crate::http::connection::Connection;
 use crate::http::upgrade;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
+use crate::session::keepalive::Keepalive;
 use crate::state::AppState;
 use crate::topic::actor::{TopicSettings, Tracking};
 
@@ -248,6 +249,7 @@ where
             max_age: Duration::from_secs(config.history_max_age_s),
         },
         config.max_topics,
+        Keepalive::new(config.idle_timeout()),
         metrics.clone(),
     )
     .start();

@@ -15,8 +15,10 @@ use crate::changes::tables::TableList;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;
+use crate::protocol::close;
 use crate::registry::Registry;
 use crate::session::messages::ConnId;
+use crate::session::outbound::OutboxPolicy;
 
 pub struct AppState {
     pub config: Arc<Config>,
@@ -44,6 +46,8 @@ pub struct AppState {
     /// `--tables`: the table topics and the tables they read (none until
     /// the server sets it from the tracker's).
     pub tables: Arc<TableList>,
+    /// What every connection's outbox shares.
+    pub outbox_policy: Arc<OutboxPolicy>,
     next_conn: AtomicU64,
 }
 
@@ -66,6 +70,11 @@ impl AppState {
                 config.jwt_audience.as_deref(),
             ),
             server_guard: KeyGuard::new("server key", config.server_key.clone()),
+            outbox_policy: OutboxPolicy::new(
+                config.max_pending_bytes,
+                close::SLOW_CONSUMER,
+                metrics.slow_consumer_closes.clone(),
+            ),
             admin_guard: KeyGuard::new("admin key", config.admin_key.clone()),
             config,
             registry,

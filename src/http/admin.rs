@@ -6,7 +6,6 @@ use futures_util::future::join_all;
 use super::ApiError;
 use crate::protocol::ProtocolError;
 use crate::registry::{FindTopic, KickSession, ListSessions, ListTopics};
-use crate::session::messages::Describe;
 use crate::state::AppState;
 use crate::topic::TopicName;
 use crate::topic::messages::{GetPresence, GetTopicInfo};
@@ -135,7 +134,7 @@ pub async fn connections(
         .send(ListSessions)
         .await
         .map_err(|e| ProtocolError::unavailable(e.to_string()))?;
-    let mut infos: Vec<_> = join_all(sessions.iter().map(|s| s.send(Describe)))
+    let mut infos: Vec<_> = join_all(sessions.iter().filter_map(|s| s.describe()))
         .await
         .into_iter()
         .filter_map(Result::ok)

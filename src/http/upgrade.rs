@@ -30,7 +30,7 @@ use super::ApiError;
 use super::connection::Connection;
 use super::inbound::{Incoming, READ_CHUNK};
 use super::ws;
-use crate::protocol::{ErrorCode, close};
+use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
 use crate::session::outbound::{Outbox, OutboxStream};
 use crate::state::AppState;
@@ -110,12 +110,7 @@ async fn serve(
         (parts.io, Bytes::copy_from_slice(&parts.read_buf))
     };
 
-    let outbox = Outbox::new(
-        socket,
-        state.config.max_pending_bytes,
-        close::SLOW_CONSUMER,
-        state.metrics.slow_consumer_closes.clone(),
-    );
+    let outbox = Outbox::new(socket, state.outbox_policy.clone());
     let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
     let incoming = Incoming::new(connection.reader(), early, state.config.max_frame_bytes);
     // A finished session's last frames (a 4008 close behind a slow reader's

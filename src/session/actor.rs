@@ -2,16 +2,15 @@
 //!
 //! It owns the connection's identity and grants, its subscriptions (canonical
 //! topic -> spelling and subscription id), its publish rate limiter, the
-//! reassembly of fragmented messages, and three timers: a WebSocket ping every
-//! third of the idle timeout, the idle deadline itself (close 4000), and the
-//! token's expiry (close 4001). Its subscriptions live in its [`Outbox`],
+//! reassembly of fragmented messages. The registry's keepalive sweep pings
+//! it and tells it when to close for silence (4000) or an expired token
+//! (4001): see [`super::keepalive`]. Its subscriptions live in its [`Outbox`],
 //! through which topics write frames to the socket directly; its own replies
 //! go the same way, so everything leaves in the order it was written.
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web;
@@ -21,7 +20,7 @@ use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
-use super::messages::{ConnId, Disconnect};
+use super::messages::{ConnId, Disconnect, ToSession};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
@@ -33,8 +32,7 @@ use crate::protocol::client::{
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::registry::{
-    ForTopic, PublishTo, SessionClosed, SessionHandle, SessionOpened, SubscribeTo, TopicCommand,
-    UnsubscribeFrom,
+    ForTopic, PublishTo, SessionClosed, SessionOpened, SubscribeTo, TopicCommand, UnsubscribeFrom,
 };
 use crate::state::AppState;
 use crate::topic::messages::{
@@ -56,21 +54,18 @@ struct Fragments {
 
 pub struct SessionActor {
     conn: ConnId,
-    /// The `conn` id clients see (and presence keys on, when anonymous).
-    wire_id: Arc<str>,
     identity: Identity,
     state: web::Data<AppState>,
     next_sub_id: u64,
-    last_heard: Instant,
     publish_limiter: DefaultDirectRateLimiter,
-    /// Shared with the topics delivering here and the output stream.
+    /// Shared with the topics delivering here, the output stream and the
+    /// registry. It holds the `conn` id clients see.
     outbox: Arc<Outbox>,
-    fragments: Option<Fragments>,
-    /// The pending token-expiry timer; replaced when an `auth` frame swaps tokens.
-    expiry: Option<SpawnHandle>,
+    /// Boxed: most connections never send a fragmented message.
+    fragments: Option<Box<Fragments>>,
     /// Topics where this connection tracks presence (or asked to), for
-    /// `--max-presence-per-connection`.
-    tracked: HashSet<Arc<str>>,
+    /// `--max-presence-per-connection`, which keeps them few.
+    tracked: Vec<Arc<str>>,
     /// For the log line at close and the admin API: when it opened (ms
     /// since the Unix epoch), frames read, how it ended.
     opened_at: i64,
@@ -89,15 +84,12 @@ impl SessionActor {
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
         SessionActor {
             conn: state.next_conn_id(),
-            wire_id: uuid::Uuid::new_v4().simple().to_string().into(),
             identity,
             publish_limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             next_sub_id: 1,
-            last_heard: Instant::now(),
             outbox,
             fragments: None,
-            expiry: None,
-            tracked: HashSet::new(),
+            tracked: Vec::new(),
             opened_at: crate::topic::actor::now_ms(),
             frames_in: 0,
             close_code: None,
@@ -202,7 +194,7 @@ impl SessionActor {
             Request::Track { topic, state } => self.track(&topic, state, reference),
             Request::Untrack { topic } => {
                 let name = self.parse_topic(&topic)?;
-                self.tracked.remove(name.as_str());
+                self.untracked(name.as_str());
                 let ack = AckTo {
                     reference,
                     id: None,
@@ -343,18 +335,18 @@ impl SessionActor {
             ));
         }
         let limit = self.state.config.max_presence_per_connection;
-        if !self.tracked.contains(name.as_str()) {
+        if !self.tracked.iter().any(|t| **t == *name.as_str()) {
             if self.tracked.len() >= limit {
                 return Err(ProtocolError::new(
                     ErrorCode::TooLarge,
                     format!("a connection may track presence on at most {limit} topics"),
                 ));
             }
-            self.tracked.insert(name.shared());
+            self.tracked.push(name.shared());
         }
         let key = match &self.identity.user_id {
             Some(user) => user.to_string(),
-            None => self.wire_id.to_string(),
+            None => self.outbox.wire_id().to_string(),
         };
         // The topic acks, ahead of the `presence:join` this client gets too.
         let ack = AckTo {
@@ -367,7 +359,7 @@ impl SessionActor {
             message: TopicCommand::Track(Track {
                 conn: self.conn,
                 key,
-                wire_conn: self.wire_id.to_string(),
+                wire_conn: self.outbox.wire_id().to_string(),
                 state,
                 ack,
             }),
@@ -430,7 +422,7 @@ impl SessionActor {
         topic: &Arc<str>,
         reply: Option<UnsubscribeReply>,
     ) -> Option<UnsubscribeReply> {
-        self.tracked.remove(topic);
+        self.untracked(topic);
         if !self.outbox.unsubscribe(topic) {
             return reply;
         }
@@ -507,7 +499,7 @@ impl SessionActor {
             ));
         }
         self.identity = identity;
-        self.schedule_expiry(ctx);
+        self.outbox.set_expiry(self.identity.expires_at);
         let revoked: Vec<(Arc<str>, Arc<str>)> = self
             .outbox
             .subscriptions()
@@ -544,53 +536,20 @@ impl SessionActor {
         Ok(())
     }
 
-    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(timer) = self.expiry.take() {
-            ctx.cancel_future(timer);
-        }
-        let Some(left) = self.identity.time_left() else {
+    /// The keepalive sweep saw the token's expiry pass. An `auth` frame
+    /// may have brought a fresh token since.
+    fn token_expired(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.identity.time_left() != Some(Duration::ZERO) {
             return;
-        };
-        self.expiry = Some(ctx.run_later(left, |session, ctx| {
-            if session.identity.time_left() == Some(Duration::ZERO) {
-                tracing::info!(conn = %session.wire_id, user = session.identity.user_id.as_deref().unwrap_or("-"), "token expired: closing with 4001");
-                let error = ProtocolError::unauthorized("the token has expired");
-                session.send_error(ctx, None, None, &error);
-                session.close(ctx, CloseCode::Other(close::TOKEN_EXPIRED), "token expired");
-            } else {
-                session.schedule_expiry(ctx);
-            }
-        }));
+        }
+        tracing::info!(conn = %self.outbox.wire_id(), user = self.identity.user_id.as_deref().unwrap_or("-"), "token expired: closing with 4001");
+        let error = ProtocolError::unauthorized("the token has expired");
+        self.send_error(ctx, None, None, &error);
+        self.close(ctx, CloseCode::Other(close::TOKEN_EXPIRED), "token expired");
     }
 
-    /// The connection's one timer: it pings every third of the idle timeout
-    /// (so a client that only answers pings stays open), closes with 4000
-    /// once nothing has arrived for the whole timeout, and stops a session
-    /// whose reader fell too far behind. One timer, not one per duty: an idle
-    /// connection's every byte counts.
-    fn schedule_heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>, ping_at: Instant) {
-        let idle_at = self.last_heard + self.state.config.idle_timeout();
-        let wake_in = ping_at
-            .min(idle_at)
-            .saturating_duration_since(Instant::now());
-        ctx.run_later(wake_in, move |session, ctx| {
-            if session.outbox.is_slow() {
-                ctx.stop();
-                return;
-            }
-            let idle = session.state.config.idle_timeout();
-            if session.last_heard.elapsed() >= idle {
-                session.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout");
-                return;
-            }
-            let now = Instant::now();
-            let mut next_ping = ping_at;
-            if now >= ping_at {
-                ctx.ping(b"");
-                next_ping = now + idle / 3;
-            }
-            session.schedule_heartbeat(ctx, next_ping);
-        });
+    fn untracked(&mut self, topic: &str) {
+        self.tracked.retain(|t| **t != *topic);
     }
 
     fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
@@ -601,10 +560,10 @@ impl SessionActor {
         };
         match (first, self.fragments.as_mut()) {
             (Some(text), None) => {
-                self.fragments = Some(Fragments {
+                self.fragments = Some(Box::new(Fragments {
                     text,
                     bytes: BytesMut::from(&bytes[..]),
-                });
+                }));
             }
             (None, Some(fragments)) => fragments.bytes.extend_from_slice(&bytes),
             _ => {
@@ -645,28 +604,22 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let state = self.state.clone();
         state.metrics.connections.inc();
-        let address = ctx.address();
-        self.outbox.attach(address.clone().recipient());
+        self.outbox.attach(ctx.address().recipient());
+        self.outbox.set_expiry(self.identity.expires_at);
         state.registry.do_send(SessionOpened {
             conn: self.conn,
-            handle: SessionHandle {
-                wire_id: self.wire_id.clone(),
-                outbox: self.outbox.clone(),
-                describe: address.recipient(),
-            },
+            outbox: self.outbox.clone(),
         });
-        tracing::info!(conn = %self.wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
+        let wire_id = self.outbox.wire_id().to_string();
+        tracing::info!(conn = %wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
         let welcome = server::welcome(&server::Welcome {
-            conn: &self.wire_id,
+            conn: &wire_id,
             user_id: self.identity.user_id.as_deref(),
             node: &state.node_id,
             idle_timeout_ms: state.config.idle_timeout_ms,
             max_frame: state.config.max_frame_bytes,
         });
         self.send(ctx, welcome);
-        let first_ping = Instant::now() + state.config.idle_timeout() / 3;
-        self.schedule_heartbeat(ctx, first_ping);
-        self.schedule_expiry(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -681,7 +634,7 @@ impl Actor for SessionActor {
             .with_label_values(&[CloseCause::of(code).as_str()])
             .inc();
         tracing::info!(
-            conn = %self.wire_id,
+            conn = %self.outbox.wire_id(),
             user = self.identity.user_id.as_deref().unwrap_or("-"),
             code = code.map_or_else(|| "none (connection dropped)".to_string(), |c| c.to_string()),
             duration_ms = (crate::topic::actor::now_ms() - self.opened_at).max(0),
@@ -699,7 +652,7 @@ impl Actor for SessionActor {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
+        self.outbox.heard();
         if self.outbox.is_slow() {
             // Too slow (the 4008 close is queued); whatever the client sends
             // now goes unanswered.
@@ -753,11 +706,22 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     }
 }
 
-impl Handler<Disconnect> for SessionActor {
+impl Handler<ToSession> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
+            ToSession::End(why) => self.disconnect(why, ctx),
+            ToSession::Describe(answer) => {
+                let _ = answer.send(self.describe());
+            }
+        }
+    }
+}
+
+impl SessionActor {
+    fn disconnect(&mut self, why: Disconnect, ctx: &mut ws::WebsocketContext<Self>) {
+        match why {
             // The output stream sends the 4008 close frame itself, ahead of the backlog.
             Disconnect::TooSlow => ctx.stop(),
             Disconnect::Restart => self.close(
@@ -771,13 +735,17 @@ impl Handler<Disconnect> for SessionActor {
                 "server shutting down",
             ),
             Disconnect::Kicked => {
-                tracing::info!(conn = %self.wire_id, "disconnected by an operator");
+                tracing::info!(conn = %self.outbox.wire_id(), "disconnected by an operator");
                 self.close(
                     ctx,
                     CloseCode::Other(close::DISCONNECTED),
                     "disconnected by an operator",
                 );
             }
+            Disconnect::IdleTimeout => {
+                self.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout")
+            }
+            Disconnect::TokenExpired => self.token_expired(ctx),
         }
     }
 }

@@ -24,12 +24,20 @@ pub enum FrameKind {
     Refusal { sub_id: u64 },
 }
 
-/// Someone other than the client ends the connection: a topic, the server
-/// shutting down, or an operator. It reaches the session through its outbox
-/// ([`crate::session::outbound::Outbox::disconnect`]), the one handle every
-/// topic and the registry already hold.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+/// What reaches a session from outside its connection. It comes through the
+/// session's outbox ([`crate::session::outbound::Outbox`]), the one handle
+/// every topic and the registry already hold.
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
+pub enum ToSession {
+    End(Disconnect),
+    /// The admin API asks what the connection is.
+    Describe(tokio::sync::oneshot::Sender<ConnectionInfo>),
+}
+
+/// Someone other than the client ends the connection: a topic, the
+/// registry's keepalive sweep, the server shutting down, or an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnect {
     /// The client reads too slowly: stop (the 4008 close is already queued).
     TooSlow,
@@ -41,6 +49,11 @@ pub enum Disconnect {
     Shutdown,
     /// An operator ends the connection: close with 4003.
     Kicked,
+    /// Nothing arrived for the idle timeout: close with 4000.
+    IdleTimeout,
+    /// The client's token may have expired: close with 4001 if it has (the
+    /// client may have sent a fresh one meanwhile).
+    TokenExpired,
 }
 
 /// What the admin API shows of a connection.
@@ -60,8 +73,3 @@ pub struct ConnectionInfo {
     /// Bytes written for it that its socket did not take yet.
     pub backlog_bytes: usize,
 }
-
-/// Describe the connection for the admin API.
-#[derive(Message, Debug)]
-#[rtype(result = "ConnectionInfo")]
-pub struct Describe;

@@ -18,7 +18,7 @@
 //! whoever offered the frame that crossed the limit is told, once.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
@@ -28,12 +28,16 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use prometheus::IntCounter;
 
-use super::messages::{Disconnect, FrameKind};
+use super::keepalive::uptime_ms;
+use super::messages::{ConnectionInfo, Disconnect, FrameKind, ToSession};
 pub use super::subscriptions::Subscription;
 use super::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::http::connection::{Offer, Socket, close_frame};
+
+/// A WebSocket ping with no payload.
+const PING: &[u8] = &[0x89, 0x00];
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -99,20 +103,46 @@ impl Shared {
     }
 }
 
-/// Shared by a session, the topics delivering to it, and its output stream.
+/// What every connection's outbox shares: kept once per server, not once
+/// per connection.
+#[derive(Debug)]
+pub struct OutboxPolicy {
+    /// Bytes a reader may leave unread before it counts as too slow.
+    limit: usize,
+    /// The close frame a too-slow reader gets.
+    slow_close: Bytes,
+    slow_closes: IntCounter,
+}
+
+impl OutboxPolicy {
+    pub fn new(limit: u64, close_code: u16, slow_closes: IntCounter) -> Arc<Self> {
+        Arc::new(OutboxPolicy {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            slow_close: close_frame(close_code, "slow consumer"),
+            slow_closes,
+        })
+    }
+}
+
+/// Shared by a session, the topics delivering to it, its output stream and
+/// the registry, which keeps the connection alive through it
+/// ([`super::keepalive`]) and ends it.
 #[derive(Debug)]
 pub struct Outbox {
     socket: Socket,
-    limit: usize,
-    /// The 4008 close frame a too-slow reader gets.
-    slow_close: Bytes,
+    policy: Arc<OutboxPolicy>,
     /// Set when the session sends its close frame: nothing may follow it.
     closing: AtomicBool,
+    /// When the client was last heard from ([`uptime_ms`]).
+    heard_at: AtomicU64,
+    /// When the client's token expires, in Unix seconds (`u64::MAX`: never).
+    expires_at: AtomicU64,
+    /// The connection's id as clients see it (`welcome.conn`).
+    wire_id: uuid::Uuid,
     shared: Mutex<Shared>,
-    slow_closes: IntCounter,
-    /// The session, for whoever must end the connection: one handle per
-    /// connection, not one per subscription.
-    session: OnceLock<Recipient<Disconnect>>,
+    /// The session, for whoever must end the connection or asks about it:
+    /// one handle per connection, not one per subscription.
+    session: OnceLock<Recipient<ToSession>>,
 }
 
 /// What became of a frame offered to the outbox.
@@ -137,29 +167,75 @@ impl From<Offer> for Reserve {
 }
 
 impl Outbox {
-    pub fn new(socket: Socket, limit: u64, close_code: u16, slow_closes: IntCounter) -> Arc<Self> {
+    pub fn new(socket: Socket, policy: Arc<OutboxPolicy>) -> Arc<Self> {
         Arc::new(Outbox {
             socket,
-            limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            slow_close: close_frame(close_code, "slow consumer"),
+            policy,
             closing: AtomicBool::new(false),
+            heard_at: AtomicU64::new(uptime_ms()),
+            expires_at: AtomicU64::new(u64::MAX),
+            wire_id: uuid::Uuid::new_v4(),
             shared: Mutex::new(Shared::default()),
-            slow_closes,
             session: OnceLock::new(),
         })
     }
 
     /// Names the session that ends this connection when told to; set once,
     /// when the session starts, before any topic or the registry hears of it.
-    pub fn attach(&self, session: Recipient<Disconnect>) {
+    pub fn attach(&self, session: Recipient<ToSession>) {
         let _ = self.session.set(session);
     }
 
     /// Tells the session to end the connection.
     pub fn disconnect(&self, why: Disconnect) {
         if let Some(session) = self.session.get() {
-            session.do_send(why);
+            session.do_send(ToSession::End(why));
         }
+    }
+
+    /// Asks the session to describe its connection; `None` once it is gone.
+    pub fn describe(&self) -> Option<tokio::sync::oneshot::Receiver<ConnectionInfo>> {
+        let session = self.session.get()?;
+        let (answer, described) = tokio::sync::oneshot::channel();
+        session.try_send(ToSession::Describe(answer)).ok()?;
+        Some(described)
+    }
+
+    /// The connection's id as clients see it.
+    pub fn wire_id(&self) -> uuid::fmt::Simple {
+        self.wire_id.simple()
+    }
+
+    /// The client was heard from just now.
+    pub fn heard(&self) {
+        self.heard_at.store(uptime_ms(), Ordering::Relaxed);
+    }
+
+    /// When the client was last heard from ([`uptime_ms`]).
+    pub fn heard_at(&self) -> u64 {
+        self.heard_at.load(Ordering::Relaxed)
+    }
+
+    /// Sets when the client's token expires, in Unix seconds.
+    pub fn set_expiry(&self, expires_at: Option<u64>) {
+        self.expires_at
+            .store(expires_at.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the client's token expires, in Unix seconds (`u64::MAX`: never).
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// Sends the client a WebSocket ping, which it must answer.
+    pub fn ping(&self) {
+        if self.is_closing() {
+            return;
+        }
+        let offer = self
+            .socket
+            .offer_frames(PING, self.policy.limit, &self.policy.slow_close);
+        self.counted(offer);
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
@@ -172,7 +248,7 @@ impl Outbox {
 
     fn counted(&self, offer: Offer) -> Reserve {
         if offer == Offer::BecameSlow {
-            self.slow_closes.inc();
+            self.policy.slow_closes.inc();
         }
         offer.into()
     }
@@ -225,7 +301,7 @@ impl Outbox {
         if !send {
             return Reserve::Ok;
         }
-        let offer = write(&self.socket, self.limit, &self.slow_close);
+        let offer = write(&self.socket, self.policy.limit, &self.policy.slow_close);
         drop(shared);
         self.counted(offer)
     }
@@ -235,9 +311,9 @@ impl Outbox {
         if self.is_closing() {
             return Reserve::Ok;
         }
-        let offer = self
-            .socket
-            .offer_text(frame.as_bytes(), self.limit, &self.slow_close);
+        let offer =
+            self.socket
+                .offer_text(frame.as_bytes(), self.policy.limit, &self.policy.slow_close);
         self.counted(offer)
     }
 
@@ -348,10 +424,11 @@ where
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(frames))) => {
                     let outbox = &this.outbox;
+                    let policy = &outbox.policy;
                     let offer =
                         outbox
                             .socket
-                            .offer_frames(&frames, outbox.limit, &outbox.slow_close);
+                            .offer_frames(&frames, policy.limit, &policy.slow_close);
                     // The session notices on its next message or ping.
                     outbox.counted(offer);
                 }
@@ -369,7 +446,8 @@ mod tests {
     use crate::http::connection::test_pair;
 
     fn outbox(socket: Socket) -> Arc<Outbox> {
-        Outbox::new(socket, 1 << 20, 4008, IntCounter::new("t", "t").unwrap())
+        let counter = IntCounter::new("t", "t").unwrap();
+        Outbox::new(socket, OutboxPolicy::new(1 << 20, 4008, counter))
     }
 
     fn subscription(topic: &Arc<str>, id: u64) -> Subscription {

@@ -321,12 +321,14 @@ mod tests {
 
     use super::*;
     use crate::http::connection::{Connection, test_pair, tests::RawClient};
+    use crate::session::outbound::OutboxPolicy;
 
     /// A client's publish reply, the client's end of its socket, and the
     /// server's end (kept open while the test runs).
     async fn client_reply() -> (PublishReply, RawClient, Connection) {
         let (connection, socket, client) = test_pair().await;
-        let outbox = Outbox::new(socket, 1 << 20, 4008, IntCounter::new("t", "t").unwrap());
+        let counter = IntCounter::new("t", "t").unwrap();
+        let outbox = Outbox::new(socket, OutboxPolicy::new(1 << 20, 4008, counter));
         let ack = AckTo {
             reference: Some(json!("r1")),
             id: None,

@@ -1,0 +1,130 @@
+//! Keepalive for every open connection in one periodic sweep (the
+//! registry's) instead of a timer per connection: a timer costs an idle
+//! connection about 150 bytes, the sweep a few atomic loads per connection
+//! per tick, as uWebSockets does with its one timeout sweep per loop.
+//!
+//! Each connection is pinged every third of the idle timeout, so a client
+//! that only answers pings stays open. One from which nothing has arrived
+//! for the whole idle timeout is told to close (4000); one whose token has
+//! expired, to close (4001); one that reads too slowly, to stop. The sweep
+//! runs every tenth of the idle timeout (between 10 ms and 1 s), so each of
+//! these happens at most that much late.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::messages::Disconnect;
+use super::outbound::Outbox;
+
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds since this process first asked: the clock the sweep and
+/// the outboxes share (monotonic, unlike the wall clock).
+pub fn uptime_ms() -> u64 {
+    STARTED.elapsed().as_millis() as u64
+}
+
+/// The idle timeout, and what follows from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    idle_ms: u64,
+}
+
+/// An open connection as the sweep keeps it.
+#[derive(Debug)]
+pub struct Kept {
+    pub outbox: Arc<Outbox>,
+    /// When the next ping is due ([`uptime_ms`]).
+    next_ping: u64,
+}
+
+impl Keepalive {
+    pub fn new(idle: Duration) -> Self {
+        Keepalive {
+            idle_ms: (idle.as_millis() as u64).max(1),
+        }
+    }
+
+    /// How often the sweep runs.
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.idle_ms / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    fn ping_every(&self) -> u64 {
+        (self.idle_ms / 3).max(1)
+    }
+
+    /// A connection that just opened: its first ping is a third of the idle
+    /// timeout away.
+    pub fn watch(&self, outbox: Arc<Outbox>) -> Kept {
+        Kept {
+            outbox,
+            next_ping: uptime_ms() + self.ping_every(),
+        }
+    }
+
+    /// One sweep's look at one connection, at `now` ([`uptime_ms`]) and
+    /// `unix_now` (Unix seconds).
+    pub fn check(&self, kept: &mut Kept, now: u64, unix_now: u64) {
+        let outbox = &kept.outbox;
+        if outbox.is_slow() {
+            outbox.disconnect(Disconnect::TooSlow);
+            return;
+        }
+        if outbox.is_closing() {
+            return;
+        }
+        if now.saturating_sub(outbox.heard_at()) >= self.idle_ms {
+            outbox.disconnect(Disconnect::IdleTimeout);
+            return;
+        }
+        if unix_now >= outbox.expires_at() {
+            outbox.disconnect(Disconnect::TokenExpired);
+        }
+        if now >= kept.next_ping {
+            outbox.ping();
+            kept.next_ping = now + self.ping_every();
+        }
+    }
+}
+
+/// The wall clock in Unix seconds, as tokens count expiry.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::IntCounter;
+
+    use super::*;
+    use crate::http::connection::test_pair;
+    use crate::session::outbound::OutboxPolicy;
+
+    #[tokio::test]
+    async fn a_connection_is_pinged_a_third_of_the_idle_timeout_apart() {
+        let (_connection, socket, mut client) = test_pair().await;
+        let policy = OutboxPolicy::new(1 << 20, 4008, IntCounter::new("t", "t").unwrap());
+        let outbox = Outbox::new(socket, policy);
+        let keepalive = Keepalive::new(Duration::from_millis(900));
+        assert_eq!(keepalive.period(), Duration::from_millis(90));
+        let mut kept = keepalive.watch(outbox.clone());
+        let start = uptime_ms();
+        outbox.heard();
+        keepalive.check(&mut kept, start + 200, 0);
+        client.assert_nothing_more().await;
+        keepalive.check(&mut kept, start + 300, 0);
+        keepalive.check(&mut kept, start + 400, 0);
+        assert_eq!(client.read_exactly(2).await, b"\x89\x00");
+        client.assert_nothing_more().await;
+        keepalive.check(&mut kept, start + 600, 0);
+        assert_eq!(client.read_exactly(2).await, b"\x89\x00");
+        outbox.start_closing();
+        keepalive.check(&mut kept, start + 800, 0);
+        client.assert_nothing_more().await;
+    }
+}
