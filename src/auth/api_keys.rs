@@ -4,6 +4,8 @@
 //! token; a known key without a token opens a connection with the keys'
 //! grants (`--api-key-grants`).
 
+use std::sync::Arc;
+
 use subtle::ConstantTimeEq;
 
 use super::grants::{Grants, RealtimeClaim};
@@ -14,7 +16,7 @@ use crate::protocol::ProtocolError;
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     keys: Vec<String>,
-    grants: Grants,
+    grants: Arc<Grants>,
 }
 
 /// What a request's key (if any) says.

@@ -1,5 +1,7 @@
 //! Topic permissions from a token's `realtime` claim.
 
+use std::sync::{Arc, LazyLock};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -15,7 +17,8 @@ pub struct RealtimeClaim {
     pub filters: Option<Map<String, Value>>,
 }
 
-/// What a connection may subscribe to and publish to.
+/// What a connection may subscribe to and publish to. Connections hold it
+/// behind an `Arc`: those allowed everything share one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grants {
     subscribe: Patterns,
@@ -47,22 +50,25 @@ pub fn pattern_covers(pattern: &str, topic: &str) -> bool {
 
 impl Grants {
     /// Everything allowed: open mode, or a token without a `realtime` claim.
-    pub fn all() -> Self {
-        Grants {
-            subscribe: Patterns(None),
-            publish: Patterns(None),
-            forced_filters: Map::new(),
-        }
+    pub fn all() -> Arc<Self> {
+        static ALL: LazyLock<Arc<Grants>> = LazyLock::new(|| {
+            Arc::new(Grants {
+                subscribe: Patterns(None),
+                publish: Patterns(None),
+                forced_filters: Map::new(),
+            })
+        });
+        ALL.clone()
     }
 
-    pub fn from_claim(claim: Option<&RealtimeClaim>) -> Self {
+    pub fn from_claim(claim: Option<&RealtimeClaim>) -> Arc<Self> {
         match claim {
             None => Self::all(),
-            Some(c) => Grants {
+            Some(c) => Arc::new(Grants {
                 subscribe: Patterns(Some(c.subscribe.clone().unwrap_or_default())),
                 publish: Patterns(Some(c.publish.clone().unwrap_or_default())),
                 forced_filters: c.filters.clone().unwrap_or_default(),
-            },
+            }),
         }
     }
 

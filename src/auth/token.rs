@@ -24,7 +24,7 @@ pub struct Claims {
 pub struct Identity {
     /// The token's `sub`, or the `userId` query parameter in open mode.
     pub user_id: Option<Arc<str>>,
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
     /// Unix seconds at which the token expires (none in open mode).
     pub expires_at: Option<u64>,
 }

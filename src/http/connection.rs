@@ -68,19 +68,31 @@ pub enum Offer {
 #[derive(Debug)]
 struct Output {
     phase: Phase,
-    /// Bytes the kernel has not taken yet, in wire order.
-    backlog: BytesMut,
-    /// Lengths of the frames in `backlog` (the first possibly part-sent), so
-    /// that a slow reader's backlog can be cut at a frame boundary.
-    frames: VecDeque<usize>,
-    /// Whether the kernel has taken part of the first frame in `backlog`.
-    first_started: bool,
+    /// What the kernel has not taken yet; kept only while there is some, so
+    /// an idle connection holds no buffer.
+    backlog: Option<Box<Backlog>>,
     slow: bool,
     /// The server's total of backlog bytes, kept up to date with this one.
     total: Option<IntGauge>,
 }
 
+/// Bytes the kernel has not taken yet.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// In wire order.
+    bytes: BytesMut,
+    /// Lengths of the frames in `bytes` (the first possibly part-sent), so
+    /// that a slow reader's backlog can be cut at a frame boundary.
+    frames: VecDeque<usize>,
+    /// Whether the kernel has taken part of the first frame.
+    first_started: bool,
+}
+
 impl Output {
+    fn backlog_len(&self) -> usize {
+        self.backlog.as_ref().map_or(0, |b| b.bytes.len())
+    }
+
     fn count(&self, delta: i64) {
         if let Some(total) = &self.total {
             total.add(delta);
@@ -91,34 +103,42 @@ impl Output {
     /// which it took the first `written` bytes.
     fn queue(&mut self, parts: [&[u8]; 2], written: usize) {
         let total = parts[0].len() + parts[1].len();
+        let backlog = self.backlog.get_or_insert_default();
         let mut skip = written;
         for part in parts {
             if skip >= part.len() {
                 skip -= part.len();
                 continue;
             }
-            self.backlog.put_slice(&part[skip..]);
+            backlog.bytes.put_slice(&part[skip..]);
             skip = 0;
         }
-        if self.frames.is_empty() {
-            self.first_started = written > 0;
+        if backlog.frames.is_empty() {
+            backlog.first_started = written > 0;
         }
-        self.frames.push_back(total - written);
+        backlog.frames.push_back(total - written);
         self.count((total - written) as i64);
     }
 
     /// Notes that the kernel took `n` bytes from the front of the backlog.
     fn consumed(&mut self, mut n: usize) {
-        self.backlog.advance(n);
         self.count(-(n as i64));
-        while let Some(first) = self.frames.front_mut() {
+        let Some(backlog) = self.backlog.as_mut() else {
+            return;
+        };
+        backlog.bytes.advance(n);
+        if backlog.bytes.is_empty() {
+            self.backlog = None;
+            return;
+        }
+        while let Some(first) = backlog.frames.front_mut() {
             if n >= *first {
                 n -= *first;
-                self.frames.pop_front();
-                self.first_started = false;
+                backlog.frames.pop_front();
+                backlog.first_started = false;
             } else {
                 *first -= n;
-                self.first_started |= n > 0;
+                backlog.first_started |= n > 0;
                 break;
             }
         }
@@ -126,23 +146,24 @@ impl Output {
 
     /// Keeps only the frame already half on the wire, then queues `close`.
     fn cut_for_close(&mut self, close: &[u8]) {
-        let before = self.backlog.len();
-        let keep = match (self.first_started, self.frames.front()) {
+        let before = self.backlog_len();
+        let backlog = self.backlog.get_or_insert_default();
+        let keep = match (backlog.first_started, backlog.frames.front()) {
             (true, Some(&first)) => first,
             _ => 0,
         };
-        self.backlog.truncate(keep);
-        self.frames.truncate(usize::from(keep > 0));
-        self.backlog.put_slice(close);
-        self.frames.push_back(close.len());
-        self.count(self.backlog.len() as i64 - before as i64);
+        backlog.bytes.truncate(keep);
+        backlog.frames.truncate(usize::from(keep > 0));
+        backlog.bytes.put_slice(close);
+        backlog.frames.push_back(close.len());
+        self.count(self.backlog_len() as i64 - before as i64);
     }
 }
 
 impl Drop for Output {
     fn drop(&mut self) {
         // What a closed connection never sent leaves the total with it.
-        self.count(-(self.backlog.len() as i64));
+        self.count(-(self.backlog_len() as i64));
     }
 }
 
@@ -168,8 +189,8 @@ impl Shared {
     /// woken when writable) while some remains.
     fn poll_flush_backlog(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut output = self.output();
-        while !output.backlog.is_empty() {
-            match self.stream.try_write(&output.backlog) {
+        while let Some(backlog) = &output.backlog {
+            match self.stream.try_write(&backlog.bytes) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => output.consumed(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -199,9 +220,7 @@ impl Connection {
                 stream,
                 output: Mutex::new(Output {
                     phase: Phase::Http,
-                    backlog: BytesMut::new(),
-                    frames: VecDeque::new(),
-                    first_started: false,
+                    backlog: None,
                     slow: false,
                     total: backlog_total,
                 }),
@@ -338,7 +357,7 @@ impl Socket {
     pub fn backlog_bytes(&self) -> usize {
         self.shared
             .upgrade()
-            .map_or(0, |shared| shared.output().backlog.len())
+            .map_or(0, |shared| shared.output().backlog_len())
     }
 
     /// Offers a text frame with `payload`; past `limit` bytes waiting, the
@@ -369,7 +388,7 @@ impl Socket {
             return Offer::Refused;
         }
         let mut written = 0;
-        let was_empty = output.backlog.is_empty();
+        let was_empty = output.backlog.is_none();
         if output.phase == Phase::Frames && was_empty {
             // Straight to the kernel, past tokio's readiness bookkeeping: a
             // `WouldBlock` here only queues the frame, and the flush that
@@ -397,7 +416,7 @@ impl Socket {
             }
         }
         output.queue(parts, written);
-        let offer = if output.backlog.len() > limit {
+        let offer = if output.backlog_len() > limit {
             output.slow = true;
             output.cut_for_close(close);
             Offer::BecameSlow

@@ -256,7 +256,11 @@ impl SessionActor {
         }
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
-        let spelling: Arc<str> = request.topic.into();
+        // Most clients spell a topic canonically: one string serves both.
+        let spelling: Arc<str> = match request.topic == name.as_str() {
+            true => name.shared(),
+            false => request.topic.into(),
+        };
         let subscription = Subscription {
             id: sub_id,
             spelling: spelling.clone(),
