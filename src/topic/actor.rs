@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use thin_vec::ThinVec;
 
 use super::fanout::{Audience, Batch, Claims, End, MAX_BATCH, PendingEvent, SplitPolicy};
 use super::members::Members;
@@ -89,19 +90,19 @@ pub struct TopicActor {
     epoch: Arc<str>,
     seq: u64,
     subscribers: Members<Subscriber>,
-    /// Events of this mailbox turn, not sent yet.
-    pending: Vec<PendingEvent>,
+    /// Events of this mailbox turn, not sent yet. The lists here are
+    /// `ThinVec`s (one pointer while empty): a topic is idle most of its life.
+    pending: ThinVec<PendingEvent>,
     /// Whether a batch is sent from two threads.
     split: SplitPolicy,
     replay: ReplayRing,
-    replay_ttl: Duration,
     /// Boxed, like `shared`: most topics are pub/sub topics of one node,
     /// and an idle topic should cost little (one per user is common).
     table: Option<Box<TableState>>,
     presence: Presence,
     /// The spellings subscribers used, interned (see `admit`): at most
     /// three, so a list.
-    spellings: Vec<Arc<str>>,
+    spellings: ThinVec<Arc<str>>,
     /// Token streams in progress, for subscribers who join mid-stream.
     streams: RunningStreams,
     /// Where history is read from (and table changes).
@@ -115,7 +116,7 @@ pub struct TopicActor {
     /// A pub/sub topic of a cluster: what it shares through the broker.
     shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
-    unstored: Vec<storing::Unstored>,
+    unstored: ThinVec<storing::Unstored>,
 }
 
 pub fn now_ms() -> i64 {
@@ -157,20 +158,19 @@ impl TopicActor {
             epoch,
             seq: 0,
             subscribers: Members::default(),
-            pending: Vec::new(),
+            pending: ThinVec::new(),
             replay: ReplayRing::new(settings.replay_size, settings.replay_ttl),
-            replay_ttl: settings.replay_ttl,
             split: SplitPolicy::new(settings.fanout_split_at, settings.fanout_busy_split_at),
             table,
             presence: Presence::default(),
-            spellings: Vec::new(),
+            spellings: ThinVec::new(),
             streams: RunningStreams::default(),
             db,
             history,
             last_active: Instant::now(),
             metrics,
             shared,
-            unstored: Vec::new(),
+            unstored: ThinVec::new(),
         }
     }
 
@@ -886,7 +886,7 @@ impl Handler<StopIfIdle> for TopicActor {
     type Result = bool;
 
     fn handle(&mut self, _msg: StopIfIdle, ctx: &mut Self::Context) -> bool {
-        let idle = self.subscribers.is_empty() && self.last_active.elapsed() >= self.replay_ttl;
+        let idle = self.subscribers.is_empty() && self.last_active.elapsed() >= self.replay.ttl();
         if idle {
             ctx.stop();
         }

@@ -156,8 +156,8 @@ impl<'a> Batch<'a> {
 /// to 10,000 subscribers is ~90 ms of `send`s).
 #[derive(Debug)]
 pub struct SplitPolicy {
-    always_at: usize,
-    when_busy_at: usize,
+    always_at: u32,
+    when_busy_at: u32,
     /// When the previous batch started.
     last_start: Option<Instant>,
     /// A moving average of one thread's share of time spent sending.
@@ -174,9 +174,10 @@ impl SplitPolicy {
     const WEIGHT: f64 = 0.25;
 
     pub fn new(always_at: usize, when_busy_at: usize) -> SplitPolicy {
+        let at_most = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         SplitPolicy {
-            always_at,
-            when_busy_at,
+            always_at: at_most(always_at),
+            when_busy_at: at_most(when_busy_at),
             last_start: None,
             busy: 0.0,
             splitting: false,
@@ -185,6 +186,7 @@ impl SplitPolicy {
 
     /// Whether the next batch, to this many subscribers, takes two threads.
     pub fn splits(&self, subscribers: usize) -> bool {
+        let subscribers = u32::try_from(subscribers).unwrap_or(u32::MAX);
         subscribers >= self.always_at || (subscribers >= self.when_busy_at && self.splitting)
     }
 

@@ -1,6 +1,7 @@
 //! A topic's subscribers by connection. Most topics are one user's own and
 //! hold one or two subscribers, so up to [`FEW`] live in a list of exactly
-//! their size (a hash map starts at four buckets); past that, a hash map.
+//! their size (a hash map starts at four buckets); past that, a hash map,
+//! boxed so that the list's topics do not pay for its size.
 
 use std::collections::HashMap;
 use std::collections::hash_map;
@@ -12,7 +13,7 @@ const FEW: usize = 8;
 
 pub enum Members<V> {
     Few(Vec<(ConnId, V)>),
-    Many(HashMap<ConnId, V>),
+    Many(Box<HashMap<ConnId, V>>),
 }
 
 impl<V> Default for Members<V> {
@@ -64,7 +65,7 @@ impl<V> Members<V> {
                 } else {
                     let mut many: HashMap<ConnId, V> = std::mem::take(few).into_iter().collect();
                     many.insert(conn, value);
-                    *self = Members::Many(many);
+                    *self = Members::Many(Box::new(many));
                 }
                 None
             }

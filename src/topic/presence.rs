@@ -21,7 +21,13 @@ struct Entry {
 
 #[derive(Debug, Default)]
 pub struct Presence {
-    by_key: BTreeMap<String, Vec<Entry>>,
+    /// Boxed while anyone is present, and gone when no one is: most topics
+    /// never track presence, and the box keeps them at one pointer.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer instead of three while empty"
+    )]
+    by_key: Option<Box<BTreeMap<String, Vec<Entry>>>>,
 }
 
 /// The `data` of a `presence:join` or `presence:leave` event.
@@ -41,7 +47,8 @@ impl Presence {
         // A connection tracks under one key; drop any entry it had.
         self.remove(conn);
         let data = change_data(key, wire_conn, &state);
-        self.by_key.entry(key.to_string()).or_default().push(Entry {
+        let by_key = self.by_key.get_or_insert_default();
+        by_key.entry(key.to_string()).or_default().push(Entry {
             conn: Some(conn),
             wire_conn: wire_conn.to_string(),
             state,
@@ -54,7 +61,8 @@ impl Presence {
     pub fn track_wire(&mut self, key: &str, wire_conn: &str, state: Map<String, Value>) -> Value {
         self.remove_wire(wire_conn);
         let data = change_data(key, wire_conn, &state);
-        self.by_key.entry(key.to_string()).or_default().push(Entry {
+        let by_key = self.by_key.get_or_insert_default();
+        by_key.entry(key.to_string()).or_default().push(Entry {
             conn: None,
             wire_conn: wire_conn.to_string(),
             state,
@@ -76,6 +84,7 @@ impl Presence {
     pub fn all(&self) -> Vec<(String, String, Map<String, Value>)> {
         self.by_key
             .iter()
+            .flat_map(|by_key| by_key.iter())
             .flat_map(|(key, entries)| {
                 entries
                     .iter()
@@ -85,16 +94,19 @@ impl Presence {
     }
 
     fn remove_where(&mut self, which: impl Fn(&Entry) -> bool) -> Option<Value> {
-        let key = self
-            .by_key
+        let by_key = self.by_key.as_mut()?;
+        let key = by_key
             .iter()
             .find(|(_, entries)| entries.iter().any(&which))
             .map(|(key, _)| key.clone())?;
-        let entries = self.by_key.get_mut(&key)?;
+        let entries = by_key.get_mut(&key)?;
         let at = entries.iter().position(&which)?;
         let entry = entries.remove(at);
         if entries.is_empty() {
-            self.by_key.remove(&key);
+            by_key.remove(&key);
+            if by_key.is_empty() {
+                self.by_key = None;
+            }
         }
         Some(change_data(&key, &entry.wire_conn, &entry.state))
     }
@@ -104,6 +116,7 @@ impl Presence {
         let presences: Map<String, Value> = self
             .by_key
             .iter()
+            .flat_map(|by_key| by_key.iter())
             .map(|(key, entries)| {
                 let list = entries
                     .iter()
@@ -116,11 +129,13 @@ impl Presence {
     }
 
     pub fn entries(&self) -> usize {
-        self.by_key.values().map(Vec::len).sum()
+        self.by_key
+            .as_ref()
+            .map_or(0, |by_key| by_key.values().map(Vec::len).sum())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.by_key.is_none()
     }
 }
 

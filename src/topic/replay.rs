@@ -32,6 +32,11 @@ impl ReplayRing {
         }
     }
 
+    /// How long an event stays replayable.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Keeps an event; `seq` must be above every kept one.
     pub fn push(&mut self, seq: u64, frame: TopicFrame, now: Instant) {
         if self.capacity == 0 {

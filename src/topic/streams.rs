@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use thin_vec::ThinVec;
+
 use crate::protocol::server::TopicFrame;
 
 /// Tokens kept per stream; a longer stream's late joiners miss the oldest.
@@ -11,8 +13,9 @@ pub const MAX_TOKENS_KEPT: usize = 20_000;
 
 #[derive(Debug, Default)]
 pub struct RunningStreams {
-    /// In the order the streams started; a topic rarely has more than a few.
-    streams: Vec<(Arc<str>, Vec<TopicFrame>)>,
+    /// In the order the streams started; a topic rarely has more than a
+    /// few, and most never have one (a `ThinVec` is one pointer while empty).
+    streams: ThinVec<(Arc<str>, Vec<TopicFrame>)>,
 }
 
 impl RunningStreams {

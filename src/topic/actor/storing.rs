@@ -8,6 +8,7 @@
 //! stays seq order.
 
 use actix::prelude::*;
+use thin_vec::ThinVec;
 
 use super::{TopicActor, now_ms};
 use crate::history::NewMessage;
@@ -79,7 +80,7 @@ impl TopicActor {
     /// Nothing of the batch was stored: its persisted publishes are
     /// refused, the others delivered under fresh seqs (nothing else was
     /// numbered meanwhile, so the batch's seqs are given back).
-    fn store_failed(&mut self, batch: Vec<Unstored>, error: &str) {
+    fn store_failed(&mut self, batch: ThinVec<Unstored>, error: &str) {
         tracing::warn!(topic = %self.name, %error, "storing messages failed");
         self.seq = batch.first().map_or(self.seq, |first| first.seq - 1);
         for unstored in batch {
