@@ -288,9 +288,7 @@ impl Outbox {
             FrameKind::Reply => true,
             FrameKind::Stream { sub_id } => shared.is_current(topic, sub_id),
             FrameKind::Admitted { sub_id } => {
-                if let Some(current) = shared.subscriptions.get_mut(topic) {
-                    current.admitted(sub_id);
-                }
+                shared.subscriptions.admitted(topic, sub_id);
                 true
             }
             FrameKind::Refusal { sub_id } => {

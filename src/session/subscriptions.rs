@@ -63,6 +63,24 @@ impl Subscriptions {
         self.find(topic).ok().map(|i| &self.0[i].1)
     }
 
+    /// The topic admitted subscription `id`: what it replaced is gone for
+    /// good, and the connection keeps the topic's own name string (`topic`)
+    /// instead of its own copy, so a topic shared by many connections has
+    /// its name stored once (and found by pointer when frames arrive).
+    pub fn admitted(&mut self, topic: &Arc<str>, id: u64) {
+        let Ok(i) = self.find(topic) else {
+            return;
+        };
+        let (name, subscription) = &mut self.0[i];
+        subscription.admitted(id);
+        if !Arc::ptr_eq(name, topic) {
+            if Arc::ptr_eq(&subscription.spelling, name) {
+                subscription.spelling = topic.clone();
+            }
+            *name = topic.clone();
+        }
+    }
+
     pub fn get_mut(&mut self, topic: &str) -> Option<&mut Subscription> {
         self.find(topic).ok().map(|i| &mut self.0[i].1)
     }
@@ -140,4 +158,20 @@ mod tests {
         assert_eq!(subscriptions.take_topics().len(), 2);
         assert!(subscriptions.is_empty());
     }
+
+    #[test]
+    fn an_admitted_subscription_keeps_the_topics_own_name_string() {
+        let mut subscriptions = Subscriptions::default();
+        let own: Arc<str> = "room/shared".into();
+        let mut first = subscription(1);
+        first.spelling = own.clone();
+        subscriptions.insert(own.clone(), first);
+        let topics: Arc<str> = "room/shared".into();
+        subscriptions.admitted(&topics, 1);
+        let (name, admitted) = subscriptions.iter().next().unwrap();
+        assert!(Arc::ptr_eq(name, &topics));
+        assert!(Arc::ptr_eq(&admitted.spelling, &topics));
+        assert_eq!(Arc::strong_count(&own), 1, "the connection's copy is gone");
+    }
+
 }
