@@ -6,6 +6,7 @@
 use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
+use thin_vec::ThinVec;
 
 use crate::protocol::ProtocolError;
 
@@ -44,11 +45,12 @@ struct Condition {
 
 /// Every condition must hold (an empty filter matches every row).
 ///
-/// A boxed slice, not a `Vec`: every subscription holds one, usually empty,
-/// and an idle subscription should cost little.
+/// A `ThinVec` (one pointer, no allocation while empty), not a `Vec`: every
+/// subscription holds one, usually empty, and an idle subscription should
+/// cost little.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
-    conditions: Box<[Condition]>,
+    conditions: ThinVec<Condition>,
 }
 
 impl Filter {
@@ -98,11 +100,9 @@ impl Filter {
         if other.is_empty() {
             return self;
         }
-        let mut conditions = self.conditions.into_vec();
+        let mut conditions = self.conditions;
         conditions.extend(other.conditions);
-        Filter {
-            conditions: conditions.into(),
-        }
+        Filter { conditions }
     }
 
     pub fn is_empty(&self) -> bool {

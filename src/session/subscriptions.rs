@@ -173,5 +173,4 @@ mod tests {
         assert!(Arc::ptr_eq(&admitted.spelling, &topics));
         assert_eq!(Arc::strong_count(&own), 1, "the connection's copy is gone");
     }
-
 }

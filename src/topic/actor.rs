@@ -44,12 +44,16 @@ use serde_json::json;
 /// behind, it is told `recovered: false` and should reload.
 pub const MAX_TABLE_CATCH_UP: i64 = 10_000;
 
+/// One subscription, as the topic keeps it: 32 bytes, as a topic with
+/// thousands of subscribers holds thousands.
 struct Subscriber {
     sub_id: u64,
-    spelling: Arc<str>,
-    echo: bool,
     filter: Filter,
     handle: SubscriberHandle,
+    /// How the client spelled the topic: an index into the topic's
+    /// `spellings` (a name has at most three, see `TopicName::parse`).
+    spelling: u8,
+    echo: bool,
 }
 
 /// What every topic is configured with.
@@ -233,7 +237,8 @@ impl TopicActor {
             let all: Vec<(ConnId, &Subscriber)> =
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
             let claims = Claims::new(all.len());
-            let share = |end| deliver_claimed(&all, &claims, end, events, topic);
+            let spellings = &self.spellings[..];
+            let share = |end| deliver_claimed(&all, &claims, end, (events, spellings), topic);
             std::thread::scope(|scope| {
                 let spawned = std::thread::Builder::new()
                     .name("realtide-fanout".into())
@@ -257,7 +262,8 @@ impl TopicActor {
             })
         } else {
             let all = self.subscribers.iter().map(|(c, s)| (*c, s));
-            (deliver_each(all, &mut Batch::new(events), topic), 1)
+            let mut batch = Batch::new(events, &self.spellings);
+            (deliver_each(all, &mut batch, topic), 1)
         };
         self.split.record(started, started.elapsed(), threads);
         if !self.subscribers.is_empty() {
@@ -313,19 +319,20 @@ impl TopicActor {
     /// Answers a subscription with `subscribed` and the events it missed, then
     /// adds it to the live set.
     fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
-        // One `Arc` per distinct spelling (a topic has at most three), so the
-        // fan-out compares pointers, not strings.
-        let spelling = match self.spellings.iter().find(|s| **s == msg.spelling) {
-            Some(known) => known.clone(),
+        // Each distinct spelling is kept once (a topic has at most three), and
+        // the fan-out encodes a batch once per spelling.
+        let spelling = match self.spellings.iter().position(|s| *s == msg.spelling) {
+            Some(known) => known,
             None => {
                 self.spellings.reserve_exact(1);
                 self.spellings.push(msg.spelling.clone());
-                msg.spelling
+                self.spellings.len() - 1
             }
         };
+        let spelled_as = self.spellings[spelling].clone();
         let subscriber = Subscriber {
             sub_id: msg.sub_id,
-            spelling,
+            spelling: u8::try_from(spelling).unwrap_or(u8::MAX),
             echo: msg.echo,
             filter: msg.filter,
             handle: msg.handle,
@@ -333,7 +340,7 @@ impl TopicActor {
         let reply = server::subscribed(
             msg.reference.as_ref(),
             &server::Subscribed {
-                topic: &subscriber.spelling,
+                topic: &spelled_as,
                 seq: self.announced_seq(),
                 epoch: &self.epoch,
                 recovered,
@@ -358,7 +365,7 @@ impl TopicActor {
                 &json!({"presences": self.presence.snapshot()}),
                 now_ms(),
             );
-            ok = self.send_to(handle, kind, sync.for_spelling(&subscriber.spelling));
+            ok = self.send_to(handle, kind, sync.for_spelling(&spelled_as));
         }
         if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
             self.metrics.subscriptions.inc();
@@ -560,10 +567,10 @@ fn deliver_claimed(
     all: &[(ConnId, &Subscriber)],
     claims: &Claims,
     end: End,
-    events: &[PendingEvent],
+    (events, spellings): (&[PendingEvent], &[Arc<str>]),
     topic: &Arc<str>,
 ) -> (u64, Vec<(ConnId, Reserve)>) {
-    let mut batch = Batch::new(events);
+    let mut batch = Batch::new(events, spellings);
     let mut delivered = 0;
     let mut refused = Vec::new();
     while let Some(run) = claims.take(end) {
@@ -608,7 +615,7 @@ fn deliver_each<'a>(
         if wanted == 0 {
             continue;
         }
-        let wire = batch.wire(&sub.spelling, wanted);
+        let wire = batch.wire(sub.spelling, wanted);
         match sub.handle.outbox.deliver_wire(topic, sub.sub_id, wire) {
             Reserve::Ok => delivered += u64::from(wanted.count_ones()),
             other => refused.push((conn, other)),

@@ -59,7 +59,8 @@ pub struct PendingEvent {
 
 /// One spelling's encoding of a batch.
 struct Spelled {
-    spelling: Arc<str>,
+    /// Its index in the topic's spellings.
+    spelling: u8,
     /// Each event as a whole WebSocket frame.
     frames: Vec<Bytes>,
     /// All of them, for the (usual) subscriber who wants every event.
@@ -69,16 +70,19 @@ struct Spelled {
 /// A batch of events being sent: encodes lazily, once per spelling.
 pub struct Batch<'a> {
     events: &'a [PendingEvent],
+    /// The topic's spellings, which subscribers name by index.
+    spellings: &'a [Arc<str>],
     spelled: Vec<Spelled>,
     /// A subscriber's own pick of events, when it wants some but not all.
     picked: BytesMut,
 }
 
 impl<'a> Batch<'a> {
-    pub fn new(events: &'a [PendingEvent]) -> Batch<'a> {
+    pub fn new(events: &'a [PendingEvent], spellings: &'a [Arc<str>]) -> Batch<'a> {
         debug_assert!(events.len() <= MAX_BATCH);
         Batch {
             events,
+            spellings,
             spelled: Vec::with_capacity(1),
             picked: BytesMut::new(),
         }
@@ -98,23 +102,20 @@ impl<'a> Batch<'a> {
     }
 
     /// The wire bytes of the events in `wanted`, for a subscriber who
-    /// spelled the topic `spelling` (an interned `Arc`, compared by pointer).
-    pub fn wire(&mut self, spelling: &Arc<str>, wanted: u64) -> &[u8] {
+    /// spelled the topic as the topic's spelling number `spelling`.
+    pub fn wire(&mut self, spelling: u8, wanted: u64) -> &[u8] {
         let all = self.all();
-        let at = match self
-            .spelled
-            .iter()
-            .position(|s| Arc::ptr_eq(&s.spelling, spelling))
-        {
+        let at = match self.spelled.iter().position(|s| s.spelling == spelling) {
             Some(at) => at,
             None => {
+                let spelled_as = &self.spellings[usize::from(spelling)];
                 let frames = self
                     .events
                     .iter()
-                    .map(|event| wire_frame(&event.frame.for_spelling(spelling)))
+                    .map(|event| wire_frame(&event.frame.for_spelling(spelled_as)))
                     .collect();
                 self.spelled.push(Spelled {
-                    spelling: spelling.clone(),
+                    spelling,
                     frames,
                     whole: None,
                 });
@@ -334,12 +335,13 @@ mod tests {
             ),
             event(3, Audience::Everyone),
         ];
-        let mut batch = Batch::new(&events);
-        let (upper, lower): (Arc<str>, Arc<str>) = ("Chat/A".into(), "chat/a".into());
+        let spellings: [Arc<str>; 2] = ["Chat/A".into(), "chat/a".into()];
+        let mut batch = Batch::new(&events, &spellings);
+        let (upper, lower) = (0, 1);
 
         let everything = batch.wanted_by(other, false, &Filter::default());
         assert_eq!(everything, 0b111);
-        let wire = payloads(batch.wire(&upper, everything));
+        let wire = payloads(batch.wire(upper, everything));
         assert_eq!(
             wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
             [1, 2, 3]
@@ -348,7 +350,7 @@ mod tests {
 
         let no_echo = batch.wanted_by(me, false, &Filter::default());
         assert_eq!(no_echo, 0b101, "no echo of its own publish");
-        let wire = payloads(batch.wire(&lower, no_echo));
+        let wire = payloads(batch.wire(lower, no_echo));
         assert_eq!(
             wire.iter().map(|f| f["seq"].clone()).collect::<Vec<_>>(),
             [1, 3]
