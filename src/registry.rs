@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::keepalive::{self, Keepalive, Kept};
+use crate::session::keepalive::{self, Keepalive, Watched};
 use crate::session::messages::{ConnId, Disconnect, FrameKind};
 use crate::session::outbound::Outbox;
 use crate::topic::TopicActor;
@@ -30,7 +30,7 @@ use crate::topic::messages::{
 pub struct Registry {
     topics: HashMap<Arc<str>, Addr<TopicActor>>,
     /// Open sessions; each removes itself when it stops.
-    sessions: HashMap<ConnId, Kept>,
+    sessions: HashMap<ConnId, Watched>,
     /// Pings every session, and ends the silent and the expired.
     keepalive: Keepalive,
     /// Topic actors are spread over these threads, round robin.
@@ -87,8 +87,8 @@ impl Registry {
 
     fn keep_sessions_alive(&mut self) {
         let (now, unix_now) = (keepalive::uptime_ms(), keepalive::unix_now());
-        for kept in self.sessions.values_mut() {
-            self.keepalive.check(kept, now, unix_now);
+        for watched in self.sessions.values_mut() {
+            self.keepalive.check(watched, now, unix_now);
         }
     }
 
@@ -368,8 +368,8 @@ impl Handler<SessionOpened> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionOpened, _ctx: &mut Self::Context) {
-        let kept = self.keepalive.watch(msg.outbox);
-        self.sessions.insert(msg.conn, kept);
+        let watched = self.keepalive.watch(msg.outbox);
+        self.sessions.insert(msg.conn, watched);
     }
 }
 
@@ -396,8 +396,8 @@ impl Handler<ShutdownSessions> for Registry {
     type Result = usize;
 
     fn handle(&mut self, _msg: ShutdownSessions, _ctx: &mut Self::Context) -> usize {
-        for kept in self.sessions.values() {
-            kept.outbox.disconnect(Disconnect::Shutdown);
+        for watched in self.sessions.values() {
+            watched.outbox.disconnect(Disconnect::Shutdown);
         }
         self.sessions.len()
     }
@@ -450,8 +450,8 @@ impl Handler<KickSession> for Registry {
             .map(|(conn, _)| *conn);
         // Gone from the list at once: it is closing, whatever its client does.
         match found.and_then(|conn| self.sessions.remove(&conn)) {
-            Some(kept) => {
-                kept.outbox.disconnect(Disconnect::Kicked);
+            Some(watched) => {
+                watched.outbox.disconnect(Disconnect::Kicked);
                 true
             }
             None => false,

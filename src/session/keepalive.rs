@@ -6,7 +6,8 @@
 //! Each connection is pinged every third of the idle timeout, so a client
 //! that only answers pings stays open. One from which nothing has arrived
 //! for the whole idle timeout is told to close (4000); one whose token has
-//! expired, to close (4001); one that reads too slowly, to stop. The sweep
+//! expired, to close (4001); one found too slow a reader when its ping is
+//! due, to stop. The sweep
 //! runs every tenth of the idle timeout (between 10 ms and 1 s), so each of
 //! these happens at most that much late.
 
@@ -30,9 +31,9 @@ pub struct Keepalive {
     idle_ms: u64,
 }
 
-/// An open connection as the sweep keeps it.
+/// An open connection as the sweep watches it.
 #[derive(Debug)]
-pub struct Kept {
+pub struct Watched {
     pub outbox: Arc<Outbox>,
     /// When the next ping is due ([`uptime_ms`]).
     next_ping: u64,
@@ -57,8 +58,8 @@ impl Keepalive {
 
     /// A connection that just opened: its first ping is a third of the idle
     /// timeout away.
-    pub fn watch(&self, outbox: Arc<Outbox>) -> Kept {
-        Kept {
+    pub fn watch(&self, outbox: Arc<Outbox>) -> Watched {
+        Watched {
             outbox,
             next_ping: uptime_ms() + self.ping_every(),
         }
@@ -66,12 +67,8 @@ impl Keepalive {
 
     /// One sweep's look at one connection, at `now` ([`uptime_ms`]) and
     /// `unix_now` (Unix seconds).
-    pub fn check(&self, kept: &mut Kept, now: u64, unix_now: u64) {
-        let outbox = &kept.outbox;
-        if outbox.is_slow() {
-            outbox.disconnect(Disconnect::TooSlow);
-            return;
-        }
+    pub fn check(&self, watched: &mut Watched, now: u64, unix_now: u64) {
+        let outbox = &watched.outbox;
         if outbox.is_closing() {
             return;
         }
@@ -82,9 +79,15 @@ impl Keepalive {
         if unix_now >= outbox.expires_at() {
             outbox.disconnect(Disconnect::TokenExpired);
         }
-        if now >= kept.next_ping {
-            outbox.ping();
-            kept.next_ping = now + self.ping_every();
+        if now >= watched.next_ping {
+            watched.next_ping = now + self.ping_every();
+            // Topics stop a reader that falls too far behind as they find
+            // it; this catches one that fell behind on the session's own
+            // frames. It takes the socket's lock, so only when pinging.
+            match outbox.is_slow() {
+                true => outbox.disconnect(Disconnect::TooSlow),
+                false => outbox.ping(),
+            }
         }
     }
 }
@@ -112,19 +115,19 @@ mod tests {
         let outbox = Outbox::new(socket, policy);
         let keepalive = Keepalive::new(Duration::from_millis(900));
         assert_eq!(keepalive.period(), Duration::from_millis(90));
-        let mut kept = keepalive.watch(outbox.clone());
+        let mut watched = keepalive.watch(outbox.clone());
         let start = uptime_ms();
         outbox.heard();
-        keepalive.check(&mut kept, start + 200, 0);
+        keepalive.check(&mut watched, start + 200, 0);
         client.assert_nothing_more().await;
-        keepalive.check(&mut kept, start + 300, 0);
-        keepalive.check(&mut kept, start + 400, 0);
+        keepalive.check(&mut watched, start + 300, 0);
+        keepalive.check(&mut watched, start + 400, 0);
         assert_eq!(client.read_exactly(2).await, b"\x89\x00");
         client.assert_nothing_more().await;
-        keepalive.check(&mut kept, start + 600, 0);
+        keepalive.check(&mut watched, start + 600, 0);
         assert_eq!(client.read_exactly(2).await, b"\x89\x00");
         outbox.start_closing();
-        keepalive.check(&mut kept, start + 800, 0);
+        keepalive.check(&mut watched, start + 800, 0);
         client.assert_nothing_more().await;
     }
 }

@@ -197,7 +197,8 @@ impl Outbox {
     pub fn describe(&self) -> Option<tokio::sync::oneshot::Receiver<ConnectionInfo>> {
         let session = self.session.get()?;
         let (answer, described) = tokio::sync::oneshot::channel();
-        session.try_send(ToSession::Describe(answer)).ok()?;
+        // A session that is gone drops `answer`, and the receiver says so.
+        session.do_send(ToSession::Describe(answer));
         Some(described)
     }
 
