@@ -108,10 +108,16 @@ impl Registry {
     }
 
     /// The running topic, started if needed and the node has room for it.
-    fn topic(&mut self, name: &TopicName) -> Result<Addr<TopicActor>, ProtocolError> {
-        if let Some(addr) = self.topics.get(name.as_str()) {
-            return Ok(addr.clone());
+    /// Borrowed: cloning an actix `Addr` allocates twice, and this is on
+    /// every publish's path.
+    fn topic(&mut self, name: &TopicName) -> Result<&Addr<TopicActor>, ProtocolError> {
+        if !self.topics.contains_key(name.as_str()) {
+            self.start_topic(name)?;
         }
+        Ok(&self.topics[name.as_str()])
+    }
+
+    fn start_topic(&mut self, name: &TopicName) -> Result<(), ProtocolError> {
         if self.topics.len() >= self.max_topics {
             let error = ProtocolError::unavailable(format!(
                 "this node runs its limit of {} topics (--max-topics)",
@@ -132,8 +138,8 @@ impl Registry {
             self.next_arbiter = (self.next_arbiter + 1) % self.arbiters.len();
             TopicActor::start_in_arbiter(&self.arbiters[self.next_arbiter], |_| actor)
         };
-        self.topics.insert(name.shared(), addr.clone());
-        Ok(addr)
+        self.topics.insert(name.shared(), addr);
+        Ok(())
     }
 
     /// How often idle topics are looked for: often enough that a topic outlives

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use compact_str::CompactString;
 use thin_vec::ThinVec;
 
 use super::fanout::{Audience, Batch, Claims, End, MAX_BATCH, PendingEvent, SplitPolicy};
@@ -25,6 +26,7 @@ use super::messages::{
 use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
 use super::replay::ReplayRing;
+use super::spellings::{Spellings, SpellingsOf};
 use super::streams::RunningStreams;
 use crate::broker::ClusterLink;
 use crate::cache::prefetch;
@@ -50,8 +52,7 @@ struct Subscriber {
     sub_id: u64,
     filter: Filter,
     handle: SubscriberHandle,
-    /// How the client spelled the topic: an index into the topic's
-    /// `spellings` (a name has at most three, see `TopicName::parse`).
+    /// How the client spelled the topic (see [`Spellings`]).
     spelling: u8,
     echo: bool,
 }
@@ -91,7 +92,8 @@ pub struct TopicActor {
     name: TopicName,
     /// A pub/sub topic's epoch changes whenever its seq starts again (a new
     /// actor); a table topic's is the database's, stable across restarts.
-    epoch: Arc<str>,
+    /// Inline (a pub/sub topic's is 16 characters): no allocation of its own.
+    epoch: CompactString,
     seq: u64,
     subscribers: Members<Subscriber>,
     /// Events of this mailbox turn, not sent yet. The lists here are
@@ -104,9 +106,8 @@ pub struct TopicActor {
     /// and an idle topic should cost little (one per user is common).
     table: Option<Box<TableState>>,
     presence: Presence,
-    /// The spellings subscribers used, interned (see `admit`): at most
-    /// three, so a list.
-    spellings: ThinVec<Arc<str>>,
+    /// How subscribers spelled the topic, beyond its canonical name.
+    spellings: Spellings,
     /// Token streams in progress, for subscribers who join mid-stream.
     streams: RunningStreams,
     /// Where history is read from (and table changes).
@@ -154,8 +155,12 @@ impl TopicActor {
             TopicKind::PubSub => None,
         };
         let epoch = match &table {
-            Some(t) => t.tracking.db.epoch().into(),
-            None => uuid::Uuid::new_v4().simple().to_string()[..16].into(),
+            Some(t) => CompactString::from(t.tracking.db.epoch()),
+            None => {
+                let mut id = uuid::Uuid::encode_buffer();
+                let id = uuid::Uuid::new_v4().simple().encode_lower(&mut id);
+                CompactString::from(&id[..16])
+            }
         };
         TopicActor {
             name,
@@ -167,7 +172,7 @@ impl TopicActor {
             split: SplitPolicy::new(settings.fanout_split_at, settings.fanout_busy_split_at),
             table,
             presence: Presence::default(),
-            spellings: ThinVec::new(),
+            spellings: Spellings::default(),
             streams: RunningStreams::default(),
             db,
             history,
@@ -237,7 +242,7 @@ impl TopicActor {
             let all: Vec<(ConnId, &Subscriber)> =
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
             let claims = Claims::new(all.len());
-            let spellings = &self.spellings[..];
+            let spellings = self.spellings.of(topic);
             let share = |end| deliver_claimed(&all, &claims, end, (events, spellings), topic);
             std::thread::scope(|scope| {
                 let spawned = std::thread::Builder::new()
@@ -262,7 +267,7 @@ impl TopicActor {
             })
         } else {
             let all = self.subscribers.iter().map(|(c, s)| (*c, s));
-            let mut batch = Batch::new(events, &self.spellings);
+            let mut batch = Batch::new(events, self.spellings.of(topic));
             (deliver_each(all, &mut batch, topic), 1)
         };
         self.split.record(started, started.elapsed(), threads);
@@ -319,20 +324,11 @@ impl TopicActor {
     /// Answers a subscription with `subscribed` and the events it missed, then
     /// adds it to the live set.
     fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
-        // Each distinct spelling is kept once (a topic has at most three), and
-        // the fan-out encodes a batch once per spelling.
-        let spelling = match self.spellings.iter().position(|s| *s == msg.spelling) {
-            Some(known) => known,
-            None => {
-                self.spellings.reserve_exact(1);
-                self.spellings.push(msg.spelling.clone());
-                self.spellings.len() - 1
-            }
-        };
-        let spelled_as = self.spellings[spelling].clone();
+        let spelling = self.spellings.number(self.name.as_str(), &msg.spelling);
+        let spelled_as = self.spellings.of(self.name.as_arc()).get(spelling).clone();
         let subscriber = Subscriber {
             sub_id: msg.sub_id,
-            spelling: u8::try_from(spelling).unwrap_or(u8::MAX),
+            spelling,
             echo: msg.echo,
             filter: msg.filter,
             handle: msg.handle,
@@ -567,7 +563,7 @@ fn deliver_claimed(
     all: &[(ConnId, &Subscriber)],
     claims: &Claims,
     end: End,
-    (events, spellings): (&[PendingEvent], &[Arc<str>]),
+    (events, spellings): (&[PendingEvent], SpellingsOf),
     topic: &Arc<str>,
 ) -> (u64, Vec<(ConnId, Reserve)>) {
     let mut batch = Batch::new(events, spellings);

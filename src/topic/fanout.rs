@@ -11,13 +11,13 @@
 //! [`Claims`] shares the subscribers out between the two.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
+use super::spellings::SpellingsOf;
 use crate::changes::{Change, Filter};
 use crate::http::connection::put_text_frame;
 use crate::protocol::server::TopicFrame;
@@ -59,7 +59,7 @@ pub struct PendingEvent {
 
 /// One spelling's encoding of a batch.
 struct Spelled {
-    /// Its index in the topic's spellings.
+    /// Its number among the topic's spellings.
     spelling: u8,
     /// Each event as a whole WebSocket frame.
     frames: Vec<Bytes>,
@@ -70,15 +70,15 @@ struct Spelled {
 /// A batch of events being sent: encodes lazily, once per spelling.
 pub struct Batch<'a> {
     events: &'a [PendingEvent],
-    /// The topic's spellings, which subscribers name by index.
-    spellings: &'a [Arc<str>],
+    /// The topic's spellings, which subscribers name by number.
+    spellings: SpellingsOf<'a>,
     spelled: Vec<Spelled>,
     /// A subscriber's own pick of events, when it wants some but not all.
     picked: BytesMut,
 }
 
 impl<'a> Batch<'a> {
-    pub fn new(events: &'a [PendingEvent], spellings: &'a [Arc<str>]) -> Batch<'a> {
+    pub fn new(events: &'a [PendingEvent], spellings: SpellingsOf<'a>) -> Batch<'a> {
         debug_assert!(events.len() <= MAX_BATCH);
         Batch {
             events,
@@ -108,7 +108,7 @@ impl<'a> Batch<'a> {
         let at = match self.spelled.iter().position(|s| s.spelling == spelling) {
             Some(at) => at,
             None => {
-                let spelled_as = &self.spellings[usize::from(spelling)];
+                let spelled_as = self.spellings.get(spelling);
                 let frames = self
                     .events
                     .iter()
@@ -300,7 +300,10 @@ fn concat<'b>(frames: impl Iterator<Item = &'b Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::protocol::server::TopicFrame;
+    use crate::topic::spellings::Spellings;
     use serde_json::json;
 
     fn event(seq: u64, audience: Audience) -> PendingEvent {
@@ -335,9 +338,11 @@ mod tests {
             ),
             event(3, Audience::Everyone),
         ];
-        let spellings: [Arc<str>; 2] = ["Chat/A".into(), "chat/a".into()];
-        let mut batch = Batch::new(&events, &spellings);
-        let (upper, lower) = (0, 1);
+        let canonical: Arc<str> = "chat/a".into();
+        let mut spellings = Spellings::default();
+        let upper = spellings.number(&canonical, &"Chat/A".into());
+        let lower = spellings.number(&canonical, &canonical);
+        let mut batch = Batch::new(&events, spellings.of(&canonical));
 
         let everything = batch.wanted_by(other, false, &Filter::default());
         assert_eq!(everything, 0b111);

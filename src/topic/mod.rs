@@ -8,6 +8,7 @@ pub mod messages;
 pub mod name;
 pub mod presence;
 pub mod replay;
+pub mod spellings;
 pub mod streams;
 
 pub use actor::TopicActor;

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use compact_str::CompactString;
 
 use super::{StreamPart, TopicActor, now_ms};
 use crate::broker::{
@@ -528,7 +529,7 @@ impl TopicActor {
                 );
             }
         }
-        self.epoch = epoch;
+        self.epoch = CompactString::from(&*epoch);
         self.seq = seq;
         self.streams = Default::default();
         self.shared().ahead.retain(|s, _| *s > seq);
