@@ -7,10 +7,11 @@
 //! - [`server`]: the composition root, shared by `main` and the tests.
 //! - [`http`]: connections, the WebSocket upgrade, and actix-web routes: emit, admin, health, metrics.
 //! - [`protocol`]: client requests, server frames, error and close codes.
-//! - [`session`]: `SessionActor`, one per socket, and its outbox (subscriptions, frames out).
-//! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions.
+//! - [`session`]: `SessionActor`, one per socket, its outbox (subscriptions, frames out) and keepalive.
+//! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions, kept alive.
 //! - [`topic`]: `TopicActor`, batched fan-out, topic names and the replay ring.
 //! - [`cache`]: cache hints for the fan-out loop.
+//! - [`clock`]: the monotonic uptime and wall-clock seconds that keepalive counts in.
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
 //! - [`broker`]: how pub/sub topics reach the other nodes of a cluster (Redis).
 //! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod cache;
 pub mod changes;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod history;

@@ -14,9 +14,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::clock;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::keepalive::{self, Keepalive, Watched};
+use crate::session::keepalive::{Keepalive, Watched};
 use crate::session::messages::{ConnId, Disconnect, FrameKind};
 use crate::session::outbound::Outbox;
 use crate::topic::TopicActor;
@@ -86,7 +87,7 @@ impl Registry {
     }
 
     fn keep_sessions_alive(&mut self) {
-        let (now, unix_now) = (keepalive::uptime_ms(), keepalive::unix_now());
+        let (now, unix_now) = (clock::uptime_ms(), clock::unix_now());
         for watched in self.sessions.values_mut() {
             self.keepalive.check(watched, now, unix_now);
         }

@@ -11,19 +11,12 @@
 //! runs every tenth of the idle timeout (between 10 ms and 1 s), so each of
 //! these happens at most that much late.
 
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::messages::Disconnect;
 use super::outbound::Outbox;
-
-static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// Milliseconds since this process first asked: the clock the sweep and
-/// the outboxes share (monotonic, unlike the wall clock).
-pub fn uptime_ms() -> u64 {
-    STARTED.elapsed().as_millis() as u64
-}
+use crate::clock::uptime_ms;
 
 /// The idle timeout, and what follows from it.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +59,7 @@ impl Keepalive {
     }
 
     /// One sweep's look at one connection, at `now` ([`uptime_ms`]) and
-    /// `unix_now` (Unix seconds).
+    /// `unix_now` (Unix seconds, [`crate::clock::unix_now`]).
     pub fn check(&self, watched: &mut Watched, now: u64, unix_now: u64) {
         let outbox = &watched.outbox;
         if outbox.is_closing() {
@@ -90,14 +83,6 @@ impl Keepalive {
             }
         }
     }
-}
-
-/// The wall clock in Unix seconds, as tokens count expiry.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 #[cfg(test)]

@@ -28,12 +28,12 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use prometheus::IntCounter;
 
-use super::keepalive::uptime_ms;
 use super::messages::{ConnectionInfo, Disconnect, FrameKind, ToSession};
 pub use super::subscriptions::Subscription;
 use super::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
+use crate::clock::uptime_ms;
 use crate::http::connection::{Offer, Socket, close_frame};
 
 /// A WebSocket ping with no payload.
