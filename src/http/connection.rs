@@ -553,6 +553,33 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_backlog_is_let_go_once_the_reader_has_caught_up() {
+        let (mut connection, socket, mut client) = test_pair().await;
+        let payload = vec![b'x'; 1000];
+        let mut offered = 0;
+        while socket.backlog_bytes() == 0 {
+            assert_eq!(socket.offer_text(&payload, 1 << 30, b""), Offer::Accepted);
+            offered += 1;
+            assert!(offered < 100_000, "the kernel never filled up");
+        }
+        let flushing = tokio::spawn(async move {
+            connection.flush().await.unwrap();
+            connection
+        });
+        for _ in 0..offered {
+            assert_eq!(client.frame().await, (0x1, payload.clone()));
+        }
+        let _connection = flushing.await.unwrap();
+        let shared = socket.shared.upgrade().unwrap();
+        assert!(
+            shared.output().backlog.is_none(),
+            "no buffer kept once drained"
+        );
+        assert_eq!(socket.offer_text(b"next", 1 << 30, b""), Offer::Accepted);
+        assert_eq!(client.frame().await, (0x1, b"next".to_vec()));
+    }
+
+    #[tokio::test]
     async fn a_reader_that_falls_behind_gets_whole_frames_then_the_close() {
         let (mut connection, socket, mut client) = test_pair().await;
         let payload = vec![b'x'; 1000];
