@@ -236,7 +236,9 @@ impl Outbox {
         let offer = self
             .socket
             .offer_frames(PING, self.policy.limit, &self.policy.slow_close);
-        self.counted(offer);
+        if self.counted(offer) == Reserve::BecameSlow {
+            self.disconnect(Disconnect::TooSlow);
+        }
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
