@@ -144,7 +144,7 @@ fn seed(database_url: &str) -> Result<(), String> {
         )",
     )
     .map_err(|e| e.to_string())?;
-    let now = realtide::topic::actor::now_ms();
+    let now = realtide::clock::now_ms();
     for (i, (name, product, amount)) in [
         ("Ada Lovelace", "Analytical engine", 1843.0),
         ("Grace Hopper", "Compiler", 1952.5),

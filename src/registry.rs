@@ -96,7 +96,7 @@ impl Registry {
     fn prune_history(&self) {
         let (db, retention) = (self.tracking.db.clone(), self.history);
         actix::spawn(async move {
-            let cutoff = crate::topic::actor::now_ms() - retention.max_age.as_millis() as i64;
+            let cutoff = crate::clock::now_ms() - retention.max_age.as_millis() as i64;
             let pruned = db
                 .run(move |conn| crate::history::prune(conn, cutoff, retention.max_messages))
                 .await;

@@ -80,7 +80,7 @@ impl AppState {
             registry,
             db,
             metrics,
-            started_at: crate::topic::actor::now_ms(),
+            started_at: crate::clock::now_ms(),
             draining: AtomicBool::new(false),
             capture: CaptureStatus::new("triggers", None),
             tables: Arc::default(),

@@ -309,7 +309,7 @@ impl Handler<PruneChanges> for PollerActor {
                 tracing::warn!(%error, "change tracker: reading capture while idle failed");
             }
         }
-        let cutoff = crate::topic::actor::now_ms() - self.retention.as_millis() as i64;
+        let cutoff = crate::clock::now_ms() - self.retention.as_millis() as i64;
         match self.source.prune(cutoff) {
             Ok(Some(through)) => tracing::debug!(through, "change log pruned"),
             Ok(None) => {}

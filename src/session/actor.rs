@@ -90,7 +90,7 @@ impl SessionActor {
             outbox,
             fragments: None,
             tracked: Vec::new(),
-            opened_at: crate::topic::actor::now_ms(),
+            opened_at: crate::clock::now_ms(),
             frames_in: 0,
             close_code: None,
             state,
@@ -641,7 +641,7 @@ impl Actor for SessionActor {
             conn = %self.outbox.wire_id(),
             user = self.identity.user_id.as_deref().unwrap_or("-"),
             code = code.map_or_else(|| "none (connection dropped)".to_string(), |c| c.to_string()),
-            duration_ms = (crate::topic::actor::now_ms() - self.opened_at).max(0),
+            duration_ms = (crate::clock::now_ms() - self.opened_at).max(0),
             frames_in = self.frames_in,
             subscriptions = self.outbox.subscription_count(),
             "connection closed"

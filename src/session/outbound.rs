@@ -193,7 +193,9 @@ impl Outbox {
         }
     }
 
-    /// Asks the session to describe its connection; `None` once it is gone.
+    /// Asks the session to describe its connection; `None` before it has
+    /// started. A session that has stopped never answers: the receiver
+    /// then reports the sender dropped.
     pub fn describe(&self) -> Option<tokio::sync::oneshot::Receiver<ConnectionInfo>> {
         let session = self.session.get()?;
         let (answer, described) = tokio::sync::oneshot::channel();

@@ -9,7 +9,7 @@ mod storing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -32,6 +32,7 @@ use crate::broker::ClusterLink;
 use crate::cache::prefetch;
 use crate::changes::poller::Tracker;
 use crate::changes::{self, Change, Filter, TableShape};
+use crate::clock::now_ms;
 use crate::db::Database;
 use crate::history::HistoryWriter;
 use crate::history::{self, NewMessage, StoredMessage};
@@ -122,13 +123,6 @@ pub struct TopicActor {
     shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
     unstored: ThinVec<storing::Unstored>,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl TopicActor {

@@ -43,6 +43,7 @@ use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, Sequenced,
     SharedEvent, TopicState,
 };
+use crate::clock::now_ms;
 
 /// How long a command may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2500);
@@ -131,10 +132,6 @@ pub struct RedisBroker {
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    crate::topic::actor::now_ms()
 }
 
 /// A fresh epoch: random, short, opaque.

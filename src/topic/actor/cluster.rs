@@ -29,11 +29,12 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use compact_str::CompactString;
 
-use super::{StreamPart, TopicActor, now_ms};
+use super::{StreamPart, TopicActor};
 use crate::broker::{
     BrokerError, ClusterLink, FromBroker, PresenceEntry, PresenceOp, Sequenced, SharedEvent,
     StreamMark, TopicState,
 };
+use crate::clock::now_ms;
 use crate::history;
 use crate::protocol::ProtocolError;
 use crate::protocol::server::{self, TopicFrame};

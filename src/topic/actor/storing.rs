@@ -10,7 +10,8 @@
 use actix::prelude::*;
 use thin_vec::ThinVec;
 
-use super::{TopicActor, now_ms};
+use super::TopicActor;
+use crate::clock::now_ms;
 use crate::history::NewMessage;
 use crate::protocol::ProtocolError;
 use crate::topic::messages::Publish;
