@@ -26,7 +26,7 @@ use super::messages::{
 use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
 use super::replay::ReplayRing;
-use super::spellings::{Spellings, SpellingsOf};
+use super::spellings::Spellings;
 use super::streams::RunningStreams;
 use crate::broker::ClusterLink;
 use crate::cache::prefetch;
@@ -237,7 +237,8 @@ impl TopicActor {
                 self.subscribers.iter().map(|(c, s)| (*c, s)).collect();
             let claims = Claims::new(all.len());
             let spellings = self.spellings.of(topic);
-            let share = |end| deliver_claimed(&all, &claims, end, (events, spellings), topic);
+            let share =
+                |end| deliver_claimed(&all, &claims, end, Batch::new(events, spellings), topic);
             std::thread::scope(|scope| {
                 let spawned = std::thread::Builder::new()
                     .name("realtide-fanout".into())
@@ -557,10 +558,9 @@ fn deliver_claimed(
     all: &[(ConnId, &Subscriber)],
     claims: &Claims,
     end: End,
-    (events, spellings): (&[PendingEvent], SpellingsOf),
+    mut batch: Batch,
     topic: &Arc<str>,
 ) -> (u64, Vec<(ConnId, Reserve)>) {
-    let mut batch = Batch::new(events, spellings);
     let mut delivered = 0;
     let mut refused = Vec::new();
     while let Some(run) = claims.take(end) {
