@@ -460,14 +460,41 @@ pub fn put_text_frame(out: &mut BytesMut, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// The largest control frame: a two-byte header and at most 125 bytes of
+/// payload (RFC 6455 §5.5).
+pub const MAX_CONTROL_FRAME: usize = 127;
+
+/// Writes an unmasked control frame (`opcode` 0x8 close, 0x9 ping, 0xA
+/// pong) with the first 125 bytes of `payload` into `buf`; returns the part
+/// used.
+pub fn control_frame<'b>(
+    opcode: u8,
+    payload: &[u8],
+    buf: &'b mut [u8; MAX_CONTROL_FRAME],
+) -> &'b [u8] {
+    let payload = &payload[..payload.len().min(MAX_CONTROL_FRAME - 2)];
+    buf[0] = 0x80 | opcode;
+    buf[1] = payload.len() as u8;
+    buf[2..2 + payload.len()].copy_from_slice(payload);
+    &buf[..2 + payload.len()]
+}
+
+/// A close frame's payload: `code` and as much of `reason` as fits, cut at
+/// a character boundary (the reason must stay UTF-8).
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_CONTROL_FRAME - 4);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload
+}
+
 /// A close frame with `code` and a short reason.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut frame = BytesMut::with_capacity(4 + reason.len());
-    frame.put_u8(0x88); // FIN + close opcode
-    frame.put_u8((2 + reason.len()) as u8);
-    frame.put_u16(code);
-    frame.put_slice(reason.as_bytes());
-    frame.freeze()
+    let mut buf = [0u8; MAX_CONTROL_FRAME];
+    Bytes::copy_from_slice(control_frame(0x8, &close_payload(code, reason), &mut buf))
 }
 
 /// A loopback connection upgraded as actix-http would leave it (the `101`

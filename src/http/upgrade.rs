@@ -4,14 +4,15 @@
 //! the connection (its 8 KiB read and write buffers are freed), so an idle
 //! WebSocket costs only its session.
 //!
-//! The session still runs in actix-web-actors' `WebsocketContext`: its input
-//! is the connection's bytes ([`Incoming`]), its output the control frames
-//! it writes, which go to the socket behind everything topics sent.
+//! The session runs in its connection's task ([`SessionDriver`]): its input
+//! is the client's messages ([`Incoming`]); everything it writes goes to the
+//! socket through its outbox, in order with what topics send.
 
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,9 +22,8 @@ use actix_http::h1::{Codec, Message};
 use actix_http::{Request, Response, header};
 use actix_service::{ServiceFactory, fn_service};
 use actix_web::{ResponseError, web};
-use actix_web_actors::ws::WebsocketContext;
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ApiError;
@@ -32,12 +32,19 @@ use super::inbound::{Incoming, READ_CHUNK};
 use super::ws;
 use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
-use crate::session::outbound::{Outbox, OutboxStream};
+use crate::session::context::{self, SessionTask};
+use crate::session::outbound::Outbox;
 use crate::state::AppState;
 
 /// How long a connection whose last frames are out waits for the client to
-/// close its side.
-const DRAIN_LINGER: Duration = Duration::from_secs(2);
+/// close its side, when the closing handshake did not complete (the client
+/// sent a bad frame, or never answered our close).
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// Once the client sends anything during that wait (its close answer, which
+/// a failed connection no longer decodes), how long it may stay quiet before
+/// the connection ends.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 /// The path that speaks WebSocket.
 pub const PATH: &str = "/api/realtime";
@@ -105,62 +112,68 @@ async fn serve(
         .map_err(io::Error::other)?;
     // Bytes the client sent right behind its handshake are kept; the HTTP
     // layer's buffers and codec go at the end of this statement.
-    let (connection, early) = {
+    let (connection, incoming) = {
         let parts = framed.into_parts();
-        (parts.io, Bytes::copy_from_slice(&parts.read_buf))
+        let max_frame = state.config.max_frame_bytes;
+        let incoming = Incoming::new(parts.io.reader(), &parts.read_buf, max_frame);
+        (parts.io, incoming)
     };
 
     let outbox = Outbox::new(socket, state.outbox_policy.clone());
-    let codec = actix_http::ws::Codec::new().max_size(state.config.max_frame_bytes as usize);
-    let incoming = Incoming::new(connection.reader(), early, state.config.max_frame_bytes);
     // A finished session's last frames (a 4008 close behind a slow reader's
     // backlog, say) wait as long as the client could stay silent while
     // connected: a reader that resumes in time gets them, one that never
     // does is dropped then.
     let final_flush = state.config.idle_timeout();
     let session = SessionActor::new(state, accepted.identity, outbox.clone());
-    let output = WebsocketContext::with_codec(session, incoming, codec);
     // The session runs as a task of its own, so actix-http's connection
     // task (and all it held for HTTP) ends here.
     actix_web::rt::spawn(SessionDriver {
         connection,
-        session: OutboxStream::new(output, outbox),
+        session: context::start(session, incoming),
+        outbox,
         flushing: true,
         final_flush,
-        shut: false,
-        closing: None,
+        phase: Ending::Running,
     });
     Ok(())
+}
+
+/// Where a [`SessionDriver`] is in ending its connection.
+enum Ending {
+    /// The session runs.
+    Running,
+    /// The session has stopped: its last frames go out, then the FIN, by
+    /// the deadline.
+    Flushing(Pin<Box<tokio::time::Sleep>>),
+    /// Everything is out: the client's last bytes are read until it closes
+    /// or the deadline passes.
+    Draining(Pin<Box<tokio::time::Sleep>>),
 }
 
 /// Runs a session to its end, flushing the socket's backlog whenever it is
 /// woken for that, then hands the client its last frames and closes.
 ///
-/// The session (`S`, its `WebsocketContext`, which writes its control
-/// frames) lives inside this task rather than in a box of its own: one
-/// allocation per connection fewer.
-struct SessionDriver<S> {
+/// The session (its actor and context) lives inside this task rather than
+/// in a box of its own: one allocation per connection fewer.
+struct SessionDriver {
     connection: Connection,
-    session: OutboxStream<S>,
+    session: SessionTask<SessionActor>,
+    /// Says whether the closing handshake completed.
+    outbox: Arc<Outbox>,
     /// Cleared once the socket is broken (the read side ends the session).
     flushing: bool,
     /// How long the last frames may take to go once the session has ended.
     final_flush: Duration,
-    /// Set once the last frames and the FIN are out.
-    shut: bool,
-    /// Set when the session has ended: the final flush's deadline.
-    closing: Option<Pin<Box<tokio::time::Sleep>>>,
+    phase: Ending,
 }
 
-impl<S> Future for SessionDriver<S>
-where
-    S: Stream<Item = Result<Bytes, actix_web::Error>> + Unpin,
-{
+impl Future for SessionDriver {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        if this.closing.is_none() {
+        if let Ending::Running = this.phase {
             // The socket wakes this task when it has room for a backlog,
             // and so does a backlog that just started.
             if this.flushing
@@ -168,43 +181,49 @@ where
             {
                 this.flushing = false;
             }
-            match this.session.poll_next_unpin(cx) {
-                Poll::Ready(None) => {
-                    this.closing = Some(Box::pin(tokio::time::sleep(this.final_flush)));
-                }
-                Poll::Ready(Some(_)) | Poll::Pending => return Poll::Pending,
+            if Pin::new(&mut this.session).poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            this.phase = Ending::Flushing(Box::pin(tokio::time::sleep(this.final_flush)));
         }
-        if !this.shut {
+        if let Ending::Flushing(deadline) = &mut this.phase {
             if Pin::new(&mut this.connection)
                 .poll_shutdown(cx)
                 .is_pending()
             {
-                return match &mut this.closing {
-                    Some(deadline) => deadline.as_mut().poll(cx),
-                    None => Poll::Pending,
-                };
+                return deadline.as_mut().poll(cx);
             }
-            // Everything is out, FIN included. Closing now, with the
-            // client's close reply unread, would send a reset, and a reset
-            // makes the client's kernel discard what it has not read yet:
-            // our close frame. So read until the client closes, briefly.
-            this.shut = true;
-            this.closing = Some(Box::pin(tokio::time::sleep(DRAIN_LINGER)));
+            // Everything is out, FIN included. When both close frames have
+            // been exchanged nothing more is expected: the connection ends
+            // now. Otherwise closing with the client's bytes unread would
+            // send a reset, and a reset makes the client's kernel discard
+            // what it has not read yet (our close frame): so read until the
+            // client closes, briefly.
+            if this.outbox.handshake_closed() {
+                return Poll::Ready(());
+            }
+            this.phase = Ending::Draining(Box::pin(tokio::time::sleep(DRAIN_LINGER)));
         }
+        let Ending::Draining(deadline) = &mut this.phase else {
+            return Poll::Pending;
+        };
+        let mut heard = false;
         loop {
             let mut space = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut space);
             match Pin::new(&mut this.connection).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => heard = true,
                 Poll::Ready(_) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
         }
-        match &mut this.closing {
-            Some(deadline) => deadline.as_mut().poll(cx),
-            None => Poll::Pending,
+        if heard {
+            let quiet = tokio::time::Instant::now() + DRAIN_QUIET;
+            if quiet < deadline.deadline() {
+                deadline.as_mut().reset(quiet);
+            }
         }
+        deadline.as_mut().poll(cx)
     }
 }
 

@@ -61,6 +61,10 @@ pub mod close {
     /// Server shutting down ("service restart"): reconnect, here when it is
     /// back or to another node. Not 1001, which some SDKs take as a normal end.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The client broke RFC 6455's framing rules.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Text that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A message larger than `max_frame`.
     pub const TOO_BIG: u16 = 1009;
     /// Nothing heard from the client for `idle_timeout_ms`.

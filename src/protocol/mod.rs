@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod codes;
+pub mod frames;
 pub mod server;
 
 pub use codes::{ErrorCode, ProtocolError, close};

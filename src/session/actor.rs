@@ -1,8 +1,9 @@
 //! `SessionActor`: one per WebSocket connection.
 //!
 //! It owns the connection's identity and grants, its subscriptions (canonical
-//! topic -> spelling and subscription id), its publish rate limiter, the
-//! reassembly of fragmented messages. The registry's keepalive sweep pings
+//! topic -> spelling and subscription id) and its publish rate limiter. It
+//! reads whole messages ([`crate::http::inbound::Incoming`] reassembles
+//! fragments and fails bad frames). The registry's keepalive sweep pings
 //! it and tells it when to close for silence (4000) or an expired token
 //! (4001): see [`super::keepalive`]. Its subscriptions live in its [`Outbox`],
 //! through which topics write frames to the socket directly; its own replies
@@ -14,12 +15,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web;
-use actix_web_actors::ws::{self, CloseCode, CloseReason};
-use bytes::BytesMut;
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
+use super::context::SessionContext;
 use super::messages::{ConnId, Disconnect, ToSession};
 use super::outbound::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
@@ -29,6 +29,7 @@ use crate::metrics::CloseCause;
 use crate::protocol::client::{
     Envelope, HistoryRequest, PublishRequest, Request, SubscribeRequest,
 };
+use crate::protocol::frames::{FrameError, Inbound};
 use crate::protocol::server;
 use crate::protocol::{ErrorCode, ProtocolError, close};
 use crate::registry::{
@@ -46,11 +47,7 @@ mod operator;
 /// Largest presence state, in bytes of compact JSON.
 pub const MAX_PRESENCE_STATE: usize = 4096;
 
-/// A fragmented message being reassembled.
-struct Fragments {
-    text: bool,
-    bytes: BytesMut,
-}
+type Ctx = SessionContext<SessionActor>;
 
 pub struct SessionActor {
     conn: ConnId,
@@ -61,8 +58,6 @@ pub struct SessionActor {
     /// Shared with the topics delivering here, the output stream and the
     /// registry. It holds the `conn` id clients see.
     outbox: Arc<Outbox>,
-    /// Boxed: most connections never send a fragmented message.
-    fragments: Option<Box<Fragments>>,
     /// Topics where this connection tracks presence (or asked to), for
     /// `--max-presence-per-connection`, which keeps them few.
     tracked: Vec<Arc<str>>,
@@ -88,7 +83,6 @@ impl SessionActor {
             publish_limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             next_sub_id: 1,
             outbox,
-            fragments: None,
             tracked: Vec::new(),
             opened_at: crate::clock::now_ms(),
             frames_in: 0,
@@ -99,7 +93,7 @@ impl SessionActor {
 
     /// Writes a frame of the session's own (replies, errors), counted on the outbox.
     /// It goes straight to the socket, in order with what topics send.
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+    fn send(&self, ctx: &mut Ctx, frame: ByteString) {
         if self.outbox.is_closing() {
             return;
         }
@@ -111,7 +105,7 @@ impl SessionActor {
 
     fn send_error(
         &self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Ctx,
         reference: Option<&Value>,
         topic: Option<&str>,
         error: &ProtocolError,
@@ -120,20 +114,29 @@ impl SessionActor {
         self.send(ctx, server::error(reference, topic, error));
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, why: &str) {
+    /// Closes with `code`, then waits (briefly) for the client's answer.
+    fn close(&mut self, ctx: &mut Ctx, code: u16, why: &str) {
         if self.outbox.is_closing() {
             return;
         }
-        self.outbox.start_closing();
-        self.close_code = Some(code.into());
-        ctx.close(Some(CloseReason {
-            code,
-            description: Some(why.into()),
-        }));
+        self.close_code = Some(code);
+        self.outbox.close(Some(code), why);
         // The connection is over for its topics now (presence leaves at once),
         // even while the close handshake lingers.
         self.leave_all_topics();
         ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+    }
+
+    /// Fails the connection for a bad frame: the close goes out and the
+    /// session ends at once, reading nothing more (RFC 6455 §7.1.7).
+    fn fail(&mut self, ctx: &mut Ctx, error: &FrameError) {
+        tracing::debug!(conn = self.conn.0, %error, "websocket protocol error");
+        if !self.outbox.is_closing() {
+            self.close_code = Some(error.close_code());
+            self.outbox
+                .close(Some(error.close_code()), &error.to_string());
+        }
+        ctx.stop();
     }
 
     fn leave_all_topics(&mut self) {
@@ -147,7 +150,7 @@ impl SessionActor {
         }
     }
 
-    fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn handle_text(&mut self, text: &str, ctx: &mut Ctx) {
         if self.outbox.is_closing() {
             return;
         }
@@ -167,7 +170,7 @@ impl SessionActor {
         &mut self,
         request: Request,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Ctx,
     ) -> Result<(), ProtocolError> {
         match request {
             Request::Ping => {
@@ -376,7 +379,7 @@ impl SessionActor {
         &mut self,
         request: HistoryRequest,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Ctx,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(&request.topic)?;
         if name.kind() == TopicKind::Table {
@@ -489,7 +492,7 @@ impl SessionActor {
         &mut self,
         token: &str,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Ctx,
     ) -> Result<(), ProtocolError> {
         if self.state.verifier.is_open() {
             // Open mode has no secret to check a token against: nothing changes.
@@ -542,60 +545,21 @@ impl SessionActor {
 
     /// The keepalive sweep saw the token's expiry pass. An `auth` frame
     /// may have brought a fresh token since.
-    fn token_expired(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn token_expired(&mut self, ctx: &mut Ctx) {
         if self.identity.time_left() != Some(Duration::ZERO) {
             return;
         }
         tracing::info!(conn = %self.outbox.wire_id(), user = self.identity.user_id.as_deref().unwrap_or("-"), "token expired: closing with 4001");
         let error = ProtocolError::unauthorized("the token has expired");
         self.send_error(ctx, None, None, &error);
-        self.close(ctx, CloseCode::Other(close::TOKEN_EXPIRED), "token expired");
+        self.close(ctx, close::TOKEN_EXPIRED, "token expired");
     }
 
     fn untracked(&mut self, topic: &str) {
         self.tracked.retain(|t| **t != *topic);
     }
 
-    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (first, bytes) = match item {
-            actix_http::ws::Item::FirstText(b) => (Some(true), b),
-            actix_http::ws::Item::FirstBinary(b) => (Some(false), b),
-            actix_http::ws::Item::Continue(b) | actix_http::ws::Item::Last(b) => (None, b),
-        };
-        match (first, self.fragments.as_mut()) {
-            (Some(text), None) => {
-                self.fragments = Some(Box::new(Fragments {
-                    text,
-                    bytes: BytesMut::from(&bytes[..]),
-                }));
-            }
-            (None, Some(fragments)) => fragments.bytes.extend_from_slice(&bytes),
-            _ => {
-                self.close(ctx, CloseCode::Protocol, "unexpected continuation frame");
-                return;
-            }
-        }
-        let size = self.fragments.as_ref().map_or(0, |f| f.bytes.len());
-        if size as u64 > self.state.config.max_frame_bytes {
-            self.close(ctx, CloseCode::Size, "message larger than max_frame");
-        }
-    }
-
-    fn finish_fragments(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(fragments) = self.fragments.take() else {
-            return;
-        };
-        if !fragments.text {
-            self.reject_binary(ctx);
-            return;
-        }
-        match std::str::from_utf8(&fragments.bytes) {
-            Ok(text) => self.handle_text(text, ctx),
-            Err(_) => self.close(ctx, CloseCode::Invalid, "text message is not UTF-8"),
-        }
-    }
-
-    fn reject_binary(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn reject_binary(&self, ctx: &mut Ctx) {
         let error =
             ProtocolError::bad_request("binary frames are not supported: send JSON text frames");
         self.send_error(ctx, None, None, &error);
@@ -603,7 +567,7 @@ impl SessionActor {
 }
 
 impl Actor for SessionActor {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Ctx;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let state = self.state.clone();
@@ -654,8 +618,8 @@ impl Actor for SessionActor {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Inbound, FrameError>> for SessionActor {
+    fn handle(&mut self, item: Result<Inbound, FrameError>, ctx: &mut Self::Context) {
         self.outbox.heard();
         if self.outbox.is_slow() {
             // Too slow (the 4008 close is queued); whatever the client sends
@@ -663,45 +627,25 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             ctx.stop();
             return;
         }
-        if self.outbox.is_closing() {
-            // Only the client's close reply matters now.
-            if let Ok(ws::Message::Close(_)) = item {
-                ctx.stop();
-            }
-            return;
-        }
         match item {
-            Ok(ws::Message::Text(text)) if self.fragments.is_none() => self.handle_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) if self.fragments.is_none() => self.reject_binary(ctx),
-            Ok(ws::Message::Text(_) | ws::Message::Binary(_)) => self.close(
-                ctx,
-                CloseCode::Protocol,
-                "new message inside a fragmented one",
-            ),
-            Ok(ws::Message::Continuation(item)) => {
-                let last = matches!(item, actix_http::ws::Item::Last(_));
-                self.continuation(item, ctx);
-                if last {
-                    self.finish_fragments(ctx);
+            Ok(Inbound::Close(reason)) => {
+                self.outbox.peer_closed();
+                if !self.outbox.is_closing() {
+                    // A close frame without a code reads as 1005 (RFC 6455 §7.1.5).
+                    let code = reason.as_ref().map(|r| u16::from(r.code));
+                    self.close_code = Some(code.unwrap_or(1005));
+                    // The answer echoes the client's code (§5.5.1).
+                    self.outbox.close(code, "");
                 }
-            }
-            Ok(ws::Message::Ping(payload)) => {
-                ctx.pong(&payload);
-            }
-            Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                // A close frame without a code reads as 1005 (RFC 6455 §7.1.5).
-                self.close_code = Some(reason.as_ref().map_or(1005, |r| r.code.into()));
-                ctx.close(reason);
                 ctx.stop();
             }
-            Err(error) if crate::http::inbound::is_oversized(&error) => {
-                self.close(ctx, CloseCode::Size, "message larger than max_frame")
-            }
-            Err(error) => {
-                tracing::debug!(conn = self.conn.0, %error, "websocket protocol error");
-                self.close(ctx, CloseCode::Protocol, "websocket protocol error");
-            }
+            Err(error) => self.fail(ctx, &error),
+            // Closing: only the client's close answer matters now.
+            Ok(_) if self.outbox.is_closing() => {}
+            Ok(Inbound::Text(text)) => self.handle_text(&text, ctx),
+            Ok(Inbound::Binary(_)) => self.reject_binary(ctx),
+            Ok(Inbound::Ping(payload)) => self.outbox.pong(&payload),
+            Ok(Inbound::Pong) => {}
         }
     }
 
@@ -724,31 +668,19 @@ impl Handler<ToSession> for SessionActor {
 }
 
 impl SessionActor {
-    fn disconnect(&mut self, why: Disconnect, ctx: &mut ws::WebsocketContext<Self>) {
+    fn disconnect(&mut self, why: Disconnect, ctx: &mut Ctx) {
         match why {
             // The output stream sends the 4008 close frame itself, ahead of the backlog.
             Disconnect::TooSlow => ctx.stop(),
-            Disconnect::Restart => self.close(
-                ctx,
-                CloseCode::Other(close::SERVICE_RESTART),
-                "topic lost continuity: resume",
-            ),
-            Disconnect::Shutdown => self.close(
-                ctx,
-                CloseCode::Other(close::SERVICE_RESTART),
-                "server shutting down",
-            ),
+            Disconnect::Restart => {
+                self.close(ctx, close::SERVICE_RESTART, "topic lost continuity: resume")
+            }
+            Disconnect::Shutdown => self.close(ctx, close::SERVICE_RESTART, "server shutting down"),
             Disconnect::Kicked => {
                 tracing::info!(conn = %self.outbox.wire_id(), "disconnected by an operator");
-                self.close(
-                    ctx,
-                    CloseCode::Other(close::DISCONNECTED),
-                    "disconnected by an operator",
-                );
+                self.close(ctx, close::DISCONNECTED, "disconnected by an operator");
             }
-            Disconnect::IdleTimeout => {
-                self.close(ctx, CloseCode::Other(close::IDLE_TIMEOUT), "idle timeout")
-            }
+            Disconnect::IdleTimeout => self.close(ctx, close::IDLE_TIMEOUT, "idle timeout"),
             Disconnect::TokenExpired => self.token_expired(ctx),
         }
     }

@@ -111,7 +111,8 @@ mod tests {
         client.assert_nothing_more().await;
         keepalive.check(&mut watched, start + 600, 0);
         assert_eq!(client.read_exactly(2).await, b"\x89\x00");
-        outbox.start_closing();
+        outbox.close(None, "");
+        assert_eq!(client.read_exactly(2).await, b"\x88\x00");
         keepalive.check(&mut watched, start + 800, 0);
         client.assert_nothing_more().await;
     }

@@ -3,6 +3,7 @@
 //! registry, and writes every frame the client receives.
 
 pub mod actor;
+pub mod context;
 pub mod keepalive;
 pub mod messages;
 pub mod outbound;

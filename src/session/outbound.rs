@@ -1,7 +1,6 @@
 //! A session's way out: the [`Outbox`] that topics and the session write
-//! frames through, straight to the connection's socket (see
-//! [`crate::http::connection`]), and the [`OutboxStream`] that carries the
-//! session actor's own control frames there.
+//! every frame through (replies, events, pings, pongs and the close),
+//! straight to the connection's socket (see [`crate::http::connection`]).
 //!
 //! Why topics do not message the session actor per frame: a fan-out to
 //! thousands of sessions would cost an actor message (an allocation, a
@@ -17,15 +16,12 @@
 //! is too slow. The socket queues a 4008 close frame and refuses the rest;
 //! whoever offered the frame that crossed the limit is told, once.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll};
 
 use actix::Recipient;
 use bytes::Bytes;
 use bytestring::ByteString;
-use futures_util::Stream;
 use prometheus::IntCounter;
 
 use super::messages::{ConnectionInfo, Disconnect, FrameKind, ToSession};
@@ -34,7 +30,9 @@ use super::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::clock::uptime_ms;
-use crate::http::connection::{Offer, Socket, close_frame};
+use crate::http::connection::{
+    MAX_CONTROL_FRAME, Offer, Socket, close_frame, close_payload, control_frame,
+};
 
 /// A WebSocket ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];
@@ -133,6 +131,9 @@ pub struct Outbox {
     policy: Arc<OutboxPolicy>,
     /// Set when the session sends its close frame: nothing may follow it.
     closing: AtomicBool,
+    /// Set when the client's close frame arrived: once ours is out too, the
+    /// closing handshake is complete and the connection may end at once.
+    peer_closed: AtomicBool,
     /// When the client was last heard from ([`uptime_ms`]).
     heard_at: AtomicU64,
     /// When the client's token expires, in Unix seconds (`u64::MAX`: never).
@@ -172,6 +173,7 @@ impl Outbox {
             socket,
             policy,
             closing: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
             heard_at: AtomicU64::new(uptime_ms()),
             expires_at: AtomicU64::new(u64::MAX),
             wire_id: uuid::Uuid::new_v4(),
@@ -345,8 +347,46 @@ impl Outbox {
         self.closing.load(Ordering::Relaxed)
     }
 
-    pub fn start_closing(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+    /// Answers the client's ping with its payload, behind what is already
+    /// on its way and ahead of anything the session writes after.
+    pub fn pong(&self, payload: &[u8]) {
+        if self.is_closing() {
+            return;
+        }
+        let mut frame = [0u8; MAX_CONTROL_FRAME];
+        self.send_control(control_frame(0xA, payload, &mut frame));
+    }
+
+    /// Sends the close frame (with no payload when `code` is `None`, as an
+    /// answer to a close that carried none); nothing is sent after it.
+    pub fn close(&self, code: Option<u16>, reason: &str) {
+        if self.closing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let payload = code.map_or_else(Vec::new, |code| close_payload(code, reason));
+        let mut frame = [0u8; MAX_CONTROL_FRAME];
+        self.send_control(control_frame(0x8, &payload, &mut frame));
+    }
+
+    fn send_control(&self, frame: &[u8]) {
+        let policy = &self.policy;
+        let offer = self
+            .socket
+            .offer_frames(frame, policy.limit, &policy.slow_close);
+        // A session that made its reader too slow notices on its next
+        // message or ping.
+        self.counted(offer);
+    }
+
+    /// The client's close frame arrived.
+    pub fn peer_closed(&self) {
+        self.peer_closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether both close frames have been exchanged (the client's arrived,
+    /// ours was sent): nothing more is expected from the client.
+    pub fn handshake_closed(&self) -> bool {
+        self.peer_closed.load(Ordering::Relaxed) && self.is_closing()
     }
 
     /// Records a (new or replacing) subscription; what it replaces stays
@@ -396,50 +436,6 @@ impl Outbox {
         let mut shared = self.shared();
         shared.version += 1;
         shared.subscriptions.take_topics()
-    }
-}
-
-/// A session as its connection's task polls it (`http::upgrade`). It runs
-/// the session actor (`inner`, a `WebsocketContext`) and passes the control
-/// frames the actor writes (pings, pongs, its close) to the socket behind
-/// the frames already offered; it yields nothing itself, and ends with the
-/// session.
-pub struct OutboxStream<S> {
-    inner: S,
-    outbox: Arc<Outbox>,
-}
-
-impl<S> OutboxStream<S> {
-    pub fn new(inner: S, outbox: Arc<Outbox>) -> Self {
-        OutboxStream { inner, outbox }
-    }
-}
-
-impl<S, E> Stream for OutboxStream<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-{
-    type Item = Result<Bytes, E>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(frames))) => {
-                    let outbox = &this.outbox;
-                    let policy = &outbox.policy;
-                    let offer =
-                        outbox
-                            .socket
-                            .offer_frames(&frames, policy.limit, &policy.slow_close);
-                    // The session notices on its next message or ping.
-                    outbox.counted(offer);
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
     }
 }
 
@@ -546,7 +542,9 @@ mod tests {
         let topic: Arc<str> = "a/b".into();
         outbox.subscribe(topic.clone(), subscription(&topic, 1));
         outbox.send_own(&ByteString::from("bye"));
-        outbox.start_closing();
+        outbox.close(Some(1000), "done");
+        outbox.close(Some(1001), "twice");
+        outbox.pong(b"late");
         outbox.deliver(
             &topic,
             FrameKind::Stream { sub_id: 1 },
@@ -554,6 +552,7 @@ mod tests {
         );
         outbox.send_own(&ByteString::from("late"));
         assert_eq!(client.read_exactly(5).await, b"\x81\x03bye");
+        assert_eq!(client.read_exactly(8).await, b"\x88\x06\x03\xe8done");
         client.assert_nothing_more().await;
     }
 }
