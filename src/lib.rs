@@ -5,9 +5,11 @@
 //! - [`config`]: every setting, as a flag and an environment variable.
 //! - [`check`]: `realtide check`, the settings and services tried without serving.
 //! - [`server`]: the composition root, shared by `main` and the tests.
-//! - [`http`]: connections, the WebSocket upgrade, and actix-web routes: emit, admin, health, metrics.
-//! - [`protocol`]: client requests, server frames, error and close codes.
-//! - [`session`]: `SessionActor`, one per socket, its outbox (subscriptions, frames out) and keepalive.
+//! - [`http`]: the WebSocket upgrade, the client's incoming messages, and actix-web routes: emit, admin, health, metrics.
+//! - [`socket`]: a TCP connection as actix-http reads it and as frames are written to it from any thread.
+//! - [`protocol`]: client requests, server frames, WebSocket framing, error and close codes.
+//! - [`outbox`]: what sessions, topics and the registry share of a connection: its subscriptions, its way out, keepalive, and the messages that end it.
+//! - [`session`]: `SessionActor`, one per socket, and the context it runs in.
 //! - [`registry`]: topic name -> `TopicActor`; lazy start, idle stop; open sessions, kept alive.
 //! - [`topic`]: `TopicActor`, batched fan-out, topic names and the replay ring.
 //! - [`cache`]: cache hints for the fan-out loop.
@@ -31,9 +33,11 @@ pub mod db;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod state;
 pub mod topic;

@@ -31,11 +31,11 @@ use crate::config::{CaptureMode, Config};
 use crate::db::{Database, DatabaseUrl, DbError};
 use crate::history::HistoryWriter;
 use crate::http;
-use crate::http::connection::Connection;
+use crate::socket::Connection;
 use crate::http::upgrade;
 use crate::metrics::Metrics;
 use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
-use crate::session::keepalive::Keepalive;
+use crate::outbox::keepalive::Keepalive;
 use crate::state::AppState;
 use crate::topic::actor::{TopicSettings, Tracking};
 

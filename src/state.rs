@@ -17,8 +17,8 @@ use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::protocol::close;
 use crate::registry::Registry;
-use crate::session::messages::ConnId;
-use crate::session::outbound::OutboxPolicy;
+use crate::outbox::messages::ConnId;
+use crate::outbox::OutboxPolicy;
 
 pub struct AppState {
     pub config: Arc<Config>,

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::connection::Connection;
+use crate::socket::Connection;
 use crate::protocol::frames::{FrameError, Inbound, MessageDecoder};
 
 /// Bytes read from the socket per poll, at most.

@@ -1,9 +1,8 @@
 //! The HTTP edge: the WebSocket upgrade, the backend's emit endpoint, the
 //! admin API, health and metrics. Every error leaves as the JSON body of
-//! PROTOCOL.md §5.
+//! the protocol's HTTP API.
 
 pub mod admin;
-pub mod connection;
 pub mod console;
 pub mod emit;
 pub mod errors;

@@ -27,13 +27,13 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ApiError;
-use super::connection::Connection;
+use crate::socket::Connection;
 use super::inbound::{Incoming, READ_CHUNK};
 use super::ws;
 use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
 use crate::session::context::{self, SessionTask};
-use crate::session::outbound::Outbox;
+use crate::outbox::Outbox;
 use crate::state::AppState;
 
 /// How long a connection whose last frames are out waits for the client to

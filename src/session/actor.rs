@@ -5,7 +5,7 @@
 //! reads whole messages ([`crate::http::inbound::Incoming`] reassembles
 //! fragments and fails bad frames). The registry's keepalive sweep pings
 //! it and tells it when to close for silence (4000) or an expired token
-//! (4001): see [`super::keepalive`]. Its subscriptions live in its [`Outbox`],
+//! (4001): see [`crate::outbox::keepalive`]. Its subscriptions live in its [`Outbox`],
 //! through which topics write frames to the socket directly; its own replies
 //! go the same way, so everything leaves in the order it was written.
 
@@ -20,8 +20,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
 use super::context::SessionContext;
-use super::messages::{ConnId, Disconnect, ToSession};
-use super::outbound::{Outbox, Reserve, Subscription};
+use crate::outbox::messages::{ConnId, Disconnect, ToSession};
+use crate::outbox::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
 use crate::history;

@@ -1,12 +1,9 @@
-//! Sessions: one `SessionActor` per WebSocket. It parses the client's frames,
-//! checks permissions and limits, routes requests to topics through the
-//! registry, and writes every frame the client receives.
+//! Sessions: one `SessionActor` per WebSocket. It reads the client's
+//! messages, checks permissions and limits, routes requests to topics
+//! through the registry, and writes its replies through the connection's
+//! outbox ([`crate::outbox`]).
 
 pub mod actor;
 pub mod context;
-pub mod keepalive;
-pub mod messages;
-pub mod outbound;
-pub mod subscriptions;
 
 pub use actor::SessionActor;

@@ -39,8 +39,8 @@ use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::session::messages::{ConnId, Disconnect, FrameKind};
-use crate::session::outbound::Reserve;
+use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
+use crate::outbox::Reserve;
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map;
 
-use crate::session::messages::ConnId;
+use crate::outbox::messages::ConnId;
 
 /// The most subscribers kept in a list.
 const FEW: usize = 8;

@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::changes::{Change, Filter};
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, server};
-use crate::session::messages::{ConnId, Disconnect};
-use crate::session::outbound::Outbox;
+use crate::outbox::messages::{ConnId, Disconnect};
+use crate::outbox::Outbox;
 
 /// Where a topic sends one subscriber's frames.
 #[derive(Clone)]
@@ -25,7 +25,7 @@ impl SubscriberHandle {
     /// Writes an answer to one of the client's requests, from outside the
     /// client's session (a topic, the registry).
     pub fn reply(&self, frame: &bytestring::ByteString) {
-        if self.outbox.send_own(frame) == crate::session::outbound::Reserve::BecameSlow {
+        if self.outbox.send_own(frame) == crate::outbox::Reserve::BecameSlow {
             self.outbox.disconnect(Disconnect::TooSlow);
         }
     }
@@ -320,8 +320,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::http::connection::{Connection, test_pair, tests::RawClient};
-    use crate::session::outbound::OutboxPolicy;
+    use crate::socket::{Connection, test_pair, tests::RawClient};
+    use crate::outbox::OutboxPolicy;
 
     /// A client's publish reply, the client's end of its socket, and the
     /// server's end (kept open while the test runs).

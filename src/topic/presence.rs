@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::session::messages::ConnId;
+use crate::outbox::messages::ConnId;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {

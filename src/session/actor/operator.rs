@@ -1,8 +1,8 @@
 //! What an operator asks of a session through the admin API: describe the
-//! connection. (Ending it, 4003, is a [`crate::session::messages::Disconnect`].)
+//! connection. (Ending it, 4003, is a [`crate::outbox::messages::Disconnect`].)
 
 use super::SessionActor;
-use crate::session::messages::ConnectionInfo;
+use crate::outbox::messages::ConnectionInfo;
 
 impl SessionActor {
     pub(super) fn describe(&self) -> ConnectionInfo {

@@ -38,7 +38,7 @@ use crate::clock::now_ms;
 use crate::history;
 use crate::protocol::ProtocolError;
 use crate::protocol::server::{self, TopicFrame};
-use crate::session::messages::{ConnId, Disconnect, FrameKind};
+use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
 use crate::topic::messages::{AckTo, Publish, PublishReply, Published, Subscribe};
 
 mod presence;

@@ -14,7 +14,7 @@ use super::unavailable;
 use crate::broker::{BrokerError, PresenceEntry, PresenceOp};
 use crate::clock::now_ms;
 use crate::protocol::server::{self, TopicFrame};
-use crate::session::messages::ConnId;
+use crate::outbox::messages::ConnId;
 use crate::topic::actor::TopicActor;
 use crate::topic::fanout::Audience;
 use crate::topic::messages::{AckTo, Track, Untrack};

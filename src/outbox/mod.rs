@@ -1,6 +1,6 @@
 //! A session's way out: the [`Outbox`] that topics and the session write
 //! every frame through (replies, events, pings, pongs and the close),
-//! straight to the connection's socket (see [`crate::http::connection`]).
+//! straight to the connection's socket (see [`crate::socket`]).
 //!
 //! Why topics do not message the session actor per frame: a fan-out to
 //! thousands of sessions would cost an actor message (an allocation, a
@@ -16,6 +16,10 @@
 //! is too slow. The socket queues a 4008 close frame and refuses the rest;
 //! whoever offered the frame that crossed the limit is told, once.
 
+pub mod keepalive;
+pub mod messages;
+pub mod subscriptions;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -24,13 +28,13 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use prometheus::IntCounter;
 
-use super::messages::{ConnectionInfo, Disconnect, FrameKind, ToSession};
-pub use super::subscriptions::Subscription;
-use super::subscriptions::Subscriptions;
+use self::messages::{ConnectionInfo, Disconnect, FrameKind, ToSession};
+pub use self::subscriptions::Subscription;
+use self::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::clock::uptime_ms;
-use crate::http::connection::{
+use crate::socket::{
     MAX_CONTROL_FRAME, Offer, Socket, close_frame, close_payload, control_frame,
 };
 
@@ -124,7 +128,7 @@ impl OutboxPolicy {
 
 /// Shared by a session, the topics delivering to it, its output stream and
 /// the registry, which keeps the connection alive through it
-/// ([`super::keepalive`]) and ends it.
+/// ([`keepalive`]) and ends it.
 #[derive(Debug)]
 pub struct Outbox {
     socket: Socket,
@@ -442,7 +446,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::connection::test_pair;
+    use crate::socket::test_pair;
 
     fn outbox(socket: Socket) -> Arc<Outbox> {
         let counter = IntCounter::new("t", "t").unwrap();

@@ -25,7 +25,7 @@ pub enum FrameKind {
 }
 
 /// What reaches a session from outside its connection. It comes through the
-/// session's outbox ([`crate::session::outbound::Outbox`]), the one handle
+/// session's outbox ([`crate::outbox::Outbox`]), the one handle
 /// every topic and the registry already hold.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::messages::Disconnect;
-use super::outbound::Outbox;
+use super::Outbox;
 use crate::clock::uptime_ms;
 
 /// The idle timeout, and what follows from it.
@@ -90,8 +90,8 @@ mod tests {
     use prometheus::IntCounter;
 
     use super::*;
-    use crate::http::connection::test_pair;
-    use crate::session::outbound::OutboxPolicy;
+    use crate::socket::test_pair;
+    use crate::outbox::OutboxPolicy;
 
     #[tokio::test]
     async fn a_connection_is_pinged_a_third_of_the_idle_timeout_apart() {

@@ -23,7 +23,6 @@
 //! slow. The backlog is cut to the frame already half on the wire, a 4008
 //! close frame goes behind it, and nothing more is accepted.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::pin::Pin;
@@ -31,10 +30,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 
 use actix_web::rt::net::TcpStream;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+use self::backlog::Output;
+use self::encode::text_header;
+pub use self::encode::{
+    MAX_CONTROL_FRAME, close_frame, close_payload, control_frame, put_text_frame,
+};
+
+mod backlog;
+mod encode;
 
 /// Frames up to this size are copied into one buffer for a single `send`.
 const SMALL_FRAME: usize = 512;
@@ -63,108 +70,6 @@ pub enum Offer {
     BecameSlow,
     /// Refused: the reader was already too slow, or the connection is gone.
     Refused,
-}
-
-#[derive(Debug)]
-struct Output {
-    phase: Phase,
-    /// What the kernel has not taken yet; kept only while there is some, so
-    /// an idle connection holds no buffer.
-    backlog: Option<Box<Backlog>>,
-    slow: bool,
-    /// The server's total of backlog bytes, kept up to date with this one.
-    total: Option<IntGauge>,
-}
-
-/// Bytes the kernel has not taken yet.
-#[derive(Debug, Default)]
-struct Backlog {
-    /// In wire order.
-    bytes: BytesMut,
-    /// Lengths of the frames in `bytes` (the first possibly part-sent), so
-    /// that a slow reader's backlog can be cut at a frame boundary.
-    frames: VecDeque<usize>,
-    /// Whether the kernel has taken part of the first frame.
-    first_started: bool,
-}
-
-impl Output {
-    fn backlog_len(&self) -> usize {
-        self.backlog.as_ref().map_or(0, |b| b.bytes.len())
-    }
-
-    fn count(&self, delta: i64) {
-        if let Some(total) = &self.total {
-            total.add(delta);
-        }
-    }
-
-    /// Queues what the kernel did not take of a frame made of `parts`, of
-    /// which it took the first `written` bytes.
-    fn queue(&mut self, parts: [&[u8]; 2], written: usize) {
-        let total = parts[0].len() + parts[1].len();
-        let backlog = self.backlog.get_or_insert_default();
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            backlog.bytes.put_slice(&part[skip..]);
-            skip = 0;
-        }
-        if backlog.frames.is_empty() {
-            backlog.first_started = written > 0;
-        }
-        backlog.frames.push_back(total - written);
-        self.count((total - written) as i64);
-    }
-
-    /// Notes that the kernel took `n` bytes from the front of the backlog.
-    fn consumed(&mut self, mut n: usize) {
-        self.count(-(n as i64));
-        let Some(backlog) = self.backlog.as_mut() else {
-            return;
-        };
-        backlog.bytes.advance(n);
-        if backlog.bytes.is_empty() {
-            self.backlog = None;
-            return;
-        }
-        while let Some(first) = backlog.frames.front_mut() {
-            if n >= *first {
-                n -= *first;
-                backlog.frames.pop_front();
-                backlog.first_started = false;
-            } else {
-                *first -= n;
-                backlog.first_started |= n > 0;
-                break;
-            }
-        }
-    }
-
-    /// Keeps only the frame already half on the wire, then queues `close`.
-    fn cut_for_close(&mut self, close: &[u8]) {
-        let before = self.backlog_len();
-        let backlog = self.backlog.get_or_insert_default();
-        let keep = match (backlog.first_started, backlog.frames.front()) {
-            (true, Some(&first)) => first,
-            _ => 0,
-        };
-        backlog.bytes.truncate(keep);
-        backlog.frames.truncate(usize::from(keep > 0));
-        backlog.bytes.put_slice(close);
-        backlog.frames.push_back(close.len());
-        self.count(self.backlog_len() as i64 - before as i64);
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        // What a closed connection never sent leaves the total with it.
-        self.count(-(self.backlog_len() as i64));
-    }
 }
 
 /// One TCP connection's shared state.
@@ -429,72 +334,6 @@ impl Socket {
         }
         offer
     }
-}
-
-/// Writes the header of an unmasked, final text frame of `len` bytes into
-/// `buf`; returns the part used.
-fn text_header(len: usize, buf: &mut [u8; 10]) -> &[u8] {
-    buf[0] = 0x81;
-    match len {
-        0..=125 => {
-            buf[1] = len as u8;
-            &buf[..2]
-        }
-        126..=65_535 => {
-            buf[1] = 126;
-            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            &buf[..4]
-        }
-        _ => {
-            buf[1] = 127;
-            buf[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            &buf[..10]
-        }
-    }
-}
-
-/// Appends an unmasked, final text frame with `payload` to `out`.
-pub fn put_text_frame(out: &mut BytesMut, payload: &[u8]) {
-    let mut header = [0u8; 10];
-    out.put_slice(text_header(payload.len(), &mut header));
-    out.put_slice(payload);
-}
-
-/// The largest control frame: a two-byte header and at most 125 bytes of
-/// payload (RFC 6455 §5.5).
-pub const MAX_CONTROL_FRAME: usize = 127;
-
-/// Writes an unmasked control frame (`opcode` 0x8 close, 0x9 ping, 0xA
-/// pong) with the first 125 bytes of `payload` into `buf`; returns the part
-/// used.
-pub fn control_frame<'b>(
-    opcode: u8,
-    payload: &[u8],
-    buf: &'b mut [u8; MAX_CONTROL_FRAME],
-) -> &'b [u8] {
-    let payload = &payload[..payload.len().min(MAX_CONTROL_FRAME - 2)];
-    buf[0] = 0x80 | opcode;
-    buf[1] = payload.len() as u8;
-    buf[2..2 + payload.len()].copy_from_slice(payload);
-    &buf[..2 + payload.len()]
-}
-
-/// A close frame's payload: `code` and as much of `reason` as fits, cut at
-/// a character boundary (the reason must stay UTF-8).
-pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(MAX_CONTROL_FRAME - 4);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    payload
-}
-
-/// A close frame with `code` and a short reason.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut buf = [0u8; MAX_CONTROL_FRAME];
-    Bytes::copy_from_slice(control_frame(0x8, &close_payload(code, reason), &mut buf))
 }
 
 /// A loopback connection upgraded as actix-http would leave it (the `101`
