@@ -1,5 +1,5 @@
 //! Every setting of `realtide serve` and `realtide token`: a flag and an
-//! environment variable each, with the defaults of PROTOCOL.md §7.
+//! environment variable each, with the defaults docs/protocol.md lists.
 
 use std::time::Duration;
 
@@ -47,6 +47,11 @@ pub enum CaptureMode {
 pub enum Command {
     /// Run the server (the default when no command is given).
     Serve(Box<Config>),
+    /// Run two demo apps on the server: a live order dashboard (`/`) and a
+    /// chat room with presence and a streamed answer (`/chat`). Takes the
+    /// server's flags; its database is `./realtide-demo.db` unless
+    /// `--database-url` names one.
+    Demo(Box<Config>),
     /// Check the settings, the address, the database and Redis, without
     /// serving; exits 1 if anything is wrong.
     Check(Box<Config>),
@@ -263,7 +268,7 @@ pub struct Config {
     pub jwt_audience: Option<String>,
 
     /// Redis shared by several nodes (`redis://HOST:PORT[/DB]`); without it
-    /// this process is the whole server (PROTOCOL.md §8).
+    /// this process is the whole server (docs/scaling.md).
     #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -320,6 +325,25 @@ impl Default for Config {
             Some(Command::Serve(config)) => *config,
             _ => unreachable!("`serve` parses to Command::Serve"),
         }
+    }
+}
+
+/// A url as logs may show it: the password of `scheme://user:password@host`
+/// becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_string(),
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`auth`]: tokens, their claims and topic permissions; server and admin keys.
 //! - [`broker`]: how pub/sub topics reach the other nodes of a cluster (Redis).
 //! - [`changes`]: the change tracker: triggers, `PollerActor`, filters.
+//! - [`demo`]: `realtide demo`, an order dashboard and a chat room served beside the server.
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
 //! - [`history`]: persisted messages and their pages.
 //! - [`metrics`]: the Prometheus registry.
@@ -30,6 +31,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod history;
 pub mod http;
 pub mod metrics;

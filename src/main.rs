@@ -1,4 +1,4 @@
-//! `realtide serve` (the default), `check`, `token` and `capture remove`.
+//! `realtide serve` (the default), `demo`, `check`, `token` and `capture remove`.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Serve(config)) => serve(*config),
+        Some(Command::Demo(config)) => demo(*config),
         Some(Command::Check(config)) => check(&config),
         Some(Command::Capture(CaptureCommand::Remove(args))) => {
             capture_remove(&args.database_url, &args.schema, args.table.as_deref())
@@ -35,8 +36,10 @@ fn init_logs(config: &Config) -> Result<(), String> {
         Err(_) => EnvFilter::try_new(&config.log_level)
             .map_err(|e| format!("--log-level `{}`: {e}", config.log_level))?,
     };
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => logs.init(),
@@ -49,11 +52,22 @@ fn serve(config: Config) -> Result<(), String> {
     init_logs(&config)?;
     actix_web::rt::System::new().block_on(async move {
         let address = config.listen_address();
-        let listener =
-            realtide::server::bind(&address).map_err(|e| format!("cannot bind {address}: {e}"))?;
+        let listener = realtide::server::bind_or_explain(&address)?;
         let server = realtide::server::start(listener, config).map_err(|e| e.to_string())?;
         server.run_until_signal().await.map_err(|e| e.to_string())
     })
+}
+
+fn demo(mut config: Config) -> Result<(), String> {
+    init_logs(&config)?;
+    // The demo seeds its own `orders` table: it keeps a database of its
+    // own unless one is named, so it never meets the user's `realtide.db`.
+    let named = std::env::var_os("REALTIDE_DATABASE_URL").is_some()
+        || std::env::args().any(|a| a.starts_with("--database-url"));
+    if !named {
+        config.database_url = realtide::demo::DEMO_DATABASE.to_string();
+    }
+    realtide::demo::run(config)
 }
 
 fn check(config: &Config) -> Result<(), String> {

@@ -16,10 +16,10 @@ use futures_util::future::join_all;
 
 use crate::clock;
 use crate::metrics::Metrics;
-use crate::protocol::{ProtocolError, server};
+use crate::outbox::Outbox;
 use crate::outbox::keepalive::{Keepalive, Watched};
 use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
-use crate::outbox::Outbox;
+use crate::protocol::{ProtocolError, server};
 use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};

@@ -31,11 +31,11 @@ use crate::config::{CaptureMode, Config};
 use crate::db::{Database, DatabaseUrl, DbError};
 use crate::history::HistoryWriter;
 use crate::http;
-use crate::socket::Connection;
 use crate::http::upgrade;
 use crate::metrics::Metrics;
-use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
 use crate::outbox::keepalive::Keepalive;
+use crate::registry::{CountSessions, HistoryRetention, Registry, ShutdownSessions};
+use crate::socket::Connection;
 use crate::state::AppState;
 use crate::topic::actor::{TopicSettings, Tracking};
 
@@ -58,6 +58,18 @@ pub enum StartError {
 
 /// Binds the listening socket with `SO_REUSEADDR`, so a restarted server gets
 /// its port back while the old connections sit in TIME_WAIT.
+/// [`bind`], with an error that says what to do when the port is taken.
+pub fn bind_or_explain(address: &str) -> Result<TcpListener, String> {
+    bind(address).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {address}: the address is already in use (another realtide, \
+             or another program, holds it); stop it, or choose another port with \
+             `--port 4100` (or `--bind 127.0.0.1:4100`)"
+        ),
+        _ => format!("cannot listen on {address}: {e}"),
+    })
+}
+
 pub fn bind(address: &str) -> std::io::Result<TcpListener> {
     use std::net::ToSocketAddrs;
     let addr = address
@@ -285,7 +297,7 @@ where
         .run();
     tracing::info!(
         url = %format!("ws://{addr}{}", upgrade::PATH),
-        database = %listening.db.url().redacted(),
+        database = %crate::config::redact_url(&config.database_url),
         capture = listening.capture.report().mode,
         tables = %config.tables,
         node = %listening.node_id,

@@ -15,10 +15,10 @@ use crate::changes::tables::TableList;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;
+use crate::outbox::OutboxPolicy;
+use crate::outbox::messages::ConnId;
 use crate::protocol::close;
 use crate::registry::Registry;
-use crate::outbox::messages::ConnId;
-use crate::outbox::OutboxPolicy;
 
 pub struct AppState {
     pub config: Arc<Config>,

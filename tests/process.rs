@@ -204,6 +204,29 @@ fn check_tries_the_settings_the_address_and_the_database_without_serving() {
     );
 }
 
+#[test]
+fn a_server_or_demo_on_a_busy_port_names_the_address_and_the_way_out() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("rt.db").display());
+    for command in ["serve", "demo"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args([command, "--port", &port, "--database-url", &db])
+            .env_remove("REALTIDE_JWT_SECRET")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {said}");
+        assert!(
+            said.contains(&format!("127.0.0.1:{port}")),
+            "{command}: {said}"
+        );
+        assert!(said.contains("already in use"), "{command}: {said}");
+        assert!(said.contains("--port"), "{command}: {said}");
+    }
+}
+
 #[tokio::test]
 async fn a_malformed_redis_url_is_refused_at_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
@@ -390,23 +413,8 @@ async fn a_hostile_client_cannot_push_the_server_past_a_bounded_memory() {
     assert_eq!(pong["type"], "pong");
 }
 
-/// The demo example's binary, which `cargo test` builds beside the tests.
-fn demo_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/demo
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("demo"))
-        .expect("the test binary lives in target/<profile>/deps")
-}
-
 #[tokio::test]
 async fn the_readme_in_order_works_the_walkthroughs_table_does_not_break_the_demo() {
-    let demo = demo_binary();
-    if !demo.exists() {
-        common::skip("the demo example", "it is not built (cargo test builds it)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     // The one-minute walkthrough's table, in the server's default database.
     let walkthrough = format!("sqlite://{}", dir.path().join("realtide.db").display());
@@ -419,8 +427,8 @@ async fn the_readme_in_order_works_the_walkthroughs_table_does_not_break_the_dem
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()
     };
-    let mut child = Command::new(&demo)
-        .args(["--bind", &addr])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+        .args(["demo", "--bind", &addr])
         .current_dir(dir.path())
         .env_remove("REALTIDE_DATABASE_URL")
         .stdout(Stdio::null())

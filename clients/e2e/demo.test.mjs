@@ -1,16 +1,14 @@
 // The demo's pages in a real browser: Debian's chromium, driven by
-// playwright-core, against the demo example (target/debug/examples/demo, or
-// DEMO_BIN). Screenshots land in docs/.
+// playwright-core, against `realtide demo` (the debug binary, or
+// REALTIDE_BIN). Screenshots land in docs/.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { root, scratchDatabase, startServer, launchChromium as launch } from './helpers.mjs';
-
-const DEMO = process.env.DEMO_BIN ?? join(root, 'target/debug/examples/demo');
+import { BIN, root, scratchDatabase, startServer, launchChromium as launch } from './helpers.mjs';
 
 async function startDemo() {
   const { dbPath, sql } = scratchDatabase('realtide-demo-');
-  const server = await startServer(dbPath, [], DEMO);
+  const server = await startServer(dbPath, [], BIN, 'demo');
   return { child: server.child, url: server.http, sql };
 }
 

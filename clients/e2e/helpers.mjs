@@ -50,7 +50,7 @@ export function scratchDatabase(prefix) {
  * `extra` flags, once `/healthz` answers. `stop(signal)` resolves when it
  * has exited; `launch()` starts it again on the same port and file.
  */
-export async function startServer(dbPath, extra = [], binary = BIN) {
+export async function startServer(dbPath, extra = [], binary = BIN, command = 'serve') {
   const port = await freePort();
   const server = {
     port,
@@ -59,7 +59,7 @@ export async function startServer(dbPath, extra = [], binary = BIN) {
   };
   server.launch = async () => {
     const args = ['--bind', `127.0.0.1:${port}`, '--database-url', `sqlite://${dbPath}`, ...extra];
-    server.child = spawn(binary, binary === BIN ? ['serve', ...args] : args, { stdio: 'ignore' });
+    server.child = spawn(binary, command ? [command, ...args] : args, { stdio: 'ignore' });
     await until(async () => (await fetch(`${server.http}/healthz`)).ok, 'the server starting');
   };
   server.stop = (signal = 'SIGTERM') => new Promise((resolve) => {

@@ -1,4 +1,4 @@
-//! Project API keys (PROTOCOL.md §1, §6): what the Aerostack SDKs send as
+//! Project API keys (docs/protocol.md): what the Aerostack SDKs send as
 //! their `apiKey`. With none configured, a key is accepted and ignored. With
 //! keys configured, an unknown key is refused (401), even beside a valid
 //! token; a known key without a token opens a connection with the keys'

@@ -1,5 +1,5 @@
 //! Who a client is and what it may do: HS256 tokens, their `realtime` claim,
-//! and the topic patterns it grants (PROTOCOL.md §6).
+//! and the topic patterns it grants (docs/protocol.md).
 
 pub mod api_keys;
 pub mod grants;

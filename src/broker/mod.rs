@@ -1,5 +1,5 @@
 //! The broker: how a pub/sub topic's events and presence reach the other
-//! nodes of a cluster (PROTOCOL.md §8). [`Broker`] is the seam; the one
+//! nodes of a cluster (docs/scaling.md). [`Broker`] is the seam; the one
 //! implementation, [`redis::RedisBroker`], keeps each topic's `seq`,
 //! `epoch`, replay log, presence and running token streams in Redis.
 //!

@@ -40,6 +40,13 @@ pub enum DbError {
     Url(String),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] ConnectionError),
+    #[error("cannot open the SQLite database {path}: {error}{hint}")]
+    OpenSqlite {
+        path: String,
+        error: ConnectionError,
+        /// What to do, when the cause is plain (a folder that does not exist).
+        hint: &'static str,
+    },
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("no database connection available: {0}")]
@@ -68,7 +75,17 @@ impl r2d2::ManageConnection for Manager {
                 let path = path
                     .to_str()
                     .ok_or_else(|| DbError::Url("path is not UTF-8".into()))?;
-                let mut conn = SqliteConnection::establish(path)?;
+                let mut conn =
+                    SqliteConnection::establish(path).map_err(|error| DbError::OpenSqlite {
+                        path: path.to_string(),
+                        hint: match std::path::Path::new(path).parent() {
+                            Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
+                                " (its folder does not exist: create it first)"
+                            }
+                            _ => "",
+                        },
+                        error,
+                    })?;
                 // WAL is a property of the file, set once by `Database::open`.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};

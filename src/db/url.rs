@@ -66,22 +66,7 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgres(url) => {
-                let Some((scheme, rest)) = url.split_once("://") else {
-                    return url.clone();
-                };
-                let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                match authority.rsplit_once('@') {
-                    Some((user_info, host)) => {
-                        let user = user_info
-                            .split_once(':')
-                            .map_or(user_info, |(user, _)| user);
-                        let hidden = if user_info.contains(':') { ":***" } else { "" };
-                        format!("{scheme}://{user}{hidden}@{host}{tail}")
-                    }
-                    None => url.clone(),
-                }
-            }
+            DatabaseUrl::Postgres(url) => crate::config::redact_url(url),
         }
     }
 }

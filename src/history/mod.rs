@@ -60,7 +60,7 @@ impl StoredMessage {
         serde_json::from_str(&self.data).unwrap_or(Value::Null)
     }
 
-    /// The history message of PROTOCOL.md §5.
+    /// The history message of the HTTP API (docs/protocol.md).
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id(),

@@ -31,7 +31,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if draining {
         body["draining"] = json!(true);
     }
-    // The body is PROTOCOL.md's; how changes are captured rides in a header.
+    // The body is the documented one; how changes are captured rides in a header.
     let capture = (CAPTURE_HEADER, state.capture.report().mode);
     if database && !draining {
         return HttpResponse::Ok().insert_header(capture).json(body);

@@ -19,8 +19,8 @@ use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::socket::Connection;
 use crate::protocol::frames::{FrameError, Inbound, MessageDecoder};
+use crate::socket::Connection;
 
 /// Bytes read from the socket per poll, at most.
 pub const READ_CHUNK: usize = 4096;

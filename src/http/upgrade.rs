@@ -27,13 +27,13 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ApiError;
-use crate::socket::Connection;
 use super::inbound::{Incoming, READ_CHUNK};
 use super::ws;
+use crate::outbox::Outbox;
 use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
 use crate::session::context::{self, SessionTask};
-use crate::outbox::Outbox;
+use crate::socket::Connection;
 use crate::state::AppState;
 
 /// How long a connection whose last frames are out waits for the client to
@@ -88,7 +88,10 @@ async fn serve(
                 .with_label_values(&[refusal.0.code.as_str()])
                 .inc();
             tracing::info!(
-                peer = ?framed.io_ref().peer_addr(),
+                peer = %framed
+                    .io_ref()
+                    .peer_addr()
+                    .map_or_else(|| "-".to_string(), |addr| addr.to_string()),
                 code = refusal.0.code.as_str(),
                 reason = %refusal.0.message,
                 "connection refused"

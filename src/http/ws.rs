@@ -64,7 +64,7 @@ pub fn header_key(headers: &HeaderMap) -> Option<&str> {
     headers.get(KEY_HEADER).and_then(|v| v.to_str().ok())
 }
 
-/// Who a client is, from its token and its API key (PROTOCOL.md §6): a
+/// Who a client is, from its token and its API key (docs/protocol.md): a
 /// token decides identity and grants; a known key without a token grants
 /// `--api-key-grants`; an unknown key is refused even beside a token.
 pub fn identify(

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::messages::Disconnect;
 use super::Outbox;
+use super::messages::Disconnect;
 use crate::clock::uptime_ms;
 
 /// The idle timeout, and what follows from it.
@@ -90,8 +90,8 @@ mod tests {
     use prometheus::IntCounter;
 
     use super::*;
-    use crate::socket::test_pair;
     use crate::outbox::OutboxPolicy;
+    use crate::socket::test_pair;
 
     #[tokio::test]
     async fn a_connection_is_pinged_a_third_of_the_idle_timeout_apart() {

@@ -34,9 +34,7 @@ use self::subscriptions::Subscriptions;
 use crate::cache::prefetch;
 use crate::changes::Filter;
 use crate::clock::uptime_ms;
-use crate::socket::{
-    MAX_CONTROL_FRAME, Offer, Socket, close_frame, close_payload, control_frame,
-};
+use crate::socket::{MAX_CONTROL_FRAME, Offer, Socket, close_frame, close_payload, control_frame};
 
 /// A WebSocket ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];

@@ -20,7 +20,7 @@ pub struct Envelope {
     pub request: Result<Request, ProtocolError>,
 }
 
-/// The requests of PROTOCOL.md §3.
+/// The requests of the protocol (docs/protocol.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {

@@ -20,12 +20,12 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 
 use super::context::SessionContext;
-use crate::outbox::messages::{ConnId, Disconnect, ToSession};
-use crate::outbox::{Outbox, Reserve, Subscription};
 use crate::auth::Identity;
 use crate::changes::Filter;
 use crate::history;
 use crate::metrics::CloseCause;
+use crate::outbox::messages::{ConnId, Disconnect, ToSession};
+use crate::outbox::{Outbox, Reserve, Subscription};
 use crate::protocol::client::{
     Envelope, HistoryRequest, PublishRequest, Request, SubscribeRequest,
 };

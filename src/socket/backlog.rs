@@ -110,4 +110,3 @@ impl Drop for Output {
         self.count(-(self.backlog_len() as i64));
     }
 }
-

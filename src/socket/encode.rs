@@ -68,4 +68,3 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut buf = [0u8; MAX_CONTROL_FRAME];
     Bytes::copy_from_slice(control_frame(0x8, &close_payload(code, reason), &mut buf))
 }
-

@@ -37,10 +37,10 @@ use crate::db::Database;
 use crate::history::HistoryWriter;
 use crate::history::{self, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
+use crate::outbox::Reserve;
+use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
 use crate::protocol::server::{self, TopicFrame};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
-use crate::outbox::Reserve;
 use serde_json::json;
 
 /// Most changes a resuming table subscriber is sent from the log; further

@@ -19,9 +19,9 @@ use bytestring::ByteString;
 
 use super::spellings::SpellingsOf;
 use crate::changes::{Change, Filter};
-use crate::socket::put_text_frame;
-use crate::protocol::server::TopicFrame;
 use crate::outbox::messages::ConnId;
+use crate::protocol::server::TopicFrame;
+use crate::socket::put_text_frame;
 
 /// Most events sent in one batch (a subscriber's share is a 64-bit mask).
 pub const MAX_BATCH: usize = 64;

@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use crate::changes::{Change, Filter};
 use crate::metrics::Metrics;
-use crate::protocol::{ProtocolError, server};
-use crate::outbox::messages::{ConnId, Disconnect};
 use crate::outbox::Outbox;
+use crate::outbox::messages::{ConnId, Disconnect};
+use crate::protocol::{ProtocolError, server};
 
 /// Where a topic sends one subscriber's frames.
 #[derive(Clone)]
@@ -320,8 +320,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::socket::{Connection, test_pair, tests::RawClient};
     use crate::outbox::OutboxPolicy;
+    use crate::socket::{Connection, test_pair, tests::RawClient};
 
     /// A client's publish reply, the client's end of its socket, and the
     /// server's end (kept open while the test runs).

@@ -42,7 +42,7 @@ impl fmt::Display for TopicName {
 }
 
 impl TopicName {
-    /// Parses a client's spelling (PROTOCOL.md §2) for the server's `project_id`.
+    /// Parses a client's spelling (docs/protocol.md) for the server's `project_id`.
     pub fn parse(spelling: &str, project_id: &str) -> Result<TopicName, ProtocolError> {
         if spelling.starts_with('_') || spelling.starts_with('$') {
             return Err(reserved(spelling));

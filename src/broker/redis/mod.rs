@@ -1,4 +1,4 @@
-//! [`RedisBroker`]: the cluster's shared state in Redis (PROTOCOL.md §8).
+//! [`RedisBroker`]: the cluster's shared state in Redis (docs/scaling.md).
 //!
 //! Two connections, both redis-rs `ConnectionManager`s that reconnect by
 //! themselves: one multiplexed for commands and scripts, one RESP3 for
@@ -19,14 +19,13 @@
 //! Channel `{T}` carries `e|<epoch>|<seq>|<event>`, `j|<entry>` and
 //! `l|<entry>`. Every write is one Lua script (`lua/`), so each is atomic.
 //!
-//! The supervisor task beats every quarter of `--node-timeout-ms` (at most
-//! every 2 s): it records this node in `nodes`, reaps nodes silent longer
-//! than the timeout, and keeps [`Broker::is_up`] current. When the pub/sub
-//! link drops, or a beat finds this node was reaped, every joined topic is
-//! told to resync once the link is back.
+//! The supervisor task ([`liveness`]) beats every quarter of
+//! `--node-timeout-ms` (at most every 2 s): it records this node in `nodes`,
+//! reaps nodes silent longer than the timeout, and keeps [`Broker::is_up`]
+//! current ([`link`]). When the pub/sub link drops, or a beat finds this node
+//! was reaped, every joined topic is told to resync once the link is back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,8 +35,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script, Value};
 use tokio::sync::mpsc;
 
+mod link;
+mod liveness;
 mod wire;
 
+use self::link::Link;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, Sequenced,
@@ -118,7 +120,8 @@ struct Inner {
     commands: ConnectionManager,
     pubsub: ConnectionManager,
     routes: Arc<Routes>,
-    up: AtomicBool,
+    /// Whether Redis answers, as the gauge and the logs say.
+    link: Link,
     runtime: tokio::runtime::Handle,
     scripts: Scripts,
     started_at: i64,
@@ -144,6 +147,8 @@ impl RedisBroker {
     /// not answer yet is not an error: the node starts, reports it, and
     /// keeps trying.
     pub fn start(settings: RedisSettings) -> Result<RedisBroker, BrokerError> {
+        let url_for_logs = crate::config::redact_url(&settings.url);
+        let up_gauge = settings.up_gauge.clone();
         let info = settings
             .url
             .as_str()
@@ -206,7 +211,7 @@ impl RedisBroker {
                 commands,
                 pubsub,
                 routes,
-                up: AtomicBool::new(false),
+                link: Link::new(&url_for_logs, up_gauge),
                 runtime: runtime.clone(),
                 scripts: Scripts::new(),
                 started_at: now_ms(),
@@ -220,12 +225,9 @@ impl RedisBroker {
             let _ = beaten_tx.send(first.beat().await);
         });
         match beaten_rx.recv_timeout(CONNECT_TIMEOUT * 3) {
-            Ok(Ok(_)) => {
-                broker.set_up(true);
-                tracing::info!(node = %broker.inner.settings.node, "joined the cluster through Redis");
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "Redis does not answer yet; retrying"),
-            Err(_) => tracing::warn!("Redis does not answer yet; retrying"),
+            Ok(Ok(_)) => broker.inner.link.set_up(true),
+            Ok(Err(e)) => broker.inner.link.still_down(Some(&e)),
+            Err(_) => broker.inner.link.still_down(None),
         }
         runtime.spawn(broker.clone().supervise(lost_rx));
         Ok(broker)
@@ -259,18 +261,6 @@ impl RedisBroker {
         format!("{}node:{node}", self.inner.prefix)
     }
 
-    fn set_up(&self, up: bool) {
-        let was = self.inner.up.swap(up, Ordering::AcqRel);
-        self.inner.settings.up_gauge.set(i64::from(up));
-        if was != up {
-            if up {
-                tracing::info!("Redis is reachable again");
-            } else {
-                tracing::warn!("Redis is unreachable");
-            }
-        }
-    }
-
     /// Runs `call` on the Redis thread; a failure marks Redis down.
     fn run<T, F>(&self, call: F) -> BrokerFuture<T>
     where
@@ -289,150 +279,13 @@ impl RedisBroker {
                 Ok(Err(e)) => {
                     broker.inner.settings.errors.inc();
                     if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
-                        broker.set_up(false);
+                        broker.inner.link.set_up(false);
                     }
                     Err(unavailable(e))
                 }
                 Err(e) => Err(unavailable(e)),
             }
         })
-    }
-
-    /// One beat: records this node, reaps dead ones. Answers whether this
-    /// node was missing from `nodes` (reaped, or new).
-    async fn beat(&self) -> redis::RedisResult<bool> {
-        let mut conn = self.inner.commands.clone();
-        let node = self.inner.settings.node.to_string();
-        let now = now_ms();
-        let added: i64 = conn.zadd(self.nodes_key(), &node, now).await?;
-        let info = self.node_key(&node);
-        let ttl = (self.inner.settings.node_timeout * 2).as_millis() as i64;
-        redis::pipe()
-            .hset_multiple(
-                &info,
-                &[
-                    ("started_at", self.inner.started_at),
-                    ("connections", self.inner.settings.connections.get()),
-                ],
-            )
-            .pexpire(&info, ttl)
-            .query_async::<()>(&mut conn)
-            .await?;
-        let deadline = now - self.inner.settings.node_timeout.as_millis() as i64;
-        let reaped: i64 = self
-            .inner
-            .scripts
-            .reap
-            .key(self.nodes_key())
-            .arg(&self.inner.prefix)
-            .arg(deadline)
-            .arg("")
-            .invoke_async(&mut conn)
-            .await?;
-        if reaped > 0 {
-            tracing::info!(entries = reaped, "presence of silent nodes removed");
-        }
-        Ok(added == 1)
-    }
-
-    /// Beats, notices a lost pub/sub link, and resyncs topics once it is back.
-    async fn supervise(self, mut lost: mpsc::UnboundedReceiver<()>) {
-        let period =
-            (self.inner.settings.node_timeout / 4).clamp(Duration::from_millis(100), MAX_BEAT);
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resync = false;
-        let mut first = true;
-        loop {
-            tokio::select! {
-                Some(()) = lost.recv() => {
-                    // Only the pub/sub link: commands may still work.
-                    // Resync as soon as it is back.
-                    resync = !self.relink().await;
-                    continue;
-                }
-                _ = ticks.tick() => {}
-            }
-            match tokio::time::timeout(RESPONSE_TIMEOUT, self.beat()).await {
-                Ok(Ok(missing)) => {
-                    self.set_up(true);
-                    if missing && !first {
-                        tracing::warn!(
-                            "this node was taken for dead; announcing its presence again"
-                        );
-                        resync = true;
-                    }
-                    first = false;
-                }
-                Ok(Err(e)) => {
-                    self.inner.settings.errors.inc();
-                    tracing::debug!(error = %e, "beat failed");
-                    self.set_up(false);
-                    resync = true;
-                    continue;
-                }
-                Err(_) => {
-                    self.set_up(false);
-                    resync = true;
-                    continue;
-                }
-            }
-            if resync && self.ping_pubsub().await {
-                resync = false;
-                self.inner.routes.tell_all(FromBroker::Resync);
-            }
-        }
-    }
-
-    /// A PING through the pub/sub link: it resubscribes by itself once
-    /// reconnected, so an answer proves it is back.
-    async fn ping_pubsub(&self) -> bool {
-        let mut pubsub = self.inner.pubsub.clone();
-        let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
-        ping.is_ok()
-    }
-
-    /// The pub/sub link dropped: waits (briefly) for it to come back, then
-    /// has every joined topic look for what it missed.
-    /// Answers whether it came back.
-    async fn relink(&self) -> bool {
-        for _ in 0..20 {
-            if self.ping_pubsub().await {
-                self.inner.routes.tell_all(FromBroker::Resync);
-                return true;
-            }
-            let mut commands = self.inner.commands.clone();
-            let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut commands).await;
-            if ping.is_err() {
-                // Redis itself is gone, not just the link: say so now.
-                self.set_up(false);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Still down: the beats keep trying, and resync once it is back.
-        self.set_up(false);
-        false
-    }
-
-    /// Removes this node's presence entries (announcing their leaves) and
-    /// its record: the end of a graceful stop.
-    pub async fn retire(&self) {
-        let broker = self.clone();
-        let node = self.inner.settings.node.to_string();
-        let retire = async move {
-            let mut conn = broker.inner.commands.clone();
-            let _: redis::RedisResult<i64> = broker
-                .inner
-                .scripts
-                .reap
-                .key(broker.nodes_key())
-                .arg(&broker.inner.prefix)
-                .arg(0)
-                .arg(&node)
-                .invoke_async(&mut conn)
-                .await;
-        };
-        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, self.inner.runtime.spawn(retire)).await;
     }
 }
 
@@ -681,6 +534,6 @@ impl Broker for RedisBroker {
     }
 
     fn is_up(&self) -> bool {
-        self.inner.up.load(Ordering::Acquire)
+        self.inner.link.is_up()
     }
 }

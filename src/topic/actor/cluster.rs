@@ -1,4 +1,4 @@
-//! A pub/sub topic of a cluster (PROTOCOL.md §8): the [`Broker`] assigns its
+//! A pub/sub topic of a cluster (docs/scaling.md): the [`Broker`] assigns its
 //! `seq` and `epoch`, keeps its replay log, presence and running streams,
 //! and brings every node the same events in the same order.
 //!
@@ -36,9 +36,9 @@ use crate::broker::{
 };
 use crate::clock::now_ms;
 use crate::history;
+use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
 use crate::protocol::ProtocolError;
 use crate::protocol::server::{self, TopicFrame};
-use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
 use crate::topic::messages::{AckTo, Publish, PublishReply, Published, Subscribe};
 
 mod presence;

@@ -1,5 +1,5 @@
-//! `cargo run --release --example demo`: the seed's apps on realtide, embedded
-//! as a library, with no build step.
+//! `realtide demo`: two small apps on realtide, embedded as a library, with
+//! no build step of their own.
 //!
 //! - `/` is the Live Order Dashboard: the list comes from the app's own
 //!   `GET /api/examples/orders`; the status dropdown posts to
@@ -10,26 +10,27 @@
 //!   who is typing) and an "ask the assistant" button whose canned answer is
 //!   streamed token by token through `POST /api/realtime/stream`.
 //!
-//! It takes `realtide serve`'s flags (`--bind`, `--database-url`, ...); its
-//! database is `./realtide-demo.db` unless one is given.
+//! It takes `realtide serve`'s flags (`--bind`, `--port`, `--database-url`,
+//! ...); its database is `./realtide-demo.db` unless one is given.
 
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use clap::Parser;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
-use realtide::config::{Cli, Command};
-use realtide::state::AppState;
 use serde::Deserialize;
 use serde_json::json;
 
-/// The demo's database when none is given: not `realtide.db`, the server's default.
-const DEMO_DATABASE: &str = "sqlite://realtide-demo.db";
+use crate::config::Config;
+use crate::state::AppState;
 
-const DASHBOARD: &str = include_str!("demo/dashboard.html");
-const CHAT: &str = include_str!("demo/chat.html");
+/// The demo's database when none is given: not `realtide.db`, the server's
+/// default, whose `orders` table (if any) is the user's own.
+pub const DEMO_DATABASE: &str = "sqlite://realtide-demo.db";
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+const CHAT: &str = include_str!("chat.html");
 const ANSWER: &str = "Realtide streams each token the moment the backend writes it, \
 so everyone in the room reads the answer as it is written, and anyone who joins late \
 first gets what was already said.";
@@ -117,13 +118,9 @@ async fn ask(ask: web::Json<Ask>, base: web::Data<String>) -> HttpResponse {
         let body = futures_util::stream::unfold(tokens.into_iter(), |mut tokens| async move {
             let token = tokens.next()?;
             tokio::time::sleep(Duration::from_millis(60)).await;
-            Some((Ok::<_, std::io::Error>(token), tokens))
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from(token)), tokens))
         });
-        let sent = reqwest::Client::new()
-            .post(url)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await;
+        let sent = awc::Client::new().post(url).send_stream(body).await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "streaming the answer failed");
         }
@@ -132,7 +129,7 @@ async fn ask(ask: web::Json<Ask>, base: web::Data<String>) -> HttpResponse {
 }
 
 fn seed(database_url: &str) -> Result<(), String> {
-    let mut conn = realtide::db::connect(database_url).map_err(|e| e.to_string())?;
+    let mut conn = crate::db::connect(database_url).map_err(|e| e.to_string())?;
     conn.batch_execute(
         "CREATE TABLE IF NOT EXISTS orders (
             id TEXT PRIMARY KEY,
@@ -144,7 +141,7 @@ fn seed(database_url: &str) -> Result<(), String> {
         )",
     )
     .map_err(|e| e.to_string())?;
-    let now = realtide::clock::now_ms();
+    let now = crate::clock::now_ms();
     for (i, (name, product, amount)) in [
         ("Ada Lovelace", "Analytical engine", 1843.0),
         ("Grace Hopper", "Compiler", 1952.5),
@@ -168,38 +165,21 @@ fn seed(database_url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let given: Vec<String> = std::env::args().skip(1).collect();
-    // The demo seeds its own `orders` table: it gets a database file of its
-    // own unless told otherwise, so it never meets a `realtide.db` whose
-    // `orders` has other columns (the README's first walkthrough makes one).
-    let chosen = std::env::var_os("REALTIDE_DATABASE_URL").is_some()
-        || given.iter().any(|a| a.starts_with("--database-url"));
-    let default_db = (!chosen).then(|| ["--database-url".to_string(), DEMO_DATABASE.to_string()]);
-    let args = ["demo".to_string(), "serve".to_string()]
-        .into_iter()
-        .chain(default_db.into_iter().flatten())
-        .chain(given);
-    let Some(Command::Serve(config)) = Cli::parse_from(args).command else {
-        return Err("usage: demo [realtide serve flags]".into());
-    };
-    let config = *config;
+/// Seeds the demo's `orders` table, then serves realtide with the demo's
+/// pages and endpoints beside it until a signal stops it.
+pub fn run(config: Config) -> Result<(), String> {
     seed(&config.database_url)?;
     actix_web::rt::System::new().block_on(async move {
-        let listener =
-            realtide::server::bind(&config.listen_address()).map_err(|e| e.to_string())?;
+        let listener = crate::server::bind_or_explain(&config.listen_address())?;
         let base = web::Data::new(format!(
             "http://{}",
             listener.local_addr().map_err(|e| e.to_string())?
         ));
         println!(
-            "demo: dashboard {base} and chat {base}/chat",
+            "realtide demo: the order dashboard at {base}, the chat room at {base}/chat?name=ann (Ctrl-C stops it)",
             base = base.as_str()
         );
-        let server = realtide::server::start_with(listener, config, move |cfg| {
+        let server = crate::server::start_with(listener, config, move |cfg| {
             cfg.app_data(base.clone())
                 .route("/", web::get().to(|| async { html(DASHBOARD) }))
                 .route("/chat", web::get().to(|| async { html(CHAT) }))

@@ -1,0 +1,152 @@
+//! How this node stays a member of the cluster: a beat every quarter of
+//! `--node-timeout-ms` (records this node, reaps silent ones), the watch on
+//! the pub/sub link, and the goodbye at a graceful stop.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+
+use super::{MAX_BEAT, RESPONSE_TIMEOUT, RedisBroker};
+use crate::broker::FromBroker;
+use crate::clock::now_ms;
+
+impl RedisBroker {
+    /// One beat: records this node, reaps dead ones. Answers whether this
+    /// node was missing from `nodes` (reaped, or new).
+    pub(super) async fn beat(&self) -> redis::RedisResult<bool> {
+        let mut conn = self.inner.commands.clone();
+        let node = self.inner.settings.node.to_string();
+        let now = now_ms();
+        let added: i64 = conn.zadd(self.nodes_key(), &node, now).await?;
+        let info = self.node_key(&node);
+        let ttl = (self.inner.settings.node_timeout * 2).as_millis() as i64;
+        redis::pipe()
+            .hset_multiple(
+                &info,
+                &[
+                    ("started_at", self.inner.started_at),
+                    ("connections", self.inner.settings.connections.get()),
+                ],
+            )
+            .pexpire(&info, ttl)
+            .query_async::<()>(&mut conn)
+            .await?;
+        let deadline = now - self.inner.settings.node_timeout.as_millis() as i64;
+        let reaped: i64 = self
+            .inner
+            .scripts
+            .reap
+            .key(self.nodes_key())
+            .arg(&self.inner.prefix)
+            .arg(deadline)
+            .arg("")
+            .invoke_async(&mut conn)
+            .await?;
+        if reaped > 0 {
+            tracing::info!(entries = reaped, "presence of silent nodes removed");
+        }
+        Ok(added == 1)
+    }
+
+    /// Beats, notices a lost pub/sub link, and resyncs topics once it is back.
+    pub(super) async fn supervise(self, mut lost: mpsc::UnboundedReceiver<()>) {
+        let period =
+            (self.inner.settings.node_timeout / 4).clamp(Duration::from_millis(100), MAX_BEAT);
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = false;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                Some(()) = lost.recv() => {
+                    // Only the pub/sub link: commands may still work.
+                    // Resync as soon as it is back.
+                    resync = !self.relink().await;
+                    continue;
+                }
+                _ = ticks.tick() => {}
+            }
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.beat()).await {
+                Ok(Ok(missing)) => {
+                    self.inner.link.set_up(true);
+                    if missing && !first {
+                        tracing::warn!(
+                            "this node was taken for dead; announcing its presence again"
+                        );
+                        resync = true;
+                    }
+                    first = false;
+                }
+                Ok(Err(e)) => {
+                    self.inner.settings.errors.inc();
+                    self.inner.link.set_up(false);
+                    self.inner.link.still_down(Some(&e));
+                    resync = true;
+                    continue;
+                }
+                Err(_) => {
+                    self.inner.link.set_up(false);
+                    self.inner.link.still_down(None);
+                    resync = true;
+                    continue;
+                }
+            }
+            if resync && self.ping_pubsub().await {
+                resync = false;
+                self.inner.routes.tell_all(FromBroker::Resync);
+            }
+        }
+    }
+
+    /// A PING through the pub/sub link: it resubscribes by itself once
+    /// reconnected, so an answer proves it is back.
+    async fn ping_pubsub(&self) -> bool {
+        let mut pubsub = self.inner.pubsub.clone();
+        let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
+        ping.is_ok()
+    }
+
+    /// The pub/sub link dropped: waits (briefly) for it to come back, then
+    /// has every joined topic look for what it missed.
+    /// Answers whether it came back.
+    async fn relink(&self) -> bool {
+        for _ in 0..20 {
+            if self.ping_pubsub().await {
+                self.inner.routes.tell_all(FromBroker::Resync);
+                return true;
+            }
+            let mut commands = self.inner.commands.clone();
+            let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut commands).await;
+            if ping.is_err() {
+                // Redis itself is gone, not just the link: say so now.
+                self.inner.link.set_up(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Still down: the beats keep trying, and resync once it is back.
+        self.inner.link.set_up(false);
+        false
+    }
+
+    /// Removes this node's presence entries (announcing their leaves) and
+    /// its record: the end of a graceful stop.
+    pub async fn retire(&self) {
+        let broker = self.clone();
+        let node = self.inner.settings.node.to_string();
+        let retire = async move {
+            let mut conn = broker.inner.commands.clone();
+            let _: redis::RedisResult<i64> = broker
+                .inner
+                .scripts
+                .reap
+                .key(broker.nodes_key())
+                .arg(&broker.inner.prefix)
+                .arg(0)
+                .arg(&node)
+                .invoke_async(&mut conn)
+                .await;
+        };
+        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, self.inner.runtime.spawn(retire)).await;
+    }
+}
