@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel_migrations::MigrationHarness;
+use diesel::migration::MigrationSource;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
 
 use crate::auth::api_keys::ApiKeys;
 use crate::config::Config;
@@ -36,7 +38,10 @@ impl Finding {
 pub fn run(config: &Config) -> Vec<Finding> {
     let mut findings = vec![Finding::of("settings", settings(config))];
     findings.push(Finding::of("listen", listen(config)));
-    findings.push(Finding::of("database", database(&config.database_url)));
+    findings.push(Finding::of(
+        "database",
+        database(&config.database_url, &config.schema),
+    ));
     if let Some(url) = &config.redis_url {
         findings.push(Finding::of("redis", redis_ping(url)));
     }
@@ -59,7 +64,7 @@ fn listen(config: &Config) -> Result<String, String> {
         .map_err(|e| format!("cannot listen on {address}: {e}"))
 }
 
-fn database(url: &str) -> Result<String, String> {
+fn database(url: &str, schema: &str) -> Result<String, String> {
     let parsed = DatabaseUrl::parse(url).map_err(|e| e.to_string())?;
     let shown = parsed.redacted();
     if let DatabaseUrl::Sqlite(path) = &parsed
@@ -70,17 +75,64 @@ fn database(url: &str) -> Result<String, String> {
     let mut conn = db::connect_to(&parsed).map_err(|e| format!("{shown}: {e}"))?;
     conn.batch_execute("SELECT 1")
         .map_err(|e| format!("{shown}: {e}"))?;
-    let pending = match &mut conn {
-        DbConnection::Pg(c) => c
-            .pending_migrations(db::POSTGRES_MIGRATIONS)
-            .map(|m| m.len()),
-        DbConnection::Sqlite(c) => c.pending_migrations(db::SQLITE_MIGRATIONS).map(|m| m.len()),
-    }
-    .map_err(|e| format!("{shown}: reading its migrations: {e}"))?;
+    let pending = pending_migrations(&mut conn, schema)
+        .map_err(|e| format!("{shown}: reading its migrations: {e}"))?;
     Ok(match pending {
         0 => format!("{shown} answers; its schema is current"),
         n => format!("{shown} answers; serve will run {n} migration(s) at start"),
     })
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// How many of the embedded migrations the database has not run, read
+/// without writing anything: diesel's own harness would create its
+/// bookkeeping table (and, on PostgreSQL, in the connection's default
+/// schema rather than realtide's).
+fn pending_migrations(conn: &mut DbConnection, schema: &str) -> Result<usize, String> {
+    let (source, table, exists) = match conn {
+        DbConnection::Pg(_) => (
+            db::POSTGRES_MIGRATIONS,
+            format!("\"{schema}\".__diesel_schema_migrations"),
+            format!(
+                "SELECT version FROM (SELECT to_regclass('\"{schema}\".__diesel_schema_migrations')::text AS version) t WHERE version IS NOT NULL"
+            ),
+        ),
+        DbConnection::Sqlite(_) => (
+            db::SQLITE_MIGRATIONS,
+            "__diesel_schema_migrations".to_string(),
+            "SELECT name AS version FROM sqlite_master WHERE type = 'table' AND name = '__diesel_schema_migrations'".to_string(),
+        ),
+    };
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&source)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect::<Vec<_>>();
+    let found: Vec<Version> = run_query(conn, &exists)?;
+    let applied: Vec<String> = match found.is_empty() {
+        true => Vec::new(),
+        false => run_query::<Version>(conn, &format!("SELECT version FROM {table}"))?
+            .into_iter()
+            .map(|v| v.version)
+            .collect(),
+    };
+    Ok(embedded.iter().filter(|v| !applied.contains(v)).count())
+}
+
+fn run_query<T>(conn: &mut DbConnection, sql: &str) -> Result<Vec<T>, String>
+where
+    T: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+{
+    let result = match conn {
+        DbConnection::Pg(c) => diesel::sql_query(sql).load::<T>(c),
+        DbConnection::Sqlite(c) => diesel::sql_query(sql).load::<T>(c),
+    };
+    result.map_err(|e| e.to_string())
 }
 
 fn redis_ping(url: &str) -> Result<String, String> {

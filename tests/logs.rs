@@ -116,7 +116,8 @@ async fn the_log_says_who_connected_who_was_refused_and_how_each_connection_ende
     let refusals = find(&log, "connection refused");
     assert_eq!(refusals.len(), 1, "{log:?}");
     assert_eq!(refusals[0]["code"], "unauthorized");
-    assert!(refusals[0]["peer"].as_str().unwrap().contains("127.0.0.1"));
+    let peer = refusals[0]["peer"].as_str().unwrap();
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
     assert_eq!(find(&log, "sessions closed with 1012").len(), 1, "{log:?}");
 }
 
@@ -131,4 +132,69 @@ async fn a_server_without_a_secret_warns_that_it_is_open() {
         .filter(|l| l["level"] == "WARN" && l["message"].as_str().unwrap().starts_with("open mode"))
         .collect();
     assert_eq!(warnings.len(), 1, "{log:?}");
+}
+
+/// The log of the binary serving `db`, written to a file, read once it is ready.
+async fn log_in_a_file(db: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let log_path = dir.path().join("realtide.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_realtide"))
+        .args(["serve", "--port", &port, "--database-url", db])
+        .env_remove("RUST_LOG")
+        .env_remove("REALTIDE_JWT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[tokio::test]
+async fn a_log_written_to_a_file_has_no_colours_and_names_the_database_as_given() {
+    let sqlite = common::TestDb::sqlite();
+    let mut databases = vec![sqlite];
+    databases.extend(common::TestDb::postgres());
+    for db in &databases {
+        let text = log_in_a_file(&db.url).await;
+        assert!(text.contains("realtide listening"), "{text}");
+        assert!(!text.contains('\x1b'), "escape codes in a file: {text}");
+        // Not the url realtide rewrites for its own connections
+        // (`sslmode`, `options=-c search_path…`).
+        assert!(text.contains(&format!("database={} ", db.url)), "{text}");
+    }
+}
+
+#[test]
+fn a_sqlite_file_in_a_folder_that_does_not_exist_is_named_with_the_way_out() {
+    let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
+        .args(["serve", "--port", "0"])
+        .args(["--database-url", "sqlite://no-such-folder-here/app.db"])
+        .env_remove("REALTIDE_JWT_SECRET")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("no-such-folder-here/app.db"), "{said}");
+    assert!(said.contains("folder does not exist"), "{said}");
+}
+
+#[test]
+fn a_postgres_password_never_reaches_the_log_and_its_url_is_shown_as_given() {
+    assert_eq!(
+        realtide::config::redact_url("postgres://app:s3cret@127.0.0.1:5432/db?application_name=x"),
+        "postgres://app:***@127.0.0.1:5432/db?application_name=x"
+    );
+    assert_eq!(
+        realtide::config::redact_url("redis://:pw@127.0.0.1:6379/0"),
+        "redis://:***@127.0.0.1:6379/0"
+    );
 }

@@ -204,6 +204,45 @@ fn check_tries_the_settings_the_address_and_the_database_without_serving() {
     );
 }
 
+#[tokio::test]
+async fn check_reads_a_database_without_writing_and_counts_what_serve_will_migrate() {
+    for db in TestDb::all() {
+        let check = || {
+            let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
+                .args(["check", "--port", "0", "--database-url", &db.url])
+                .env_remove("REALTIDE_JWT_SECRET")
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).to_string()
+        };
+        if db.is_postgres() {
+            // A fresh database, as the app made it: check leaves it so.
+            let said = check();
+            assert!(said.contains("will run"), "{said}");
+            let tables = common::capture::query_number(
+                &db.url,
+                "SELECT count(*) AS value FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            );
+            assert_eq!(tables, 0, "check created tables: {said}");
+        } else {
+            db.execute("CREATE TABLE app (id INTEGER PRIMARY KEY)");
+            let said = check();
+            assert!(said.contains("will run"), "{said}");
+            let tables = common::capture::query_number(
+                &db.url,
+                "SELECT count(*) AS value FROM sqlite_master WHERE type = 'table'",
+            );
+            assert_eq!(tables, 1, "check created tables: {said}");
+        }
+        // Once serve has migrated, nothing is pending.
+        let server = start_binary_on(&db.url, &[]).await;
+        drop(server);
+        let said = check();
+        assert!(said.contains("its schema is current"), "{}: {said}", db.backend());
+    }
+}
+
 #[test]
 fn a_server_or_demo_on_a_busy_port_names_the_address_and_the_way_out() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
