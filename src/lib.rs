@@ -21,6 +21,7 @@
 //! - [`db`]: diesel over SQLite and PostgreSQL, the pool, embedded migrations.
 //! - [`history`]: persisted messages and their pages.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`trends`]: the last 15 minutes of a node's figures, for the console.
 //! - [`state`]: what handlers and sessions share.
 
 pub mod auth;
@@ -43,3 +44,4 @@ pub mod session;
 pub mod socket;
 pub mod state;
 pub mod topic;
+pub mod trends;

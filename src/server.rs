@@ -279,6 +279,16 @@ where
     state.capture = capture;
     state.tables = tables;
     let state = web::Data::new(state);
+    let sampled = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(crate::trends::SAMPLE_EVERY);
+        loop {
+            ticks.tick().await;
+            sampled
+                .trends
+                .sample(&sampled.metrics, crate::clock::now_ms());
+        }
+    });
     let listening = state.clone();
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build();

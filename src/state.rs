@@ -48,6 +48,8 @@ pub struct AppState {
     pub tables: Arc<TableList>,
     /// What every connection's outbox shares.
     pub outbox_policy: Arc<OutboxPolicy>,
+    /// The last 15 minutes of this node's figures, for the console.
+    pub trends: crate::trends::Trends,
     next_conn: AtomicU64,
 }
 
@@ -84,6 +86,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             capture: CaptureStatus::new("triggers", None),
             tables: Arc::default(),
+            trends: crate::trends::Trends::default(),
             next_conn: AtomicU64::new(1),
         }
     }

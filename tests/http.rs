@@ -153,6 +153,22 @@ async fn admin_topics_lists_running_topics_with_their_figures() {
 }
 
 #[tokio::test]
+async fn admin_trends_answer_with_the_admin_key_a_sample_every_ten_seconds() {
+    let app = TestApp::spawn_with(|c| c.admin_key = Some("ops".into())).await;
+    let (status, _) = app.get_json("/admin/trends").await;
+    assert_eq!(status, 401, "the admin key is required");
+    let trends = app
+        .keyed_json(reqwest::Method::GET, "/admin/trends", "ops")
+        .await;
+    assert_eq!(trends["interval_ms"], 10_000);
+    // A fresh node has at most its first interval's sample.
+    assert!(
+        trends["samples"].as_array().is_some_and(|s| s.len() <= 1),
+        "{trends}"
+    );
+}
+
+#[tokio::test]
 async fn a_topic_with_no_subscribers_stops_after_its_replay_window() {
     let app = TestApp::spawn_with(|c| c.replay_ttl_s = 1).await;
     let mut client = app.client().await;

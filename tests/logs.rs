@@ -148,7 +148,10 @@ async fn log_in_a_file(db: &str) -> String {
         .spawn()
         .unwrap();
     for _ in 0..400 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok() {
+        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -239,7 +239,11 @@ async fn check_reads_a_database_without_writing_and_counts_what_serve_will_migra
         let server = start_binary_on(&db.url, &[]).await;
         drop(server);
         let said = check();
-        assert!(said.contains("its schema is current"), "{}: {said}", db.backend());
+        assert!(
+            said.contains("its schema is current"),
+            "{}: {said}",
+            db.backend()
+        );
     }
 }
 

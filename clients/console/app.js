@@ -33,16 +33,45 @@ function row(cells, onClick) {
   return tr;
 }
 
-function fill(tbody, rows) {
-  tbody.replaceChildren(...rows);
+/** Fills a table body; with no rows, one row saying so (`empty`). */
+function fill(tbody, rows, empty = 'none yet') {
+  if (rows.length) {
+    tbody.replaceChildren(...rows);
+    return;
+  }
+  const tr = document.createElement('tr');
+  tr.className = 'empty';
+  const td = document.createElement('td');
+  td.colSpan = tbody.parentElement.querySelectorAll('thead th').length || 1;
+  td.textContent = empty;
+  tr.append(td);
+  tbody.replaceChildren(tr);
 }
 
-function ago(ms) {
-  if (!ms) return '';
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+/** Fills a list; with no items, one item saying so. */
+function fillList(list, items, empty) {
+  if (items.length) {
+    list.replaceChildren(...items);
+    return;
+  }
+  const li = document.createElement('li');
+  li.className = 'empty';
+  li.textContent = empty;
+  list.replaceChildren(li);
+}
+
+/** An age in ms, as people read it. */
+function age(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 1) return 'just now';
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
   return `${Math.round(s / 3600)} h ago`;
+}
+
+/** How long ago a moment (ms since the Unix epoch) was. */
+function ago(at) {
+  return at ? age(Date.now() - at) : '';
 }
 
 class Unauthorized extends Error {}
@@ -122,21 +151,69 @@ function perSecond(value) {
   return value === null ? '–' : `${Math.round(value * 10) / 10}/s`;
 }
 
+const SVG = 'http://www.w3.org/2000/svg';
+
+const WINDOW_MS = 15 * 60 * 1000;
+
+/**
+ * A line of the last 15 minutes, as a small SVG: `points` are [at, value]
+ * (a null value is a gap), placed by time, so a node that started a
+ * minute ago draws only the last minute's stretch.
+ */
+function sparkline(points, label) {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 160 36');
+  svg.setAttribute('preserveAspectRatio', 'none');
+  svg.setAttribute('class', 'spark');
+  const known = points.filter(([, v]) => v !== null && Number.isFinite(v));
+  svg.dataset.points = String(known.length);
+  const title = document.createElementNS(SVG, 'title');
+  const values = known.map(([, v]) => Math.round(v * 100) / 100);
+  title.textContent = known.length
+    ? `${label}, last 15 min: ${Math.min(...values)} to ${Math.max(...values)}`
+    : `${label}: no samples yet (one every 10 s)`;
+  svg.append(title);
+  if (known.length < 2) return svg;
+  const top = Math.max(...values, 1e-9);
+  const end = points[points.length - 1][0];
+  let d = '';
+  let gap = true;
+  for (const [at, v] of points) {
+    if (v === null || !Number.isFinite(v)) {
+      gap = true;
+      continue;
+    }
+    const x = 160 - ((end - at) / WINDOW_MS) * 160;
+    const y = 34 - (v / top) * 32;
+    d += `${gap ? 'M' : 'L'}${x.toFixed(1)},${y.toFixed(1)}`;
+    gap = false;
+  }
+  const path = document.createElementNS(SVG, 'path');
+  path.setAttribute('d', d);
+  svg.append(path);
+  return svg;
+}
+
 async function refreshOverview() {
-  const [nodes, metricsText] = await Promise.all([api('/admin/nodes'), fetch('/metrics').then((r) => r.text())]);
+  const [nodes, metricsText, trends] = await Promise.all([
+    api('/admin/nodes'),
+    fetch('/metrics').then((r) => r.text()),
+    api('/admin/trends'),
+  ]);
   scrapes = [...scrapes, parseMetrics(metricsText)].slice(-2);
   const latest = scrapes[scrapes.length - 1].values;
+  const series = (field) => trends.samples.map((sample) => [sample.at, sample[field]]);
   const tiles = [
-    ['connections', latest.get('realtide_connections')],
+    ['connections', latest.get('realtide_connections'), series('connections')],
     ['topics', latest.get('realtide_topics')],
     ['subscriptions', latest.get('realtide_subscriptions')],
-    ['messages in', perSecond(rate('realtide_messages_in_total'))],
-    ['messages out', perSecond(rate('realtide_messages_out_total'))],
-    ['deliveries', perSecond(rate('realtide_deliveries_total'))],
-    ['delivery lag p99', ms(quantile('realtide_delivery_lag_seconds', 0.99))],
-    ['change lag p99', ms(quantile('realtide_change_lag_seconds', 0.99))],
+    ['messages in', perSecond(rate('realtide_messages_in_total')), series('messages_in_per_s')],
+    ['messages out', perSecond(rate('realtide_messages_out_total')), series('messages_out_per_s')],
+    ['deliveries', perSecond(rate('realtide_deliveries_total')), series('deliveries_per_s')],
+    ['delivery lag p99', ms(quantile('realtide_delivery_lag_seconds', 0.99)), series('delivery_lag_p99_ms')],
+    ['change lag p99', ms(quantile('realtide_change_lag_seconds', 0.99)), series('change_lag_p99_ms')],
   ];
-  $('#tiles').replaceChildren(...tiles.map(([label, value]) => {
+  $('#tiles').replaceChildren(...tiles.map(([label, value, trend]) => {
     const tile = document.createElement('div');
     tile.className = 'tile';
     tile.dataset.tile = label;
@@ -145,6 +222,7 @@ async function refreshOverview() {
     const span = document.createElement('span');
     span.textContent = label;
     tile.append(b, span);
+    if (trend) tile.append(sparkline(trend, label));
     return tile;
   }));
   const endings = [];
@@ -158,8 +236,13 @@ async function refreshOverview() {
     const tr = row(cells);
     tr.dataset.ending = `${cells[0]}:${cells[1]}`;
     return tr;
+  }), 'no connection has ended or been refused yet');
+  // `last_seen_ms` is the age of the node's last heartbeat, not a moment.
+  fill($('#nodes tbody'), nodes.map((n) => {
+    const tr = row([n.node, n.connections, ago(n.started_at), age(n.last_seen_ms)]);
+    tr.dataset.node = n.node;
+    return tr;
   }));
-  fill($('#nodes tbody'), nodes.map((n) => row([n.node, n.connections, ago(n.started_at), n.last_seen_ms ? ago(n.last_seen_ms) : 'now'])));
   $('#node').textContent = nodes.length === 1 ? `node ${nodes[0].node}` : `${nodes.length} nodes`;
 }
 
@@ -169,9 +252,15 @@ async function refreshTopics() {
   const shown = topics.filter((t) => t.topic.toLowerCase().includes(filter));
   fill($('#topic-list tbody'), shown.map((t) => row([t.topic, t.kind, t.subscribers, t.presence, t.seq], () => {
     location.hash = `#/topic/${encodeURIComponent(t.topic)}`;
-  })));
+  })), filter ? 'no running topic matches' : 'no topic is running on this node');
 }
 $('#filter').addEventListener('input', () => refreshTopics().catch(failed));
+// Any topic can be opened by name, running or not (its history, its table).
+$('#open-topic').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const name = $('#open-name').value.trim();
+  if (name) location.hash = `#/topic/${encodeURIComponent(name)}`;
+});
 
 async function refreshConnections() {
   const { connections } = await api('/admin/connections');
@@ -181,13 +270,15 @@ async function refreshConnections() {
     button.className = 'danger';
     button.dataset.conn = c.conn;
     button.addEventListener('click', async () => {
+      const who = c.userId ?? 'an anonymous client';
+      if (!confirm(`Disconnect ${who} (${c.conn})? The connection is closed with 4003; its app may reconnect.`)) return;
       await api(`/admin/connections/${encodeURIComponent(c.conn)}`, { method: 'DELETE' });
       refreshConnections().catch(failed);
     });
     const tr = row([c.conn, c.userId ?? '(anonymous)', c.subscriptions.join(', '), c.tracked, ago(c.opened_at), c.frames_in, c.backlog_bytes, button]);
     tr.dataset.conn = c.conn;
     return tr;
-  }));
+  }), 'no client is connected to this node');
 }
 
 // ---- one topic: live tail, presence, history, publish ----
@@ -201,7 +292,7 @@ function renderPresence(presences) {
       items.push(li);
     }
   }
-  $('#presence').replaceChildren(...items);
+  fillList($('#presence'), items, 'nobody is present');
 }
 
 function pre(value) {
@@ -210,23 +301,56 @@ function pre(value) {
   return p;
 }
 
+/** One side of a change: a label and the row. */
+function side(label, value, className) {
+  const div = document.createElement('div');
+  div.className = className;
+  const span = document.createElement('span');
+  span.className = 'label';
+  span.textContent = label;
+  div.append(span, pre(value));
+  return div;
+}
+
 function showFrame(frame) {
   const li = document.createElement('li');
   if (frame.type === 'db_change') {
     li.className = 'change';
+    li.dataset.operation = frame.operation;
     const op = document.createElement('span');
     op.className = 'op';
     op.textContent = `${frame.operation} #${frame.seq}`;
-    const old = pre(frame.old);
-    old.className = 'old';
-    const now = pre(frame.data);
-    now.className = 'new';
-    li.append(op, old, now);
+    li.append(op);
+    if (frame.operation === 'INSERT') li.append(side('new row', frame.data, 'new'));
+    else if (frame.operation === 'DELETE') li.append(side('deleted row', frame.old ?? frame.data, 'old'));
+    else li.append(side('before', frame.old, 'old'), side('after', frame.data, 'new'));
   } else {
     li.textContent = `#${frame.seq ?? '-'} ${frame.event}${frame.userId ? ` by ${frame.userId}` : ''}: ${JSON.stringify(frame.data)}`;
   }
+  $('#tail').querySelector('li.empty')?.remove();
   $('#tail').prepend(li);
   while ($('#tail').children.length > TAIL_MAX) $('#tail').lastChild.remove();
+}
+
+/** A stored message as a history row. */
+function historyRow(m) {
+  const tr = row([m.id, new Date(m.created_at).toLocaleTimeString(), m.user_id ?? '', m.event, JSON.stringify(m.data)]);
+  tr.dataset.id = m.id;
+  return tr;
+}
+
+/** A persisted event that just arrived joins the top of the history. */
+function showStored(frame) {
+  const tbody = $('#history tbody');
+  if (!frame.message_id || tbody.querySelector(`tr[data-id="${CSS.escape(frame.message_id)}"]`)) return;
+  tbody.querySelector('tr.empty')?.remove();
+  tbody.prepend(historyRow({
+    id: frame.message_id,
+    created_at: frame.timestamp,
+    user_id: frame.userId,
+    event: frame.event,
+    data: frame.data,
+  }));
 }
 
 function follow(topic) {
@@ -274,6 +398,7 @@ function follow(topic) {
       return;
     }
     if (frame.type === 'event' || frame.type === 'db_change' || frame.type === 'chat_message') showFrame(frame);
+    if (frame.type === 'event' || frame.type === 'chat_message') showStored(frame);
   };
   socket.onclose = () => {
     $('#tail-state').textContent = 'closed';
@@ -287,9 +412,9 @@ async function loadHistory(topic, older) {
   const params = new URLSearchParams({ topic, limit: '20' });
   if (older && historyBefore) params.set('before_id', historyBefore);
   const { messages } = await api(`/admin/history?${params}`);
-  const rows = messages.map((m) => row([m.id, new Date(m.created_at).toLocaleTimeString(), m.user_id ?? '', m.event, JSON.stringify(m.data)]));
+  const rows = messages.map(historyRow);
   if (older) $('#history tbody').append(...rows);
-  else fill($('#history tbody'), rows);
+  else fill($('#history tbody'), rows, 'no stored messages (publish with persist: true to keep them)');
   if (messages.length) historyBefore = messages[messages.length - 1].id;
   $('#older').disabled = messages.length < 20;
 }
@@ -298,9 +423,9 @@ async function openTopic(topic) {
   $('#topic-name').textContent = topic;
   const isTable = !topic.includes('/');
   $('#topic-meta').textContent = isTable
-    ? 'table topic: every committed INSERT, UPDATE and DELETE, captured by triggers into the change log'
+    ? 'table topic: every committed INSERT, UPDATE and DELETE of the table'
     : 'pub/sub topic';
-  $('#tail').replaceChildren();
+  fillList($('#tail'), [], 'no events since this page opened');
   $('#history-panel').hidden = isTable;
   $('#publish-panel').hidden = isTable;
   const { presences } = await api(`/admin/presence?topic=${encodeURIComponent(topic)}`);

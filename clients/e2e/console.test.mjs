@@ -1,7 +1,8 @@
 // The operators' console (/console) in a real browser, against the real
 // server (the debug binary, or REALTIDE_BIN) with an admin key and a JWT
-// secret set: sign in, watch the overview, follow a pub/sub topic and a
-// table live, page and delete history, publish, and disconnect a client.
+// secret set: sign in, watch the overview and its 15-minute lines, follow a
+// pub/sub topic and a table live, page and delete history, publish, open a
+// topic that is not running, and disconnect a client (after confirming).
 // Screenshots land in docs/.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -75,7 +76,10 @@ test('an operator signs in, follows topics live, pages history, publishes and di
   await page.waitForSelector('body[data-ready="overview"]');
   await page.waitForFunction(() => document.querySelector('[data-tile="connections"] b')?.textContent === '1');
   assert.match(await page.locator('#nodes tbody').textContent(), /node-/);
-  // Traffic while the overview polls: the rates and the lag follow.
+  // The node's last heartbeat is an age: a healthy node was seen just now.
+  assert.match(await page.locator('#nodes tbody tr td:nth-child(4)').textContent(), /^(just now|\d+ s ago)$/);
+  // Traffic while the overview polls: the rates, the lag and their lines
+  // (a sample every 10 s) follow.
   let chatting = true;
   const chatter = (async () => {
     for (let n = 0; chatting; n++) {
@@ -87,8 +91,12 @@ test('an operator signs in, follows topics live, pages history, publishes and di
     const value = (tile) => document.querySelector(`[data-tile="${tile}"] b`)?.textContent ?? '';
     return /^[1-9]/.test(value('deliveries')) && value('delivery lag p99').startsWith('≤');
   }, null, { timeout: 15000 });
+  await page.waitForSelector('[data-tile="deliveries"] svg.spark path', { timeout: 40000 });
   chatting = false;
   await chatter;
+  for (const tile of ['connections', 'messages in', 'messages out', 'deliveries', 'delivery lag p99', 'change lag p99']) {
+    assert.ok(await page.locator(`[data-tile="${tile}"] svg.spark`).count(), `${tile} has its line`);
+  }
   await page.screenshot({ path: join(root, 'docs/console.png') });
 
   // Topics, filtered by name.
@@ -116,19 +124,48 @@ test('an operator signs in, follows topics live, pages history, publishes and di
   await page.waitForFunction(() => document.querySelector('#tail').textContent.includes('from the console'));
   await page.screenshot({ path: join(root, 'docs/console-topic.png') });
 
-  // Deleting the history empties it.
+  // Deleting the history empties it, and the empty panel says so.
   page.once('dialog', (dialog) => dialog.accept());
   await page.click('#delete-history');
-  await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length === 0);
+  await page.waitForFunction(() => document.querySelector('#history tbody tr.empty')?.textContent.includes('no stored messages'));
+  // A message the app's backend stores shows in the history as it arrives.
+  const emitted = await fetch(`${http}/api/realtime/emit`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ topic: 'chat/general', event: 'notice', data: { text: 'stored by the backend' }, persist: true }),
+  });
+  assert.equal(emitted.status, 200);
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#history tbody tr')];
+    return rows.length === 1 && rows[0].textContent.includes('stored by the backend');
+  });
 
-  // A table topic: a change from a sqlite3 shell, old and new side by side.
+  // A topic nobody runs can be opened by name: its panels say they are empty.
+  await page.click('nav a[data-view="topics"]');
+  await page.waitForSelector('body[data-ready="topics"]');
+  await page.fill('#open-name', 'chat/quiet');
+  await page.click('#open-topic button');
+  await page.waitForSelector('body[data-ready="topic"]');
+  assert.equal(await page.locator('#topic-name').textContent(), 'chat/quiet');
+  await page.waitForFunction(() => document.querySelector('#presence').textContent.includes('nobody is present'));
+  await page.waitForFunction(() => document.querySelector('#history tbody').textContent.includes('no stored messages'));
+  assert.match(await page.locator('#tail').textContent(), /no events/);
+
+  // A table topic: changes from a sqlite3 shell, labelled; an UPDATE shows
+  // the row before and after, a DELETE the row once.
   await page.goto(`${http}/console#/topic/orders`);
   await page.waitForSelector('body[data-ready="topic"]');
   await page.waitForFunction(() => document.querySelector('#tail-state').textContent === 'live');
   sql("UPDATE orders SET status = 'shipped' WHERE id = '7'");
-  await page.waitForSelector('#tail li.change');
-  assert.match(await page.locator('#tail li.change .old').textContent(), /pending/);
-  assert.match(await page.locator('#tail li.change .new').textContent(), /shipped/);
+  const update = page.locator('#tail li.change[data-operation="UPDATE"]');
+  await update.waitFor();
+  assert.match(await update.locator('.old').textContent(), /^before.*pending/s);
+  assert.match(await update.locator('.new').textContent(), /^after.*shipped/s);
+  sql("DELETE FROM orders WHERE id = '7'");
+  const deletion = page.locator('#tail li.change[data-operation="DELETE"]');
+  await deletion.waitFor();
+  assert.equal(await deletion.locator('pre').count(), 1, 'a deleted row is shown once');
+  assert.match(await deletion.textContent(), /deleted row.*shipped/s);
   assert.ok(await page.locator('#history-panel').isHidden(), 'tables keep no history');
 
   // Connections: ann is there with her subscriptions; disconnecting her closes 4003.
@@ -138,8 +175,19 @@ test('an operator signs in, follows topics live, pages history, publishes and di
   await annRow.waitFor();
   assert.match(await annRow.textContent(), /chat\/general, orders/);
   await page.screenshot({ path: join(root, 'docs/console-connections.png') });
+  // Disconnecting asks first: dismissed, nothing happens.
+  page.once('dialog', (dialog) => dialog.dismiss());
+  await annRow.locator('button').click();
+  await sleep(300);
+  assert.equal(ann.closedWith(), null, 'a dismissed confirmation disconnects nobody');
+  let asked = '';
+  page.once('dialog', (dialog) => {
+    asked = dialog.message();
+    dialog.accept();
+  });
   await annRow.locator('button').click();
   for (let i = 0; i < 500 && ann.closedWith() === null; i++) await sleep(10);
+  assert.match(asked, /Disconnect ann/);
   assert.equal(ann.closedWith(), 4003);
   await page.waitForFunction(() => ![...document.querySelectorAll('#connection-list tbody tr')].some((r) => r.textContent.includes('ann')));
 

@@ -47,6 +47,19 @@ pub async fn topics(
     Ok(HttpResponse::Ok().json(infos))
 }
 
+/// `GET /admin/trends`: this node's figures over the last 15 minutes, a
+/// sample every 10 s, oldest first.
+pub async fn trends(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "interval_ms": crate::trends::SAMPLE_EVERY.as_millis() as u64,
+        "samples": state.trends.samples(),
+    })))
+}
+
 /// `GET /admin/nodes`: the live nodes of the cluster (this one alone without Redis).
 pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;

@@ -61,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(resource("/admin/topics").route(web::get().to(admin::topics)))
         .service(resource("/admin/presence").route(web::get().to(admin::presence)))
         .service(resource("/admin/nodes").route(web::get().to(admin::nodes)))
+        .service(resource("/admin/trends").route(web::get().to(admin::trends)))
         .service(resource("/admin/capture").route(web::get().to(admin::capture)))
         .service(resource("/admin/connections").route(web::get().to(admin::connections)))
         .service(resource("/admin/connections/{conn}").route(web::delete().to(admin::disconnect)))
