@@ -1,0 +1,254 @@
+//! How a topic admits a subscriber: a pub/sub topic replays what the client
+//! missed from its ring (or says `recovered: false`), streams in progress
+//! and history; a table topic waits until the tracker watches its table,
+//! then resumes from the change log. Every subscribe gets exactly one
+//! reply: `subscribed`, or an error.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::changes::{self};
+use crate::clock::now_ms;
+use crate::history::{self};
+use crate::outbox::messages::FrameKind;
+use crate::protocol::server::{self, TopicFrame};
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::topic::messages::Subscribe;
+use serde_json::json;
+
+use super::{MAX_TABLE_CATCH_UP, Subscriber, TableState, TopicActor, stored_event};
+
+impl TopicActor {
+    /// Answers a subscription with `subscribed` and the events it missed, then
+    /// adds it to the live set.
+    pub(super) fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
+        let spelling = self.spellings.number(self.name.as_str(), &msg.spelling);
+        let spelled_as = self.spellings.of(self.name.as_arc()).get(spelling).clone();
+        let subscriber = Subscriber {
+            sub_id: msg.sub_id,
+            spelling,
+            echo: msg.echo,
+            filter: msg.filter,
+            handle: msg.handle,
+        };
+        let reply = server::subscribed(
+            msg.reference.as_ref(),
+            &server::Subscribed {
+                topic: &spelled_as,
+                seq: self.announced_seq(),
+                epoch: &self.epoch,
+                recovered,
+            },
+        );
+        let (handle, kind) = (
+            &subscriber.handle,
+            FrameKind::Stream {
+                sub_id: subscriber.sub_id,
+            },
+        );
+        let admitted = FrameKind::Admitted {
+            sub_id: subscriber.sub_id,
+        };
+        let mut ok = self.send_to(handle, admitted, reply);
+        for frame in missed {
+            ok = ok && self.send_to(handle, kind, frame);
+        }
+        if ok && !self.presence.is_empty() {
+            let sync = TopicFrame::presence(
+                "presence:sync",
+                &json!({"presences": self.presence.snapshot()}),
+                now_ms(),
+            );
+            ok = self.send_to(handle, kind, sync.for_spelling(&spelled_as));
+        }
+        if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
+            self.metrics.subscriptions.inc();
+        }
+    }
+
+    pub(super) fn refuse(&self, msg: &Subscribe, error: ProtocolError) {
+        self.metrics.error(error.code);
+        let frame = server::error(msg.reference.as_ref(), Some(&msg.spelling), &error);
+        self.send_to(
+            &msg.handle,
+            FrameKind::Refusal { sub_id: msg.sub_id },
+            frame,
+        );
+    }
+
+    /// With `history: N`, the last N stored messages come first, read under
+    /// `ctx.wait` so no event can slip between them and the live ones.
+    pub(super) fn subscribe_pubsub(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let wanted = i64::from(msg.history.unwrap_or(0)).min(history::MAX_PAGE);
+        if wanted == 0 {
+            return self.admit_pubsub(msg, Vec::new(), ctx);
+        }
+        let (db, room) = (self.db.clone(), self.name.to_string());
+        let read = async move {
+            db.run(move |conn| history::latest(conn, &room, wanted))
+                .await
+        };
+        ctx.wait(read.into_actor(self).map(move |stored, topic, ctx| {
+            let frames = match stored {
+                Ok(stored) => stored
+                    .iter()
+                    .map(|m| stored_event(m).for_spelling(&msg.spelling))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(topic = %topic.name, error = %e, "history read failed");
+                    Vec::new()
+                }
+            };
+            topic.admit_pubsub(msg, frames, ctx);
+        }));
+    }
+
+    pub(super) fn admit_pubsub(
+        &mut self,
+        msg: Subscribe,
+        mut earlier: Vec<ByteString>,
+        ctx: &mut Context<Self>,
+    ) {
+        // Publishes waiting for their store are not out yet: they reach
+        // this subscriber when they are delivered.
+        let announced = self.announced_seq();
+        let resumable = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= announced => {
+                Some(since)
+            }
+            _ => None,
+        };
+        let replayed =
+            resumable.and_then(|since| self.replay.after(since, announced, Instant::now()));
+        if let (None, Some(since), true) = (&replayed, resumable, self.shared.is_some()) {
+            // Older than this node's ring: the cluster's replay log has it.
+            return self.resume_shared(msg, since, earlier, ctx);
+        }
+        let recovered = replayed.is_some();
+        // A resumed client has every token up to `since` and gets the rest
+        // replayed; any other joiner first gets the running streams' tokens.
+        let running = match recovered {
+            true => Vec::new(),
+            false => self.streams.tokens(),
+        };
+        earlier.extend(
+            replayed
+                .unwrap_or_default()
+                .iter()
+                .chain(running.iter())
+                .map(|frame| frame.for_spelling(&msg.spelling)),
+        );
+        self.admit(msg, recovered, earlier);
+    }
+
+    /// A table subscription waits (the topic handles nothing else meanwhile)
+    /// until the tracker watches the table, so every change committed after
+    /// `subscribed` is delivered.
+    pub(super) fn subscribe_table(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(table) = &self.table else {
+            return self.refuse(
+                &msg,
+                ProtocolError::unavailable("table topics are not tracked here"),
+            );
+        };
+        if table.shape.is_some() {
+            return self.admit_to_table(msg, ctx);
+        }
+        let watch = table
+            .tracking
+            .tracker
+            .watch(self.name.as_str(), ctx.address().recipient());
+        ctx.wait(
+            watch
+                .into_actor(self)
+                .map(move |answer, topic, ctx| match answer {
+                    Ok(Some(watched)) => {
+                        topic.seq = topic.seq.max(watched.latest_seq);
+                        if let Some(table) = &mut topic.table {
+                            table.shape = Some(watched.shape);
+                        }
+                        topic.admit_to_table(msg, ctx);
+                    }
+                    Ok(None) => {
+                        let name = topic.name.to_string();
+                        topic.refuse(
+                            &msg,
+                            ProtocolError::new(
+                                ErrorCode::NotFound,
+                                format!("there is no table `{name}`"),
+                            ),
+                        );
+                    }
+                    Err(e) => topic.refuse(
+                        &msg,
+                        ProtocolError::unavailable(format!("change tracker: {e}")),
+                    ),
+                }),
+        );
+    }
+
+    pub(super) fn admit_to_table(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(TableState {
+            tracking,
+            shape: Some(shape),
+        }) = self.table.as_deref()
+        else {
+            return;
+        };
+        if let Some(column) = msg.filter.unknown_column(&shape.columns) {
+            let error = ProtocolError::bad_request(format!(
+                "table `{}` has no column `{column}`",
+                self.name
+            ));
+            return self.refuse(&msg, error);
+        }
+        let since = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => since,
+            _ => return self.admit(msg, false, Vec::new()),
+        };
+        if since == self.seq {
+            return self.admit(msg, true, Vec::new());
+        }
+        // Catch up from the log; nothing else is handled until it is done,
+        // so live changes queue behind the missed ones.
+        let (db, decoder, table, up_to) = (
+            tracking.db.clone(),
+            shape.decoder.clone(),
+            self.name.to_string(),
+            self.seq,
+        );
+        let read = async move {
+            db.run(move |conn| {
+                if since < changes::pruned_through(conn)? {
+                    return Ok(None);
+                }
+                let rows = changes::read_range(conn, &table, since, up_to, MAX_TABLE_CATCH_UP + 1)?;
+                Ok((rows.len() as i64 <= MAX_TABLE_CATCH_UP).then_some(rows))
+            })
+            .await
+        };
+        ctx.wait(
+            read.into_actor(self)
+                .map(move |rows, topic, _ctx| match rows {
+                    Ok(Some(rows)) => {
+                        let missed: Vec<ByteString> = rows
+                            .into_iter()
+                            .filter_map(|row| row.decode(&decoder))
+                            .filter(|change| change.visible_through(&msg.filter))
+                            .map(|change| {
+                                TopicFrame::db_change(&change).for_spelling(&msg.spelling)
+                            })
+                            .collect();
+                        topic.admit(msg, true, missed);
+                    }
+                    Ok(None) => topic.admit(msg, false, Vec::new()),
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, error = %e, "resume read failed");
+                        topic.admit(msg, false, Vec::new());
+                    }
+                }),
+        );
+    }
+}
