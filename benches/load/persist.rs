@@ -1,0 +1,117 @@
+//! Persisted publishes (`persist`): ack latency one at a time, throughput
+//! back to back, and latency at half that rate.
+
+use super::*;
+
+/// Ack round trips of `count` publishes sent one at a time (µs histogram).
+async fn ack_latency(ws: &mut Socket, persist: bool, count: u64) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for i in 0..count {
+        let frame = format!(
+            r#"{{"type":"publish","topic":"bench/persist","event":"m","data":{{"n":{i}}},"persist":{persist},"ref":{i}}}"#
+        );
+        let sent = Instant::now();
+        ws.send(Message::text(frame)).await.unwrap();
+        wait_acks(ws, 1).await;
+        h.saturating_record(sent.elapsed().as_micros() as u64);
+    }
+    h
+}
+
+async fn wait_acks(ws: &mut Socket, mut count: u64) {
+    while count > 0 {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""type":"ack""#) => count -= 1,
+            Some(Ok(Message::Text(text))) if text.contains(r#""type":"error""#) => panic!("{text}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// Publishes/s when `count` publishes are sent back to back.
+async fn pipelined(ws: &mut Socket, persist: bool, count: u64, topics: u64) -> f64 {
+    let started = Instant::now();
+    for i in 0..count {
+        let topic = i % topics.max(1);
+        let frame = format!(
+            r#"{{"type":"publish","topic":"bench/persist-{topic}","event":"m","data":{{"n":{i}}},"persist":{persist}}}"#
+        );
+        ws.feed(Message::text(frame)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    wait_acks(ws, count).await;
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Persisted publishes at `rate` a second for `seconds`, round robin over
+/// `topics`, each ack's latency from its publish leaving.
+async fn paced(ws: &mut Socket, rate: f64, seconds: u64, topics: u64) -> Histogram<u64> {
+    let total = (rate * seconds as f64) as u64;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut sent_at = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    let mut acked = 0;
+    while acked < total {
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        if (sent_at.len() as u64) < due {
+            while (sent_at.len() as u64) < due {
+                let i = sent_at.len() as u64;
+                let topic = i % topics.max(1);
+                let frame = format!(
+                    r#"{{"type":"publish","topic":"bench/paced-{topic}","event":"m","data":{{"n":{i}}},"persist":true,"ref":{i}}}"#
+                );
+                ws.feed(Message::text(frame)).await.unwrap();
+                sent_at.push(Instant::now());
+            }
+            ws.flush().await.unwrap();
+        }
+        match tokio::time::timeout(Duration::from_micros(200), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains(r#""type":"ack""#) => {
+                if let Some(i) = number_after(text.as_bytes(), br#""ref":"#) {
+                    h.saturating_record(sent_at[i as usize].elapsed().as_micros() as u64);
+                }
+                acked += 1;
+            }
+            Ok(Some(Ok(Message::Text(text)))) if text.contains(r#""type":"error""#) => {
+                panic!("{text}")
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("socket ended: {other:?}"),
+        }
+    }
+    h
+}
+
+pub(super) async fn persist(backend: &str, messages: u64, topics: u64, postgres_url: &str) {
+    let mut scratch = ScratchDb::new(backend, postgres_url);
+    let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
+    let mut ws = connect(&server.addr).await;
+    let plain = ack_latency(&mut ws, false, messages / 4).await;
+    let stored = ack_latency(&mut ws, true, messages / 4).await;
+    let plain_rate = pipelined(&mut ws, false, messages, topics).await;
+    let stored_rate = pipelined(&mut ws, true, messages, topics).await;
+    // Half the rate just sustained, the load a deployment is sized for.
+    let half = paced(&mut ws, stored_rate / 2.0, 3, topics).await;
+    let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("persist: {backend}, {topics} topic(s), one publisher");
+    println!(
+        "  ack latency    plain p50 {:.2} ms p99 {:.2} ms; persisted p50 {:.2} ms p99 {:.2} ms (added p50 {:.2} ms)",
+        ms(&plain, 0.5),
+        ms(&plain, 0.99),
+        ms(&stored, 0.5),
+        ms(&stored, 0.99),
+        ms(&stored, 0.5) - ms(&plain, 0.5)
+    );
+    println!(
+        "  throughput     plain {plain_rate:.0}/s; persisted {stored_rate:.0}/s ({messages} back to back)"
+    );
+    println!(
+        "  at half that   {:.0} persisted/s for 3 s: ack p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        stored_rate / 2.0,
+        ms(&half, 0.5),
+        ms(&half, 0.99),
+        half.max() as f64 / 1000.0
+    );
+    drop(server);
+}
