@@ -203,7 +203,7 @@ pub fn start(listener: TcpListener, config: Config) -> Result<RunningServer, Sta
 }
 
 /// [`start`], with the embedding application's own routes registered ahead
-/// of realtide's (see `examples/demo.rs`).
+/// of realtide's (see `src/demo/`).
 pub fn start_with<F>(
     listener: TcpListener,
     config: Config,
