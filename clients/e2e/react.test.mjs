@@ -91,6 +91,9 @@ createRoot(document.getElementById('root')).render(
     alias: {
       '@aerostack/react': join(root, 'clients/react/index.js'),
       realtide: join(root, 'clients/js/realtide.js'),
+      // One React for the page and the binding, whatever clients/react has installed.
+      react: join(here, 'node_modules/react'),
+      'react-dom': join(here, 'node_modules/react-dom'),
     },
     nodePaths: [join(here, 'node_modules')],
     define: { 'process.env.NODE_ENV': '"production"' },
