@@ -42,8 +42,8 @@ use crate::state::AppState;
 const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Once the client sends anything during that wait (its close answer, which
-/// a failed connection no longer decodes), how long it may stay quiet before
-/// the connection ends.
+/// a failed connection no longer decodes), how much longer the connection
+/// stays: a client that keeps sending does not extend it.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 /// The path that speaks WebSocket.
