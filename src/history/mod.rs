@@ -161,6 +161,40 @@ pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMes
     .get_result(conn)?)
 }
 
+diesel::table! {
+    /// The stored messages, for statements diesel prepares once per
+    /// connection and keeps (raw SQL it prepares anew every time).
+    _realtide_messages (num) {
+        num -> BigInt,
+        room_id -> Text,
+        user_id -> Nullable<Text>,
+        event -> Text,
+        data -> Text,
+        created_at -> BigInt,
+        seq -> BigInt,
+    }
+}
+
+/// Stores one message on SQLite with the connection's cached INSERT;
+/// answers its `num`.
+fn insert_cached(
+    conn: &mut diesel::SqliteConnection,
+    message: &NewMessage,
+) -> Result<i64, DbError> {
+    use self::_realtide_messages::dsl as m;
+    Ok(diesel::insert_into(m::_realtide_messages)
+        .values((
+            m::room_id.eq(&message.room_id),
+            m::user_id.eq(message.user_id.as_deref()),
+            m::event.eq(&message.event),
+            m::data.eq(&message.data),
+            m::created_at.eq(message.created_at),
+            m::seq.eq(message.seq as i64),
+        ))
+        .returning(m::num)
+        .get_result(conn)?)
+}
+
 /// Rows per multi-row INSERT: 6 bound values each, far below PostgreSQL's
 /// limit on parameters per statement.
 const ROWS_PER_INSERT: usize = 500;
@@ -177,13 +211,18 @@ pub fn insert_all(
     conn: &mut DbConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<String>, DbError> {
-    if let DbConnection::Sqlite(_) = conn {
-        return conn.transaction(|conn| {
+    if let DbConnection::Sqlite(conn) = conn {
+        let store = |conn: &mut diesel::SqliteConnection| {
             messages
                 .iter()
-                .map(|message| insert(conn, message).map(|stored| stored.id()))
+                .map(|message| insert_cached(conn, message).map(message_id))
                 .collect()
-        });
+        };
+        // A message alone is its own statement's transaction.
+        return match messages {
+            [_] => store(conn),
+            _ => conn.transaction(store),
+        };
     }
     if messages.len() <= ROWS_PER_INSERT {
         return insert_rows(conn, messages);
