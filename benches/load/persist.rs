@@ -1,5 +1,7 @@
 //! Persisted publishes (`persist`): ack latency one at a time, throughput
-//! back to back, and latency at half that rate.
+//! back to back, latency at half that rate, and several connections that
+//! each keep a window of publishes in flight on one topic, with the
+//! server's CPU per ack.
 
 use super::*;
 
@@ -83,6 +85,67 @@ async fn paced(ws: &mut Socket, rate: f64, seconds: u64, topics: u64) -> Histogr
     h
 }
 
+/// `connections` publishers on one topic, each keeping `window` persisted
+/// publishes in flight until it has sent `per_connection`: acks/s, ack
+/// latency (µs histogram) and the server's CPU seconds meanwhile.
+async fn windowed(
+    server: &Server,
+    connections: usize,
+    window: u64,
+    per_connection: u64,
+) -> (f64, Histogram<u64>, f64) {
+    let mut sockets = Vec::new();
+    for _ in 0..connections {
+        sockets.push(connect(&server.addr).await);
+    }
+    let cpu_before = server.cpu_exact();
+    let started = Instant::now();
+    let publishers = sockets.into_iter().enumerate().map(|(c, mut ws)| {
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut sent_at = Vec::with_capacity(per_connection as usize);
+            let mut acked = 0u64;
+            while acked < per_connection {
+                let mut fed = false;
+                while (sent_at.len() as u64) < per_connection
+                    && (sent_at.len() as u64) - acked < window
+                {
+                    let i = sent_at.len();
+                    let frame = format!(
+                        r#"{{"type":"publish","topic":"bench/window","event":"m","data":{{"c":{c},"n":{i}}},"persist":true,"ref":{i}}}"#
+                    );
+                    ws.feed(Message::text(frame)).await.unwrap();
+                    sent_at.push(Instant::now());
+                    fed = true;
+                }
+                if fed {
+                    ws.flush().await.unwrap();
+                }
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) if text.contains(r#""type":"ack""#) => {
+                        if let Some(i) = number_after(text.as_bytes(), br#""ref":"#) {
+                            h.saturating_record(sent_at[i as usize].elapsed().as_micros() as u64);
+                        }
+                        acked += 1;
+                    }
+                    Some(Ok(Message::Text(text))) if text.contains(r#""type":"error""#) => {
+                        panic!("{text}")
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("socket ended: {other:?}"),
+                }
+            }
+            h
+        })
+    });
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for publisher in publishers.collect::<Vec<_>>() {
+        all.add(publisher.await.unwrap()).unwrap();
+    }
+    let rate = (connections as u64 * per_connection) as f64 / started.elapsed().as_secs_f64();
+    (rate, all, server.cpu_exact() - cpu_before)
+}
+
 pub(super) async fn persist(backend: &str, messages: u64, topics: u64, postgres_url: &str) {
     let mut scratch = ScratchDb::new(backend, postgres_url);
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
@@ -112,6 +175,18 @@ pub(super) async fn persist(backend: &str, messages: u64, topics: u64, postgres_
         ms(&half, 0.5),
         ms(&half, 0.99),
         half.max() as f64 / 1000.0
+    );
+    const CONNECTIONS: usize = 8;
+    const WINDOW: u64 = 64;
+    let per_connection = messages / CONNECTIONS as u64;
+    let (rate, acks, cpu) = windowed(&server, CONNECTIONS, WINDOW, per_connection).await;
+    let total = CONNECTIONS as f64 * per_connection as f64;
+    println!(
+        "  {CONNECTIONS} x {WINDOW} in flight  {rate:.0} persisted/s on one topic: ack p50 {:.2} ms p99 {:.2} ms max {:.2} ms; server CPU {:.1} µs per ack",
+        ms(&acks, 0.5),
+        ms(&acks, 0.99),
+        acks.max() as f64 / 1000.0,
+        cpu / total * 1e6
     );
     drop(server);
 }
