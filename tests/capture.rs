@@ -615,3 +615,46 @@ async fn realtides_tables_live_in_their_own_schema_and_an_earlier_layout_moves_t
     second.db.execute("INSERT INTO items VALUES (3, 'after')");
     assert_eq!(change(&mut back).await["data"]["v"], "after");
 }
+
+/// A table written without pause while its first subscriber arrives: the
+/// replication slot is made then, in the middle of the writes, and every
+/// change after `subscribed` still arrives, in order.
+#[tokio::test]
+async fn a_table_busy_while_logical_capture_starts_streams_every_later_change() {
+    let Some(db) = logical_db() else { return };
+    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)");
+    db.execute("INSERT INTO items VALUES (1, 0)");
+    let app = spawn(db, CaptureMode::Logical).await;
+    let url = app.db.url.clone();
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = writing.clone();
+    let writer = std::thread::spawn(move || {
+        use diesel::connection::SimpleConnection;
+        let mut conn = realtide::db::connect(&url).unwrap();
+        let mut n = 0;
+        while still.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            conn.batch_execute(&format!("UPDATE items SET qty = {n} WHERE id = 1"))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = app.client().await;
+    client.subscribe("items").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let last = writer.join().unwrap();
+    // The changes arrive in order, up to the writer's last value.
+    let mut previous = 0;
+    loop {
+        let frame = change(&mut client).await;
+        let qty = frame["data"]["qty"].as_i64().unwrap();
+        assert!(qty > previous, "{qty} after {previous}");
+        previous = qty;
+        if qty == last {
+            break;
+        }
+    }
+}

@@ -31,7 +31,21 @@ impl LogicalSource {
         Ok(())
     }
 
+    /// The publication comes first: pgoutput looks a publication up as the
+    /// catalog was at each change it decodes, so a change between a slot's
+    /// creation and its publication's stops the stream for good
+    /// ("publication does not exist"), and a busy table always has one.
     pub(super) fn create_slot_and_publication(&mut self) -> Result<(), DbError> {
+        let published: Flag = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS value",
+        )
+        .bind::<Text, _>(PUBLICATION)
+        .get_result(&mut self.conn)?;
+        if !published.value {
+            self.conn
+                .batch_execute(&format!("CREATE PUBLICATION \"{PUBLICATION}\""))?;
+        }
+
         let exists: Flag = diesel::sql_query(
             "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) AS value",
         )
@@ -50,15 +64,6 @@ impl LogicalSource {
             self.conn.batch_execute("SET statement_timeout = 0")?;
             created?;
             tracing::info!(slot = %self.slot, "replication slot created");
-        }
-        let published: Flag = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS value",
-        )
-        .bind::<Text, _>(PUBLICATION)
-        .get_result(&mut self.conn)?;
-        if !published.value {
-            self.conn
-                .batch_execute(&format!("CREATE PUBLICATION \"{PUBLICATION}\""))?;
         }
         Ok(())
     }
