@@ -229,6 +229,17 @@ pub struct Config {
     #[arg(long, env = "REALTIDE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
+    /// Rows per `snapshot` frame of a `snapshot: true` subscribe.
+    #[arg(long, env = "REALTIDE_SNAPSHOT_PAGE_ROWS", default_value_t = 500,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub snapshot_page_rows: usize,
+
+    /// Most matching rows a snapshot sends; more refuse the subscribe
+    /// (`too_large`: narrow the filter).
+    #[arg(long, env = "REALTIDE_MAX_SNAPSHOT_ROWS", default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_snapshot_rows: usize,
+
     /// Topics one connection may subscribe to at once; more are refused (`too_large`).
     #[arg(long, env = "REALTIDE_MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value_t = 1000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

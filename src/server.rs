@@ -246,6 +246,8 @@ where
         // of it; at most once a minute.
         prune_every: (Duration::from_secs(config.changes_retention_s) / 2)
             .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        snapshot_page_rows: config.snapshot_page_rows,
+        max_snapshot_rows: config.max_snapshot_rows,
     };
     let registry = Registry::new(
         arbiters,

@@ -12,6 +12,7 @@ pub mod poller;
 pub mod postgres;
 pub mod remove;
 pub mod row;
+pub mod snapshot;
 pub mod sqlite;
 pub mod tables;
 

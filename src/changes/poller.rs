@@ -117,6 +117,11 @@ impl Tracker {
         }
     }
 
+    /// The table topic `name` reads, when `--tables` serves it.
+    pub fn table(&self, name: &str) -> Option<TableRef> {
+        self.tables.resolve(name)
+    }
+
     pub fn prune(&self) {
         self.addr.do_send(PruneChanges);
         self.knock();

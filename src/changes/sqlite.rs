@@ -65,7 +65,7 @@ fn literal(text: &str) -> String {
 
 /// A JSON object of the row `alias` (`NEW` or `OLD`), BLOBs and REALs
 /// marked for decoding.
-fn row_json(alias: &str, columns: &[String]) -> String {
+pub(super) fn row_json(alias: &str, columns: &[String]) -> String {
     let value = |c: &String| {
         let v = format!("{alias}.{}", ident(c));
         // REALs as text of 20 significant digits: `json_object` writes only

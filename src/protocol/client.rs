@@ -53,6 +53,8 @@ pub struct SubscribeRequest {
     pub epoch: Option<String>,
     pub history: Option<u32>,
     pub echo: Option<bool>,
+    /// Table topics: the matching rows first, then the changes after them.
+    pub snapshot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -69,6 +69,39 @@ pub fn subscribed(reference: Option<&Value>, s: &Subscribed<'_>) -> ByteString {
     )
 }
 
+/// One page of a table's rows for a `snapshot: true` subscribe; each row's
+/// JSON text goes in as it is.
+pub fn snapshot_page(
+    reference: Option<&Value>,
+    topic: &str,
+    seq: u64,
+    key: &[String],
+    rows: &[crate::changes::Row],
+    last: bool,
+) -> ByteString {
+    let mut frame =
+        String::with_capacity(64 + rows.iter().map(|r| r.json().len() + 1).sum::<usize>());
+    frame.push_str(r#"{"type":"snapshot","#);
+    if let Some(reference) = reference {
+        frame.push_str(r#""ref":"#);
+        frame.push_str(&reference.to_string());
+        frame.push(',');
+    }
+    frame.push_str(r#""topic":"#);
+    frame.push_str(&Value::from(topic).to_string());
+    frame.push_str(&format!(r#","seq":{seq},"key":"#));
+    frame.push_str(&Value::from(key.to_vec()).to_string());
+    frame.push_str(r#","rows":["#);
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(row.json());
+    }
+    frame.push_str(&format!(r#"],"last":{last}}}"#));
+    ByteString::from(frame)
+}
+
 pub fn unsubscribed(reference: Option<&Value>, topic: &str, reason: Option<&str>) -> ByteString {
     let mut reply = object(json!({"type": "unsubscribed", "topic": topic}));
     if let Some(reason) = reason {

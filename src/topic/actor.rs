@@ -80,6 +80,9 @@ pub struct Tracking {
     pub prune_every: Duration,
     /// The cluster, with `--redis-url`: pub/sub topics go through it.
     pub cluster: Option<ClusterLink>,
+    /// `--snapshot-page-rows` and `--max-snapshot-rows`.
+    pub snapshot_page_rows: usize,
+    pub max_snapshot_rows: usize,
 }
 
 struct TableState {

@@ -50,6 +50,8 @@ pub struct Subscribe {
     pub filter: Filter,
     /// Pub/sub topics: deliver the last N stored messages first.
     pub history: Option<u32>,
+    /// Table topics: send the matching rows as of `subscribed`'s seq first.
+    pub snapshot: bool,
     pub handle: SubscriberHandle,
 }
 

@@ -106,6 +106,11 @@ impl SessionActor {
                     "`filter` applies to table topics only",
                 ));
             }
+            TopicKind::PubSub if request.snapshot == Some(true) => {
+                return Err(ProtocolError::bad_request(
+                    "`snapshot` applies to table topics only (a pub/sub topic has `history`)",
+                ));
+            }
             TopicKind::PubSub => (Filter::default(), Filter::default()),
         };
         let limit = self.state.config.max_subscriptions_per_connection;
@@ -140,6 +145,7 @@ impl SessionActor {
                 epoch: request.epoch,
                 filter,
                 history: request.history,
+                snapshot: request.snapshot == Some(true),
                 handle: self.subscriber_handle(),
             },
             topic: name,

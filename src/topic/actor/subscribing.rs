@@ -9,6 +9,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use crate::changes::snapshot::{self, SnapshotError, SnapshotRequest};
 use crate::changes::{self};
 use crate::clock::now_ms;
 use crate::history::{self};
@@ -24,6 +25,19 @@ impl TopicActor {
     /// Answers a subscription with `subscribed` and the events it missed, then
     /// adds it to the live set.
     pub(super) fn admit(&mut self, msg: Subscribe, recovered: bool, missed: Vec<ByteString>) {
+        let seq = self.announced_seq();
+        self.admit_at(msg, recovered, seq, missed);
+    }
+
+    /// [`Self::admit`], with `subscribed` naming `seq`: what the frames
+    /// that follow it start from.
+    pub(super) fn admit_at(
+        &mut self,
+        msg: Subscribe,
+        recovered: bool,
+        seq: u64,
+        missed: Vec<ByteString>,
+    ) {
         let spelling = self.spellings.number(self.name.as_str(), &msg.spelling);
         let spelled_as = self.spellings.of(self.name.as_arc()).get(spelling).clone();
         let subscriber = Subscriber {
@@ -37,7 +51,7 @@ impl TopicActor {
             msg.reference.as_ref(),
             &server::Subscribed {
                 topic: &spelled_as,
-                seq: self.announced_seq(),
+                seq,
                 epoch: &self.epoch,
                 recovered,
             },
@@ -204,9 +218,16 @@ impl TopicActor {
             ));
             return self.refuse(&msg, error);
         }
-        let since = match (msg.since, &msg.epoch) {
-            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => since,
-            _ => return self.admit(msg, false, Vec::new()),
+        let resumable = match (msg.since, &msg.epoch) {
+            (Some(since), Some(epoch)) if **epoch == *self.epoch && since <= self.seq => {
+                Some(since)
+            }
+            _ => None,
+        };
+        let since = match (resumable, msg.snapshot) {
+            (None, false) => return self.admit(msg, false, Vec::new()),
+            (None, true) => return self.admit_with_snapshot(msg, ctx),
+            (Some(since), _) => since,
         };
         if since == self.seq {
             return self.admit(msg, true, Vec::new());
@@ -231,7 +252,7 @@ impl TopicActor {
         };
         ctx.wait(
             read.into_actor(self)
-                .map(move |rows, topic, _ctx| match rows {
+                .map(move |rows, topic, ctx| match rows {
                     Ok(Some(rows)) => {
                         let missed: Vec<ByteString> = rows
                             .into_iter()
@@ -243,12 +264,127 @@ impl TopicActor {
                             .collect();
                         topic.admit(msg, true, missed);
                     }
+                    Ok(None) if msg.snapshot => topic.admit_with_snapshot(msg, ctx),
                     Ok(None) => topic.admit(msg, false, Vec::new()),
                     Err(e) => {
                         tracing::warn!(topic = %topic.name, error = %e, "resume read failed");
-                        topic.admit(msg, false, Vec::new());
+                        match msg.snapshot {
+                            true => topic.admit_with_snapshot(msg, ctx),
+                            false => topic.admit(msg, false, Vec::new()),
+                        }
                     }
                 }),
         );
+    }
+
+    /// Admits a table subscriber with the table's matching rows first: read
+    /// off the actor's thread at one cut ([`snapshot`]), whose seq `S` the
+    /// `subscribed` names. What lies between the cut and what this topic has
+    /// delivered is read from the log in the same step: when the topic is
+    /// behind the cut, those changes go to its subscribers now (and the
+    /// tracker's copies are skipped later, as older than the topic's seq);
+    /// when it is ahead, they follow the rows for this subscriber alone. So
+    /// the rows are followed by exactly the changes after `S`.
+    pub(super) fn admit_with_snapshot(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(TableState {
+            tracking,
+            shape: Some(shape),
+        }) = self.table.as_deref()
+        else {
+            return;
+        };
+        let Some(table) = tracking.tracker.table(self.name.as_str()) else {
+            let error = ProtocolError::forbidden(format!("table `{}` is not served", self.name));
+            return self.refuse(&msg, error);
+        };
+        let (db, columns, decoder) = (
+            tracking.db.clone(),
+            shape.columns.clone(),
+            shape.decoder.clone(),
+        );
+        let (page_rows, max_rows) = (tracking.snapshot_page_rows, tracking.max_snapshot_rows);
+        let filter = msg.filter.clone();
+        // Stable while this read runs: the topic handles nothing meanwhile.
+        let known = self.seq;
+        let reader = decoder.clone();
+        let read = async move {
+            db.run(move |conn| {
+                let request = SnapshotRequest {
+                    table: &table,
+                    columns: &columns,
+                    decoder: &reader,
+                    filter: &filter,
+                    max_rows,
+                };
+                let snapshot = match snapshot::read(conn, &request) {
+                    Ok(snapshot) => snapshot,
+                    Err(SnapshotError::Db(e)) => return Err(e),
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let (from, to) = (known.min(snapshot.seq), known.max(snapshot.seq));
+                let between = match from < to {
+                    true => changes::read_range(conn, &table.topic, from, to, i64::MAX)?,
+                    false => Vec::new(),
+                };
+                Ok(Ok((snapshot, between)))
+            })
+            .await
+        };
+        ctx.wait(read.into_actor(self).map(move |result, topic, _ctx| {
+            let (snapshot, between) = match result {
+                Ok(Ok(read)) => read,
+                Ok(Err(refused)) => return topic.refuse(&msg, refused.into()),
+                Err(e) => {
+                    let error = ProtocolError::unavailable(format!("the snapshot failed: {e}"));
+                    return topic.refuse(&msg, error);
+                }
+            };
+            let between: Vec<_> = between
+                .into_iter()
+                .filter_map(|row| row.decode(&decoder))
+                .collect();
+            // What follows the rows for this subscriber alone.
+            let mut after = Vec::new();
+            if snapshot.seq > topic.seq {
+                for change in between {
+                    if change.seq > topic.seq {
+                        topic.seq = change.seq;
+                        topic.publish_change(change);
+                    }
+                }
+                topic.seq = topic.seq.max(snapshot.seq);
+                // Those go to the subscribers already here, not to this one.
+                topic.flush_fan_out();
+            } else {
+                after.extend(
+                    between
+                        .iter()
+                        .filter(|change| change.seq > snapshot.seq)
+                        .filter(|change| change.visible_through(&msg.filter))
+                        .map(|change| TopicFrame::db_change(change).for_spelling(&msg.spelling)),
+                );
+            }
+            let pages: Vec<&[crate::changes::Row]> = match snapshot.rows.is_empty() {
+                true => vec![&[]],
+                false => snapshot.rows.chunks(page_rows.max(1)).collect(),
+            };
+            let count = pages.len();
+            let mut frames: Vec<ByteString> = pages
+                .into_iter()
+                .enumerate()
+                .map(|(i, rows)| {
+                    server::snapshot_page(
+                        msg.reference.as_ref(),
+                        &msg.spelling,
+                        snapshot.seq,
+                        &snapshot.key,
+                        rows,
+                        i + 1 == count,
+                    )
+                })
+                .collect();
+            frames.extend(after);
+            topic.admit_at(msg, false, snapshot.seq, frames);
+        }));
     }
 }
