@@ -24,8 +24,8 @@ use crate::topic::TopicActor;
 use crate::topic::TopicName;
 use crate::topic::actor::{TopicSettings, Tracking};
 use crate::topic::messages::{
-    Publish, PublishReply, Published, Refilter, StopIfIdle, Subscribe, Track, Unsubscribe,
-    UnsubscribeReply, Untrack,
+    Publish, PublishReply, Published, ReadTable, Refilter, StopIfIdle, Subscribe, Track,
+    Unsubscribe, UnsubscribeReply, Untrack,
 };
 
 pub struct Registry {
@@ -217,6 +217,28 @@ impl Handler<SubscribeTo> for Registry {
                     .handle
                     .outbox
                     .deliver(&msg.topic.shared(), kind, &frame);
+            }
+        }
+    }
+}
+
+/// Read a table topic's rows at a cut (the HTTP API), starting the topic if
+/// needed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadTableOf {
+    pub topic: TopicName,
+    pub read: ReadTable,
+}
+
+impl Handler<ReadTableOf> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadTableOf, _ctx: &mut Self::Context) {
+        match self.topic(&msg.topic) {
+            Ok(topic) => topic.do_send(msg.read),
+            Err(error) => {
+                let _ = msg.read.reply.send(Err(error));
             }
         }
     }

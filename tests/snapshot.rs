@@ -364,3 +364,98 @@ async fn clients_that_subscribe_during_writes_end_equal_to_the_table() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_page_rendered_from_the_http_rows_resumes_with_exactly_the_later_changes() {
+    for db in TestDb::all() {
+        let backend = db.backend();
+        db.execute(ITEMS);
+        db.execute("INSERT INTO items VALUES (1, 'ann', 1), (2, 'bob', 2), (3, 'ann', 3)");
+        let app = TestApp::spawn_on(db, |c| c.max_snapshot_rows = 2).await;
+        let filter = urlencode(r#"{"owner":"ann"}"#);
+        let (status, answer) = app
+            .get_json(&format!("/api/realtime/tables/items?filter={filter}"))
+            .await;
+        assert_eq!(status, 200, "{backend}: {answer}");
+        assert_eq!(answer["topic"], "items");
+        assert_eq!(answer["key"], json!(["id"]));
+        assert_eq!(
+            answer["rows"],
+            json!([{"id": 1, "owner": "ann", "qty": 1}, {"id": 3, "owner": "ann", "qty": 3}])
+        );
+        // Between the page's read and its subscribe, a change commits.
+        app.db.execute("UPDATE items SET qty = 30 WHERE id = 3");
+        let mut page = app.client().await;
+        let resumed = page
+            .request(
+                json!({"type": "subscribe", "topic": "items", "filter": {"owner": "ann"},
+                            "since": answer["seq"], "epoch": answer["epoch"]}),
+            )
+            .await;
+        assert_eq!(resumed["recovered"], true, "{backend}: {resumed}");
+        let change = page.recv().await;
+        assert_eq!(change["type"], "db_change", "{backend}: {change}");
+        assert_eq!(change["data"]["qty"], 30);
+
+        // The socket's limits and rules hold here too.
+        let (status, answer) = app.get_json("/api/realtime/tables/items").await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (413, json!("too_large"))
+        );
+        let (status, _) = app
+            .get_json(&format!(
+                "/api/realtime/tables/items?filter={}",
+                urlencode("[1]")
+            ))
+            .await;
+        assert_eq!(status, 400);
+        let (status, _) = app
+            .get_json(&format!(
+                "/api/realtime/tables/items?filter={}",
+                urlencode(r#"{"colour":"red"}"#)
+            ))
+            .await;
+        assert_eq!(status, 400, "an unknown column");
+        let (status, _) = app.get_json("/api/realtime/tables/_realtide_changes").await;
+        assert_eq!(status, 403);
+    }
+}
+
+#[tokio::test]
+async fn the_http_rows_need_the_sockets_credentials_and_keep_its_forced_filters() {
+    let db = TestDb::sqlite();
+    db.execute(ITEMS);
+    db.execute("INSERT INTO items VALUES (1, 'ann', 1), (2, 'bob', 2)");
+    let app = TestApp::spawn_on(db, |c| c.jwt_secret = Some(common::SECRET.into())).await;
+    let (status, _) = app.get_json("/api/realtime/tables/items").await;
+    assert_eq!(status, 401, "a secret set means a credential is required");
+    let bob = common::token_for(
+        common::SECRET,
+        "bob",
+        json!({"realtime": {"subscribe": ["items"], "filters": {"items": {"owner": "bob"}}}}),
+    );
+    let (status, answer) = app
+        .get_json(&format!("/api/realtime/tables/items?token={bob}"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"], json!([{"id": 2, "owner": "bob", "qty": 2}]));
+    let chat_only = common::token_for(
+        common::SECRET,
+        "cy",
+        json!({"realtime": {"subscribe": ["chat/*"]}}),
+    );
+    let (status, _) = app
+        .get_json(&format!("/api/realtime/tables/items?token={chat_only}"))
+        .await;
+    assert_eq!(status, 403);
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -55,6 +55,18 @@ pub struct Filter {
 
 impl Filter {
     /// Parses a filter object; an unknown operator or a malformed entry is `bad_request`.
+    /// A token's forced filter for `table` (its `realtime.filters` entry,
+    /// `forced`): none when it names none.
+    pub fn forced(forced: Option<&Value>, table: &str) -> Result<Filter, ProtocolError> {
+        match forced {
+            None => Ok(Filter::default()),
+            Some(Value::Object(forced)) => Filter::parse(forced),
+            Some(_) => Err(ProtocolError::forbidden(format!(
+                "your token's filter for `{table}` is not an object"
+            ))),
+        }
+    }
+
     pub fn parse(filter: &Map<String, Value>) -> Result<Filter, ProtocolError> {
         let mut conditions = Vec::new();
         for (column, spec) in filter {

@@ -11,6 +11,7 @@ pub mod history;
 pub mod home;
 pub mod inbound;
 pub mod stream;
+pub mod tables;
 pub mod upgrade;
 pub mod ws;
 
@@ -69,6 +70,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
             resource("/admin/history")
                 .route(web::get().to(history::admin_read))
                 .route(web::delete().to(history::admin_delete)),
+        )
+        .service(
+            resource("/api/realtime/tables/{table}")
+                .wrap(cors(&origins))
+                .route(web::get().to(tables::rows)),
         )
         .service(
             resource("/api/v1/public/realtime/history")

@@ -22,8 +22,8 @@ use super::fanout::{Audience, PendingEvent, SplitPolicy};
 use super::members::Members;
 use super::messages::StreamPart;
 use super::messages::{
-    AckTo, GetPresence, GetTopicInfo, Publish, Published, Refilter, StopIfIdle, Subscribe,
-    SubscriberHandle, TableChanged, TopicInfo, Track, Unsubscribe, Untrack,
+    AckTo, GetPresence, GetTopicInfo, Publish, Published, ReadTable, Refilter, StopIfIdle,
+    Subscribe, SubscriberHandle, TableChanged, TableRows, TopicInfo, Track, Unsubscribe, Untrack,
 };
 use super::name::{TopicKind, TopicName};
 use super::presence::Presence;
@@ -435,6 +435,31 @@ impl Handler<TableChanged> for TopicActor {
             self.last_active = Instant::now();
             self.publish_change(change);
         }
+    }
+}
+
+impl Handler<ReadTable> for TopicActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadTable, ctx: &mut Self::Context) {
+        self.flush_fan_out();
+        self.last_active = Instant::now();
+        let ReadTable { filter, reply } = msg;
+        self.when_watched(ctx, move |topic, ctx, watched| {
+            if let Err(error) = watched {
+                let _ = reply.send(Err(error));
+                return;
+            }
+            topic.take_snapshot(filter, ctx, move |topic, taken| {
+                let rows = taken.map(|(snapshot, _)| TableRows {
+                    seq: snapshot.seq,
+                    epoch: topic.epoch.to_string(),
+                    key: snapshot.key,
+                    rows: snapshot.rows,
+                });
+                let _ = reply.send(rows);
+            });
+        });
     }
 }
 

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::changes::{Change, Filter};
+use crate::changes::{Change, Filter, Row};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::outbox::messages::{ConnId, Disconnect};
@@ -314,6 +314,25 @@ pub enum StreamPart {
 pub struct Refilter {
     pub conn: ConnId,
     pub filter: Filter,
+}
+
+/// A table's rows matching `filter` as of one cut, for the HTTP API: read
+/// as a `snapshot: true` subscribe reads them, with no subscription.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadTable {
+    pub filter: Filter,
+    pub reply: tokio::sync::oneshot::Sender<Result<TableRows, ProtocolError>>,
+}
+
+/// A table's rows as of `seq`: resuming from `seq` and `epoch` gets
+/// exactly the changes after them.
+#[derive(Debug)]
+pub struct TableRows {
+    pub seq: u64,
+    pub epoch: String,
+    pub key: Vec<String>,
+    pub rows: Vec<Row>,
 }
 
 #[cfg(test)]

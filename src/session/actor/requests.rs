@@ -175,13 +175,7 @@ impl SessionActor {
 
     /// The token's `realtime.filters` entry for `table`.
     pub(super) fn forced_filter(&self, table: &str) -> Result<Filter, ProtocolError> {
-        match self.identity.grants.forced_filters.get(table) {
-            None => Ok(Filter::default()),
-            Some(Value::Object(forced)) => Filter::parse(forced),
-            Some(_) => Err(ProtocolError::forbidden(format!(
-                "your token's filter for `{table}` is not an object"
-            ))),
-        }
+        Filter::forced(self.identity.grants.forced_filters.get(table), table)
     }
 
     /// `track`: the topic must be subscribed; the state is at most

@@ -9,8 +9,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use crate::changes::snapshot::{self, SnapshotError, SnapshotRequest};
-use crate::changes::{self};
+use crate::changes::snapshot::{self, Snapshot, SnapshotError, SnapshotRequest};
+use crate::changes::{self, Change, Filter};
 use crate::clock::now_ms;
 use crate::history::{self};
 use crate::outbox::messages::FrameKind;
@@ -161,14 +161,26 @@ impl TopicActor {
     /// until the tracker watches the table, so every change committed after
     /// `subscribed` is delivered.
     pub(super) fn subscribe_table(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        self.when_watched(ctx, move |topic, ctx, watched| match watched {
+            Ok(()) => topic.admit_to_table(msg, ctx),
+            Err(error) => topic.refuse(&msg, error),
+        });
+    }
+
+    /// Runs `then` once the tracker watches this topic's table: at once when
+    /// it does, else after asking it (the topic handles nothing else
+    /// meanwhile).
+    pub(super) fn when_watched(
+        &mut self,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), ProtocolError>) + 'static,
+    ) {
         let Some(table) = &self.table else {
-            return self.refuse(
-                &msg,
-                ProtocolError::unavailable("table topics are not tracked here"),
-            );
+            let error = ProtocolError::unavailable("table topics are not tracked here");
+            return then(self, ctx, Err(error));
         };
         if table.shape.is_some() {
-            return self.admit_to_table(msg, ctx);
+            return then(self, ctx, Ok(()));
         }
         let watch = table
             .tracking
@@ -183,22 +195,19 @@ impl TopicActor {
                         if let Some(table) = &mut topic.table {
                             table.shape = Some(watched.shape);
                         }
-                        topic.admit_to_table(msg, ctx);
+                        then(topic, ctx, Ok(()));
                     }
                     Ok(None) => {
-                        let name = topic.name.to_string();
-                        topic.refuse(
-                            &msg,
-                            ProtocolError::new(
-                                ErrorCode::NotFound,
-                                format!("there is no table `{name}`"),
-                            ),
+                        let error = ProtocolError::new(
+                            ErrorCode::NotFound,
+                            format!("there is no table `{}`", topic.name),
                         );
+                        then(topic, ctx, Err(error));
                     }
-                    Err(e) => topic.refuse(
-                        &msg,
-                        ProtocolError::unavailable(format!("change tracker: {e}")),
-                    ),
+                    Err(e) => {
+                        let error = ProtocolError::unavailable(format!("change tracker: {e}"));
+                        then(topic, ctx, Err(error));
+                    }
                 }),
         );
     }
@@ -277,34 +286,86 @@ impl TopicActor {
         );
     }
 
-    /// Admits a table subscriber with the table's matching rows first: read
-    /// off the actor's thread at one cut ([`snapshot`]), whose seq `S` the
-    /// `subscribed` names. What lies between the cut and what this topic has
-    /// delivered is read from the log in the same step: when the topic is
-    /// behind the cut, those changes go to its subscribers now (and the
-    /// tracker's copies are skipped later, as older than the topic's seq);
-    /// when it is ahead, they follow the rows for this subscriber alone. So
-    /// the rows are followed by exactly the changes after `S`.
+    /// Admits a table subscriber with the table's matching rows first
+    /// ([`Self::take_snapshot`]): `subscribed` names the cut's seq, the rows
+    /// follow in pages, then the changes after the cut.
     pub(super) fn admit_with_snapshot(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let Some(page_rows) = self.table.as_deref().map(|t| t.tracking.snapshot_page_rows) else {
+            return;
+        };
+        self.take_snapshot(msg.filter.clone(), ctx, move |topic, taken| {
+            let (snapshot, after) = match taken {
+                Ok(taken) => taken,
+                Err(error) => return topic.refuse(&msg, error),
+            };
+            let pages: Vec<&[crate::changes::Row]> = match snapshot.rows.is_empty() {
+                true => vec![&[]],
+                false => snapshot.rows.chunks(page_rows.max(1)).collect(),
+            };
+            let count = pages.len();
+            let mut frames: Vec<ByteString> = pages
+                .into_iter()
+                .enumerate()
+                .map(|(i, rows)| {
+                    server::snapshot_page(
+                        msg.reference.as_ref(),
+                        &msg.spelling,
+                        snapshot.seq,
+                        &snapshot.key,
+                        rows,
+                        i + 1 == count,
+                    )
+                })
+                .collect();
+            frames.extend(
+                after
+                    .iter()
+                    .filter(|change| change.visible_through(&msg.filter))
+                    .map(|change| TopicFrame::db_change(change).for_spelling(&msg.spelling)),
+            );
+            topic.admit_at(msg, false, snapshot.seq, frames);
+        });
+    }
+
+    /// Reads the table's rows matching `filter` at one cut ([`snapshot`]),
+    /// off the actor's thread, and the log between that cut and what this
+    /// topic has delivered, in the same step. When the topic is behind the
+    /// cut, those changes go to its subscribers now (the tracker's copies
+    /// are skipped later, as older than the topic's seq); when it is ahead,
+    /// they are handed to `then` with the rows: the changes after the cut
+    /// that a new subscriber still needs. The topic handles nothing else
+    /// meanwhile, so its seq is stable while the read runs.
+    pub(super) fn take_snapshot(
+        &mut self,
+        filter: Filter,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, Result<(Snapshot, Vec<Change>), ProtocolError>) + 'static,
+    ) {
         let Some(TableState {
             tracking,
             shape: Some(shape),
         }) = self.table.as_deref()
         else {
-            return;
+            let error = ProtocolError::unavailable("the table is not watched");
+            return then(self, Err(error));
         };
+        if let Some(column) = filter.unknown_column(&shape.columns) {
+            let error = ProtocolError::bad_request(format!(
+                "table `{}` has no column `{column}`",
+                self.name
+            ));
+            return then(self, Err(error));
+        }
         let Some(table) = tracking.tracker.table(self.name.as_str()) else {
             let error = ProtocolError::forbidden(format!("table `{}` is not served", self.name));
-            return self.refuse(&msg, error);
+            return then(self, Err(error));
         };
         let (db, columns, decoder) = (
             tracking.db.clone(),
             shape.columns.clone(),
             shape.decoder.clone(),
         );
-        let (page_rows, max_rows) = (tracking.snapshot_page_rows, tracking.max_snapshot_rows);
-        let filter = msg.filter.clone();
-        // Stable while this read runs: the topic handles nothing meanwhile.
+        let max_rows = tracking.max_snapshot_rows;
         let known = self.seq;
         let reader = decoder.clone();
         let read = async move {
@@ -333,58 +394,33 @@ impl TopicActor {
         ctx.wait(read.into_actor(self).map(move |result, topic, _ctx| {
             let (snapshot, between) = match result {
                 Ok(Ok(read)) => read,
-                Ok(Err(refused)) => return topic.refuse(&msg, refused.into()),
+                Ok(Err(refused)) => return then(topic, Err(refused.into())),
                 Err(e) => {
                     let error = ProtocolError::unavailable(format!("the snapshot failed: {e}"));
-                    return topic.refuse(&msg, error);
+                    return then(topic, Err(error));
                 }
             };
-            let between: Vec<_> = between
+            let between: Vec<Change> = between
                 .into_iter()
                 .filter_map(|row| row.decode(&decoder))
                 .collect();
-            // What follows the rows for this subscriber alone.
-            let mut after = Vec::new();
-            if snapshot.seq > topic.seq {
-                for change in between {
-                    if change.seq > topic.seq {
-                        topic.seq = change.seq;
-                        topic.publish_change(change);
-                    }
-                }
-                topic.seq = topic.seq.max(snapshot.seq);
-                // Those go to the subscribers already here, not to this one.
-                topic.flush_fan_out();
-            } else {
-                after.extend(
-                    between
-                        .iter()
-                        .filter(|change| change.seq > snapshot.seq)
-                        .filter(|change| change.visible_through(&msg.filter))
-                        .map(|change| TopicFrame::db_change(change).for_spelling(&msg.spelling)),
-                );
+            if snapshot.seq <= topic.seq {
+                let after = between
+                    .into_iter()
+                    .filter(|change| change.seq > snapshot.seq)
+                    .collect();
+                return then(topic, Ok((snapshot, after)));
             }
-            let pages: Vec<&[crate::changes::Row]> = match snapshot.rows.is_empty() {
-                true => vec![&[]],
-                false => snapshot.rows.chunks(page_rows.max(1)).collect(),
-            };
-            let count = pages.len();
-            let mut frames: Vec<ByteString> = pages
-                .into_iter()
-                .enumerate()
-                .map(|(i, rows)| {
-                    server::snapshot_page(
-                        msg.reference.as_ref(),
-                        &msg.spelling,
-                        snapshot.seq,
-                        &snapshot.key,
-                        rows,
-                        i + 1 == count,
-                    )
-                })
-                .collect();
-            frames.extend(after);
-            topic.admit_at(msg, false, snapshot.seq, frames);
+            for change in between {
+                if change.seq > topic.seq {
+                    topic.seq = change.seq;
+                    topic.publish_change(change);
+                }
+            }
+            topic.seq = topic.seq.max(snapshot.seq);
+            // Those went to the subscribers already here.
+            topic.flush_fan_out();
+            then(topic, Ok((snapshot, Vec::new())));
         }));
     }
 }
