@@ -199,3 +199,90 @@ test('the seed\'s Live Order Dashboard runs verbatim on clients/react and stays 
   await page.waitForFunction(() => document.body.textContent.includes('↻ Order 103 → cancelled'));
   assert.deepEqual(problems, []);
 });
+
+/** A page that shows a table with `useTable`, and nothing else. */
+const TABLE_PAGE = `
+import { createRoot } from 'react-dom/client';
+import { AerostackProvider, useTable } from '@aerostack/react';
+function Stock() {
+  const { rows, loading, error } = useTable('stock');
+  if (error) return <p id="error">{error.code}</p>;
+  if (loading) return <p id="loading">loading</p>;
+  const sorted = [...rows].sort((a, b) => a.id - b.id);
+  return <ul id="rows">{sorted.map((r) => <li key={r.id} data-id={r.id}>{r.id}:{r.qty}</li>)}</ul>;
+}
+createRoot(document.getElementById('root')).render(
+  <AerostackProvider baseUrl={window.REALTIDE}><Stock /></AerostackProvider>
+);
+`;
+
+test('a useTable page opened while the table is written ends equal to the table', async (t) => {
+  const { dir, sql: shell } = scratchDatabase('realtide-usetable-');
+  const dbPath = join(dir, 'rt.db');
+  shell('CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)');
+  for (let id = 1; id <= 20; id++) shell(`INSERT INTO stock VALUES (${id}, ${id})`);
+  const realtide = await startServer(dbPath);
+  writeFileSync(join(dir, 'table.jsx'), TABLE_PAGE);
+  await build({
+    entryPoints: [join(dir, 'table.jsx')],
+    bundle: true,
+    format: 'esm',
+    jsx: 'automatic',
+    outfile: join(dir, 'table.js'),
+    alias: {
+      '@aerostack/react': join(root, 'clients/react/index.js'),
+      realtide: join(root, 'clients/js/realtide.js'),
+      react: join(here, 'node_modules/react'),
+      'react-dom': join(here, 'node_modules/react-dom'),
+    },
+    nodePaths: [join(here, 'node_modules')],
+    define: { 'process.env.NODE_ENV': '"production"' },
+    logLevel: 'silent',
+  });
+  const script = readFileSync(join(dir, 'table.js'));
+  const app = createHttpServer((req, res) => {
+    if (req.url === '/table.js') {
+      res.writeHead(200, { 'content-type': 'text/javascript' });
+      return res.end(script);
+    }
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end(`<!doctype html><meta charset="utf-8"><div id="root"></div>
+<script>window.REALTIDE = ${JSON.stringify(realtide.http)};</script><script type="module" src="/table.js"></script>`);
+  });
+  await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+  const browser = await launchChromium();
+  t.after(async () => {
+    await browser.close();
+    app.close();
+    await realtide.stop('SIGKILL');
+  });
+
+  // Writes run before, while and after the page opens.
+  let writing = true;
+  const writer = (async () => {
+    for (let n = 0; writing; n++) {
+      const id = (n * 7) % 30 + 1;
+      const statement = n % 5 === 0
+        ? `DELETE FROM stock WHERE id = ${id}`
+        : `INSERT INTO stock VALUES (${id}, ${n}) ON CONFLICT (id) DO UPDATE SET qty = excluded.qty`;
+      try { shell(statement); } catch {}
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  })();
+  const page = await browser.newPage();
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(error.message));
+  await page.goto(`http://127.0.0.1:${app.address().port}/`);
+  await page.waitForSelector('#rows');
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  writing = false;
+  await writer;
+  const table = JSON.parse(execFileSync('sqlite3', ['-json', '-cmd', '.timeout 5000', dbPath,
+    'SELECT id, qty FROM stock ORDER BY id']).toString() || '[]').map((r) => `${r.id}:${r.qty}`);
+  await page.waitForFunction((expected) => {
+    const shown = [...document.querySelectorAll('#rows li')].map((li) => li.textContent);
+    return JSON.stringify(shown) === JSON.stringify(expected);
+  }, table, { timeout: 10000 });
+  assert.ok(table.length > 0);
+  assert.deepEqual(problems, []);
+});

@@ -45,6 +45,13 @@ export interface ChannelOptions {
   echo?: boolean;
   /** Pub/sub topics: the last N stored messages first (at most 100). */
   history?: number;
+  /**
+   * Table topics: keep the table's matching rows (`channel.rows`, and a
+   * `rows` event whenever they change). They are loaded with the
+   * subscription and kept by every change after; across reconnects the
+   * channel resumes, and reloads the rows only when it cannot.
+   */
+  rows?: boolean;
 }
 
 export interface Frame {
@@ -75,7 +82,9 @@ export type Presence = Record<string, { conn: string; state: Record<string, unkn
 
 export interface Channel {
   readonly topic: string;
-  /** `INSERT`, `UPDATE`, `DELETE`, an event name, `chat`, `presence:sync|join|leave`, `resync`, `unsubscribed`, `error` (a refused subscription), or `'*'`. */
+  /** With `rows: true`: the table's matching rows as this channel holds them. */
+  readonly rows: Record<string, unknown>[];
+  /** `INSERT`, `UPDATE`, `DELETE`, `rows` (with `rows: true`), an event name, `chat`, `presence:sync|join|leave`, `resync`, `unsubscribed`, `error` (a refused subscription), or `'*'`. */
   on(event: string, callback: (frame: Frame) => void): Channel;
   off(event: string, callback: (frame: Frame) => void): Channel;
   /** Subscribes (connecting the client if needed); resolves with `subscribed`. */

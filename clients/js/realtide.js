@@ -306,6 +306,40 @@ class RealtimeClient {
   }
 }
 
+/** Values compared as the server compares them: numbers numerically, strings by code point, other types never ordered. */
+function compare(a, b) {
+  if (typeof a === 'number' && typeof b === 'number') return a < b ? -1 : a > b ? 1 : 0;
+  if (typeof a === 'string' && typeof b === 'string') return a < b ? -1 : a > b ? 1 : 0;
+  return null;
+}
+
+function same(a, b) {
+  return a === b || (a !== null && b !== null && typeof a === 'object' && JSON.stringify(a) === JSON.stringify(b));
+}
+
+const OPERATORS = {
+  eq: (v, w) => same(v, w),
+  neq: (v, w) => !same(v, w),
+  lt: (v, w) => compare(v, w) === -1,
+  lte: (v, w) => [-1, 0].includes(compare(v, w)),
+  gt: (v, w) => compare(v, w) === 1,
+  gte: (v, w) => [0, 1].includes(compare(v, w)),
+  in: (v, w) => Array.isArray(w) && w.some((x) => same(v, x)),
+};
+
+/** Whether `row` matches a subscription filter (`{column: value}` or `{column: {op: value}}`). */
+function matches(filter, row) {
+  if (!filter) return true;
+  return Object.entries(filter).every(([column, wanted]) => {
+    if (!(column in row)) return false;
+    const value = row[column];
+    if (wanted !== null && typeof wanted === 'object' && !Array.isArray(wanted)) {
+      return Object.entries(wanted).every(([op, w]) => OPERATORS[op]?.(value, w) ?? false);
+    }
+    return same(value, wanted);
+  });
+}
+
 class Channel {
   constructor(client, topic, options) {
     this.client = client;
@@ -320,6 +354,15 @@ class Channel {
     this.presenceState = {};
     this.trackedState = null;
     this.historyLeft = 0;
+    // With `rows: true` (table topics): the table's matching rows, by key.
+    this.rowMap = new Map();
+    this.key = null;
+    this.staged = null;
+  }
+
+  /** The table's matching rows as this channel holds them (`rows: true`). */
+  get rows() {
+    return [...this.rowMap.values()];
   }
 
   /** Listens to an event: `INSERT`, `UPDATE`, `DELETE`, a custom name,
@@ -362,8 +405,11 @@ class Channel {
 
   resubscribe() {
     const frame = { type: 'subscribe', topic: this.topic };
-    const { filter, echo, history } = this.options;
+    const { filter, echo, history, rows } = this.options;
     if (filter !== undefined) frame.filter = filter;
+    // The rows first (or, resuming, only what was missed: the server sends
+    // rows again only when it cannot resume).
+    if (rows) frame.snapshot = true;
     if (echo !== undefined) frame.echo = echo;
     if (history !== undefined && !this.subscribedOnce) {
       frame.history = history;
@@ -385,7 +431,7 @@ class Channel {
         this.subscribedOnce = true;
         if (this.trackedState) this.client.send({ type: 'track', topic: this.topic, state: this.trackedState });
         this.emit('subscribed', reply);
-        if (lost) this.emit('resync', { reason: 'events were missed while disconnected; reload your state' });
+        if (lost && !this.options.rows) this.emit('resync', { reason: 'events were missed while disconnected; reload your state' });
         this.onSubscribed?.resolve(reply);
         this.onSubscribed = null;
       })
@@ -405,6 +451,10 @@ class Channel {
       this.emit('unsubscribed', frame);
       return;
     }
+    if (frame.type === 'snapshot') {
+      this.snapshotPage(frame);
+      return;
+    }
     // `chat_message` is an event named `chat` (the SDKs' legacy chat).
     if (frame.type !== 'event' && frame.type !== 'db_change' && frame.type !== 'chat_message') return;
     if (frame.message_id !== undefined && this.historyLeft > 0 && frame.seq <= this.lastSeq) {
@@ -415,6 +465,7 @@ class Channel {
       this.lastSeq = frame.seq;
     }
     if (frame.type === 'db_change') {
+      if (this.options.rows) this.applyChange(frame);
       this.emit(frame.operation, frame);
       return;
     }
@@ -429,6 +480,36 @@ class Channel {
       else delete this.presenceState[frame.data.key];
     }
     this.emit(frame.event, frame);
+  }
+
+  /** A page of the table's rows; the last one replaces what the channel held. */
+  snapshotPage(frame) {
+    if (!this.options.rows) return;
+    this.key = frame.key;
+    this.staged ??= new Map();
+    for (const row of frame.rows) this.staged.set(this.keyOf(row), row);
+    if (!frame.last) return;
+    this.rowMap = this.staged;
+    this.staged = null;
+    this.emit('rows', this.rows);
+  }
+
+  keyOf(row) {
+    return JSON.stringify((this.key ?? ['id']).map((column) => row[column]));
+  }
+
+  /** A change applied to the rows: put when the new row matches the filter, else removed. */
+  applyChange(frame) {
+    const row = frame.data;
+    const id = this.keyOf(frame.operation === 'DELETE' ? (frame.old ?? row) : row);
+    if (frame.operation !== 'DELETE' && matches(this.options.filter, row)) {
+      this.rowMap.set(id, row);
+    } else {
+      this.rowMap.delete(id);
+      // An UPDATE of the key itself: the old key goes too.
+      if (frame.old) this.rowMap.delete(this.keyOf(frame.old));
+    }
+    this.emit('rows', this.rows);
   }
 
   unsubscribe() {

@@ -44,6 +44,19 @@ export function useSubscription(
   options?: { event?: string; filter?: Record<string, unknown> },
 ): SubscriptionState;
 
+export interface TableState {
+  /** The table's rows that match the filter, kept live. */
+  rows: Record<string, unknown>[];
+  error: RealtimeError | null;
+  /** True until the rows have arrived. */
+  loading: boolean;
+}
+
+export function useTable(
+  table: string | null | undefined,
+  options?: { filter?: Record<string, unknown> },
+): TableState;
+
 export function usePresence(topic: string | null | undefined, state?: Record<string, unknown>): Presence;
 
 export function useRealtimeStatus(): { status: Status; error: RealtimeError | null };

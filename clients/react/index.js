@@ -152,6 +152,39 @@ export function useSubscription(topic, { event = '*', filter } = {}) {
 }
 
 /**
+ * A table's rows, kept live: `{ rows, loading, error }`. `rows` are the
+ * table's rows that match `filter` (and the token's forced filter) as the
+ * server holds them: loaded with the subscription, then kept by every
+ * change, across reconnects (reloaded only when the server cannot resume).
+ */
+export function useTable(table, { filter } = {}) {
+  const { shared } = useAerostack();
+  const [state, setState] = useState({ rows: [], error: null, loading: Boolean(table) });
+  const filterKey = JSON.stringify(filter ?? null);
+  useEffect(() => {
+    if (!table) return undefined;
+    let live = true;
+    setState({ rows: [], error: null, loading: true });
+    const options = filter ? { filter, rows: true } : { rows: true };
+    const { channel, subscribed } = shared.acquire(table, options);
+    const listener = (rows) => {
+      if (live) setState({ rows, error: null, loading: false });
+    };
+    channel.on('rows', listener);
+    if (channel.subscribedOnce && channel.options.rows) listener(channel.rows);
+    subscribed.catch((error) => live && setState({ rows: [], error, loading: false }));
+    return () => {
+      live = false;
+      channel.off('rows', listener);
+      shared.release(table);
+    };
+    // `filterKey` stands for `filter`: a new object with the same content is the same filter.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [shared, table, filterKey]);
+  return state;
+}
+
+/**
  * Who is on `topic` now: `{ "<key>": [{ conn, state }] }`. With `state`,
  * this connection is tracked there with it (and untracked on unmount).
  */

@@ -123,6 +123,43 @@ test('table changes arrive as INSERT, UPDATE and DELETE', async (t) => {
   assert.deepEqual(got, [['INSERT', 'pending'], ['UPDATE', 'pending->shipped'], ['DELETE', '1']]);
 });
 
+test('a channel with rows holds the table while a writer commits, across a server restart', async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  server.sql('CREATE TABLE stock (id INTEGER PRIMARY KEY, item TEXT, qty INTEGER)');
+  for (let id = 1; id <= 30; id++) server.sql(`INSERT INTO stock VALUES (${id}, 'item${id}', ${id})`);
+  let writing = true;
+  const writer = (async () => {
+    for (let n = 0; writing; n++) {
+      const id = (n * 7) % 40 + 1;
+      const sql = n % 4 === 0
+        ? `DELETE FROM stock WHERE id = ${id}`
+        : `INSERT INTO stock VALUES (${id}, 'item${id}', ${n}) ON CONFLICT (id) DO UPDATE SET qty = excluded.qty`;
+      try { server.sql(sql); } catch {}
+      await sleep(5);
+    }
+  })();
+  await sleep(100);
+  const client = createClient({ url: server.ws, minDelayMs: 50 });
+  t.after(() => client.disconnect());
+  const all = client.channel('stock', { rows: true });
+  let rowEvents = 0;
+  all.on('rows', () => { rowEvents += 1; });
+  await all.subscribe();
+  await waitFor(() => rowEvents > 0);
+  await sleep(200);
+  await server.restart();
+  await sleep(300);
+  writing = false;
+  await writer;
+  const table = () => JSON.parse(execFileSync('sqlite3', ['-json', '-cmd', '.timeout 5000', server.dbPath,
+    'SELECT id, item, qty FROM stock ORDER BY id']).toString() || '[]');
+  const held = () => [...all.rows].sort((a, b) => a.id - b.id);
+  await waitFor(() => JSON.stringify(held()) === JSON.stringify(table()), 10000).catch(() => {});
+  assert.deepEqual(held(), table());
+  assert.ok(table().length > 0);
+});
+
 test('a dropped socket in the middle of a stream of events loses and repeats nothing', async (t) => {
   const server = await startServer();
   t.after(() => server.kill());
