@@ -120,7 +120,11 @@ async fn ask(ask: web::Json<Ask>, base: web::Data<String>) -> HttpResponse {
             tokio::time::sleep(Duration::from_millis(60)).await;
             Some((Ok::<_, std::io::Error>(bytes::Bytes::from(token)), tokens))
         });
-        let sent = awc::Client::new().post(url).send_stream(body).await;
+        let sent = reqwest::Client::new()
+            .post(url)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "streaming the answer failed");
         }
