@@ -21,6 +21,8 @@ mod idle;
 mod persist;
 #[path = "load/readers.rs"]
 mod readers;
+#[path = "load/snapshot.rs"]
+mod snapshot;
 #[path = "load/stream.rs"]
 mod stream;
 
@@ -29,6 +31,7 @@ use self::fanout::{Load, fanout_compared, find_max, replot};
 use self::idle::idle_compared;
 use self::persist::persist;
 use self::readers::{raw_socket, read_all};
+use self::snapshot::snapshot;
 use self::stream::stream;
 
 use std::collections::HashMap;
@@ -129,6 +132,14 @@ enum Mode {
         /// Topics the back-to-back publishes are spread over, round robin.
         #[arg(long, default_value_t = 1)]
         topics: u64,
+        #[command(flatten)]
+        db: Database,
+    },
+    /// A table's rows by `snapshot: true`: time to the first and last frame,
+    /// and another topic's delivery p99 while snapshots run.
+    Snapshot {
+        #[arg(long, default_value_t = 10_000)]
+        rows: u64,
         #[command(flatten)]
         db: Database,
     },
@@ -582,6 +593,7 @@ fn main() {
                 topics,
                 db,
             } => persist(&db.backend, messages, topics, &db.postgres_url).await,
+            Mode::Snapshot { rows, db } => snapshot(&db.backend, rows, &db.postgres_url).await,
             Mode::Changes {
                 rows,
                 writes,
