@@ -36,7 +36,11 @@ async fn take_snapshot(addr: &str) -> (f64, f64) {
 
 pub(super) async fn snapshot(backend: &str, rows: u64, postgres_url: &str) {
     let mut scratch = ScratchDb::new(backend, postgres_url);
-    create_bench_rows(&mut realtide::db::connect(&scratch.url).unwrap(), backend, rows);
+    create_bench_rows(
+        &mut realtide::db::connect(&scratch.url).unwrap(),
+        backend,
+        rows,
+    );
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
 
     let mut reads = Vec::new();
@@ -59,7 +63,9 @@ pub(super) async fn snapshot(backend: &str, rows: u64, postgres_url: &str) {
         let (during, histograms) = (during.clone(), histograms.clone());
         readers.push(tokio::spawn(async move {
             while let Some(Ok(message)) = ws.next().await {
-                let Message::Text(text) = message else { continue };
+                let Message::Text(text) = message else {
+                    continue;
+                };
                 if let Some(sent) = number_after(text.as_bytes(), br#""t":"#) {
                     let micros = now_ns().saturating_sub(sent) / 1000;
                     let phase = usize::from(during.load(Ordering::Relaxed));
@@ -82,7 +88,8 @@ pub(super) async fn snapshot(backend: &str, rows: u64, postgres_url: &str) {
                     now_ns()
                 );
                 ws.send(Message::text(frame)).await.unwrap();
-                tokio::time::sleep_until((started + Duration::from_millis(5 * (i + 1))).into()).await;
+                tokio::time::sleep_until((started + Duration::from_millis(5 * (i + 1))).into())
+                    .await;
             }
         })
     };
@@ -100,7 +107,8 @@ pub(super) async fn snapshot(backend: &str, rows: u64, postgres_url: &str) {
             while started.elapsed() < Duration::from_secs(3) {
                 take_snapshot(&addr).await;
                 taken += 1;
-                tokio::time::sleep_until((started + Duration::from_millis(100 * taken)).into()).await;
+                tokio::time::sleep_until((started + Duration::from_millis(100 * taken)).into())
+                    .await;
             }
             taken
         })

@@ -82,12 +82,17 @@ createRoot(document.getElementById('root')).render(
   </AerostackProvider>
 );
 `);
+  return bundleFile(join(dir, 'main.jsx'), join(dir, 'app.js'));
+}
+
+/** `entry` bundled for the browser, `@aerostack/react` resolved to clients/react. */
+async function bundleFile(entry, outfile) {
   await build({
-    entryPoints: [join(dir, 'main.jsx')],
+    entryPoints: [entry],
     bundle: true,
     format: 'esm',
     jsx: 'automatic',
-    outfile: join(dir, 'app.js'),
+    outfile,
     alias: {
       '@aerostack/react': join(root, 'clients/react/index.js'),
       realtide: join(root, 'clients/js/realtide.js'),
@@ -99,7 +104,7 @@ createRoot(document.getElementById('root')).render(
     define: { 'process.env.NODE_ENV': '"production"' },
     logLevel: 'silent',
   });
-  return readFileSync(join(dir, 'app.js'));
+  return readFileSync(outfile);
 }
 
 /** The app's server: the page, its bundle, and the seed's two routes on the same SQLite file. */
@@ -223,23 +228,7 @@ test('a useTable page opened while the table is written ends equal to the table'
   for (let id = 1; id <= 20; id++) shell(`INSERT INTO stock VALUES (${id}, ${id})`);
   const realtide = await startServer(dbPath);
   writeFileSync(join(dir, 'table.jsx'), TABLE_PAGE);
-  await build({
-    entryPoints: [join(dir, 'table.jsx')],
-    bundle: true,
-    format: 'esm',
-    jsx: 'automatic',
-    outfile: join(dir, 'table.js'),
-    alias: {
-      '@aerostack/react': join(root, 'clients/react/index.js'),
-      realtide: join(root, 'clients/js/realtide.js'),
-      react: join(here, 'node_modules/react'),
-      'react-dom': join(here, 'node_modules/react-dom'),
-    },
-    nodePaths: [join(here, 'node_modules')],
-    define: { 'process.env.NODE_ENV': '"production"' },
-    logLevel: 'silent',
-  });
-  const script = readFileSync(join(dir, 'table.js'));
+  const script = await bundleFile(join(dir, 'table.jsx'), join(dir, 'table.js'));
   const app = createHttpServer((req, res) => {
     if (req.url === '/table.js') {
       res.writeHead(200, { 'content-type': 'text/javascript' });

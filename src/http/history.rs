@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, bearer};
+use super::ApiError;
 use crate::history::{self, Before, PageRequest};
 use crate::protocol::ProtocolError;
 use crate::state::AppState;
@@ -63,10 +63,7 @@ pub async fn public(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let token = query.token.as_deref().or_else(|| bearer(&req));
-    let key = super::ws::header_key(req.headers());
-    let identity = super::ws::identify(&state, token, key, None)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let identity = super::client_identity(&req, query.token.as_deref(), &state)?;
     let name = pubsub_topic(&state, &query.room)?;
     if !identity.grants.can_subscribe(name.as_str()) {
         return Err(ProtocolError::forbidden(format!(

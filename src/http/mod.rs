@@ -123,6 +123,19 @@ pub fn require(req: &HttpRequest, guard: &KeyGuard, state: &AppState) -> Result<
 }
 
 /// The `Authorization: Bearer <credential>` of a request.
+/// Who a client's HTTP request comes from, with the socket's credentials: a
+/// token (the query's `token`, else `Authorization: Bearer`) or an API key
+/// (`X-Aerostack-Key`). A refusal is counted as the socket's are.
+pub fn client_identity(
+    req: &HttpRequest,
+    query_token: Option<&str>,
+    state: &AppState,
+) -> Result<crate::auth::Identity, crate::protocol::ProtocolError> {
+    let token = query_token.or_else(|| bearer(req));
+    let key = ws::header_key(req.headers());
+    ws::identify(state, token, key, None).inspect_err(|e| state.metrics.error(e.code))
+}
+
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     bearer_in(req.headers())
 }

@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, bearer};
+use super::ApiError;
 use crate::changes::Filter;
 use crate::protocol::ProtocolError;
 use crate::registry::ReadTableOf;
@@ -32,10 +32,7 @@ pub async fn rows(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let token = query.token.as_deref().or_else(|| bearer(&req));
-    let key = super::ws::header_key(req.headers());
-    let identity = super::ws::identify(&state, token, key, None)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let identity = super::client_identity(&req, query.token.as_deref(), &state)?;
     let name = TopicName::parse(&table, &state.config.project_id)?;
     if name.kind() != TopicKind::Table {
         return Err(ProtocolError::bad_request(format!(
