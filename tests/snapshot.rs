@@ -280,7 +280,34 @@ async fn clients_that_subscribe_during_writes_end_equal_to_the_table() {
             db.execute(&format!("INSERT INTO items VALUES ({id}, 'ann', {id})"));
         }
         let app = TestApp::spawn_on(db, |_| {}).await;
-        let url = app.db.url.clone();
+        clients_end_equal_to_the_table(&[&app], &app.db, backend).await;
+    }
+}
+
+/// The same through a cluster of two nodes sharing the database and Redis:
+/// clients alternate between the nodes, and each node makes its own cut.
+#[tokio::test]
+async fn clients_of_two_nodes_that_subscribe_during_writes_end_equal_to_the_table() {
+    let Some(redis) = common::cluster::RedisServer::start() else {
+        return;
+    };
+    let db = common::cluster::shared_database();
+    let backend = db.backend();
+    db.execute(ITEMS);
+    for id in 1..=40 {
+        db.execute(&format!("INSERT INTO items VALUES ({id}, 'ann', {id})"));
+    }
+    let one = common::cluster::node(&db, &redis, "one").await;
+    let two = common::cluster::node(&db, &redis, "two").await;
+    clients_end_equal_to_the_table(&[&one, &two], &db, backend).await;
+}
+
+/// Four writers run while twenty clients (one in three filtered to bob's
+/// rows) subscribe with `snapshot: true` on `nodes` in turn; then each
+/// client's rows are compared with the table.
+async fn clients_end_equal_to_the_table(nodes: &[&TestApp], db: &TestDb, backend: &str) {
+    {
+        let url = db.url.clone();
         let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writers: Vec<_> = (0..4u64)
             .map(|w| {
@@ -320,7 +347,7 @@ async fn clients_that_subscribe_during_writes_end_equal_to_the_table() {
         let mut clients = Vec::new();
         for i in 0..20 {
             tokio::time::sleep(Duration::from_millis(15 + (i * 7) % 20)).await;
-            let mut client = app.client().await;
+            let mut client = nodes[i as usize % nodes.len()].client().await;
             let filtered = i % 3 == 0;
             let mut request =
                 json!({"type": "subscribe", "topic": "items", "snapshot": true, "ref": i});
@@ -335,8 +362,8 @@ async fn clients_that_subscribe_during_writes_end_equal_to_the_table() {
         for writer in writers {
             writer.join().unwrap();
         }
-        let everything = table_rows(&app.db, |_| true);
-        let bobs = table_rows(&app.db, bob);
+        let everything = table_rows(db, |_| true);
+        let bobs = table_rows(db, bob);
         // Every change up to the writers' last arrives, then silence; the
         // clients drain side by side.
         let drained = clients
