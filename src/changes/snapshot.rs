@@ -155,21 +155,26 @@ fn keep(
     Ok(kept)
 }
 
+/// The primary key's columns, in key order; a table without one cannot
+/// have its rows kept by key.
+fn primary_key(table: &TableRef, columns: Vec<Name>) -> Result<Vec<String>, SnapshotError> {
+    match columns.is_empty() {
+        true => Err(SnapshotError::NoPrimaryKey(table.topic.clone())),
+        false => Ok(columns.into_iter().map(|c| c.name).collect()),
+    }
+}
+
 fn read_sqlite(
     conn: &mut diesel::SqliteConnection,
     request: &SnapshotRequest<'_>,
 ) -> Result<Snapshot, SnapshotError> {
     let table = request.table;
-    let key: Vec<String> =
+    let key = primary_key(
+        table,
         diesel::sql_query("SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk")
             .bind::<Text, _>(&table.name)
-            .load::<Name>(conn)?
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-    if key.is_empty() {
-        return Err(SnapshotError::NoPrimaryKey(table.topic.clone()));
-    }
+            .load(conn)?,
+    )?;
     let seq = seq_of(
         diesel::sql_query(LATEST_SEQ)
             .bind::<Text, _>(&table.topic)
@@ -193,20 +198,17 @@ fn read_postgres(
     request: &SnapshotRequest<'_>,
 ) -> Result<Snapshot, SnapshotError> {
     let table = request.table;
-    let key: Vec<String> = diesel::sql_query(
-        "SELECT a.attname AS name FROM pg_index i \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-         WHERE i.indrelid = to_regclass($1) AND i.indisprimary \
-         ORDER BY array_position(i.indkey::int2[], a.attnum)",
-    )
-    .bind::<Text, _>(table.sql())
-    .load::<Name>(conn)?
-    .into_iter()
-    .map(|n| n.name)
-    .collect();
-    if key.is_empty() {
-        return Err(SnapshotError::NoPrimaryKey(table.topic.clone()));
-    }
+    let key = primary_key(
+        table,
+        diesel::sql_query(
+            "SELECT a.attname AS name FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        )
+        .bind::<Text, _>(table.sql())
+        .load(conn)?,
+    )?;
     let sql = format!(
         "SELECT row_to_json(t)::text AS row FROM {} AS t ORDER BY {}",
         table.sql(),

@@ -83,21 +83,14 @@ pub async fn rows(
 
 /// The answer's JSON, each row's text spliced in as it is.
 fn body(topic: &str, rows: &TableRows) -> String {
-    let mut body =
-        String::with_capacity(96 + rows.rows.iter().map(|r| r.json().len() + 1).sum::<usize>());
-    body.push_str(r#"{"topic":"#);
+    let mut body = String::from(r#"{"topic":"#);
     body.push_str(&Value::from(topic).to_string());
     body.push_str(&format!(r#","seq":{},"epoch":"#, rows.seq));
     body.push_str(&Value::from(rows.epoch.as_str()).to_string());
     body.push_str(r#","key":"#);
     body.push_str(&Value::from(rows.key.clone()).to_string());
-    body.push_str(r#","rows":["#);
-    for (i, row) in rows.rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(row.json());
-    }
-    body.push_str("]}");
+    body.push(',');
+    crate::protocol::server::push_rows(&mut body, &rows.rows);
+    body.push('}');
     body
 }

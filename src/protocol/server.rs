@@ -71,6 +71,20 @@ pub fn subscribed(reference: Option<&Value>, s: &Subscribed<'_>) -> ByteString {
 
 /// One page of a table's rows for a `snapshot: true` subscribe; each row's
 /// JSON text goes in as it is.
+/// Appends `"rows":[…]` with each row's JSON text as it is: a table's rows
+/// are spliced, never parsed and written again.
+pub fn push_rows(out: &mut String, rows: &[crate::changes::Row]) {
+    out.reserve(10 + rows.iter().map(|r| r.json().len() + 1).sum::<usize>());
+    out.push_str(r#""rows":["#);
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(row.json());
+    }
+    out.push(']');
+}
+
 pub fn snapshot_page(
     reference: Option<&Value>,
     topic: &str,
@@ -79,9 +93,7 @@ pub fn snapshot_page(
     rows: &[crate::changes::Row],
     last: bool,
 ) -> ByteString {
-    let mut frame =
-        String::with_capacity(64 + rows.iter().map(|r| r.json().len() + 1).sum::<usize>());
-    frame.push_str(r#"{"type":"snapshot","#);
+    let mut frame = String::from(r#"{"type":"snapshot","#);
     if let Some(reference) = reference {
         frame.push_str(r#""ref":"#);
         frame.push_str(&reference.to_string());
@@ -91,14 +103,9 @@ pub fn snapshot_page(
     frame.push_str(&Value::from(topic).to_string());
     frame.push_str(&format!(r#","seq":{seq},"key":"#));
     frame.push_str(&Value::from(key.to_vec()).to_string());
-    frame.push_str(r#","rows":["#);
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            frame.push(',');
-        }
-        frame.push_str(row.json());
-    }
-    frame.push_str(&format!(r#"],"last":{last}}}"#));
+    frame.push(',');
+    push_rows(&mut frame, rows);
+    frame.push_str(&format!(r#","last":{last}}}"#));
     ByteString::from(frame)
 }
 

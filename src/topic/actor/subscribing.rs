@@ -290,9 +290,12 @@ impl TopicActor {
     /// ([`Self::take_snapshot`]): `subscribed` names the cut's seq, the rows
     /// follow in pages, then the changes after the cut.
     pub(super) fn admit_with_snapshot(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        let Some(page_rows) = self.table.as_deref().map(|t| t.tracking.snapshot_page_rows) else {
-            return;
-        };
+        // Without a table, take_snapshot refuses the subscribe: every
+        // request is answered.
+        let page_rows = self
+            .table
+            .as_deref()
+            .map_or(1, |t| t.tracking.snapshot_page_rows);
         self.take_snapshot(msg.filter.clone(), ctx, move |topic, taken| {
             let (snapshot, after) = match taken {
                 Ok(taken) => taken,
