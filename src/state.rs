@@ -50,6 +50,8 @@ pub struct AppState {
     pub outbox_policy: Arc<OutboxPolicy>,
     /// The last 15 minutes of this node's figures, for the console.
     pub trends: crate::trends::Trends,
+    /// This node's server-sent-events connections, for their POSTed requests.
+    pub event_streams: crate::session::event_streams::EventStreams,
     next_conn: AtomicU64,
 }
 
@@ -87,6 +89,7 @@ impl AppState {
             capture: CaptureStatus::new("triggers", None),
             tables: Arc::default(),
             trends: crate::trends::Trends::default(),
+            event_streams: Default::default(),
             next_conn: AtomicU64::new(1),
         }
     }

@@ -10,6 +10,7 @@ pub mod health;
 pub mod history;
 pub mod home;
 pub mod inbound;
+pub mod sse;
 pub mod stream;
 pub mod tables;
 pub mod upgrade;
@@ -31,8 +32,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// `--cors-origins` (`None`: any). Another origin's request still gets its
 /// answer, without the headers that would let a browser read it.
 fn cors(origins: &Option<Vec<String>>) -> Cors {
+    cors_for(origins, &["GET"])
+}
+
+/// [`cors`] for `methods`.
+fn cors_for(origins: &Option<Vec<String>>, methods: &[&'static str]) -> Cors {
     let cors = Cors::default()
-        .allowed_methods(["GET"])
+        .allowed_methods(methods.iter().copied())
         .allow_any_header()
         .max_age(3600)
         .block_on_origin_mismatch(false);
@@ -56,6 +62,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
             resource("/api/realtime/check")
                 .wrap(cors(&origins))
                 .route(web::get().to(ws::check)),
+        )
+        .service(
+            resource("/api/realtime/sse")
+                .wrap(cors(&origins))
+                .route(web::get().to(sse::open)),
+        )
+        .service(
+            resource("/api/realtime/sse/{conn}")
+                .wrap(cors_for(&origins, &["POST"]))
+                .route(web::post().to(sse::post)),
         )
         .service(resource("/api/realtime/emit").route(web::post().to(emit::emit)))
         .service(resource("/api/realtime/stream").route(web::post().to(stream::stream)))

@@ -120,7 +120,7 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
 
 /// Who a connecting client is, from its query string and headers: its
 /// token and API key (query, headers or subprotocols) and its project.
-fn admit(
+pub(super) fn admit(
     query: &str,
     headers: &HeaderMap,
     peer: Option<std::net::IpAddr>,

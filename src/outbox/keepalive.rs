@@ -4,7 +4,8 @@
 //! per tick, as uWebSockets does with its one timeout sweep per loop.
 //!
 //! Each connection is pinged every third of the idle timeout, so a client
-//! that only answers pings stays open. One from which nothing has arrived
+//! that only answers pings stays open (a server-sent-events stream gets a
+//! comment line instead, and is never idle: its client only listens). One from which nothing has arrived
 //! for the whole idle timeout is told to close (4000); one whose token has
 //! expired, to close (4001); one found too slow a reader when its ping is
 //! due, to stop. The sweep
@@ -65,7 +66,8 @@ impl Keepalive {
         if outbox.is_closing() {
             return;
         }
-        if now.saturating_sub(outbox.heard_at()) >= self.idle_ms {
+        // An event stream's client only listens; a write that fails ends it.
+        if now.saturating_sub(outbox.heard_at()) >= self.idle_ms && !outbox.is_event_stream() {
             outbox.disconnect(Disconnect::IdleTimeout);
             return;
         }

@@ -328,6 +328,11 @@ impl Outbox {
         self.socket.is_slow()
     }
 
+    /// Whether the connection is a server-sent-events stream.
+    pub fn is_event_stream(&self) -> bool {
+        self.socket.is_event_stream()
+    }
+
     /// Bytes written for this client that its socket did not take yet.
     pub fn backlog_bytes(&self) -> usize {
         self.socket.backlog_bytes()

@@ -32,17 +32,23 @@ pub struct Welcome<'a> {
     pub node: &'a str,
     pub idle_timeout_ms: u64,
     pub max_frame: u64,
+    /// A server-sent-events connection's secret, which its requests carry.
+    pub session: Option<&'a str>,
 }
 
 pub fn welcome(w: &Welcome<'_>) -> ByteString {
-    text(json!({
+    let mut welcome = object(json!({
         "type": "welcome",
         "conn": w.conn,
         "userId": w.user_id,
         "node": w.node,
         "idle_timeout_ms": w.idle_timeout_ms,
         "max_frame": w.max_frame,
-    }))
+    }));
+    if let Some(session) = w.session {
+        welcome.insert("session".into(), session.into());
+    }
+    text(Value::Object(welcome))
 }
 
 pub fn pong(reference: Option<&Value>) -> ByteString {

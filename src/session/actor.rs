@@ -1,4 +1,4 @@
-//! `SessionActor`: one per WebSocket connection.
+//! `SessionActor`: one per connection, WebSocket or server-sent events.
 //!
 //! It owns the connection's identity and grants, its subscriptions (canonical
 //! topic -> spelling and subscription id) and its publish rate limiter. It
@@ -56,6 +56,8 @@ pub struct SessionActor {
     opened_at: i64,
     frames_in: u64,
     close_code: Option<u16>,
+    /// A server-sent-events connection's secret (`welcome.session`).
+    event_session: Option<String>,
 }
 
 /// How long a closing session waits for the client's close reply. Closing the
@@ -77,8 +79,16 @@ impl SessionActor {
             opened_at: crate::clock::now_ms(),
             frames_in: 0,
             close_code: None,
+            event_session: None,
             state,
         }
+    }
+
+    /// The session of a server-sent-events connection, whose requests come
+    /// with `secret`; its welcome tells the client that secret.
+    pub fn over_event_stream(mut self, secret: String) -> Self {
+        self.event_session = Some(secret);
+        self
     }
 
     /// Writes a frame of the session's own (replies, errors), counted on the outbox.
@@ -183,6 +193,7 @@ impl Actor for SessionActor {
             node: &state.node_id,
             idle_timeout_ms: state.config.idle_timeout_ms,
             max_frame: state.config.max_frame_bytes,
+            session: self.event_session.as_deref(),
         });
         self.send(ctx, welcome);
     }

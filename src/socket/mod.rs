@@ -22,6 +22,9 @@
 //! Backpressure: past `limit` bytes waiting in the backlog the reader is too
 //! slow. The backlog is cut to the frame already half on the wire, a 4008
 //! close frame goes behind it, and nothing more is accepted.
+//!
+//! A connection over server-sent events ([`events`]) has the same write
+//! side: [`Socket::events`] takes the same frames and writes them as events.
 
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
@@ -42,6 +45,10 @@ pub use self::encode::{
 
 mod backlog;
 mod encode;
+pub mod events;
+pub mod resume;
+
+use self::events::{EventStream, Written};
 
 /// Frames up to this size are copied into one buffer for a single `send`.
 const SMALL_FRAME: usize = 512;
@@ -150,7 +157,7 @@ impl Connection {
     /// The frame-writing side, for the connection's extensions.
     pub fn socket(&self) -> Socket {
         Socket {
-            shared: Arc::downgrade(&self.shared),
+            way: Way::WebSocket(Arc::downgrade(&self.shared)),
         }
     }
 }
@@ -232,108 +239,143 @@ impl AsyncWrite for Connection {
 /// once actix-http is done with it, every offer is refused.
 #[derive(Debug, Clone)]
 pub struct Socket {
-    shared: Weak<Shared>,
+    way: Way,
+}
+
+#[derive(Debug, Clone)]
+enum Way {
+    WebSocket(Weak<Shared>),
+    Events(Arc<EventStream>),
 }
 
 impl Socket {
+    /// The write side of a server-sent-events connection.
+    pub fn events(stream: Arc<EventStream>) -> Socket {
+        Socket {
+            way: Way::Events(stream),
+        }
+    }
+
+    /// Whether this connection is a server-sent-events stream (whose client
+    /// only listens: it is kept by writes succeeding, not by what it sends).
+    pub fn is_event_stream(&self) -> bool {
+        matches!(self.way, Way::Events(_))
+    }
+
     /// The connection is being upgraded: frames may be offered from now on,
     /// and go out after the `101`.
     pub fn upgrade(&self) {
-        if let Some(shared) = self.shared.upgrade() {
+        if let Way::WebSocket(shared) = &self.way
+            && let Some(shared) = shared.upgrade()
+        {
             shared.output().phase = Phase::AwaitingHead;
         }
     }
 
     /// Asks the CPU to fetch this socket's state ahead of a delivery.
     pub fn prefetch(&self) {
-        let shared = self.shared.as_ptr() as *const u8;
-        crate::cache::prefetch(shared);
-        // The output lock lies a cache line or two further on.
-        crate::cache::prefetch(shared.wrapping_add(64));
+        if let Way::WebSocket(shared) = &self.way {
+            let shared = shared.as_ptr() as *const u8;
+            crate::cache::prefetch(shared);
+            // The output lock lies a cache line or two further on.
+            crate::cache::prefetch(shared.wrapping_add(64));
+        }
     }
 
     pub fn is_slow(&self) -> bool {
-        self.shared
-            .upgrade()
-            .is_none_or(|shared| shared.output().slow)
+        match &self.way {
+            Way::WebSocket(shared) => shared.upgrade().is_none_or(|shared| shared.output().slow),
+            Way::Events(stream) => stream.is_slow(),
+        }
     }
 
     /// Bytes offered that the kernel did not take yet.
     pub fn backlog_bytes(&self) -> usize {
-        self.shared
-            .upgrade()
-            .map_or(0, |shared| shared.output().backlog_len())
+        match &self.way {
+            Way::WebSocket(shared) => shared
+                .upgrade()
+                .map_or(0, |shared| shared.output().backlog_len()),
+            Way::Events(stream) => stream.pending_bytes(),
+        }
     }
 
     /// Offers a text frame with `payload`; past `limit` bytes waiting, the
     /// reader is too slow and `close` is queued instead.
     pub fn offer_text(&self, payload: &[u8], limit: usize, close: &[u8]) -> Offer {
-        let mut header = [0u8; 10];
-        let header = text_header(payload.len(), &mut header);
-        self.offer([header, payload], limit, close)
+        match &self.way {
+            Way::WebSocket(shared) => {
+                let mut header = [0u8; 10];
+                let header = text_header(payload.len(), &mut header);
+                offer(shared, [header, payload], limit, close)
+            }
+            Way::Events(stream) => stream.offer(Written::Text(payload), limit, close),
+        }
     }
 
     /// Offers bytes that are whole frames already (the session's control
     /// frames); they count toward the limit like any other.
     pub fn offer_frames(&self, frames: &[u8], limit: usize, close: &[u8]) -> Offer {
-        self.offer([frames, &[]], limit, close)
+        match &self.way {
+            Way::WebSocket(shared) => offer(shared, [frames, &[]], limit, close),
+            Way::Events(stream) => stream.offer(Written::Frames(frames), limit, close),
+        }
     }
+}
 
-    fn offer(&self, parts: [&[u8]; 2], limit: usize, close: &[u8]) -> Offer {
-        let Some(shared) = self.shared.upgrade() else {
-            return Offer::Refused;
-        };
-        let total = parts[0].len() + parts[1].len();
-        if total == 0 {
-            // Nothing to send; an empty entry would blur the frame bounds.
-            return Offer::Accepted;
-        }
-        let mut output = shared.output();
-        if output.slow {
-            return Offer::Refused;
-        }
-        let mut written = 0;
-        let was_empty = output.backlog.is_none();
-        if output.phase == Phase::Frames && was_empty {
-            // Straight to the kernel, past tokio's readiness bookkeeping: a
-            // `WouldBlock` here only queues the frame, and the flush that
-            // follows goes through tokio, which then learns of it itself.
-            let socket = socket2::SockRef::from(&shared.stream);
-            let result = if parts[1].is_empty() {
-                socket.send_with_flags(parts[0], libc::MSG_NOSIGNAL)
-            } else if total <= SMALL_FRAME {
-                // One contiguous `send` costs the kernel less than a
-                // two-part `sendmsg`; copying a small frame costs less still.
-                let mut frame = [0u8; SMALL_FRAME];
-                frame[..parts[0].len()].copy_from_slice(parts[0]);
-                frame[parts[0].len()..total].copy_from_slice(parts[1]);
-                socket.send_with_flags(&frame[..total], libc::MSG_NOSIGNAL)
-            } else {
-                let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
-                socket.send_vectored_with_flags(&slices, libc::MSG_NOSIGNAL)
-            };
-            match result {
-                Ok(n) if n == total => return Offer::Accepted,
-                Ok(n) => written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The connection is broken; its read side ends the session.
-                Err(_) => return Offer::Refused,
-            }
-        }
-        output.queue(parts, written);
-        let offer = if output.backlog_len() > limit {
-            output.slow = true;
-            output.cut_for_close(close);
-            Offer::BecameSlow
-        } else {
-            Offer::Accepted
-        };
-        drop(output);
-        if was_empty || offer == Offer::BecameSlow {
-            shared.flusher.wake();
-        }
-        offer
+fn offer(shared: &Weak<Shared>, parts: [&[u8]; 2], limit: usize, close: &[u8]) -> Offer {
+    let Some(shared) = shared.upgrade() else {
+        return Offer::Refused;
+    };
+    let total = parts[0].len() + parts[1].len();
+    if total == 0 {
+        // Nothing to send; an empty entry would blur the frame bounds.
+        return Offer::Accepted;
     }
+    let mut output = shared.output();
+    if output.slow {
+        return Offer::Refused;
+    }
+    let mut written = 0;
+    let was_empty = output.backlog.is_none();
+    if output.phase == Phase::Frames && was_empty {
+        // Straight to the kernel, past tokio's readiness bookkeeping: a
+        // `WouldBlock` here only queues the frame, and the flush that
+        // follows goes through tokio, which then learns of it itself.
+        let socket = socket2::SockRef::from(&shared.stream);
+        let result = if parts[1].is_empty() {
+            socket.send_with_flags(parts[0], libc::MSG_NOSIGNAL)
+        } else if total <= SMALL_FRAME {
+            // One contiguous `send` costs the kernel less than a
+            // two-part `sendmsg`; copying a small frame costs less still.
+            let mut frame = [0u8; SMALL_FRAME];
+            frame[..parts[0].len()].copy_from_slice(parts[0]);
+            frame[parts[0].len()..total].copy_from_slice(parts[1]);
+            socket.send_with_flags(&frame[..total], libc::MSG_NOSIGNAL)
+        } else {
+            let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+            socket.send_vectored_with_flags(&slices, libc::MSG_NOSIGNAL)
+        };
+        match result {
+            Ok(n) if n == total => return Offer::Accepted,
+            Ok(n) => written = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The connection is broken; its read side ends the session.
+            Err(_) => return Offer::Refused,
+        }
+    }
+    output.queue(parts, written);
+    let offer = if output.backlog_len() > limit {
+        output.slow = true;
+        output.cut_for_close(close);
+        Offer::BecameSlow
+    } else {
+        Offer::Accepted
+    };
+    drop(output);
+    if was_empty || offer == Offer::BecameSlow {
+        shared.flusher.wake();
+    }
+    offer
 }
 
 /// A loopback connection upgraded as actix-http would leave it (the `101`
@@ -436,7 +478,10 @@ pub(crate) mod tests {
             assert_eq!(client.frame().await, (0x1, payload.clone()));
         }
         let _connection = flushing.await.unwrap();
-        let shared = socket.shared.upgrade().unwrap();
+        let Way::WebSocket(shared) = &socket.way else {
+            unreachable!()
+        };
+        let shared = shared.upgrade().unwrap();
         assert!(
             shared.output().backlog.is_none(),
             "no buffer kept once drained"

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod sse;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
