@@ -280,6 +280,13 @@ where
     );
     state.capture = capture;
     state.tables = tables;
+    if let Some(broker) = &state.broker {
+        let streams = state.event_streams.clone();
+        broker.receive_forwarded(Arc::new(move |forwarded| {
+            let requests = forwarded.requests.into_iter().map(Into::into).collect();
+            streams.deliver(&forwarded.conn, requests);
+        }));
+    }
     let state = web::Data::new(state);
     let sampled = state.clone();
     actix_web::rt::spawn(async move {

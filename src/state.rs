@@ -51,7 +51,7 @@ pub struct AppState {
     /// The last 15 minutes of this node's figures, for the console.
     pub trends: crate::trends::Trends,
     /// This node's server-sent-events connections, for their POSTed requests.
-    pub event_streams: crate::session::event_streams::EventStreams,
+    pub event_streams: Arc<crate::session::event_streams::EventStreams>,
     next_conn: AtomicU64,
 }
 

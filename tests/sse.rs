@@ -282,3 +282,67 @@ async fn a_client_that_leaves_ends_its_session() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_request_posted_to_another_node_is_answered_on_the_stream() {
+    let Some(redis) = common::cluster::RedisServer::start() else {
+        return;
+    };
+    let db = common::cluster::shared_database();
+    let n1 = common::cluster::node(&db, &redis, "n1").await;
+    let n2 = common::cluster::node(&db, &redis, "n2").await;
+    let mut ann = SseClient::open(&n1, "?userId=ann").await;
+    let conn = ann.welcome["conn"].as_str().unwrap().to_string();
+    let through_n2 = n2.url(&format!("/api/realtime/sse/{conn}"));
+
+    // A load balancer sends each POST anywhere: the replies come in order.
+    let mut bob = n2.client_as("bob").await;
+    bob.subscribe("chat/x").await;
+    let requests: Vec<Value> = std::iter::once(
+        json!({"type": "subscribe", "topic": "chat/x", "ref": 0}),
+    )
+    .chain(
+        (1..=20).map(
+            |n| json!({"type": "publish", "topic": "chat/x", "event": "m", "data": n, "ref": n}),
+        ),
+    )
+    .collect();
+    for request in &requests {
+        let (status, body) = ann.post_as(&through_n2, &ann.session, request).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let mut replies = Vec::new();
+    while replies.len() < requests.len() {
+        let frame = ann.frame().await;
+        if frame.get("ref").is_some() {
+            replies.push(frame["ref"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        replies,
+        (0..=20).collect::<Vec<u64>>(),
+        "one reply each, in order"
+    );
+    for n in 1..=20 {
+        assert_eq!(bob.recv().await["data"], n);
+    }
+
+    let ping = json!({"type": "ping"});
+    let (status, _) = ann.post_as(&through_n2, "wrong", &ping).await;
+    assert_eq!(status, 404, "a wrong session is refused on every node");
+    let unknown = n2.url("/api/realtime/sse/0123456789abcdef0123456789abcdef");
+    assert_eq!(ann.post_as(&unknown, &ann.session, &ping).await.0, 404);
+
+    let session = ann.session.clone();
+    let poster = SseClient::open(&n2, "").await;
+    n1.shutdown().await;
+    assert!(ann.ended(Duration::from_secs(5)).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while poster.post_as(&through_n2, &session, &ping).await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an ended stream is not found through another node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -27,6 +27,12 @@
 //!   [`PresenceOp`] so the requesting node knows which request an
 //!   announcement answers; a node that stops beating has its entries
 //!   removed, each announced once (with no op).
+//! - Event streams (PROTOCOL §11): a stream's requests may reach any node.
+//!   `open_stream` makes a stream of this node findable (with its secret),
+//!   `forward` passes requests to the node holding it, which hands them to
+//!   the [`RequestSink`] it gave `receive_forwarded`, in the order they
+//!   were forwarded from one node. A node that dies takes its streams' keys
+//!   with it (reaped with its presence).
 
 pub mod redis;
 
@@ -125,6 +131,17 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PresenceOp(pub u64);
 
+/// Requests for one of this node's event streams, passed on by another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardedRequests {
+    pub conn: String,
+    /// Each one request's JSON text, in order.
+    pub requests: Vec<String>,
+}
+
+/// Where this node takes requests forwarded to its event streams.
+pub type RequestSink = Arc<dyn Fn(ForwardedRequests) + Send + Sync>;
+
 /// What a topic of a cluster needs to reach it: the broker, and this node's id.
 #[derive(Clone)]
 pub struct ClusterLink {
@@ -182,4 +199,14 @@ pub trait Broker: Send + Sync + 'static {
     fn nodes(&self) -> BrokerFuture<Vec<NodeInfo>>;
     /// Whether the broker answered lately.
     fn is_up(&self) -> bool;
+    /// Makes this node's event stream `conn` reachable from every node, for
+    /// requests that come with `secret`.
+    fn open_stream(&self, conn: &str, secret: &str) -> BrokerFuture<()>;
+    /// Stream `conn` of this node has ended.
+    fn close_stream(&self, conn: &str);
+    /// Passes `requests` to the node holding stream `conn`, if `secret` is
+    /// its secret; answers whether a node took them.
+    fn forward(&self, conn: &str, secret: &str, requests: Vec<String>) -> BrokerFuture<bool>;
+    /// Hands requests forwarded to this node's streams to `sink` from now on.
+    fn receive_forwarded(&self, sink: RequestSink);
 }

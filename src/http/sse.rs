@@ -52,12 +52,22 @@ pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let input = state
         .event_streams
         .register(conn.clone(), &secret, first, stream.clone());
+    // Findable from every node before the client reads its welcome, so a
+    // request it sends at once through another node finds the stream.
+    if let Some(broker) = &state.broker
+        && let Err(error) = broker.open_stream(&conn, &secret).await
+    {
+        tracing::warn!(%conn, %error, "this stream's requests can reach it only through this node");
+    }
     let session = SessionActor::new(state.clone(), identity, outbox).over_event_stream(secret);
     let body = stream.body();
     actix_web::rt::spawn(async move {
         context::start(session, input).await;
         stream.finish();
         state.event_streams.close(&conn);
+        if let Some(broker) = &state.broker {
+            broker.close_stream(&conn);
+        }
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -123,14 +133,25 @@ pub async fn post(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let requests = requests_in(&body, state.config.max_frame_bytes)?;
-    let input = state
-        .event_streams
-        .find(&conn, secret)
-        .map_err(|e| not_found(&conn, e))?;
-    input
-        .send(requests)
-        .await
-        .map_err(|e| not_found(&conn, e))?;
+    let taken = match state.event_streams.find(&conn, secret) {
+        Ok(input) => input.send(requests).await,
+        // Held by another node, perhaps.
+        Err(local) => match &state.broker {
+            Some(broker) => {
+                let requests = requests.iter().map(ToString::to_string).collect();
+                match broker.forward(&conn, secret, requests).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(local),
+                    Err(e) => {
+                        state.metrics.error(ErrorCode::Unavailable);
+                        return Err(ApiError::new(ErrorCode::Unavailable, e.to_string()));
+                    }
+                }
+            }
+            None => Err(local),
+        },
+    };
+    taken.map_err(|e| not_found(&conn, e))?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"ok": true})))
 }
 

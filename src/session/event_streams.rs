@@ -98,6 +98,27 @@ impl EventStreams {
         }
     }
 
+    /// Requests another node took for stream `conn` (its secret checked
+    /// there), queued behind those already taken; dropped if the stream has
+    /// ended meanwhile.
+    pub fn deliver(&self, conn: &str, requests: Vec<ByteString>) {
+        let Some(input) = self.open().get(conn).cloned() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = input.send(requests).await;
+                });
+            }
+            Err(_) => {
+                for request in requests {
+                    let _ = input.queue.try_send(request);
+                }
+            }
+        }
+    }
+
     /// Stream `conn` has ended: its requests are refused from now on.
     pub fn close(&self, conn: &str) {
         self.open().remove(conn);

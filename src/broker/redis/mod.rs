@@ -17,7 +17,7 @@
 //! - `nodes` ZSET node -> last beat (ms), `node:<id>` HASH of its figures.
 //!
 //! Channel `{T}` carries `e|<epoch>|<seq>|<event>`, `j|<entry>` and
-//! `l|<entry>`. Every write is one Lua script (`lua/`), so each is atomic.
+//! `l|<entry>`. Event streams' keys and channel: [`streams`]. Every write is one Lua script (`lua/`), so each is atomic.
 //!
 //! The supervisor task ([`liveness`]) beats every quarter of
 //! `--node-timeout-ms` (at most every 2 s): it records this node in `nodes`,
@@ -37,13 +37,14 @@ use tokio::sync::mpsc;
 
 mod link;
 mod liveness;
+mod streams;
 mod wire;
 
 use self::link::Link;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
-    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, Sequenced,
-    SharedEvent, TopicState,
+    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp,
+    RequestSink, Sequenced, SharedEvent, TopicState,
 };
 use crate::clock::now_ms;
 
@@ -80,6 +81,8 @@ struct Scripts {
     track: Script,
     untrack: Script,
     reap: Script,
+    open_stream: Script,
+    forward: Script,
 }
 
 impl Scripts {
@@ -90,6 +93,8 @@ impl Scripts {
             track: Script::new(include_str!("lua/track.lua")),
             untrack: Script::new(include_str!("lua/untrack.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),
+            open_stream: Script::new(include_str!("lua/open_stream.lua")),
+            forward: Script::new(include_str!("lua/forward.lua")),
         }
     }
 }
@@ -99,9 +104,15 @@ impl Scripts {
 #[derive(Default)]
 struct Routes {
     topics: Mutex<HashMap<String, Recipient<FromBroker>>>,
+    /// This node's channel for its event streams' requests, and where they go.
+    forwarded: std::sync::OnceLock<(String, RequestSink)>,
 }
 
 impl Routes {
+    fn set_forwarded(&self, channel: String, sink: RequestSink) {
+        let _ = self.forwarded.set((channel, sink));
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Recipient<FromBroker>>> {
         // Each critical section is one insert, remove, lookup or clone.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -535,5 +546,21 @@ impl Broker for RedisBroker {
 
     fn is_up(&self) -> bool {
         self.inner.link.is_up()
+    }
+
+    fn open_stream(&self, conn: &str, secret: &str) -> BrokerFuture<()> {
+        self.open_stream_key(conn, secret)
+    }
+
+    fn close_stream(&self, conn: &str) {
+        self.close_stream_key(conn);
+    }
+
+    fn forward(&self, conn: &str, secret: &str, requests: Vec<String>) -> BrokerFuture<bool> {
+        self.forward_to_holder(conn, secret, requests)
+    }
+
+    fn receive_forwarded(&self, sink: RequestSink) {
+        self.listen_for_forwarded(sink);
     }
 }

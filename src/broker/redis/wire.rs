@@ -21,6 +21,12 @@ pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: Pus
             let Ok(channel) = std::str::from_utf8(channel) else {
                 return;
             };
+            if let Some((forwarded, sink)) = routes.forwarded.get()
+                && forwarded == channel
+            {
+                super::streams::hand_over(sink, payload);
+                return;
+            }
             let Some(message) = decode(payload) else {
                 tracing::warn!(channel, "an undecodable message on a topic channel");
                 return;

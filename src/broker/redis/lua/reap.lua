@@ -1,6 +1,7 @@
 -- Removes the presence entries of nodes that stopped beating (or of one
 -- named node, at its shutdown), announcing each leave exactly once: the
 -- script is atomic, so two nodes reaping at once cannot both announce.
+-- Their event streams' keys go too.
 -- KEYS: nodes (ZSET node -> last beat ms)
 -- ARGV: key prefix, deadline ms (beats at or before it are dead), a node
 --       to reap regardless ('' for none)
@@ -28,6 +29,11 @@ for _, node in ipairs(dead) do
     end
   end
   redis.call('DEL', index)
+  local streams = ARGV[1] .. 'node:' .. node .. ':streams'
+  for _, conn in ipairs(redis.call('SMEMBERS', streams)) do
+    redis.call('DEL', ARGV[1] .. 'stream:' .. conn)
+  end
+  redis.call('DEL', streams)
   redis.call('DEL', ARGV[1] .. 'node:' .. node)
   redis.call('ZREM', KEYS[1], node)
 end
