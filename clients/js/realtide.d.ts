@@ -32,6 +32,12 @@ export interface ClientOptions {
   userId?: string;
   /** A WebSocket implementation (default: the global one). */
   WebSocket?: unknown;
+  /**
+   * What to connect with, in order (default `['websocket', 'sse']`): when the
+   * server answers but a WebSocket cannot open (a proxy refuses upgrades),
+   * the client moves to server-sent events and stays on them.
+   */
+  transports?: Array<'websocket' | 'sse'>;
   /** First reconnect delay (default 250 ms). */
   minDelayMs?: number;
   /** Longest reconnect delay (default 10 s). */

@@ -3,7 +3,9 @@
 // --experimental-websocket). One WebSocket carries every channel; after a
 // reconnect each channel resubscribes with `since`/`epoch`, so no event is
 // lost or repeated, and the app is told (`resync`) when the server could not
-// recover what was missed.
+// recover what was missed. Where a WebSocket cannot open (a proxy refuses
+// the upgrade) the same API runs over server-sent events: the server's
+// frames on one HTTP stream, the client's requests as POSTs.
 
 const STATUSES = ['idle', 'connecting', 'connected', 'reconnecting', 'disconnected'];
 const PING_EVERY_MS = 30000;
@@ -22,6 +24,9 @@ const REFRESH_AHEAD_MS = 30000;
  *        connecting, before the token expires, and after the server refused or expired it
  * @param {string} [options.apiKey]    a project API key (sent as the `apiKey` query parameter)
  * @param {Function} [options.WebSocket] a WebSocket implementation (default: the global one)
+ * @param {string[]} [options.transports=['websocket','sse']] what to connect with, in order:
+ *        the client moves to server-sent events when the server answers but a
+ *        WebSocket cannot open (a proxy on the way refuses upgrades), and stays on them
  * @param {number} [options.minDelayMs=250]  first reconnect delay
  * @param {number} [options.maxDelayMs=10000] longest reconnect delay
  */
@@ -43,6 +48,7 @@ function tokenExpiry(token) {
 class RealtimeClient {
   constructor({
     url, token, projectId, userId, getToken, apiKey, WebSocket: WS, minDelayMs = 250, maxDelayMs = 10000,
+    transports = ['websocket', 'sse'],
   }) {
     this.url = url;
     this.token = token;
@@ -54,7 +60,12 @@ class RealtimeClient {
     this.projectId = projectId;
     this.userId = userId;
     this.WS = WS || globalThis.WebSocket;
-    if (!this.WS) throw new Error('realtide: no WebSocket implementation; pass { WebSocket }');
+    this.transports = transports.filter((t) => t === 'sse' || (t === 'websocket' && this.WS));
+    if (this.transports.length === 0) {
+      throw new Error("realtide: no transport; pass { WebSocket } or include 'sse' in transports");
+    }
+    /** The transport in use: the first that works, kept once found. */
+    this.transport = this.transports[0];
     this.minDelayMs = minDelayMs;
     this.maxDelayMs = maxDelayMs;
     this.status = 'idle';
@@ -149,7 +160,9 @@ class RealtimeClient {
       }
     }
     if (!this.wanted) return;
-    const socket = new this.WS(`${this.url}${this.query()}`, ['aerostack-v1']);
+    const socket = this.transport === 'sse'
+      ? new EventStreamSocket(`${this.httpUrl()}/sse${this.query()}`)
+      : new this.WS(`${this.url}${this.query()}`, ['aerostack-v1']);
     this.socket = socket;
     socket.onmessage = (message) => this.receive(message.data);
     socket.onclose = (event) => this.dropped(socket, event?.code);
@@ -159,11 +172,15 @@ class RealtimeClient {
     };
   }
 
+  /** The server's HTTP address for this connection's path (`http(s)://…/api/realtime`). */
+  httpUrl() {
+    return this.url.replace(/^ws/, 'http');
+  }
+
   /** Asks the server over HTTP why the handshake failed: the WebSocket API hides it. */
   async why() {
-    const http = this.url.replace(/^ws/, 'http');
     try {
-      const response = await fetch(`${http}/check${this.query()}`);
+      const response = await fetch(`${this.httpUrl()}/check${this.query()}`);
       if (response.ok) return null;
       const body = await response.json().catch(() => ({}));
       return { status: response.status, code: body?.error?.code, message: body?.error?.message };
@@ -244,6 +261,10 @@ class RealtimeClient {
         }
       } else if (refusal) {
         this.fail(refusal.code ?? 'server_gone', refusal.message ?? 'the handshake failed');
+      } else if (this.transport === 'websocket' && this.transports.includes('sse')) {
+        // The server answers and takes these credentials, yet no WebSocket
+        // opened: something on the way refuses upgrades.
+        this.transport = 'sse';
       }
     }
     this.retry();
@@ -304,6 +325,120 @@ class RealtimeClient {
       this.send({ ...frame, ref });
     });
   }
+}
+
+/**
+ * A connection over server-sent events with a WebSocket's face (`readyState`,
+ * `send`, `close`, `onmessage`, `onclose`), so the client runs the same on
+ * either: the server's frames come on one `fetch` stream; requests go as
+ * POSTs with the stream's session secret, one at a time (queued ones
+ * together, as an array), so they keep their order.
+ */
+class EventStreamSocket {
+  constructor(url) {
+    this.readyState = 0;
+    this.base = url.split('?')[0];
+    this.queue = [];
+    this.posting = false;
+    this.abort = new AbortController();
+    this.run(url);
+  }
+
+  async run(url) {
+    let closeCode;
+    try {
+      const response = await fetch(url, {
+        headers: { Accept: 'text/event-stream' },
+        cache: 'no-store',
+        signal: this.abort.signal,
+      });
+      if (!response.ok || !response.body) throw new Error(`status ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const event = parseEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (event.event === 'close') {
+            closeCode = JSON.parse(event.data)?.code ?? undefined;
+          } else if (event.data !== undefined) {
+            this.frame(event.data);
+          }
+        }
+      }
+    } catch {
+      // The stream failed or was aborted: the connection is over.
+    }
+    this.finish(closeCode);
+  }
+
+  frame(data) {
+    if (this.readyState === 0) {
+      const welcome = JSON.parse(data);
+      if (welcome.type !== 'welcome') return;
+      this.postUrl = `${this.base}/${welcome.conn}`;
+      this.session = welcome.session;
+      this.readyState = 1;
+    }
+    this.onmessage?.({ data });
+  }
+
+  finish(code) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.abort.abort();
+    this.onclose?.({ code });
+  }
+
+  send(text) {
+    this.queue.push(text);
+    this.flush();
+  }
+
+  async flush() {
+    if (this.posting || this.queue.length === 0 || this.readyState !== 1) return;
+    this.posting = true;
+    const batch = this.queue.splice(0);
+    try {
+      const response = await fetch(this.postUrl, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-Realtide-Session': this.session },
+        body: `[${batch.join(',')}]`,
+      });
+      if (response.status !== 202) throw new Error(`status ${response.status}`);
+    } catch {
+      // A request that may not have arrived: start over on a fresh connection
+      // (whose resubscribes resume), rather than leave a reply missing.
+      this.posting = false;
+      this.finish(undefined);
+      return;
+    }
+    this.posting = false;
+    this.flush();
+  }
+
+  close() {
+    this.finish(1000);
+  }
+}
+
+/** One SSE event's fields. */
+function parseEvent(block) {
+  const event = {};
+  for (const line of block.split('\n')) {
+    if (line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'data') event.data = event.data === undefined ? value : `${event.data}\n${value}`;
+    else if (field === 'event' || field === 'id') event[field] = value;
+  }
+  return event;
 }
 
 /** Values compared as the server compares them: numbers numerically, strings by code point, other types never ordered. */
