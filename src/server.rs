@@ -284,7 +284,7 @@ where
         let streams = state.event_streams.clone();
         broker.receive_forwarded(Arc::new(move |forwarded| {
             let requests = forwarded.requests.into_iter().map(Into::into).collect();
-            streams.deliver(&forwarded.conn, requests);
+            Box::pin(streams.deliver(&forwarded.conn, requests))
         }));
     }
     let state = web::Data::new(state);

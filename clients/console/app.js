@@ -275,7 +275,7 @@ async function refreshConnections() {
       await api(`/admin/connections/${encodeURIComponent(c.conn)}`, { method: 'DELETE' });
       refreshConnections().catch(failed);
     });
-    const tr = row([c.conn, c.userId ?? '(anonymous)', c.subscriptions.join(', '), c.tracked, ago(c.opened_at), c.frames_in, c.backlog_bytes, button]);
+    const tr = row([c.conn, c.userId ?? '(anonymous)', c.transport, c.subscriptions.join(', '), c.tracked, ago(c.opened_at), c.frames_in, c.backlog_bytes, button]);
     tr.dataset.conn = c.conn;
     return tr;
   }), 'no client is connected to this node');

@@ -4,56 +4,24 @@
 // through it with the server key, admin needs its key, /metrics is denied.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import WebSocket from 'ws';
-import { root, scratchDatabase, startServer, freePort, until, mint } from './helpers.mjs';
+import { scratchDatabase, startServer, until, mint, startNginx } from './helpers.mjs';
 
-const NGINX = process.env.NGINX ?? '/usr/sbin/nginx';
 const SECRET = 'deploy-test-secret-of-at-least-32-bytes';
 
-/** The guide's nginx block, listening on `port` without TLS, proxying to `upstream`. */
-function guideConfig(port, upstream) {
-  const guide = readFileSync(join(root, 'docs/deploy.md'), 'utf8');
-  const block = guide.match(/```nginx\n([\s\S]*?)```/)[1];
-  return block
-    .replace(/listen 443 ssl;.*\n/, `listen 127.0.0.1:${port};\n`)
-    .replace(/^\s*ssl_certificate.*\n/gm, '')
-    .replace('http://127.0.0.1:4000', `http://127.0.0.1:${upstream}`);
-}
-
 test('the deploy guide\'s nginx configuration carries WebSockets, emit and keys, and hides /metrics', async (t) => {
-  if (spawnSync(NGINX, ['-v']).error) {
-    console.log(`SKIP the deploy guide's nginx configuration: no nginx at ${NGINX}`);
-    t.skip('nginx is not installed');
-    return;
-  }
   const { dir, dbPath } = scratchDatabase('realtide-deploy-');
   const realtide = await startServer(dbPath,
     ['--jwt-secret', SECRET, '--server-key', 'backend-key', '--admin-key', 'ops-key']);
   t.after(() => realtide.stop('SIGKILL'));
   const upstream = realtide.port;
-
-  const port = await freePort();
-  writeFileSync(join(dir, 'nginx.conf'), `
-user root;
-# One process, so that stopping it leaves no worker behind.
-master_process off;
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'error.log')};
-events {}
-http {
-  access_log off;
-  client_body_temp_path ${join(dir, 'body')};
-  proxy_temp_path ${join(dir, 'proxy')};
-${guideConfig(port, upstream)}
-}
-`);
-  const nginx = spawn(NGINX, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: 'ignore' });
-  t.after(() => nginx.kill('SIGKILL'));
-  const proxied = `http://127.0.0.1:${port}`;
-  await until(async () => (await fetch(`${proxied}/healthz`)).ok, 'nginx');
+  const nginx = await startNginx(dir, upstream);
+  if (!nginx) {
+    t.skip('nginx is not installed');
+    return;
+  }
+  t.after(() => nginx.stop());
+  const { port, url: proxied } = nginx;
 
   // A client connects through the proxy with its token, and hears an emit.
   const token = mint('ann', SECRET);

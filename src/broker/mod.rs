@@ -30,9 +30,10 @@
 //! - Event streams (PROTOCOL §11): a stream's requests may reach any node.
 //!   `open_stream` makes a stream of this node findable (with its secret),
 //!   `forward` passes requests to the node holding it, which hands them to
-//!   the [`RequestSink`] it gave `receive_forwarded`, in the order they
-//!   were forwarded from one node. A node that dies takes its streams' keys
-//!   with it (reaped with its presence).
+//!   the [`RequestSink`] it gave `receive_forwarded`; `forward` answers once
+//!   they are queued there, so requests forwarded one after another keep
+//!   their order. A node that dies takes its streams' keys with it (reaped
+//!   with its presence).
 
 pub mod redis;
 
@@ -139,8 +140,11 @@ pub struct ForwardedRequests {
     pub requests: Vec<String>,
 }
 
-/// Where this node takes requests forwarded to its event streams.
-pub type RequestSink = Arc<dyn Fn(ForwardedRequests) + Send + Sync>;
+/// Where this node takes requests forwarded to its event streams: the
+/// future ends once they are queued for the stream's session (or dropped,
+/// the stream having ended), and only then is the forwarding node told.
+pub type RequestSink =
+    Arc<dyn Fn(ForwardedRequests) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// What a topic of a cluster needs to reach it: the broker, and this node's id.
 #[derive(Clone)]
@@ -205,7 +209,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Stream `conn` of this node has ended.
     fn close_stream(&self, conn: &str);
     /// Passes `requests` to the node holding stream `conn`, if `secret` is
-    /// its secret; answers whether a node took them.
+    /// its secret; answers whether a node took them, once it has queued
+    /// them (an error when it does not say so in time).
     fn forward(&self, conn: &str, secret: &str, requests: Vec<String>) -> BrokerFuture<bool>;
     /// Hands requests forwarded to this node's streams to `sink` from now on.
     fn receive_forwarded(&self, sink: RequestSink);

@@ -72,4 +72,6 @@ pub struct ConnectionInfo {
     pub frames_in: u64,
     /// Bytes written for it that its socket did not take yet.
     pub backlog_bytes: usize,
+    /// `websocket`, or `sse` for a server-sent-events stream.
+    pub transport: &'static str,
 }

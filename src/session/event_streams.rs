@@ -99,22 +99,17 @@ impl EventStreams {
     }
 
     /// Requests another node took for stream `conn` (its secret checked
-    /// there), queued behind those already taken; dropped if the stream has
-    /// ended meanwhile.
-    pub fn deliver(&self, conn: &str, requests: Vec<ByteString>) {
-        let Some(input) = self.open().get(conn).cloned() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = input.send(requests).await;
-                });
-            }
-            Err(_) => {
-                for request in requests {
-                    let _ = input.queue.try_send(request);
-                }
+    /// there), queued behind those already taken; the future ends once they
+    /// are (dropped if the stream has ended meanwhile).
+    pub fn deliver(
+        &self,
+        conn: &str,
+        requests: Vec<ByteString>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let input = self.open().get(conn).cloned();
+        async move {
+            if let Some(input) = input {
+                let _ = input.send(requests).await;
             }
         }
     }

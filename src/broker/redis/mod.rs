@@ -104,13 +104,13 @@ impl Scripts {
 #[derive(Default)]
 struct Routes {
     topics: Mutex<HashMap<String, Recipient<FromBroker>>>,
-    /// This node's channel for its event streams' requests, and where they go.
-    forwarded: std::sync::OnceLock<(String, RequestSink)>,
+    /// This node's channel for its event streams, and what reads it.
+    streams: std::sync::OnceLock<(String, streams::NodeChannel)>,
 }
 
 impl Routes {
-    fn set_forwarded(&self, channel: String, sink: RequestSink) {
-        let _ = self.forwarded.set((channel, sink));
+    fn set_streams(&self, channel: String, reader: streams::NodeChannel) {
+        let _ = self.streams.set((channel, reader));
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Recipient<FromBroker>>> {
@@ -136,6 +136,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     scripts: Scripts,
     started_at: i64,
+    /// Forwards to other nodes' streams waiting to hear they were queued.
+    forwards: streams::Forwards,
 }
 
 /// The Redis broker; cheap to clone.
@@ -226,6 +228,7 @@ impl RedisBroker {
                 runtime: runtime.clone(),
                 scripts: Scripts::new(),
                 started_at: now_ms(),
+                forwards: streams::Forwards::default(),
             }),
         };
         // The first beat, waited for here (the caller may itself be inside

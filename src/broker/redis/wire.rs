@@ -21,10 +21,10 @@ pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: Pus
             let Ok(channel) = std::str::from_utf8(channel) else {
                 return;
             };
-            if let Some((forwarded, sink)) = routes.forwarded.get()
-                && forwarded == channel
+            if let Some((streams, reader)) = routes.streams.get()
+                && streams == channel
             {
-                super::streams::hand_over(sink, payload);
+                reader(payload);
                 return;
             }
             let Some(message) = decode(payload) else {

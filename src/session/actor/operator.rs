@@ -21,6 +21,10 @@ impl SessionActor {
             opened_at: self.opened_at,
             frames_in: self.frames_in,
             backlog_bytes: self.outbox.backlog_bytes(),
+            transport: match self.outbox.is_event_stream() {
+                true => "sse",
+                false => "websocket",
+            },
         }
     }
 }
