@@ -30,7 +30,7 @@ use self::changes::changes;
 use self::fanout::{Load, fanout_compared, find_max, replot};
 use self::idle::idle_compared;
 use self::persist::persist;
-use self::readers::{raw_socket, read_all};
+use self::readers::{Framing, raw_socket, read_all};
 use self::snapshot::snapshot;
 use self::stream::stream;
 
@@ -92,6 +92,10 @@ enum Mode {
         /// publisher on the last), beside the one-node run.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+        /// Also run the load with server-sent-events subscribers
+        /// (`GET /api/realtime/sse?subscribe=`) beside the WebSocket ones.
+        #[arg(long)]
+        sse: bool,
     },
     /// Redraws `--find-max`'s plot from the JSON it wrote (`--json`).
     Plot {
@@ -565,17 +569,20 @@ fn main() {
                 svg,
                 json,
                 nodes,
+                sse,
             } => {
                 let load = Load {
                     subscribers,
                     rate,
                     seconds,
                     payload,
+                    framing: Framing::WebSocket,
                 };
                 if climb {
                     find_max(load, rate, against, &svg, json.as_deref()).await;
                 } else {
-                    fanout_compared(load, runs, against, nodes, json.as_deref()).await;
+                    let with = fanout::Also { nodes, sse };
+                    fanout_compared(load, runs, against, with, json.as_deref()).await;
                 }
             }
             Mode::Idle {

@@ -30,18 +30,30 @@ impl FanoutReport {
     }
 }
 
-/// Runs `fanout` `runs` times against realtide (and the peer when asked,
-/// alternating), then prints medians and realtide's over the peer's.
+/// What else each run of [`fanout_compared`] measures beside realtide.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Also {
+    /// With N > 1, the load on N nodes.
+    pub(super) nodes: usize,
+    /// The load with server-sent-events subscribers.
+    pub(super) sse: bool,
+}
+
+/// Runs `fanout` `runs` times against realtide (and the peer, the cluster
+/// and SSE subscribers when asked, alternating), then prints medians and
+/// realtide's over the peer's.
 pub(super) async fn fanout_compared(
     load: Load,
     runs: usize,
     against: Option<Peer>,
-    nodes: usize,
+    also: Also,
     json: Option<&str>,
 ) {
+    let nodes = also.nodes;
     let mut ours = Vec::new();
     let mut peers = Vec::new();
     let mut clustered = Vec::new();
+    let mut streams = Vec::new();
     for _ in 0..runs.max(1) {
         ours.push(fanout(Target::Realtide, load).await);
         if let Some(peer) = against {
@@ -49,6 +61,13 @@ pub(super) async fn fanout_compared(
         }
         if nodes > 1 {
             clustered.push(fanout_nodes(load, nodes).await);
+        }
+        if also.sse {
+            let sse = Load {
+                framing: Framing::Events,
+                ..load
+            };
+            streams.push(fanout(Target::Realtide, sse).await);
         }
     }
     let summary = |reports: &[FanoutReport]| {
@@ -100,6 +119,22 @@ pub(super) async fn fanout_compared(
             cp50 / p50.max(1.0),
             cp99 / p99.max(1.0),
             ctotal / total
+        );
+    }
+    if also.sse {
+        let (sdps, sp50, sp99, suser, stotal) = summary(&streams);
+        println!(
+            "median of {} run(s), realtide over SSE: {sdps:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {suser:.2} µs user / {stotal:.2} µs total CPU per delivery",
+            streams.len(),
+            sp50 / 1000.0,
+            sp99 / 1000.0
+        );
+        println!(
+            "SSE / WebSocket: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per delivery {:.2}x",
+            sdps / dps,
+            sp50 / p50.max(1.0),
+            sp99 / p99.max(1.0),
+            stotal / total
         );
     }
     if let Some(path) = json {
@@ -270,11 +305,35 @@ pub(super) struct Load {
     pub(super) rate: u64,
     pub(super) seconds: u64,
     pub(super) payload: usize,
+    /// How subscribers connect: WebSocket, or server-sent events.
+    pub(super) framing: Framing,
 }
 
 async fn fanout(target: Target, load: Load) -> FanoutReport {
     let server = Server::start_target(target).await;
-    fanout_on(target, target.name(), &[server], None, load).await
+    let label = match load.framing {
+        Framing::WebSocket => target.name(),
+        Framing::Events => "realtide, SSE subscribers",
+    };
+    fanout_on(target, label, &[server], None, load).await
+}
+
+/// A listen-only event stream on `topic`, once its subscription is made.
+async fn sse_subscriber(addr: &str, topic: &str) -> std::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/realtime/sse?subscribe={topic} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !seen.windows(12).any(|w| w == br#""subscribed""#) {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the stream ended before its subscription");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    stream.into_std().unwrap()
 }
 
 /// A `redis-server` of the bench's own, on a free port, killed on drop.
@@ -386,15 +445,22 @@ async fn fanout_on(
         rate,
         seconds,
         payload,
+        framing,
     } = load;
     let topic = "bench/fanout";
     let messages = rate * seconds;
     let hosts = servers.len().saturating_sub(1).max(1);
-    let mut sockets = Vec::with_capacity(subscribers);
+    let mut sockets: Vec<std::net::TcpStream> = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        let mut ws = connect(&servers[i % hosts].addr).await;
-        subscribe(&mut ws, topic).await;
-        sockets.push(ws);
+        let addr = &servers[i % hosts].addr;
+        sockets.push(match framing {
+            Framing::WebSocket => {
+                let mut ws = connect(addr).await;
+                subscribe(&mut ws, topic).await;
+                raw_socket(ws)
+            }
+            Framing::Events => sse_subscriber(addr, topic).await,
+        });
     }
     let server = &servers[servers.len() - 1];
     let cpu_of = |servers: &[Server]| {
@@ -405,11 +471,10 @@ async fn fanout_on(
     };
     let deadline = Instant::now() + Duration::from_secs(seconds + 10);
     let expected = messages * subscribers as u64;
-    let sockets: Vec<std::net::TcpStream> = sockets.into_iter().map(raw_socket).collect();
     let reader = std::thread::spawn(move || {
         let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         let mut got = 0;
-        read_all(sockets, deadline, |frame| {
+        read_all(sockets, framing, deadline, |frame| {
             if let Some(t) = number_after(frame, br#""t":"#) {
                 let micros = now_ns().saturating_sub(t) / 1000;
                 latencies.saturating_record(micros.max(1));

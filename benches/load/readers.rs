@@ -24,6 +24,7 @@ pub(super) fn raw_socket(ws: Socket) -> std::net::TcpStream {
 /// text frame's payload until it answers false or `deadline` passes.
 pub(super) fn read_all(
     sockets: Vec<std::net::TcpStream>,
+    framing: Framing,
     deadline: Instant,
     mut on_text: impl FnMut(&[u8]) -> bool,
 ) {
@@ -58,7 +59,11 @@ pub(super) fn read_all(
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         pending.extend_from_slice(&chunk[..n]);
-                        if !take_frames(pending, &mut on_text) {
+                        let go_on = match framing {
+                            Framing::WebSocket => take_frames(pending, &mut on_text),
+                            Framing::Events => take_events(pending, &mut on_text),
+                        };
+                        if !go_on {
                             return;
                         }
                         if n < chunk.len() {
@@ -69,6 +74,31 @@ pub(super) fn read_all(
             }
         }
     }
+}
+
+/// What the subscribers' bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// WebSocket frames.
+    WebSocket,
+    /// A server-sent-events body: events end at a blank line (actix-http's
+    /// chunk sizes fall between events, never inside one).
+    Events,
+}
+
+/// Hands each whole event at the front of `pending` to `on_text`.
+fn take_events(pending: &mut Vec<u8>, on_text: &mut impl FnMut(&[u8]) -> bool) -> bool {
+    let mut start = 0;
+    let mut go_on = true;
+    while go_on {
+        let Some(end) = pending[start..].windows(2).position(|w| w == b"\n\n") else {
+            break;
+        };
+        go_on = on_text(&pending[start..start + end]);
+        start += end + 2;
+    }
+    pending.drain(..start);
+    go_on
 }
 
 /// Hands each whole text frame at the front of `pending` to `on_text`,

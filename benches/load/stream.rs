@@ -19,7 +19,7 @@ pub(super) async fn stream(viewers: usize, rate: u64, tokens: u64) {
     let reader = std::thread::spawn(move || {
         let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         let mut finished = 0;
-        read_all(sockets, deadline, |frame| {
+        read_all(sockets, Framing::WebSocket, deadline, |frame| {
             let done = br#""event":"ai:done""#;
             if frame.windows(done.len()).any(|w| w == done) {
                 finished += 1;
