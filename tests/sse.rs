@@ -348,3 +348,37 @@ async fn a_request_posted_to_another_node_is_answered_on_the_stream() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_streams_token_expires_as_a_sockets_does_unless_refreshed_by_a_post() {
+    let app = TestApp::spawn_with(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let short = realtide::auth::token::sign(
+        SECRET,
+        "ann",
+        Duration::from_secs(2),
+        serde_json::Map::new(),
+    )
+    .unwrap();
+    let mut expiring = SseClient::open(&app, &format!("?token={short}")).await;
+    let mut refreshed = SseClient::open(&app, &format!("?token={short}")).await;
+    let fresh = common::token_for(SECRET, "ann", json!({}));
+    let ack = refreshed
+        .request(json!({"type": "auth", "token": fresh}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    let error = expiring.frame().await;
+    assert_eq!(
+        (&error["type"], &error["code"]),
+        (&json!("error"), &json!("unauthorized"))
+    );
+    let close = expiring.event().await;
+    assert_eq!(close.kind.as_deref(), Some("close"));
+    assert_eq!(close.json()["code"], 4001);
+    assert!(expiring.ended(Duration::from_secs(5)).await);
+
+    assert_eq!(
+        refreshed.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+}
