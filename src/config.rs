@@ -307,6 +307,49 @@ pub struct Config {
     /// Worker threads for HTTP and WebSocket sessions (default: one per core).
     #[arg(long, env = "REALTIDE_WORKERS")]
     pub workers: Option<usize>,
+
+    /// The app's backend decides connections that bring no token and no
+    /// API key: realtide POSTs each to this URL (docs/backend.md).
+    #[arg(long, env = "REALTIDE_PROXY_CONNECT_URL")]
+    pub proxy_connect_url: Option<String>,
+
+    /// The app's backend allows each subscribe (and may add a forced filter).
+    #[arg(long, env = "REALTIDE_PROXY_SUBSCRIBE_URL")]
+    pub proxy_subscribe_url: Option<String>,
+
+    /// The app's backend allows, rewrites or refuses each client publish.
+    #[arg(long, env = "REALTIDE_PROXY_PUBLISH_URL")]
+    pub proxy_publish_url: Option<String>,
+
+    /// How long a proxy call may take before the request fails `unavailable`.
+    #[arg(long, env = "REALTIDE_PROXY_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub proxy_timeout_ms: u64,
+
+    /// The request headers the connect proxy is shown (a comma list).
+    #[arg(
+        long,
+        env = "REALTIDE_PROXY_HEADERS",
+        default_value = "Cookie,Authorization,User-Agent,X-Forwarded-For"
+    )]
+    pub proxy_headers: String,
+
+    /// Where webhooks are POSTed (docs/backend.md).
+    #[arg(long, env = "REALTIDE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Signs webhooks and proxy calls (HMAC-SHA256); at least 32 bytes,
+    /// required with `--webhook-url`.
+    #[arg(long, env = "REALTIDE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// The webhook types to send (a comma list; default: all).
+    #[arg(long, env = "REALTIDE_WEBHOOK_EVENTS")]
+    pub webhook_events: Option<String>,
+
+    /// How long an undelivered webhook is retried before it is dropped.
+    #[arg(long, env = "REALTIDE_WEBHOOK_RETRY_S", default_value_t = 86_400)]
+    pub webhook_retry_s: u64,
 }
 
 impl Config {
@@ -395,6 +438,7 @@ impl Config {
                 ));
             }
         }
+        crate::backend::check_settings(self)?;
         for (key, flag) in [
             (&self.server_key, "--server-key"),
             (&self.admin_key, "--admin-key"),

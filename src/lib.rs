@@ -25,6 +25,7 @@
 //! - [`state`]: what handlers and sessions share.
 
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod cache;
 pub mod changes;

@@ -11,6 +11,8 @@ use crate::protocol::ErrorCode;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Proxy calls and webhook deliveries (PROTOCOL §10).
+    pub backend: crate::backend::BackendMetrics,
     /// Open WebSocket connections.
     pub connections: IntGauge,
     /// Live subscriptions over all connections.
@@ -255,7 +257,6 @@ impl Metrics {
             let _ = registry.register(Box::new(process));
         }
         Metrics {
-            registry,
             connections,
             subscriptions,
             topics,
@@ -280,6 +281,8 @@ impl Metrics {
             history_commits,
             capture_slot_lag_bytes,
             capture_logical,
+            backend: crate::backend::BackendMetrics::new(&registry),
+            registry,
         }
     }
 

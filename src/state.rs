@@ -50,6 +50,8 @@ pub struct AppState {
     pub outbox_policy: Arc<OutboxPolicy>,
     /// The last 15 minutes of this node's figures, for the console.
     pub trends: crate::trends::Trends,
+    /// The app's backend: its proxies (PROTOCOL §10).
+    pub backend: Arc<crate::backend::Backend>,
     /// This node's server-sent-events connections, for their POSTed requests.
     pub event_streams: Arc<crate::session::event_streams::EventStreams>,
     next_conn: AtomicU64,
@@ -65,7 +67,12 @@ impl AppState {
         broker: Option<Arc<dyn Broker>>,
         api_keys: ApiKeys,
     ) -> Self {
+        let backend = Arc::new(crate::backend::Backend::new(
+            &config,
+            metrics.backend.clone(),
+        ));
         AppState {
+            backend,
             node_id,
             broker,
             api_keys,

@@ -36,7 +36,13 @@ const MAX_QUERY_TOPICS: usize = 64;
 /// `Last-Event-ID` when the client sends one.
 pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
-    let identity = ws::admit(req.query_string(), req.headers(), peer, &state).inspect_err(|e| {
+    let wire_id = uuid::Uuid::new_v4();
+    let conn = wire_id.simple().to_string();
+    let admitted = match ws::admit(req.query_string(), req.headers(), peer, &state) {
+        Ok(admission) => admission.identity(&conn, req.head(), &state).await,
+        Err(refusal) => Err(refusal),
+    };
+    let identity = admitted.inspect_err(|e| {
         state
             .metrics
             .handshakes_refused
@@ -46,8 +52,8 @@ pub async fn open(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let first = subscribes(&req, state.config.max_subscriptions_per_connection)?;
 
     let stream = EventStream::new();
-    let outbox = Outbox::new(Socket::events(stream.clone()), state.outbox_policy.clone());
-    let conn = outbox.wire_id().to_string();
+    let socket = Socket::events(stream.clone());
+    let outbox = Outbox::with_wire_id(socket, state.outbox_policy.clone(), wire_id);
     let secret = new_secret();
     let input = state
         .event_streams

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ApiError;
 use super::inbound::{Incoming, READ_CHUNK};
-use super::ws;
+use super::ws::{self, Accepted};
 use crate::outbox::Outbox;
 use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
@@ -79,7 +79,21 @@ async fn serve(
             format!("no WebSocket endpoint at {other}; it is {PATH}"),
         )),
     };
+    let conn = uuid::Uuid::new_v4();
     let accepted = match accepted {
+        Ok(Accepted {
+            admission,
+            protocol,
+        }) => match admission
+            .identity(&conn.simple().to_string(), request.head(), &state)
+            .await
+        {
+            Ok(identity) => Ok((identity, protocol)),
+            Err(refusal) => Err(refusal),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    let (identity, protocol) = match accepted {
         Ok(accepted) => accepted,
         Err(refusal) => {
             state
@@ -100,7 +114,7 @@ async fn serve(
         }
     };
     let mut response = actix_http::ws::handshake_response(request.head());
-    if let Some(protocol) = accepted.protocol {
+    if let Some(protocol) = protocol {
         response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
     }
     let response = response.finish().drop_body();
@@ -122,13 +136,13 @@ async fn serve(
         (parts.io, incoming)
     };
 
-    let outbox = Outbox::new(socket, state.outbox_policy.clone());
+    let outbox = Outbox::with_wire_id(socket, state.outbox_policy.clone(), conn);
     // A finished session's last frames (a 4008 close behind a slow reader's
     // backlog, say) wait as long as the client could stay silent while
     // connected: a reader that resumes in time gets them, one that never
     // does is dropped then.
     let final_flush = state.config.idle_timeout();
-    let session = SessionActor::new(state, accepted.identity, outbox.clone());
+    let session = SessionActor::new(state, identity, outbox.clone());
     // The session runs as a task of its own, so actix-http's connection
     // task (and all it held for HTTP) ends here.
     actix_web::rt::spawn(SessionDriver {

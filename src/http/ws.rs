@@ -84,9 +84,43 @@ pub fn identify(
     }
 }
 
+/// Who a connecting client is: known from its credentials, or (a connect
+/// proxy set, no credentials brought) for the app's backend to say.
+pub enum Admission {
+    Known(Identity),
+    AskBackend,
+}
+
+impl Admission {
+    /// The identity: known, or the connect proxy's answer for connection
+    /// `conn` (a refusal counted as the handshake's are).
+    pub async fn identity(
+        self,
+        conn: &str,
+        head: &RequestHead,
+        state: &AppState,
+    ) -> Result<Identity, ApiError> {
+        match self {
+            Admission::Known(identity) => Ok(identity),
+            Admission::AskBackend => {
+                let call = crate::backend::proxy::ConnectCall {
+                    conn,
+                    headers: &head.headers,
+                    query: head.uri.query().unwrap_or_default(),
+                    remote_addr: head.peer_addr,
+                };
+                state.backend.connect(call).await.map_err(|e| {
+                    state.metrics.error(e.code);
+                    e.into()
+                })
+            }
+        }
+    }
+}
+
 /// A connection allowed in: who it is, and the subprotocol to select.
 pub struct Accepted {
-    pub identity: Identity,
+    pub admission: Admission,
     /// None when the client offered no subprotocol we speak.
     pub protocol: Option<HeaderValue>,
 }
@@ -99,7 +133,7 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
     })?;
     let headers = &head.headers;
     let peer = head.peer_addr.map(|a| a.ip());
-    let identity = admit(head.uri.query().unwrap_or_default(), headers, peer, state)?;
+    let admission = admit(head.uri.query().unwrap_or_default(), headers, peer, state)?;
     // Select aerostack-v1 when offered; else the token (or key) protocol,
     // since a browser drops a handshake that selects none of those it offered.
     let credential = subprotocol_token(headers)
@@ -115,17 +149,21 @@ pub fn accept(head: &RequestHead, state: &AppState) -> Result<Accepted, ApiError
             None => None,
         },
     };
-    Ok(Accepted { identity, protocol })
+    Ok(Accepted {
+        admission,
+        protocol,
+    })
 }
 
 /// Who a connecting client is, from its query string and headers: its
-/// token and API key (query, headers or subprotocols) and its project.
+/// token and API key (query, headers or subprotocols) and its project; or,
+/// with neither and a connect proxy set, for the backend to say.
 pub(super) fn admit(
     query: &str,
     headers: &HeaderMap,
     peer: Option<std::net::IpAddr>,
     state: &AppState,
-) -> Result<Identity, ApiError> {
+) -> Result<Admission, ApiError> {
     let refuse = |error: ApiError| {
         state.metrics.error(error.0.code);
         error
@@ -139,7 +177,9 @@ pub(super) fn admit(
             .admin_guard
             .check(key, peer)
             .map_err(|e| refuse(e.into()))?;
-        return Ok(Identity::open(Some(CONSOLE_USER.to_string())));
+        return Ok(Admission::Known(Identity::open(Some(
+            CONSOLE_USER.to_string(),
+        ))));
     }
     let token = query
         .token
@@ -151,8 +191,11 @@ pub(super) fn admit(
         .as_deref()
         .or_else(|| header_key(headers))
         .or_else(|| subprotocol_key(headers));
-    let identity = identify(state, token, key, query.user_id).map_err(|e| refuse(e.into()))?;
-    if let Some(project) = query.project_id.filter(|p| *p != state.config.project_id) {
+    if let Some(project) = query
+        .project_id
+        .as_ref()
+        .filter(|p| **p != state.config.project_id)
+    {
         return Err(refuse(
             ProtocolError::forbidden(format!(
                 "project `{project}` is not served here; this server is `{}`",
@@ -161,7 +204,13 @@ pub(super) fn admit(
             .into(),
         ));
     }
-    Ok(identity)
+    // With a connect proxy, a connection without credentials never gets
+    // open mode: the backend says who it is.
+    if token.is_none() && key.is_none() && state.backend.decides_connections() {
+        return Ok(Admission::AskBackend);
+    }
+    let identity = identify(state, token, key, query.user_id).map_err(|e| refuse(e.into()))?;
+    Ok(Admission::Known(identity))
 }
 
 /// `GET /api/realtime/check`: what the handshake with these credentials
@@ -173,7 +222,9 @@ pub async fn check(
     state: web::Data<AppState>,
 ) -> Result<actix_web::HttpResponse, ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
-    let identity = admit(req.query_string(), req.headers(), peer, &state)?;
+    let admission = admit(req.query_string(), req.headers(), peer, &state)?;
+    let conn = uuid::Uuid::new_v4().simple().to_string();
+    let identity = admission.identity(&conn, req.head(), &state).await?;
     Ok(actix_web::HttpResponse::Ok()
         .json(serde_json::json!({"ok": true, "userId": identity.user_id.as_deref()})))
 }

@@ -171,6 +171,16 @@ impl From<Offer> for Reserve {
 
 impl Outbox {
     pub fn new(socket: Socket, policy: Arc<OutboxPolicy>) -> Arc<Self> {
+        Self::with_wire_id(socket, policy, uuid::Uuid::new_v4())
+    }
+
+    /// An outbox for the connection clients will know as `wire_id` (the
+    /// id the connect proxy was told).
+    pub fn with_wire_id(
+        socket: Socket,
+        policy: Arc<OutboxPolicy>,
+        wire_id: uuid::Uuid,
+    ) -> Arc<Self> {
         Arc::new(Outbox {
             socket,
             policy,
@@ -178,7 +188,7 @@ impl Outbox {
             peer_closed: AtomicBool::new(false),
             heard_at: AtomicU64::new(uptime_ms()),
             expires_at: AtomicU64::new(u64::MAX),
-            wire_id: uuid::Uuid::new_v4(),
+            wire_id,
             shared: Mutex::new(Shared::default()),
             session: OnceLock::new(),
         })

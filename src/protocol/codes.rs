@@ -41,6 +41,11 @@ impl ErrorCode {
         }
     }
 
+    /// The code spelled `name` on the wire.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {

@@ -31,6 +31,7 @@ use crate::protocol::{ProtocolError, close};
 use crate::registry::{SessionClosed, SessionOpened, UnsubscribeFrom};
 use crate::state::AppState;
 
+mod decisions;
 mod operator;
 mod requests;
 
@@ -58,6 +59,8 @@ pub struct SessionActor {
     close_code: Option<u16>,
     /// A server-sent-events connection's secret (`welcome.session`).
     event_session: Option<String>,
+    /// Requests waiting on the app's backend (subscribe and publish proxies).
+    decisions: decisions::Decisions,
 }
 
 /// How long a closing session waits for the client's close reply. Closing the
@@ -80,6 +83,7 @@ impl SessionActor {
             frames_in: 0,
             close_code: None,
             event_session: None,
+            decisions: Default::default(),
             state,
         }
     }

@@ -3,6 +3,7 @@
 //! client (tokio-tungstenite) speaking the protocol as an app would.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod capture;
 pub mod cluster;
 pub mod sse;

@@ -35,7 +35,7 @@ impl SessionActor {
                 self.send(ctx, server::pong(reference.as_ref()));
                 Ok(())
             }
-            Request::Subscribe(subscribe) => self.subscribe(subscribe, reference),
+            Request::Subscribe(subscribe) => self.subscribe(subscribe, reference, ctx),
             Request::Unsubscribe { topic } => {
                 let name = self.parse_topic(&topic)?;
                 let reply = UnsubscribeReply {
@@ -50,7 +50,7 @@ impl SessionActor {
                 }
                 Ok(())
             }
-            Request::Publish(publish) => self.publish(publish, reference),
+            Request::Publish(publish) => self.publish(publish, reference, ctx),
             Request::Auth { token } => self.reauthenticate(&token, reference, ctx),
             Request::Track { topic, state } => self.track(&topic, state, reference),
             Request::Untrack { topic } => {
@@ -79,7 +79,7 @@ impl SessionActor {
                     persist: Some(true),
                     id: None,
                 };
-                self.publish(publish, reference)
+                self.publish(publish, reference, ctx)
             }
         }
     }
@@ -92,6 +92,7 @@ impl SessionActor {
         &mut self,
         request: SubscribeRequest,
         reference: Option<Value>,
+        ctx: &mut Ctx,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(&request.topic)?;
         if !self.identity.grants.can_subscribe(name.as_str()) {
@@ -120,6 +121,53 @@ impl SessionActor {
                 format!("a connection may subscribe to at most {limit} topics"),
             ));
         }
+        if !self.state.backend.decides_subscribes() {
+            self.subscribe_now(name, request, own_filter, filter, reference);
+            return Ok(());
+        }
+        // The backend allows it, and may narrow a table's rows.
+        let backend = self.state.backend.clone();
+        let (conn, user) = (
+            self.outbox.wire_id().to_string(),
+            self.identity.user_id.clone(),
+        );
+        let (topic, asked) = (request.topic.clone(), request.filter.clone());
+        let call = async move {
+            backend
+                .subscribe(&conn, user.as_deref(), &topic, asked.as_ref())
+                .await
+        };
+        self.after_backend(ctx, call, move |session, ctx, answer| {
+            let narrowed = answer.and_then(|added| match (name.kind(), added) {
+                (TopicKind::Table, Some(added)) => {
+                    let added = Filter::parse(&added)?;
+                    Ok((own_filter.and(added.clone()), filter.and(added)))
+                }
+                _ => Ok((own_filter, filter)),
+            });
+            match narrowed {
+                Ok((own_filter, filter)) => {
+                    session.subscribe_now(name, request, own_filter, filter, reference)
+                }
+                Err(error) => {
+                    let topic = request.topic.as_str();
+                    session.send_error(ctx, reference.as_ref(), Some(topic), &error);
+                }
+            }
+        })
+    }
+
+    /// Makes the subscription: the outbox learns it, the topic is asked.
+    /// `own_filter` is what a fresh token's forced filter is joined to
+    /// (the client's, and the subscribe proxy's).
+    fn subscribe_now(
+        &mut self,
+        name: TopicName,
+        request: SubscribeRequest,
+        own_filter: Filter,
+        filter: Filter,
+        reference: Option<Value>,
+    ) {
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         // Most clients spell a topic canonically: one string serves both.
@@ -150,7 +198,6 @@ impl SessionActor {
             },
             topic: name,
         });
-        Ok(())
     }
 
     /// The filter of a table subscription: the client's, and the token's
@@ -303,6 +350,7 @@ impl SessionActor {
         &mut self,
         request: PublishRequest,
         reference: Option<Value>,
+        ctx: &mut Ctx,
     ) -> Result<(), ProtocolError> {
         let name = self.parse_topic(&request.topic)?;
         if name.kind() == TopicKind::Table {
@@ -324,6 +372,42 @@ impl SessionActor {
                 ),
             ));
         }
+        if !self.state.backend.decides_publishes() {
+            self.publish_now(name, request, reference);
+            return Ok(());
+        }
+        // The backend passes it, replaces its data, or refuses it.
+        let backend = self.state.backend.clone();
+        let (conn, user) = (
+            self.outbox.wire_id().to_string(),
+            self.identity.user_id.clone(),
+        );
+        let (topic, event, data) = (
+            request.topic.clone(),
+            request.event.clone(),
+            request.data.clone(),
+        );
+        let call = async move {
+            backend
+                .publish(&conn, user.as_deref(), &topic, &event, &data)
+                .await
+        };
+        self.after_backend(ctx, call, move |session, ctx, answer| match answer {
+            Ok(replaced) => {
+                let mut request = request;
+                if let Some(data) = replaced {
+                    request.data = data;
+                }
+                session.publish_now(name, request, reference);
+            }
+            Err(error) => {
+                let topic = request.topic.as_str();
+                session.send_error(ctx, reference.as_ref(), Some(topic), &error);
+            }
+        })
+    }
+
+    fn publish_now(&mut self, name: TopicName, request: PublishRequest, reference: Option<Value>) {
         // The topic answers, ahead of this client's own echo (and the
         // registry, should the topic not start): see `PublishReply`.
         let ack = AckTo {
@@ -343,7 +427,6 @@ impl SessionActor {
                 reply: PublishReply::to_client(ack, request.topic),
             },
         });
-        Ok(())
     }
 
     pub(super) fn reauthenticate(
