@@ -19,6 +19,7 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
 use crate::auth::api_keys::ApiKeys;
+use crate::backend::webhooks::Webhooks;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, ClusterLink};
 use crate::changes::logical::{self, LogicalSource};
@@ -234,7 +235,9 @@ where
     let arbiters = (0..workers).map(|_| Arbiter::new().handle()).collect();
     let tables = Arc::new(TableList::parse(&config.tables).map_err(StartError::Config)?);
     let (tracker, capture) = start_tracker(&db, &config, &tables, &metrics)?;
+    let webhooks = Webhooks::start(&config, &db, node.clone(), &metrics);
     let tracking = Tracking {
+        webhooks: webhooks.clone(),
         tracker: tracker.clone(),
         db: db.clone(),
         history: HistoryWriter::start(db.clone(), metrics.history_commits.clone())?,
@@ -280,6 +283,7 @@ where
     );
     state.capture = capture;
     state.tables = tables;
+    state.webhooks = webhooks;
     if let Some(broker) = &state.broker {
         let streams = state.event_streams.clone();
         broker.receive_forwarded(Arc::new(move |forwarded| {
@@ -472,6 +476,8 @@ impl Controller {
                 "sessions closed with 1012"
             );
         }
+        // The closed connections' webhooks are stored before the process ends.
+        self.state.webhooks.flush().await;
         if let Some(broker) = &self.broker {
             // Whatever presence the closed sessions left behind goes now,
             // with its leaves, rather than when this node is taken for dead.

@@ -52,6 +52,9 @@ pub struct AppState {
     pub trends: crate::trends::Trends,
     /// The app's backend: its proxies (PROTOCOL §10).
     pub backend: Arc<crate::backend::Backend>,
+    /// What the backend is told of (none without `--webhook-url`); the
+    /// server sets it.
+    pub webhooks: crate::backend::webhooks::Webhooks,
     /// This node's server-sent-events connections, for their POSTed requests.
     pub event_streams: Arc<crate::session::event_streams::EventStreams>,
     next_conn: AtomicU64,
@@ -73,6 +76,7 @@ impl AppState {
         ));
         AppState {
             backend,
+            webhooks: Default::default(),
             node_id,
             broker,
             api_keys,

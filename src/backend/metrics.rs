@@ -1,7 +1,7 @@
 //! What an operator sees of the app's backend: proxy calls by proxy and
 //! result, their latency, and (with webhooks) deliveries.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The proxies, as labels.
 pub const PROXIES: [&str; 3] = ["connect", "subscribe", "publish"];
@@ -15,6 +15,11 @@ pub struct BackendMetrics {
     pub proxy_calls: IntCounterVec,
     /// `realtide_proxy_duration_seconds{proxy}`.
     pub proxy_duration: HistogramVec,
+    /// `realtide_webhook_deliveries_total{result}`: delivered, failed (one
+    /// try), dropped (out of retries).
+    pub webhook_deliveries: IntCounterVec,
+    /// `realtide_webhook_pending`: webhooks stored and not delivered yet.
+    pub webhooks_pending: IntGauge,
 }
 
 impl BackendMetrics {
@@ -44,11 +49,31 @@ impl BackendMetrics {
             }
             proxy_duration.with_label_values(&[proxy]);
         }
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts, by result (delivered, failed, dropped)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["delivered", "failed", "dropped"] {
+            webhook_deliveries.with_label_values(&[result]);
+        }
+        let webhooks_pending = IntGauge::new(
+            "webhook_pending",
+            "Webhooks stored and not delivered yet (every node's, in a cluster)",
+        )
+        .expect("valid metric");
         let _ = registry.register(Box::new(proxy_calls.clone()));
         let _ = registry.register(Box::new(proxy_duration.clone()));
+        let _ = registry.register(Box::new(webhook_deliveries.clone()));
+        let _ = registry.register(Box::new(webhooks_pending.clone()));
         BackendMetrics {
             proxy_calls,
             proxy_duration,
+            webhook_deliveries,
+            webhooks_pending,
         }
     }
 }

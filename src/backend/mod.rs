@@ -7,6 +7,7 @@
 pub mod metrics;
 pub mod proxy;
 pub mod signing;
+pub mod webhooks;
 
 use std::time::Duration;
 

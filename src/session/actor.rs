@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::context::SessionContext;
 use crate::auth::Identity;
+use crate::backend::webhooks::Happening;
 use crate::metrics::CloseCause;
 use crate::outbox::messages::{ConnId, Disconnect, ToSession};
 use crate::outbox::{Outbox, Reserve};
@@ -191,6 +192,10 @@ impl Actor for SessionActor {
         });
         let wire_id = self.outbox.wire_id().to_string();
         tracing::info!(conn = %wire_id, user = self.identity.user_id.as_deref().unwrap_or("-"), "connection opened");
+        state.webhooks.record(Happening::ConnectionOpened {
+            conn: wire_id.clone(),
+            user: self.identity.user_id.as_deref().map(str::to_owned),
+        });
         let welcome = server::welcome(&server::Welcome {
             conn: &wire_id,
             user_id: self.identity.user_id.as_deref(),
@@ -222,6 +227,12 @@ impl Actor for SessionActor {
             subscriptions = self.outbox.subscription_count(),
             "connection closed"
         );
+        self.state.webhooks.record(Happening::ConnectionClosed {
+            conn: self.outbox.wire_id().to_string(),
+            user: self.identity.user_id.as_deref().map(str::to_owned),
+            code,
+            reason: CloseCause::of(code).as_str().to_string(),
+        });
         self.state.metrics.connections.dec();
         self.leave_all_topics();
         self.state

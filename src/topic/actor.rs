@@ -30,6 +30,7 @@ use super::presence::Presence;
 use super::replay::ReplayRing;
 use super::spellings::Spellings;
 use super::streams::RunningStreams;
+use crate::backend::webhooks::{Happening, Webhooks};
 use crate::broker::ClusterLink;
 use crate::changes::poller::Tracker;
 use crate::changes::{Change, Filter, TableShape};
@@ -83,6 +84,8 @@ pub struct Tracking {
     /// `--snapshot-page-rows` and `--max-snapshot-rows`.
     pub snapshot_page_rows: usize,
     pub max_snapshot_rows: usize,
+    /// What the app's backend is told of (occupancy, presence).
+    pub webhooks: Webhooks,
 }
 
 struct TableState {
@@ -125,6 +128,8 @@ pub struct TopicActor {
     shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
     unstored: ThinVec<storing::Unstored>,
+    /// Where occupancy and presence are told to the app's backend.
+    webhooks: Webhooks,
 }
 
 impl TopicActor {
@@ -136,6 +141,7 @@ impl TopicActor {
     ) -> Self {
         let db = tracking.db.clone();
         let history = tracking.history.clone();
+        let webhooks = tracking.webhooks.clone();
         let shared = match name.kind() {
             TopicKind::PubSub => tracking
                 .cluster
@@ -176,12 +182,16 @@ impl TopicActor {
             metrics,
             shared,
             unstored: ThinVec::new(),
+            webhooks,
         }
     }
 
     fn remove(&mut self, conn: ConnId) {
         if self.subscribers.remove(&conn).is_some() {
             self.metrics.subscriptions.dec();
+            if self.subscribers.is_empty() {
+                self.tell_occupancy(false);
+            }
         }
         self.forget_shared(conn);
         self.untrack(conn);
@@ -197,9 +207,46 @@ impl TopicActor {
     /// Ends a connection's presence, telling every subscriber.
     fn untrack(&mut self, conn: ConnId) {
         if let Some(left) = self.presence.remove(conn) {
+            self.tell_presence_left(&left);
             let frame = TopicFrame::presence("presence:leave", &left, now_ms());
             self.fan_out(frame, Audience::Everyone);
         }
+    }
+
+    /// Tells the app's backend the topic got its first subscriber, or lost
+    /// its last.
+    fn tell_occupancy(&self, occupied: bool) {
+        self.webhooks.record(Happening::Occupancy {
+            topic: self.name.to_string(),
+            occupied,
+        });
+    }
+
+    /// Tells the app's backend a key got its first entry (`joined`, with
+    /// the change's data `{key, conn, state}`).
+    fn tell_presence_joined(&self, joined: &serde_json::Value) {
+        self.tell_presence(joined, true);
+    }
+
+    /// Tells the app's backend if the entry that `left` (`{key, conn,
+    /// state}`) was its key's last.
+    fn tell_presence_left(&self, left: &serde_json::Value) {
+        let key = left["key"].as_str().unwrap_or_default();
+        if !self.presence.has_key(key) {
+            self.tell_presence(left, false);
+        }
+    }
+
+    fn tell_presence(&self, change: &serde_json::Value, joined: bool) {
+        if !self.webhooks.is_on() {
+            return;
+        }
+        self.webhooks.record(Happening::Presence {
+            topic: self.name.to_string(),
+            key: change["key"].as_str().unwrap_or_default().to_string(),
+            state: change["state"].as_object().cloned().unwrap_or_default(),
+            joined,
+        });
     }
 
     fn publish_change(&mut self, change: Change) {
@@ -381,9 +428,19 @@ impl Handler<Track> for TopicActor {
             return self.track_shared(msg, ctx);
         }
         self.ack_presence(&msg.ack);
+        // What the backend is told: the key's first entry joins; a key this
+        // connection moves away from may have lost its last.
+        let replaced = self.presence.remove(msg.conn);
+        let key_was_here = self.presence.has_key(&msg.key);
         let joined = self
             .presence
             .track(&msg.key, msg.conn, &msg.wire_conn, msg.state);
+        if let Some(replaced) = replaced.filter(|r| r["key"] != msg.key.as_str()) {
+            self.tell_presence_left(&replaced);
+        }
+        if !key_was_here {
+            self.tell_presence_joined(&joined);
+        }
         let frame = TopicFrame::presence("presence:join", &joined, now_ms());
         self.fan_out(frame, Audience::Everyone);
     }

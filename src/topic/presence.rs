@@ -80,6 +80,13 @@ impl Presence {
         self.remove_where(|e| e.wire_conn == wire_conn)
     }
 
+    /// Whether presence key `key` has an entry.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.by_key
+            .as_ref()
+            .is_some_and(|by_key| by_key.contains_key(key))
+    }
+
     /// Every entry: (key, wire id, state).
     pub fn all(&self) -> Vec<(String, String, Map<String, Value>)> {
         self.by_key

@@ -495,6 +495,21 @@ impl Client {
         reply
     }
 
+    /// Sends `frame` with a fresh `ref` and returns the reply carrying it,
+    /// passing over the events that arrive first.
+    pub async fn ask(&mut self, mut frame: Value) -> Value {
+        let reference = format!("r{}", self.next_ref);
+        self.next_ref += 1;
+        frame["ref"] = json!(reference);
+        self.send(frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["ref"] == json!(reference) {
+                return reply;
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, topic: &str) -> Value {
         let reply = self
             .request(json!({"type": "subscribe", "topic": topic}))

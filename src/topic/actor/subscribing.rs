@@ -79,6 +79,9 @@ impl TopicActor {
         }
         if ok && self.subscribers.insert(msg.conn, subscriber).is_none() {
             self.metrics.subscriptions.inc();
+            if self.subscribers.len() == 1 {
+                self.tell_occupancy(true);
+            }
         }
     }
 

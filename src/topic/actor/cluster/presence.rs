@@ -94,13 +94,23 @@ impl TopicActor {
         {
             self.ack_presence(&ack);
         }
+        // The node of the connection tells the app's backend.
+        let local = *entry.node == *node;
         let data = if joined {
-            Some(
-                self.presence
-                    .track_wire(&entry.key, &entry.conn, entry.state),
-            )
+            let key_was_here = self.presence.has_key(&entry.key);
+            let joined = self
+                .presence
+                .track_wire(&entry.key, &entry.conn, entry.state);
+            if local && !key_was_here {
+                self.tell_presence_joined(&joined);
+            }
+            Some(joined)
         } else {
-            self.presence.remove_wire(&entry.conn)
+            let left = self.presence.remove_wire(&entry.conn);
+            if local && let Some(left) = &left {
+                self.tell_presence_left(left);
+            }
+            left
         };
         if let Some(data) = data {
             let name = if joined {
