@@ -69,6 +69,12 @@ function age(ms) {
   return `${Math.round(s / 3600)} h ago`;
 }
 
+/** How far away a coming moment (ms since the Unix epoch) is. */
+function ahead(at) {
+  const s = Math.round((at - Date.now()) / 1000);
+  return s <= 0 ? 'now' : `in ${s} s`;
+}
+
 /** How long ago a moment (ms since the Unix epoch) was. */
 function ago(at) {
   return at ? age(Date.now() - at) : '';
@@ -195,11 +201,13 @@ function sparkline(points, label) {
 }
 
 async function refreshOverview() {
-  const [nodes, metricsText, trends] = await Promise.all([
+  const [nodes, metricsText, trends, backend] = await Promise.all([
     api('/admin/nodes'),
     fetch('/metrics').then((r) => r.text()),
     api('/admin/trends'),
+    api('/admin/webhooks'),
   ]);
+  showBackend(backend);
   scrapes = [...scrapes, parseMetrics(metricsText)].slice(-2);
   const latest = scrapes[scrapes.length - 1].values;
   const series = (field) => trends.samples.map((sample) => [sample.at, sample[field]]);
@@ -244,6 +252,24 @@ async function refreshOverview() {
     return tr;
   }));
   $('#node').textContent = nodes.length === 1 ? `node ${nodes[0].node}` : `${nodes.length} nodes`;
+}
+
+/** Proxy answers so far, and the webhooks that wait and why. */
+function showBackend(backend) {
+  $('#webhooks-pending').textContent = backend.enabled
+    ? `(${backend.pending} webhook${backend.pending === 1 ? '' : 's'} waiting)`
+    : '(no --webhook-url)';
+  const used = Object.entries(backend.proxies).filter(([, counts]) => Object.values(counts).some((n) => n > 0));
+  fill($('#proxies tbody'), used.map(([proxy, c]) => {
+    const tr = row([proxy, c.allowed, c.refused, c.timeout, c.error, c.unreachable]);
+    tr.dataset.proxy = proxy;
+    return tr;
+  }), 'no proxy called yet');
+  fill($('#webhooks-failing tbody'), backend.failing.map((w) => {
+    const tr = row([w.id, w.type, w.order_key, w.attempts, ahead(w.next_at), w.last_error ?? '']);
+    tr.dataset.webhook = w.id;
+    return tr;
+  }), 'no webhook is failing');
 }
 
 async function refreshTopics() {

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { root, scratchDatabase, startServer, mint, sleep, launchChromium } from './helpers.mjs';
+import { root, scratchDatabase, startServer, mint, sleep, launchChromium, freePort, until } from './helpers.mjs';
 
 const SECRET = 'console-test-secret-of-at-least-32-bytes';
 const ADMIN_KEY = 'console-test-admin-key';
@@ -199,4 +199,36 @@ test('an operator signs in, follows topics live, pages history, publishes and di
   await page.waitForSelector('tr[data-ending="refused:unauthorized"]');
   assert.match(await page.locator('tr[data-ending="closed:disconnected"]').textContent(), /closed\s*disconnected\s*1/);
   assert.deepEqual(problems, []);
+});
+
+test('the console shows the webhooks that wait and why, and how the proxies answer', async (t) => {
+  const { dbPath } = scratchDatabase('realtide-console-backend-');
+  const gone = `http://127.0.0.1:${await freePort()}`;
+  const server = await startServer(dbPath, [
+    '--webhook-url', `${gone}/hooks`,
+    '--webhook-secret', 'console-webhook-secret-of-32-bytes-or-more',
+    '--proxy-publish-url', `${gone}/publish`,
+  ]);
+  const browser = await launchChromium();
+  t.after(async () => {
+    await browser.close();
+    await server.stop('SIGKILL');
+  });
+  const socket = new WebSocket(`ws://127.0.0.1:${server.port}/api/realtime?userId=ann`);
+  const frames = [];
+  socket.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  await new Promise((resolve) => socket.once('open', resolve));
+  socket.send(JSON.stringify({ type: 'publish', topic: 'chat/a', event: 'm', data: 1, ref: 'p' }));
+  await until(() => frames.some((f) => f.ref === 'p'), 'the publish refused');
+  assert.equal(frames.find((f) => f.ref === 'p').code, 'unavailable');
+
+  const page = await browser.newPage();
+  await page.goto(`${server.http}/console`);
+  await page.waitForFunction(() => document.querySelector('#webhooks-failing tbody tr[data-webhook]'), null, { timeout: 15000 });
+  const failing = await page.locator('#webhooks-failing tbody tr').first().textContent();
+  assert.match(failing, /connection\.opened/);
+  assert.match(failing, /unreachable/);
+  assert.match(await page.locator('#webhooks-pending').textContent(), /\d+ webhooks? waiting/);
+  assert.match(await page.locator('#proxies tr[data-proxy="publish"]').textContent(), /publish/);
+  socket.terminate();
 });

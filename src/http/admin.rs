@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::join_all;
 
 use super::ApiError;
-use crate::protocol::ProtocolError;
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::registry::{FindTopic, KickSession, ListSessions, ListTopics};
 use crate::state::AppState;
 use crate::topic::TopicName;
@@ -57,6 +57,38 @@ pub async fn trends(
     Ok(HttpResponse::Ok().json(json!({
         "interval_ms": crate::trends::SAMPLE_EVERY.as_millis() as u64,
         "samples": state.trends.samples(),
+    })))
+}
+
+/// `GET /admin/webhooks`: what waits to be told to the app's backend and
+/// why (the failing ones' last error), and how its proxies answer.
+pub async fn webhooks(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let summary = state
+        .db
+        .run(crate::backend::webhooks::summary)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    let calls = &state.metrics.backend.proxy_calls;
+    let mut proxies = serde_json::Map::new();
+    for proxy in crate::backend::metrics::PROXIES {
+        let counts: serde_json::Map<String, serde_json::Value> = crate::backend::metrics::RESULTS
+            .iter()
+            .map(|result| {
+                let n = calls.with_label_values(&[proxy, result]).get();
+                (result.to_string(), json!(n))
+            })
+            .collect();
+        proxies.insert(proxy.to_string(), json!(counts));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "enabled": state.webhooks.is_on(),
+        "pending": summary.pending,
+        "failing": summary.failing,
+        "proxies": proxies,
     })))
 }
 

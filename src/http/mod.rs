@@ -80,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(resource("/admin/nodes").route(web::get().to(admin::nodes)))
         .service(resource("/admin/trends").route(web::get().to(admin::trends)))
         .service(resource("/admin/capture").route(web::get().to(admin::capture)))
+        .service(resource("/admin/webhooks").route(web::get().to(admin::webhooks)))
         .service(resource("/admin/connections").route(web::get().to(admin::connections)))
         .service(resource("/admin/connections/{conn}").route(web::delete().to(admin::disconnect)))
         .service(
