@@ -15,6 +15,8 @@ mod capture;
 mod changes;
 #[path = "load/fanout.rs"]
 mod fanout;
+#[path = "load/hooks.rs"]
+mod hooks;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/persist.rs"]
@@ -103,6 +105,15 @@ enum Mode {
         json: String,
         #[arg(long, default_value = "docs/fanout-latency.svg")]
         svg: String,
+    },
+    /// The app's backend in the loop: connections/s through the connect
+    /// proxy, publishes through the publish proxy, webhook deliveries/s,
+    /// each beside the same load with no backend.
+    Hooks {
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        #[arg(long, default_value_t = 20_000)]
+        publishes: u64,
     },
     /// N idle connections: the server's RSS per connection.
     Idle {
@@ -590,6 +601,10 @@ fn main() {
                 topics,
                 against,
             } => idle_compared(connections, &topics, against).await,
+            Mode::Hooks {
+                connections,
+                publishes,
+            } => hooks::hooks(connections, publishes).await,
             Mode::Stream {
                 viewers,
                 rate,
