@@ -19,7 +19,7 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
 use crate::auth::api_keys::ApiKeys;
-use crate::backend::webhooks::Webhooks;
+use crate::backend::webhooks::{Happening, Webhooks};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, ClusterLink};
 use crate::changes::logical::{self, LogicalSource};
@@ -285,6 +285,23 @@ where
     state.tables = tables;
     state.webhooks = webhooks;
     if let Some(broker) = &state.broker {
+        let told = state.webhooks.clone();
+        broker.on_reaped(Arc::new(move |reaped| {
+            for topic in reaped.vacated {
+                told.record(Happening::Occupancy {
+                    topic,
+                    occupied: false,
+                });
+            }
+            for (topic, key, state) in reaped.keys_left {
+                told.record(Happening::Presence {
+                    topic,
+                    key,
+                    state,
+                    joined: false,
+                });
+            }
+        }));
         let streams = state.event_streams.clone();
         broker.receive_forwarded(Arc::new(move |forwarded| {
             let requests = forwarded.requests.into_iter().map(Into::into).collect();
@@ -476,13 +493,13 @@ impl Controller {
                 "sessions closed with 1012"
             );
         }
-        // The closed connections' webhooks are stored before the process ends.
-        self.state.webhooks.flush().await;
         if let Some(broker) = &self.broker {
             // Whatever presence the closed sessions left behind goes now,
             // with its leaves, rather than when this node is taken for dead.
             broker.retire().await;
         }
+        // The closed connections' webhooks are stored before the process ends.
+        self.state.webhooks.flush().await;
         self.http.stop(true).await;
         self.tracker.stop();
     }

@@ -293,3 +293,123 @@ async fn realtide_killed_with_200_events_pending_delivers_all_of_them_after_a_re
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[tokio::test]
+async fn two_nodes_tell_each_happening_once_and_a_killed_nodes_departures_once() {
+    let Some(redis) = common::cluster::RedisServer::start() else {
+        return;
+    };
+    let hooks = receiver();
+    let db = common::cluster::shared_database();
+    let node = |id: &str| {
+        let (redis_url, hook, id) = (redis.url(), hooks.url("/hooks"), id.to_string());
+        TestApp::spawn_on(TestDb::shared(&db), move |c| {
+            c.redis_url = Some(redis_url);
+            c.redis_prefix = None;
+            c.node_id = Some(id);
+            c.node_timeout_ms = common::cluster::NODE_TIMEOUT_MS;
+            c.webhook_url = Some(hook);
+            c.webhook_secret = Some(SECRET.into());
+            c.webhook_events =
+                Some("topic.occupied,topic.vacated,presence.join,presence.leave".into());
+        })
+    };
+    let n1 = node("n1").await;
+    let n2 = node("n2").await;
+    // A third node, as a process of its own, to be killed.
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let (redis_url, hook, timeout) = (
+        redis.url(),
+        hooks.url("/hooks"),
+        common::cluster::NODE_TIMEOUT_MS.to_string(),
+    );
+    let mut n3 = common::serve_binary(
+        &addr,
+        &[
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis_url.as_str(),
+            "--node-id",
+            "n3",
+            "--node-timeout-ms",
+            timeout.as_str(),
+            "--webhook-url",
+            hook.as_str(),
+            "--webhook-secret",
+            SECRET,
+            "--webhook-events",
+            "topic.occupied,topic.vacated,presence.join,presence.leave",
+        ],
+    )
+    .await;
+
+    // Ann has a tab on each node; carol is on the node that dies.
+    let mut ann1 = n1.client_as("ann").await;
+    let mut ann2 = n2.client_as("ann").await;
+    let mut carol =
+        common::Client::connect(&format!("ws://{addr}/api/realtime?userId=carol")).await;
+    for client in [&mut ann1, &mut ann2, &mut carol] {
+        client
+            .ask(json!({"type": "subscribe", "topic": "room/x"}))
+            .await;
+    }
+    ann1.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 1}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ann2.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 2}}))
+        .await;
+    carol
+        .ask(json!({"type": "track", "topic": "room/x", "state": {}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    n3.kill().unwrap();
+    n3.wait().unwrap();
+    ann1.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
+        .await;
+    ann2.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
+        .await;
+
+    let all = || delivered(&hooks, |_| true);
+    wait_for("the vacated topic", Duration::from_secs(20), || {
+        !of_type(&all(), "topic.vacated").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let events = all();
+    let told: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let who = e["data"]["key"].as_str().unwrap_or("").to_string();
+            (e["type"].as_str().unwrap().to_string(), who)
+        })
+        .collect();
+    let count = |kind: &str, key: &str| told.iter().filter(|(k, w)| k == kind && w == key).count();
+    assert_eq!(
+        count("topic.occupied", ""),
+        1,
+        "one occupied for three nodes: {told:?}"
+    );
+    assert_eq!(count("topic.vacated", ""), 1, "{told:?}");
+    assert_eq!(
+        count("presence.join", "ann"),
+        1,
+        "two tabs on two nodes are one key: {told:?}"
+    );
+    assert_eq!(count("presence.join", "carol"), 1, "{told:?}");
+    assert_eq!(
+        count("presence.leave", "carol"),
+        1,
+        "the killed node's key leaves once: {told:?}"
+    );
+    assert_eq!(count("presence.leave", "ann"), 1, "{told:?}");
+    let calls = hooks.calls("/hooks");
+    let ids: HashSet<&str> = calls.iter().filter_map(|c| c.body["id"].as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        calls.len(),
+        "no event sent twice (by both nodes)"
+    );
+    drop((n1, n2));
+}

@@ -27,6 +27,10 @@
 //!   [`PresenceOp`] so the requesting node knows which request an
 //!   announcement answers; a node that stops beating has its entries
 //!   removed, each announced once (with no op).
+//! - Occupancy: `occupancy` records which nodes have subscribers on a topic
+//!   and answers true to the one call that made the topic occupied (or
+//!   vacant) cluster-wide; a dead node's topics, and its presence keys left
+//!   without an entry, reach the reaping node's [`ReapedSink`].
 //! - Event streams (PROTOCOL §11): a stream's requests may reach any node.
 //!   `open_stream` makes a stream of this node findable (with its secret),
 //!   `forward` passes requests to the node holding it, which hands them to
@@ -146,6 +150,19 @@ pub struct ForwardedRequests {
 pub type RequestSink =
     Arc<dyn Fn(ForwardedRequests) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// What the broker removed of dead (or retiring) nodes that the app's
+/// backend is told of, by the node that removed it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaped {
+    /// Topics left without a subscriber on any node.
+    pub vacated: Vec<String>,
+    /// Presence keys left without an entry: (topic, key, the last state).
+    pub keys_left: Vec<(String, String, Map<String, Value>)>,
+}
+
+/// Where a node hears what it reaped.
+pub type ReapedSink = Arc<dyn Fn(Reaped) + Send + Sync>;
+
 /// What a topic of a cluster needs to reach it: the broker, and this node's id.
 #[derive(Clone)]
 pub struct ClusterLink {
@@ -214,4 +231,9 @@ pub trait Broker: Send + Sync + 'static {
     fn forward(&self, conn: &str, secret: &str, requests: Vec<String>) -> BrokerFuture<bool>;
     /// Hands requests forwarded to this node's streams to `sink` from now on.
     fn receive_forwarded(&self, sink: RequestSink);
+    /// This node has subscribers on `topic` now (`occupied`), or none;
+    /// answers whether that made the topic occupied (or vacant) cluster-wide.
+    fn occupancy(&self, topic: &str, occupied: bool) -> BrokerFuture<bool>;
+    /// Hands what this node reaps of dead nodes to `sink` from now on.
+    fn on_reaped(&self, sink: ReapedSink);
 }

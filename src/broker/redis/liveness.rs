@@ -7,8 +7,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
+use super::wire::{array, text};
 use super::{MAX_BEAT, RESPONSE_TIMEOUT, RedisBroker};
-use crate::broker::FromBroker;
+use crate::broker::{FromBroker, Reaped};
 use crate::clock::now_ms;
 
 impl RedisBroker {
@@ -33,7 +34,7 @@ impl RedisBroker {
             .query_async::<()>(&mut conn)
             .await?;
         let deadline = now - self.inner.settings.node_timeout.as_millis() as i64;
-        let reaped: i64 = self
+        let answer: redis::Value = self
             .inner
             .scripts
             .reap
@@ -43,8 +44,9 @@ impl RedisBroker {
             .arg("")
             .invoke_async(&mut conn)
             .await?;
-        if reaped > 0 {
-            tracing::info!(entries = reaped, "presence of silent nodes removed");
+        let entries = self.tell_reaped(&answer);
+        if entries > 0 {
+            tracing::info!(entries, "presence of silent nodes removed");
         }
         Ok(added == 1)
     }
@@ -129,6 +131,42 @@ impl RedisBroker {
         false
     }
 
+    /// Hands the reap script's answer `{entries, vacated, keys_left}` to
+    /// the reaped sink; answers how many presence entries were removed.
+    fn tell_reaped(&self, answer: &redis::Value) -> i64 {
+        let parts = array(answer);
+        let entries = match parts.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        };
+        let vacated: Vec<String> = parts
+            .get(1)
+            .map(array)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(text)
+            .collect();
+        let keys_left: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = parts
+            .get(2)
+            .map(array)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(text)
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, '\n');
+                let (topic, key, state) = (fields.next()?, fields.next()?, fields.next()?);
+                let state = serde_json::from_str(state).unwrap_or_default();
+                Some((topic.to_string(), key.to_string(), state))
+            })
+            .collect();
+        if (!vacated.is_empty() || !keys_left.is_empty())
+            && let Some(sink) = self.inner.reaped.get()
+        {
+            sink(Reaped { vacated, keys_left });
+        }
+        entries
+    }
+
     /// Removes this node's presence entries (announcing their leaves) and
     /// its record: the end of a graceful stop.
     pub async fn retire(&self) {
@@ -136,7 +174,7 @@ impl RedisBroker {
         let node = self.inner.settings.node.to_string();
         let retire = async move {
             let mut conn = broker.inner.commands.clone();
-            let _: redis::RedisResult<i64> = broker
+            let answer: redis::RedisResult<redis::Value> = broker
                 .inner
                 .scripts
                 .reap
@@ -146,6 +184,9 @@ impl RedisBroker {
                 .arg(&node)
                 .invoke_async(&mut conn)
                 .await;
+            if let Ok(answer) = answer {
+                broker.tell_reaped(&answer);
+            }
         };
         let _ = tokio::time::timeout(RESPONSE_TIMEOUT, self.inner.runtime.spawn(retire)).await;
     }

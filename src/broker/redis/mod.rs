@@ -43,7 +43,7 @@ mod wire;
 use self::link::Link;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
-    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp,
+    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, ReapedSink,
     RequestSink, Sequenced, SharedEvent, TopicState,
 };
 use crate::clock::now_ms;
@@ -83,6 +83,7 @@ struct Scripts {
     reap: Script,
     open_stream: Script,
     forward: Script,
+    occupancy: Script,
 }
 
 impl Scripts {
@@ -95,6 +96,7 @@ impl Scripts {
             reap: Script::new(include_str!("lua/reap.lua")),
             open_stream: Script::new(include_str!("lua/open_stream.lua")),
             forward: Script::new(include_str!("lua/forward.lua")),
+            occupancy: Script::new(include_str!("lua/occupancy.lua")),
         }
     }
 }
@@ -138,6 +140,8 @@ struct Inner {
     started_at: i64,
     /// Forwards to other nodes' streams waiting to hear they were queued.
     forwards: streams::Forwards,
+    /// Where what this node reaps is told.
+    reaped: std::sync::OnceLock<ReapedSink>,
 }
 
 /// The Redis broker; cheap to clone.
@@ -229,6 +233,7 @@ impl RedisBroker {
                 scripts: Scripts::new(),
                 started_at: now_ms(),
                 forwards: streams::Forwards::default(),
+                reaped: std::sync::OnceLock::new(),
             }),
         };
         // The first beat, waited for here (the caller may itself be inside
@@ -565,5 +570,34 @@ impl Broker for RedisBroker {
 
     fn receive_forwarded(&self, sink: RequestSink) {
         self.listen_for_forwarded(sink);
+    }
+
+    fn occupancy(&self, topic: &str, occupied: bool) -> BrokerFuture<bool> {
+        let node = self.inner.settings.node.to_string();
+        let keys = [
+            self.key(topic, "nodes"),
+            format!("{}:topics", self.node_key(&node)),
+        ];
+        let topic = topic.to_string();
+        let broker = self.clone();
+        self.run(async move {
+            let mut conn = broker.inner.commands.clone();
+            let changed: i64 = broker
+                .inner
+                .scripts
+                .occupancy
+                .key(&keys[0])
+                .key(&keys[1])
+                .arg(node)
+                .arg(topic)
+                .arg(if occupied { "1" } else { "0" })
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn on_reaped(&self, sink: ReapedSink) {
+        let _ = self.inner.reaped.set(sink);
     }
 }

@@ -53,7 +53,7 @@ struct Waiting {
 
 /// A cluster topic's part of the actor's state.
 pub struct Shared {
-    link: ClusterLink,
+    pub(super) link: ClusterLink,
     joined: bool,
     /// Events that came ahead of a gap, by seq.
     ahead: BTreeMap<u64, SharedEvent>,

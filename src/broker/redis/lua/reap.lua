@@ -1,7 +1,11 @@
 -- Removes the presence entries of nodes that stopped beating (or of one
 -- named node, at its shutdown), announcing each leave exactly once: the
 -- script is atomic, so two nodes reaping at once cannot both announce.
--- Their event streams' keys go too.
+-- Their event streams' keys go too, and they leave the topics they had
+-- subscribers on.
+-- Answers {entries removed, topics left without a subscriber on any node,
+-- presence keys left without an entry ("<topic>\n<key>\n<state>")}: the
+-- reaping node tells the app's backend of those.
 -- KEYS: nodes (ZSET node -> last beat ms)
 -- ARGV: key prefix, deadline ms (beats at or before it are dead), a node
 --       to reap regardless ('' for none)
@@ -12,6 +16,8 @@ else
   dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 end
 local left = 0
+local vacated = {}
+local keys_left = {}
 for _, node in ipairs(dead) do
   local index = ARGV[1] .. 'node:' .. node .. ':pres'
   for _, member in ipairs(redis.call('SMEMBERS', index)) do
@@ -25,6 +31,20 @@ for _, node in ipairs(dead) do
         redis.call('HDEL', presence, conn)
         redis.call('PUBLISH', ARGV[1] .. '{' .. topic .. '}', 'l||' .. entry)
         left = left + 1
+        local ok, gone = pcall(cjson.decode, entry)
+        if ok and gone.key then
+          local still = false
+          for _, other in ipairs(redis.call('HVALS', presence)) do
+            local fine, held = pcall(cjson.decode, other)
+            if fine and held.key == gone.key then
+              still = true
+              break
+            end
+          end
+          if not still then
+            table.insert(keys_left, topic .. '\n' .. gone.key .. '\n' .. cjson.encode(gone.state))
+          end
+        end
       end
     end
   end
@@ -34,7 +54,15 @@ for _, node in ipairs(dead) do
     redis.call('DEL', ARGV[1] .. 'stream:' .. conn)
   end
   redis.call('DEL', streams)
+  local occupied = ARGV[1] .. 'node:' .. node .. ':topics'
+  for _, topic in ipairs(redis.call('SMEMBERS', occupied)) do
+    local nodes = ARGV[1] .. '{' .. topic .. '}:nodes'
+    if redis.call('SREM', nodes, node) == 1 and redis.call('SCARD', nodes) == 0 then
+      table.insert(vacated, topic)
+    end
+  end
+  redis.call('DEL', occupied)
   redis.call('DEL', ARGV[1] .. 'node:' .. node)
   redis.call('ZREM', KEYS[1], node)
 end
-return left
+return {left, vacated, keys_left}
