@@ -679,3 +679,62 @@ async fn when_the_node_streaming_the_slot_dies_another_takes_it_over_and_nothing
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     watcher.expect_silence(Duration::from_millis(500)).await;
 }
+
+#[tokio::test]
+async fn after_a_redis_restart_every_script_is_loaded_before_calls_go_through() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let db = shared_database();
+    let a = node(&db, &redis, "scripts-a").await;
+    let scripts = [
+        include_str!("../src/broker/redis/lua/publish.lua"),
+        include_str!("../src/broker/redis/lua/join.lua"),
+        include_str!("../src/broker/redis/lua/track.lua"),
+        include_str!("../src/broker/redis/lua/untrack.lua"),
+        include_str!("../src/broker/redis/lua/occupancy.lua"),
+        include_str!("../src/broker/redis/lua/forward.lua"),
+        include_str!("../src/broker/redis/lua/open_stream.lua"),
+    ];
+    let hashes: Vec<String> = scripts
+        .iter()
+        .map(|code| redis::Script::new(code).get_hash().to_string())
+        .collect();
+    let loaded = |redis: &RedisServer| {
+        let mut args = vec!["SCRIPT", "EXISTS"];
+        args.extend(hashes.iter().map(String::as_str));
+        redis.cli(&args).lines().filter(|l| l.trim() == "1").count()
+    };
+    assert_eq!(
+        loaded(&redis),
+        hashes.len(),
+        "loaded at the first connection"
+    );
+
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.get_json("/readyz").await.1["redis"] != false {
+        assert!(tokio::time::Instant::now() < deadline, "Redis is gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back empty. Nothing is published, joined or tracked: the node loads
+    // the scripts itself as it reconnects, before it takes calls again.
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, ready) = a.get_json("/readyz").await;
+        if ready["redis"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis came back: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        loaded(&redis),
+        hashes.len(),
+        "every script is back once calls go through"
+    );
+}

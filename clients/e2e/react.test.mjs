@@ -11,7 +11,7 @@ import { writeFileSync, existsSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { join } from 'node:path';
 import { root, scratchDatabase, startServer, launchChromium } from './helpers.mjs';
-import { SEED, bundle, bundleFile, startApp } from './seed-app.mjs';
+import { SEED, bundle, bundleFile, startApp, waitForPill } from './seed-app.mjs';
 
 test('the seed\'s Live Order Dashboard runs verbatim on clients/react and stays live across a restart', async (t) => {
   if (!existsSync(SEED)) {
@@ -41,9 +41,7 @@ test('the seed\'s Live Order Dashboard runs verbatim on clients/react and stays 
 
   const row = (name) => page.locator('.space-y-3 > div', { hasText: name });
   const pill = (name) => row(name).locator('span.rounded-full');
-  const pillIs = (name, status) =>
-    page.waitForFunction(([n, s]) => [...document.querySelectorAll('.space-y-3 > div')]
-      .some((r) => r.textContent.includes(n) && r.querySelector('span.rounded-full')?.textContent === s), [name, status]);
+  const pillIs = (name, status) => waitForPill(page, name, status);
 
   // Rows load from the app's route.
   await page.waitForFunction(() => document.querySelectorAll('.space-y-3 > div').length === 3);

@@ -136,3 +136,9 @@ export async function startApp(dbPath, script) {
   await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
   return { app, url: `http://127.0.0.1:${app.address().port}` };
 }
+
+/** Waits until the dashboard's row of `name` shows the status pill `status`. */
+export function waitForPill(page, name, status) {
+  return page.waitForFunction(([n, s]) => [...document.querySelectorAll('.space-y-3 > div')]
+    .some((r) => r.textContent.includes(n) && r.querySelector('span.rounded-full')?.textContent === s), [name, status]);
+}

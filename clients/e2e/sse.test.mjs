@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { BIN, scratchDatabase, startServer, launchChromium, startNginx } from './helpers.mjs';
-import { SEED, bundle, startApp } from './seed-app.mjs';
+import { SEED, bundle, startApp, waitForPill } from './seed-app.mjs';
 
 /** The upgrades nginx refused (its access log), and the transports of realtide's open connections. */
 async function transports(nginx, realtide) {
@@ -45,9 +45,7 @@ test('the seed\'s dashboard on clients/react works over server-sent events when 
   const problems = [];
   page.on('pageerror', (error) => problems.push(error.message));
   await page.goto(url);
-  const pillIs = (name, status) =>
-    page.waitForFunction(([n, s]) => [...document.querySelectorAll('.space-y-3 > div')]
-      .some((r) => r.textContent.includes(n) && r.querySelector('span.rounded-full')?.textContent === s), [name, status]);
+  const pillIs = (name, status) => waitForPill(page, name, status);
 
   await page.waitForFunction(() => document.querySelectorAll('.space-y-3 > div').length === 2);
   await page.waitForFunction(() => document.getElementById('status')?.textContent === 'connected', null, { timeout: 15000 });

@@ -71,6 +71,9 @@ impl RedisBroker {
             }
             match tokio::time::timeout(RESPONSE_TIMEOUT, self.beat()).await {
                 Ok(Ok(missing)) => {
+                    if !self.inner.link.is_up() && !self.load_scripts().await {
+                        continue;
+                    }
                     self.inner.link.set_up(true);
                     if missing && !first {
                         tracing::warn!(
@@ -101,6 +104,19 @@ impl RedisBroker {
         }
     }
 
+    /// Loads every script, before calls are let through again: after a
+    /// restart Redis has none. Answers whether all loaded.
+    pub(super) async fn load_scripts(&self) -> bool {
+        let mut conn = self.inner.commands.clone();
+        for script in self.inner.scripts.all() {
+            if let Err(e) = script.load_async(&mut conn).await {
+                self.inner.link.still_down(Some(&e));
+                return false;
+            }
+        }
+        true
+    }
+
     /// A PING through the pub/sub link: it resubscribes by itself once
     /// reconnected, so an answer proves it is back.
     async fn ping_pubsub(&self) -> bool {
@@ -115,6 +131,11 @@ impl RedisBroker {
     async fn relink(&self) -> bool {
         for _ in 0..20 {
             if self.ping_pubsub().await {
+                // A Redis that restarted has lost the scripts: they are
+                // back before the topics resync.
+                if !self.load_scripts().await {
+                    break;
+                }
                 self.inner.routes.tell_all(FromBroker::Resync);
                 return true;
             }

@@ -32,15 +32,18 @@ use std::time::Duration;
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script, Value};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Value};
 use tokio::sync::mpsc;
 
 mod link;
 mod liveness;
+mod occupancy;
+mod scripts;
 mod streams;
 mod wire;
 
 use self::link::Link;
+use self::scripts::Scripts;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, ReapedSink,
@@ -73,32 +76,6 @@ pub struct RedisSettings {
     pub errors: IntCounter,
     /// Every Redis call.
     pub calls: IntCounter,
-}
-
-struct Scripts {
-    publish: Script,
-    join: Script,
-    track: Script,
-    untrack: Script,
-    reap: Script,
-    open_stream: Script,
-    forward: Script,
-    occupancy: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            publish: Script::new(include_str!("lua/publish.lua")),
-            join: Script::new(include_str!("lua/join.lua")),
-            track: Script::new(include_str!("lua/track.lua")),
-            untrack: Script::new(include_str!("lua/untrack.lua")),
-            reap: Script::new(include_str!("lua/reap.lua")),
-            open_stream: Script::new(include_str!("lua/open_stream.lua")),
-            forward: Script::new(include_str!("lua/forward.lua")),
-            occupancy: Script::new(include_str!("lua/occupancy.lua")),
-        }
-    }
 }
 
 /// Channel name -> the joined topic's actor. Shared with the push handler,
@@ -241,10 +218,14 @@ impl RedisBroker {
         let (beaten_tx, beaten_rx) = std::sync::mpsc::channel();
         let first = broker.clone();
         runtime.spawn(async move {
-            let _ = beaten_tx.send(first.beat().await);
+            let beaten = first.beat().await;
+            let loaded = beaten.is_ok() && first.load_scripts().await;
+            let _ = beaten_tx.send(beaten.map(|_| loaded));
         });
         match beaten_rx.recv_timeout(CONNECT_TIMEOUT * 3) {
-            Ok(Ok(_)) => broker.inner.link.set_up(true),
+            Ok(Ok(true)) => broker.inner.link.set_up(true),
+            // Scripts not loaded: the supervisor's next beat tries again.
+            Ok(Ok(false)) => broker.inner.link.still_down(None),
             Ok(Err(e)) => broker.inner.link.still_down(Some(&e)),
             Err(_) => broker.inner.link.still_down(None),
         }
@@ -573,28 +554,7 @@ impl Broker for RedisBroker {
     }
 
     fn occupancy(&self, topic: &str, occupied: bool) -> BrokerFuture<bool> {
-        let node = self.inner.settings.node.to_string();
-        let keys = [
-            self.key(topic, "nodes"),
-            format!("{}:topics", self.node_key(&node)),
-        ];
-        let topic = topic.to_string();
-        let broker = self.clone();
-        self.run(async move {
-            let mut conn = broker.inner.commands.clone();
-            let changed: i64 = broker
-                .inner
-                .scripts
-                .occupancy
-                .key(&keys[0])
-                .key(&keys[1])
-                .arg(node)
-                .arg(topic)
-                .arg(if occupied { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(changed == 1)
-        })
+        self.record_occupancy(topic, occupied)
     }
 
     fn on_reaped(&self, sink: ReapedSink) {
