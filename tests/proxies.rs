@@ -57,6 +57,15 @@ async fn connect_with_cookie(app: &TestApp, cookie: &str) -> Result<Client, (u16
     Client::connect_request(&app.ws_url(""), &[("Cookie", cookie)]).await
 }
 
+/// The status and error code a handshake with `cookie` is refused with.
+async fn refusal(app: &TestApp, cookie: &str) -> (u16, Value) {
+    let (status, body) = connect_with_cookie(app, cookie)
+        .await
+        .err()
+        .expect("refused");
+    (status, body["error"]["code"].clone())
+}
+
 #[tokio::test]
 async fn a_connection_without_credentials_is_who_the_backend_says() {
     let backend = sessions();
@@ -100,15 +109,10 @@ async fn a_connection_without_credentials_is_who_the_backend_says() {
 async fn the_backends_refusal_is_the_handshakes_answer() {
     let backend = sessions();
     let app = app_with(&backend, |_| {}).await;
-    let (status, body) = connect_with_cookie(&app, "sid=banned").await.err().unwrap();
-    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
-    let (status, body) = connect_with_cookie(&app, "sid=stranger")
-        .await
-        .err()
-        .unwrap();
+    assert_eq!(refusal(&app, "sid=banned").await, (403, json!("forbidden")));
     assert_eq!(
-        (status, &body["error"]["code"]),
-        (401, &json!("unauthorized"))
+        refusal(&app, "sid=stranger").await,
+        (401, json!("unauthorized"))
     );
     let (status, _) = app.get_json("/api/realtime/check").await;
     assert_eq!(status, 401, "check asks the backend too");
@@ -125,43 +129,27 @@ async fn a_backend_that_is_slow_or_gone_fails_closed_with_503() {
     let app = app_with(&backend, |_| {}).await;
     backend
         .decide(|_| Reply::json(json!({"result": {"user": "late"}})).after(Duration::from_secs(2)));
-    let (status, body) = connect_with_cookie(&app, "sid=ann-session")
-        .await
-        .err()
-        .unwrap();
     assert_eq!(
-        (status, &body["error"]["code"]),
-        (503, &json!("unavailable"))
+        refusal(&app, "sid=ann-session").await,
+        (503, json!("unavailable"))
     );
 
     backend.decide(|_| Reply::status(500, json!({"oops": true})));
     assert_eq!(
-        connect_with_cookie(&app, "sid=ann-session")
-            .await
-            .err()
-            .unwrap()
-            .0,
-        503
+        refusal(&app, "sid=ann-session").await,
+        (503, json!("unavailable"))
     );
     backend.decide(|_| Reply::json(json!({"neither": 1})));
     assert_eq!(
-        connect_with_cookie(&app, "sid=ann-session")
-            .await
-            .err()
-            .unwrap()
-            .0,
-        503
+        refusal(&app, "sid=ann-session").await,
+        (503, json!("unavailable"))
     );
 
     let gone = format!("http://127.0.0.1:{}/connect", common::free_port());
     let app = TestApp::spawn_with(move |c| c.proxy_connect_url = Some(gone)).await;
     assert_eq!(
-        connect_with_cookie(&app, "sid=ann-session")
-            .await
-            .err()
-            .unwrap()
-            .0,
-        503
+        refusal(&app, "sid=ann-session").await,
+        (503, json!("unavailable"))
     );
     let metrics = app.metrics_text().await;
     assert!(
