@@ -85,6 +85,18 @@ async fn a_post_without_the_streams_secret_is_not_found() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    let huge = format!("[{}]", vec![r#"{"type":"ping"}"#; 80_000].join(","));
+    let response = app
+        .http()
+        .post(&ann.post_url)
+        .header("X-Realtide-Session", &ann.session)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large", "a JSON error: {body}");
     // Nothing reached the session: the next reply is the next request's.
     assert_eq!(ann.request(ping).await["type"], "pong");
 }

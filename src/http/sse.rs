@@ -13,7 +13,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 
-use super::{ApiError, ws};
+use super::{ApiError, MAX_BODY_BYTES, ws};
 use crate::outbox::Outbox;
 use crate::protocol::ErrorCode;
 use crate::session::SessionActor;
@@ -130,9 +130,19 @@ fn subscribes(req: &HttpRequest, max: usize) -> Result<Vec<ByteString>, ApiError
 pub async fn post(
     req: HttpRequest,
     conn: web::Path<String>,
-    body: Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = payload
+        .to_bytes_limited(MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("a body larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let body: Bytes = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let secret = req
         .headers()
         .get(SESSION_HEADER)
