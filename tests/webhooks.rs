@@ -368,6 +368,10 @@ async fn two_nodes_tell_each_happening_once_and_a_killed_nodes_departures_once()
     n3.wait().unwrap();
     ann1.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
         .await;
+    // Each node's mirror of the other's entries follows within a Redis
+    // round trip (docs/backend.md: two tabs leaving at the same instant
+    // may each be told).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     ann2.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
         .await;
 
