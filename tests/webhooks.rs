@@ -354,11 +354,12 @@ async fn two_nodes_tell_each_happening_once_and_a_killed_nodes_departures_once()
             .ask(json!({"type": "subscribe", "topic": "room/x"}))
             .await;
     }
-    ann1.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 1}}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ann2.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 2}}))
-        .await;
+    // Both tabs at once: the broker counts the key's entries, so one of
+    // the two nodes tells the join.
+    tokio::join!(
+        ann1.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 1}})),
+        ann2.ask(json!({"type": "track", "topic": "room/x", "state": {"tab": 2}})),
+    );
     carol
         .ask(json!({"type": "track", "topic": "room/x", "state": {}}))
         .await;
@@ -366,14 +367,11 @@ async fn two_nodes_tell_each_happening_once_and_a_killed_nodes_departures_once()
 
     n3.kill().unwrap();
     n3.wait().unwrap();
-    ann1.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
-        .await;
-    // Each node's mirror of the other's entries follows within a Redis
-    // round trip (docs/backend.md: two tabs leaving at the same instant
-    // may each be told).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ann2.ask(json!({"type": "unsubscribe", "topic": "room/x"}))
-        .await;
+    // And both leave at once: one of them tells the leave.
+    tokio::join!(
+        ann1.ask(json!({"type": "unsubscribe", "topic": "room/x"})),
+        ann2.ask(json!({"type": "unsubscribe", "topic": "room/x"})),
+    );
 
     let all = || delivered(&hooks, |_| true);
     wait_for("the vacated topic", Duration::from_secs(20), || {

@@ -150,6 +150,18 @@ pub struct ForwardedRequests {
 pub type RequestSink =
     Arc<dyn Fn(ForwardedRequests) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// What a `track` or `untrack` did to presence keys, cluster-wide: the
+/// broker counts each key's entries, so exactly one call sees a key get its
+/// first entry or lose its last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyEdges {
+    /// The tracked entry's key got its first entry.
+    pub joined: bool,
+    /// The entry that went (untracked, or replaced by one of another key),
+    /// when its key now has none.
+    pub left: Option<PresenceEntry>,
+}
+
 /// What the broker removed of dead (or retiring) nodes that the app's
 /// backend is told of, by the node that removed it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -209,11 +221,22 @@ pub trait Broker: Send + Sync + 'static {
         since: u64,
         up_to: u64,
     ) -> BrokerFuture<Option<Vec<Sequenced>>>;
-    /// Adds or replaces a presence entry and announces it (with `op`).
-    fn track(&self, topic: &str, entry: PresenceEntry, op: Option<PresenceOp>) -> BrokerFuture<()>;
+    /// Adds or replaces a presence entry and announces it (with `op`);
+    /// answers what that did to its keys.
+    fn track(
+        &self,
+        topic: &str,
+        entry: PresenceEntry,
+        op: Option<PresenceOp>,
+    ) -> BrokerFuture<KeyEdges>;
     /// Removes a connection's entry; answers whether there was one (then
-    /// announced, with `op`).
-    fn untrack(&self, topic: &str, conn: &str, op: Option<PresenceOp>) -> BrokerFuture<bool>;
+    /// announced, with `op`) and what that did to its key.
+    fn untrack(
+        &self,
+        topic: &str,
+        conn: &str,
+        op: Option<PresenceOp>,
+    ) -> BrokerFuture<(bool, KeyEdges)>;
     /// The topic's presence entries, cluster-wide.
     fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>>;
     /// The live nodes.

@@ -46,8 +46,8 @@ use self::link::Link;
 use self::scripts::Scripts;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
-    Broker, BrokerError, BrokerFuture, FromBroker, NodeInfo, PresenceEntry, PresenceOp, ReapedSink,
-    RequestSink, Sequenced, SharedEvent, TopicState,
+    Broker, BrokerError, BrokerFuture, FromBroker, KeyEdges, NodeInfo, PresenceEntry, PresenceOp,
+    ReapedSink, RequestSink, Sequenced, SharedEvent, TopicState,
 };
 use crate::clock::now_ms;
 
@@ -248,11 +248,12 @@ impl RedisBroker {
     /// What the presence scripts touch for `conn` of `node` on `topic`:
     /// the topic's entries, the node's index of its entries, the topic's
     /// channel; and the connection's member in that index.
-    fn presence_keys(&self, topic: &str, node: &str, conn: &str) -> ([String; 3], String) {
+    fn presence_keys(&self, topic: &str, node: &str, conn: &str) -> ([String; 4], String) {
         let keys = [
             self.key(topic, "pres"),
             format!("{}:pres", self.node_key(node)),
             self.channel(topic),
+            self.key(topic, "keys"),
         ];
         (keys, format!("{topic}\n{conn}"))
     }
@@ -452,7 +453,12 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn track(&self, topic: &str, entry: PresenceEntry, op: Option<PresenceOp>) -> BrokerFuture<()> {
+    fn track(
+        &self,
+        topic: &str,
+        entry: PresenceEntry,
+        op: Option<PresenceOp>,
+    ) -> BrokerFuture<KeyEdges> {
         let json = match serde_json::to_string(&entry) {
             Ok(json) => json,
             Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
@@ -461,42 +467,51 @@ impl Broker for RedisBroker {
         let broker = self.clone();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
-            let _: i64 = broker
+            let answer: Value = broker
                 .inner
                 .scripts
                 .track
                 .key(&keys[0])
                 .key(&keys[1])
                 .key(&keys[2])
+                .key(&keys[3])
                 .arg(&entry.conn)
                 .arg(json)
                 .arg(member)
                 .arg(wire::op_text(op))
+                .arg(&entry.key)
                 .invoke_async(&mut conn)
                 .await?;
-            Ok(())
+            Ok(wire::key_edges(&answer))
         })
     }
 
-    fn untrack(&self, topic: &str, conn_id: &str, op: Option<PresenceOp>) -> BrokerFuture<bool> {
+    fn untrack(
+        &self,
+        topic: &str,
+        conn_id: &str,
+        op: Option<PresenceOp>,
+    ) -> BrokerFuture<(bool, KeyEdges)> {
         let (keys, member) = self.presence_keys(topic, &self.inner.settings.node, conn_id);
         let conn_id = conn_id.to_string();
         let broker = self.clone();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
-            let removed: i64 = broker
+            let answer: Value = broker
                 .inner
                 .scripts
                 .untrack
                 .key(&keys[0])
                 .key(&keys[1])
                 .key(&keys[2])
+                .key(&keys[3])
                 .arg(conn_id)
                 .arg(member)
                 .arg(wire::op_text(op))
                 .invoke_async(&mut conn)
                 .await?;
-            Ok(removed == 1)
+            let removed = matches!(array(&answer).first(), Some(Value::Int(1)));
+            Ok((removed, wire::key_edges(&answer)))
         })
     }
 

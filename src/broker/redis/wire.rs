@@ -7,7 +7,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::Routes;
-use crate::broker::{FromBroker, PresenceOp, Sequenced};
+use crate::broker::{FromBroker, KeyEdges, PresenceOp, Sequenced};
 
 /// Routes one push of the pub/sub connection.
 pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: PushInfo) {
@@ -40,6 +40,20 @@ pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: Pus
         }
         _ => {}
     }
+}
+
+/// The track and untrack scripts' answer `{flag, replaced or removed
+/// entry (JSON) or ''}`: for track the flag says the key joined; the entry,
+/// when there is one, is the entry whose key has none left.
+pub(super) fn key_edges(answer: &Value) -> KeyEdges {
+    let parts = array(answer);
+    let joined = matches!(parts.first(), Some(Value::Int(1)));
+    let left = parts
+        .get(1)
+        .and_then(bulk)
+        .filter(|entry| !entry.is_empty())
+        .and_then(|entry| serde_json::from_slice(entry).ok());
+    KeyEdges { joined, left }
 }
 
 /// A presence op as a script argument and in a channel message.

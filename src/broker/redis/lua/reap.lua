@@ -33,15 +33,9 @@ for _, node in ipairs(dead) do
         left = left + 1
         local ok, gone = pcall(cjson.decode, entry)
         if ok and gone.key then
-          local still = false
-          for _, other in ipairs(redis.call('HVALS', presence)) do
-            local fine, held = pcall(cjson.decode, other)
-            if fine and held.key == gone.key then
-              still = true
-              break
-            end
-          end
-          if not still then
+          local counts = ARGV[1] .. '{' .. topic .. '}:keys'
+          if redis.call('HINCRBY', counts, gone.key, -1) <= 0 then
+            redis.call('HDEL', counts, gone.key)
             table.insert(keys_left, topic .. '\n' .. gone.key .. '\n' .. cjson.encode(gone.state))
           end
         end

@@ -11,7 +11,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::unavailable;
-use crate::broker::{BrokerError, PresenceEntry, PresenceOp};
+use crate::backend::webhooks::Happening;
+use crate::broker::{BrokerError, KeyEdges, PresenceEntry, PresenceOp};
 use crate::clock::now_ms;
 use crate::outbox::messages::ConnId;
 use crate::protocol::server::{self, TopicFrame};
@@ -94,23 +95,13 @@ impl TopicActor {
         {
             self.ack_presence(&ack);
         }
-        // The node of the connection tells the app's backend.
-        let local = *entry.node == *node;
         let data = if joined {
-            let key_was_here = self.presence.has_key(&entry.key);
-            let joined = self
-                .presence
-                .track_wire(&entry.key, &entry.conn, entry.state);
-            if local && !key_was_here {
-                self.tell_presence_joined(&joined);
-            }
-            Some(joined)
+            Some(
+                self.presence
+                    .track_wire(&entry.key, &entry.conn, entry.state),
+            )
         } else {
-            let left = self.presence.remove_wire(&entry.conn);
-            if local && let Some(left) = &left {
-                self.tell_presence_left(left);
-            }
-            left
+            self.presence.remove_wire(&entry.conn)
         };
         if let Some(data) = data {
             let name = if joined {
@@ -120,6 +111,20 @@ impl TopicActor {
             };
             let frame = TopicFrame::presence(name, &data, now_ms());
             self.fan_out(frame, Audience::Everyone);
+        }
+    }
+
+    /// Tells the app's backend what a track or untrack of this node did to
+    /// its keys: `tracked` joined (if first of its key), an entry left.
+    fn webhooks_for_edges(&self, edges: &KeyEdges, tracked: Option<&PresenceEntry>) {
+        let topic = self.name.as_str();
+        if edges.joined
+            && let Some(entry) = tracked
+        {
+            self.webhooks.record(presence_happening(topic, entry, true));
+        }
+        if let Some(left) = &edges.left {
+            self.webhooks.record(presence_happening(topic, left, false));
         }
     }
 
@@ -172,13 +177,24 @@ impl TopicActor {
         };
         self.shared().local.insert(msg.conn, entry.clone());
         let op = self.await_presence(msg.ack);
-        let track = self.broker().track(self.name.as_str(), entry, Some(op));
+        let track = self
+            .broker()
+            .track(self.name.as_str(), entry.clone(), Some(op));
         let conn = msg.conn;
         ctx.spawn(track.into_actor(self).map(move |tracked, topic, ctx| {
-            if tracked.is_err() {
-                topic.shared().local.remove(&conn);
-            }
-            topic.presence_answered(op, tracked.map(|()| true), ctx);
+            let tracked = match tracked {
+                Ok(edges) => {
+                    // The broker counted the key's entries: this call is
+                    // the one that saw it join (or a replaced key leave).
+                    topic.webhooks_for_edges(&edges, Some(&entry));
+                    Ok(true)
+                }
+                Err(e) => {
+                    topic.shared().local.remove(&conn);
+                    Err(e)
+                }
+            };
+            topic.presence_answered(op, tracked, ctx);
         }));
     }
 
@@ -194,11 +210,13 @@ impl TopicActor {
         let untrack = self
             .broker()
             .untrack(self.name.as_str(), &entry.conn, Some(op));
-        ctx.spawn(
-            untrack
-                .into_actor(self)
-                .map(move |removed, topic, ctx| topic.presence_answered(op, removed, ctx)),
-        );
+        ctx.spawn(untrack.into_actor(self).map(move |untracked, topic, ctx| {
+            let removed = untracked.map(|(removed, edges)| {
+                topic.webhooks_for_edges(&edges, None);
+                removed
+            });
+            topic.presence_answered(op, removed, ctx)
+        }));
     }
 
     /// A connection left the topic: its entry goes from the cluster too.
@@ -208,6 +226,12 @@ impl TopicActor {
         };
         if let Some(entry) = shared.local.remove(&conn) {
             let (broker, topic) = (shared.link.broker.clone(), self.name.to_string());
+            let webhooks = self.webhooks.clone();
+            let tell = move |edges: KeyEdges, topic: &str| {
+                if let Some(left) = edges.left {
+                    webhooks.record(presence_happening(topic, &left, false));
+                }
+            };
             // Sent now, so it reaches Redis ahead of any later track of the
             // same connection (it would remove that entry if it came after).
             let first = broker.untrack(&topic, &entry.conn, None);
@@ -215,13 +239,13 @@ impl TopicActor {
             // (Redis away for a moment) is tried again, or the entry would
             // outlive its connection.
             actix::spawn(async move {
-                if first.await.is_ok() {
-                    return;
+                if let Ok((_, edges)) = first.await {
+                    return tell(edges, &topic);
                 }
                 for _ in 1..UNTRACK_TRIES {
                     tokio::time::sleep(UNTRACK_RETRY).await;
-                    if broker.untrack(&topic, &entry.conn, None).await.is_ok() {
-                        return;
+                    if let Ok((_, edges)) = broker.untrack(&topic, &entry.conn, None).await {
+                        return tell(edges, &topic);
                     }
                 }
                 tracing::warn!(
@@ -231,5 +255,15 @@ impl TopicActor {
                 );
             });
         }
+    }
+}
+
+/// A presence key's join or leave, as the app's backend is told it.
+fn presence_happening(topic: &str, entry: &PresenceEntry, joined: bool) -> Happening {
+    Happening::Presence {
+        topic: topic.to_string(),
+        key: entry.key.clone(),
+        state: entry.state.clone(),
+        joined,
     }
 }
