@@ -21,7 +21,7 @@ use actix_web::{App, web};
 use crate::auth::api_keys::ApiKeys;
 use crate::backend::webhooks::{Happening, Webhooks};
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{Broker, ClusterLink};
+use crate::broker::{Broker, ClusterLink, Told};
 use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
@@ -285,22 +285,22 @@ where
     state.tables = tables;
     state.webhooks = webhooks;
     if let Some(broker) = &state.broker {
-        let told = state.webhooks.clone();
-        broker.on_reaped(Arc::new(move |reaped| {
-            for topic in reaped.vacated {
-                told.record(Happening::Occupancy {
-                    topic,
-                    occupied: false,
-                });
-            }
-            for (topic, key, state) in reaped.keys_left {
-                told.record(Happening::Presence {
+        let told_webhooks = state.webhooks.clone();
+        broker.on_told(Arc::new(move |told| {
+            told_webhooks.record(match told {
+                Told::Occupancy { topic, occupied } => Happening::Occupancy { topic, occupied },
+                Told::Presence {
                     topic,
                     key,
                     state,
-                    joined: false,
-                });
-            }
+                    joined,
+                } => Happening::Presence {
+                    topic,
+                    key,
+                    state,
+                    joined,
+                },
+            })
         }));
         let streams = state.event_streams.clone();
         broker.receive_forwarded(Arc::new(move |forwarded| {

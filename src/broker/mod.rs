@@ -27,10 +27,11 @@
 //!   [`PresenceOp`] so the requesting node knows which request an
 //!   announcement answers; a node that stops beating has its entries
 //!   removed, each announced once (with no op).
-//! - Occupancy: `occupancy` records which nodes have subscribers on a topic
-//!   and answers true to the one call that made the topic occupied (or
-//!   vacant) cluster-wide; a dead node's topics, and its presence keys left
-//!   without an entry, reach the reaping node's [`ReapedSink`].
+//! - Told once: `occupancy` records which nodes have subscribers on a
+//!   topic, and track/untrack count each presence key's entries; the one
+//!   call that made a topic occupied (or vacant) or a key join (or leave)
+//!   cluster-wide tells it to its node's [`ToldSink`], in the order Redis
+//!   decided; so does the node that reaps a dead one.
 //! - Event streams (PROTOCOL §11): a stream's requests may reach any node.
 //!   `open_stream` makes a stream of this node findable (with its secret),
 //!   `forward` passes requests to the node holding it, which hands them to
@@ -162,18 +163,26 @@ pub struct KeyEdges {
     pub left: Option<PresenceEntry>,
 }
 
-/// What the broker removed of dead (or retiring) nodes that the app's
-/// backend is told of, by the node that removed it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Reaped {
-    /// Topics left without a subscriber on any node.
-    pub vacated: Vec<String>,
-    /// Presence keys left without an entry: (topic, key, the last state).
-    pub keys_left: Vec<(String, String, Map<String, Value>)>,
+/// What the cluster decided, once, that the app's backend is told of: a
+/// topic occupied or vacant on every node, a presence key's first entry
+/// or its last gone (by a track or untrack, or a dead node reaped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Told {
+    Occupancy {
+        topic: String,
+        occupied: bool,
+    },
+    Presence {
+        topic: String,
+        key: String,
+        state: Map<String, Value>,
+        joined: bool,
+    },
 }
 
-/// Where a node hears what it reaped.
-pub type ReapedSink = Arc<dyn Fn(Reaped) + Send + Sync>;
+/// Where a node hears what it told, in the order Redis decided it (so a
+/// topic's occupied and vacated, say, come in the order they happened).
+pub type ToldSink = Arc<dyn Fn(Told) + Send + Sync>;
 
 /// What a topic of a cluster needs to reach it: the broker, and this node's id.
 #[derive(Clone)]
@@ -254,9 +263,11 @@ pub trait Broker: Send + Sync + 'static {
     fn forward(&self, conn: &str, secret: &str, requests: Vec<String>) -> BrokerFuture<bool>;
     /// Hands requests forwarded to this node's streams to `sink` from now on.
     fn receive_forwarded(&self, sink: RequestSink);
-    /// This node has subscribers on `topic` now (`occupied`), or none;
-    /// answers whether that made the topic occupied (or vacant) cluster-wide.
-    fn occupancy(&self, topic: &str, occupied: bool) -> BrokerFuture<bool>;
-    /// Hands what this node reaps of dead nodes to `sink` from now on.
-    fn on_reaped(&self, sink: ReapedSink);
+    /// This node has subscribers on `topic` now (`occupied`), or none; when
+    /// that made the topic occupied (or vacant) cluster-wide, or the broker
+    /// cannot say, it is told.
+    fn occupancy(&self, topic: &str, occupied: bool);
+    /// Hands what this node's calls and reaping decide to `sink` from now
+    /// on ([`Told`]): occupancy, and the key edges of track and untrack.
+    fn on_told(&self, sink: ToldSink);
 }

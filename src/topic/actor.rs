@@ -216,34 +216,25 @@ impl TopicActor {
     /// Tells the app's backend the topic got its first subscriber, or lost
     /// its last.
     ///
-    /// In a cluster the broker says whether this node's change made the
-    /// topic occupied (or vacant) cluster-wide: only then is it told.
+    /// In a cluster the broker records this node's change and tells it only
+    /// if it made the topic occupied (or vacant) cluster-wide.
     fn tell_occupancy(&self, occupied: bool) {
         if !self.webhooks.is_on() {
             return;
         }
-        let happening = Happening::Occupancy {
-            topic: self.name.to_string(),
-            occupied,
-        };
         let link = match (&self.shared, &self.table) {
             (Some(shared), _) => Some(&shared.link),
             (None, Some(table)) => table.tracking.cluster.as_ref(),
             (None, None) => None,
         };
-        let Some(link) = link else {
-            self.webhooks.record(happening);
-            return;
-        };
-        let asked = link.broker.occupancy(self.name.as_str(), occupied);
-        let webhooks = self.webhooks.clone();
-        actix::spawn(async move {
-            // With Redis unreachable it is told anyway: perhaps by two
-            // nodes, rather than by none.
-            if asked.await.unwrap_or(true) {
-                webhooks.record(happening);
-            }
-        });
+        match link {
+            // The broker tells it, as Redis decides (see `Broker::on_told`).
+            Some(link) => link.broker.occupancy(self.name.as_str(), occupied),
+            None => self.webhooks.record(Happening::Occupancy {
+                topic: self.name.to_string(),
+                occupied,
+            }),
+        }
     }
 
     /// Tells the app's backend a key got its first entry (`joined`, with

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::wire::{array, text};
 use super::{MAX_BEAT, RESPONSE_TIMEOUT, RedisBroker};
-use crate::broker::{FromBroker, Reaped};
+use crate::broker::{FromBroker, Told};
 use crate::clock::now_ms;
 
 impl RedisBroker {
@@ -153,7 +153,7 @@ impl RedisBroker {
     }
 
     /// Hands the reap script's answer `{entries, vacated, keys_left}` to
-    /// the reaped sink; answers how many presence entries were removed.
+    /// the told sink; answers how many presence entries were removed.
     fn tell_reaped(&self, answer: &redis::Value) -> i64 {
         let parts = array(answer);
         let entries = match parts.first() {
@@ -180,10 +180,19 @@ impl RedisBroker {
                 Some((topic.to_string(), key.to_string(), state))
             })
             .collect();
-        if (!vacated.is_empty() || !keys_left.is_empty())
-            && let Some(sink) = self.inner.reaped.get()
-        {
-            sink(Reaped { vacated, keys_left });
+        for topic in vacated {
+            self.tell(Told::Occupancy {
+                topic,
+                occupied: false,
+            });
+        }
+        for (topic, key, state) in keys_left {
+            self.tell(Told::Presence {
+                topic,
+                key,
+                state,
+                joined: false,
+            });
         }
         entries
     }

@@ -47,7 +47,7 @@ use self::scripts::Scripts;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, KeyEdges, NodeInfo, PresenceEntry, PresenceOp,
-    ReapedSink, RequestSink, Sequenced, SharedEvent, TopicState,
+    RequestSink, Sequenced, SharedEvent, Told, ToldSink, TopicState,
 };
 use crate::clock::now_ms;
 
@@ -117,8 +117,8 @@ struct Inner {
     started_at: i64,
     /// Forwards to other nodes' streams waiting to hear they were queued.
     forwards: streams::Forwards,
-    /// Where what this node reaps is told.
-    reaped: std::sync::OnceLock<ReapedSink>,
+    /// Where what this node's calls and reaping decide is told.
+    told: std::sync::OnceLock<ToldSink>,
 }
 
 /// The Redis broker; cheap to clone.
@@ -210,7 +210,7 @@ impl RedisBroker {
                 scripts: Scripts::new(),
                 started_at: now_ms(),
                 forwards: streams::Forwards::default(),
-                reaped: std::sync::OnceLock::new(),
+                told: std::sync::OnceLock::new(),
             }),
         };
         // The first beat, waited for here (the caller may itself be inside
@@ -260,6 +260,35 @@ impl RedisBroker {
 
     fn node_key(&self, node: &str) -> String {
         format!("{}node:{node}", self.inner.prefix)
+    }
+
+    /// Tells the told sink (on the Redis thread, in the order Redis answered).
+    fn tell(&self, told: Told) {
+        if let Some(sink) = self.inner.told.get() {
+            sink(told);
+        }
+    }
+
+    /// Tells the key edges a track or untrack of `topic` caused.
+    fn tell_edges(&self, topic: &str, edges: &KeyEdges, tracked: Option<&PresenceEntry>) {
+        if edges.joined
+            && let Some(entry) = tracked
+        {
+            self.tell(Told::Presence {
+                topic: topic.to_string(),
+                key: entry.key.clone(),
+                state: entry.state.clone(),
+                joined: true,
+            });
+        }
+        if let Some(left) = &edges.left {
+            self.tell(Told::Presence {
+                topic: topic.to_string(),
+                key: left.key.clone(),
+                state: left.state.clone(),
+                joined: false,
+            });
+        }
     }
 
     /// Runs `call` on the Redis thread; a failure marks Redis down.
@@ -465,6 +494,7 @@ impl Broker for RedisBroker {
         };
         let (keys, member) = self.presence_keys(topic, &entry.node, &entry.conn);
         let broker = self.clone();
+        let topic = topic.to_string();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
             let answer: Value = broker
@@ -482,7 +512,9 @@ impl Broker for RedisBroker {
                 .arg(&entry.key)
                 .invoke_async(&mut conn)
                 .await?;
-            Ok(wire::key_edges(&answer))
+            let edges = wire::key_edges(&answer);
+            broker.tell_edges(&topic, &edges, Some(&entry));
+            Ok(edges)
         })
     }
 
@@ -495,6 +527,7 @@ impl Broker for RedisBroker {
         let (keys, member) = self.presence_keys(topic, &self.inner.settings.node, conn_id);
         let conn_id = conn_id.to_string();
         let broker = self.clone();
+        let topic = topic.to_string();
         self.run(async move {
             let mut conn = broker.inner.commands.clone();
             let answer: Value = broker
@@ -511,7 +544,9 @@ impl Broker for RedisBroker {
                 .invoke_async(&mut conn)
                 .await?;
             let removed = matches!(array(&answer).first(), Some(Value::Int(1)));
-            Ok((removed, wire::key_edges(&answer)))
+            let edges = wire::key_edges(&answer);
+            broker.tell_edges(&topic, &edges, None);
+            Ok((removed, edges))
         })
     }
 
@@ -568,11 +603,11 @@ impl Broker for RedisBroker {
         self.listen_for_forwarded(sink);
     }
 
-    fn occupancy(&self, topic: &str, occupied: bool) -> BrokerFuture<bool> {
-        self.record_occupancy(topic, occupied)
+    fn occupancy(&self, topic: &str, occupied: bool) {
+        self.record_occupancy(topic, occupied);
     }
 
-    fn on_reaped(&self, sink: ReapedSink) {
-        let _ = self.inner.reaped.set(sink);
+    fn on_told(&self, sink: ToldSink) {
+        let _ = self.inner.told.set(sink);
     }
 }

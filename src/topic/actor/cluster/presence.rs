@@ -11,8 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::unavailable;
-use crate::backend::webhooks::Happening;
-use crate::broker::{BrokerError, KeyEdges, PresenceEntry, PresenceOp};
+use crate::broker::{BrokerError, PresenceEntry, PresenceOp};
 use crate::clock::now_ms;
 use crate::outbox::messages::ConnId;
 use crate::protocol::server::{self, TopicFrame};
@@ -114,20 +113,6 @@ impl TopicActor {
         }
     }
 
-    /// Tells the app's backend what a track or untrack of this node did to
-    /// its keys: `tracked` joined (if first of its key), an entry left.
-    fn webhooks_for_edges(&self, edges: &KeyEdges, tracked: Option<&PresenceEntry>) {
-        let topic = self.name.as_str();
-        if edges.joined
-            && let Some(entry) = tracked
-        {
-            self.webhooks.record(presence_happening(topic, entry, true));
-        }
-        if let Some(left) = &edges.left {
-            self.webhooks.record(presence_happening(topic, left, false));
-        }
-    }
-
     /// A new op whose ack waits for its announcement.
     fn await_presence(&mut self, ack: AckTo) -> PresenceOp {
         let op = PresenceOp(NEXT_OP.fetch_add(1, Ordering::Relaxed));
@@ -177,18 +162,12 @@ impl TopicActor {
         };
         self.shared().local.insert(msg.conn, entry.clone());
         let op = self.await_presence(msg.ack);
-        let track = self
-            .broker()
-            .track(self.name.as_str(), entry.clone(), Some(op));
+        let track = self.broker().track(self.name.as_str(), entry, Some(op));
         let conn = msg.conn;
         ctx.spawn(track.into_actor(self).map(move |tracked, topic, ctx| {
+            // What the key did, the broker tells (`Broker::on_told`).
             let tracked = match tracked {
-                Ok(edges) => {
-                    // The broker counted the key's entries: this call is
-                    // the one that saw it join (or a replaced key leave).
-                    topic.webhooks_for_edges(&edges, Some(&entry));
-                    Ok(true)
-                }
+                Ok(_) => Ok(true),
                 Err(e) => {
                     topic.shared().local.remove(&conn);
                     Err(e)
@@ -211,11 +190,7 @@ impl TopicActor {
             .broker()
             .untrack(self.name.as_str(), &entry.conn, Some(op));
         ctx.spawn(untrack.into_actor(self).map(move |untracked, topic, ctx| {
-            let removed = untracked.map(|(removed, edges)| {
-                topic.webhooks_for_edges(&edges, None);
-                removed
-            });
-            topic.presence_answered(op, removed, ctx)
+            topic.presence_answered(op, untracked.map(|(removed, _)| removed), ctx)
         }));
     }
 
@@ -226,12 +201,6 @@ impl TopicActor {
         };
         if let Some(entry) = shared.local.remove(&conn) {
             let (broker, topic) = (shared.link.broker.clone(), self.name.to_string());
-            let webhooks = self.webhooks.clone();
-            let tell = move |edges: KeyEdges, topic: &str| {
-                if let Some(left) = edges.left {
-                    webhooks.record(presence_happening(topic, &left, false));
-                }
-            };
             // Sent now, so it reaches Redis ahead of any later track of the
             // same connection (it would remove that entry if it came after).
             let first = broker.untrack(&topic, &entry.conn, None);
@@ -239,13 +208,13 @@ impl TopicActor {
             // (Redis away for a moment) is tried again, or the entry would
             // outlive its connection.
             actix::spawn(async move {
-                if let Ok((_, edges)) = first.await {
-                    return tell(edges, &topic);
+                if first.await.is_ok() {
+                    return;
                 }
                 for _ in 1..UNTRACK_TRIES {
                     tokio::time::sleep(UNTRACK_RETRY).await;
-                    if let Ok((_, edges)) = broker.untrack(&topic, &entry.conn, None).await {
-                        return tell(edges, &topic);
+                    if broker.untrack(&topic, &entry.conn, None).await.is_ok() {
+                        return;
                     }
                 }
                 tracing::warn!(
@@ -255,15 +224,5 @@ impl TopicActor {
                 );
             });
         }
-    }
-}
-
-/// A presence key's join or leave, as the app's backend is told it.
-fn presence_happening(topic: &str, entry: &PresenceEntry, joined: bool) -> Happening {
-    Happening::Presence {
-        topic: topic.to_string(),
-        key: entry.key.clone(),
-        state: entry.state.clone(),
-        joined,
     }
 }
