@@ -19,9 +19,9 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 
 use crate::auth::api_keys::ApiKeys;
-use crate::backend::webhooks::{Happening, Webhooks};
+use crate::backend::webhooks::Webhooks;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{Broker, ClusterLink, Told};
+use crate::broker::{Broker, ClusterLink};
 use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
 use crate::changes::postgres::PostgresSource;
@@ -286,22 +286,7 @@ where
     state.webhooks = webhooks;
     if let Some(broker) = &state.broker {
         let told_webhooks = state.webhooks.clone();
-        broker.on_told(Arc::new(move |told| {
-            told_webhooks.record(match told {
-                Told::Occupancy { topic, occupied } => Happening::Occupancy { topic, occupied },
-                Told::Presence {
-                    topic,
-                    key,
-                    state,
-                    joined,
-                } => Happening::Presence {
-                    topic,
-                    key,
-                    state,
-                    joined,
-                },
-            })
-        }));
+        broker.on_told(Arc::new(move |told| told_webhooks.record(told.into())));
         let streams = state.event_streams.clone();
         broker.receive_forwarded(Arc::new(move |forwarded| {
             let requests = forwarded.requests.into_iter().map(Into::into).collect();

@@ -63,6 +63,27 @@ pub enum Happening {
     },
 }
 
+/// What the cluster decided, as the backend is told it.
+impl From<crate::broker::Told> for Happening {
+    fn from(told: crate::broker::Told) -> Happening {
+        use crate::broker::Told;
+        match told {
+            Told::Occupancy { topic, occupied } => Happening::Occupancy { topic, occupied },
+            Told::Presence {
+                topic,
+                key,
+                state,
+                joined,
+            } => Happening::Presence {
+                topic,
+                key,
+                state,
+                joined,
+            },
+        }
+    }
+}
+
 impl Happening {
     fn kind(&self) -> &'static str {
         match self {

@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 mod link;
 mod liveness;
 mod occupancy;
+mod presence;
 mod scripts;
 mod streams;
 mod wire;
@@ -47,7 +48,7 @@ use self::scripts::Scripts;
 use self::wire::{array, bulk, decode_kept, route, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, KeyEdges, NodeInfo, PresenceEntry, PresenceOp,
-    RequestSink, Sequenced, SharedEvent, Told, ToldSink, TopicState,
+    RequestSink, Sequenced, SharedEvent, ToldSink, TopicState,
 };
 use crate::clock::now_ms;
 
@@ -262,35 +263,6 @@ impl RedisBroker {
         format!("{}node:{node}", self.inner.prefix)
     }
 
-    /// Tells the told sink (on the Redis thread, in the order Redis answered).
-    fn tell(&self, told: Told) {
-        if let Some(sink) = self.inner.told.get() {
-            sink(told);
-        }
-    }
-
-    /// Tells the key edges a track or untrack of `topic` caused.
-    fn tell_edges(&self, topic: &str, edges: &KeyEdges, tracked: Option<&PresenceEntry>) {
-        if edges.joined
-            && let Some(entry) = tracked
-        {
-            self.tell(Told::Presence {
-                topic: topic.to_string(),
-                key: entry.key.clone(),
-                state: entry.state.clone(),
-                joined: true,
-            });
-        }
-        if let Some(left) = &edges.left {
-            self.tell(Told::Presence {
-                topic: topic.to_string(),
-                key: left.key.clone(),
-                state: left.state.clone(),
-                joined: false,
-            });
-        }
-    }
-
     /// Runs `call` on the Redis thread; a failure marks Redis down.
     fn run<T, F>(&self, call: F) -> BrokerFuture<T>
     where
@@ -488,66 +460,16 @@ impl Broker for RedisBroker {
         entry: PresenceEntry,
         op: Option<PresenceOp>,
     ) -> BrokerFuture<KeyEdges> {
-        let json = match serde_json::to_string(&entry) {
-            Ok(json) => json,
-            Err(e) => return Box::pin(async move { Err(unavailable(e)) }),
-        };
-        let (keys, member) = self.presence_keys(topic, &entry.node, &entry.conn);
-        let broker = self.clone();
-        let topic = topic.to_string();
-        self.run(async move {
-            let mut conn = broker.inner.commands.clone();
-            let answer: Value = broker
-                .inner
-                .scripts
-                .track
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
-                .key(&keys[3])
-                .arg(&entry.conn)
-                .arg(json)
-                .arg(member)
-                .arg(wire::op_text(op))
-                .arg(&entry.key)
-                .invoke_async(&mut conn)
-                .await?;
-            let edges = wire::key_edges(&answer);
-            broker.tell_edges(&topic, &edges, Some(&entry));
-            Ok(edges)
-        })
+        self.track_entry(topic, entry, op)
     }
 
     fn untrack(
         &self,
         topic: &str,
-        conn_id: &str,
+        conn: &str,
         op: Option<PresenceOp>,
     ) -> BrokerFuture<(bool, KeyEdges)> {
-        let (keys, member) = self.presence_keys(topic, &self.inner.settings.node, conn_id);
-        let conn_id = conn_id.to_string();
-        let broker = self.clone();
-        let topic = topic.to_string();
-        self.run(async move {
-            let mut conn = broker.inner.commands.clone();
-            let answer: Value = broker
-                .inner
-                .scripts
-                .untrack
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
-                .key(&keys[3])
-                .arg(conn_id)
-                .arg(member)
-                .arg(wire::op_text(op))
-                .invoke_async(&mut conn)
-                .await?;
-            let removed = matches!(array(&answer).first(), Some(Value::Int(1)));
-            let edges = wire::key_edges(&answer);
-            broker.tell_edges(&topic, &edges, None);
-            Ok((removed, edges))
-        })
+        self.untrack_entry(topic, conn, op)
     }
 
     fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>> {
