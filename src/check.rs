@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 
 use crate::auth::api_keys::ApiKeys;
+use crate::broker::redis::RedisTarget;
 use crate::config::Config;
 use crate::db::{self, DatabaseUrl, DbConnection};
 
@@ -42,8 +43,8 @@ pub fn run(config: &Config) -> Vec<Finding> {
         "database",
         database(&config.database_url, &config.schema),
     ));
-    if let Some(url) = &config.redis_url {
-        findings.push(Finding::of("redis", redis_ping(url)));
+    if let Some(target) = config.redis_target() {
+        findings.push(Finding::of("redis", redis_ping(&target)));
     }
     findings
 }
@@ -135,13 +136,25 @@ where
     result.map_err(|e| e.to_string())
 }
 
-fn redis_ping(url: &str) -> Result<String, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+fn redis_ping(target: &RedisTarget) -> Result<String, String> {
+    let client = match target {
+        RedisTarget::Url(url) => {
+            redis::Client::open(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?
+        }
+        RedisTarget::Sentinel { master, .. } => {
+            redis::sentinel::Sentinel::build(target.sentinel_urls())
+                .and_then(|mut sentinel| sentinel.master_for(master, None))
+                .map_err(|e| format!("no Sentinel names master `{master}`: {e}"))?
+        }
+    };
     let mut conn = client
         .get_connection_with_timeout(REDIS_WAIT)
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let pong: String = redis::cmd("PING")
         .query(&mut conn)
         .map_err(|e| format!("Redis does not answer: {e}"))?;
-    Ok(format!("answers ({pong})"))
+    Ok(format!(
+        "{} answers ({pong})",
+        client.get_connection_info().addr()
+    ))
 }

@@ -280,8 +280,18 @@ pub struct Config {
 
     /// Redis shared by several nodes (`redis://HOST:PORT[/DB]`); without it
     /// this process is the whole server (docs/scaling.md).
-    #[arg(long, env = "REALTIDE_REDIS_URL")]
+    #[arg(long, env = "REALTIDE_REDIS_URL", conflicts_with = "redis_sentinels")]
     pub redis_url: Option<String>,
+
+    /// Redis Sentinels (`host:port,host:port`) that name the cluster's
+    /// Redis master, instead of `--redis-url`: the nodes follow the master
+    /// when Sentinel promotes a replica (docs/scaling.md).
+    #[arg(long, env = "REALTIDE_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master's name in Sentinel's configuration.
+    #[arg(long, env = "REALTIDE_REDIS_MASTER_NAME", default_value = "mymaster")]
+    pub redis_master_name: String,
 
     /// On SIGTERM, how long `/readyz` answers 503 before clients are closed
     /// with 1012, so a load balancer stops sending new connections first
@@ -355,8 +365,25 @@ pub struct Config {
 impl Config {
     /// How long a SIGTERM drains before clients are closed (`--drain-ms`).
     pub fn drain(&self) -> Duration {
-        let default = if self.redis_url.is_some() { 2000 } else { 0 };
+        let default = if self.redis_target().is_some() {
+            2000
+        } else {
+            0
+        };
         Duration::from_millis(self.drain_ms.unwrap_or(default))
+    }
+
+    /// Where the cluster's Redis is, when this node is one of several.
+    pub fn redis_target(&self) -> Option<crate::broker::redis::RedisTarget> {
+        use crate::broker::redis::RedisTarget;
+        match (&self.redis_url, self.redis_sentinels.as_slice()) {
+            (Some(url), _) => Some(RedisTarget::Url(url.clone())),
+            (None, []) => None,
+            (None, sentinels) => Some(RedisTarget::Sentinel {
+                sentinels: sentinels.to_vec(),
+                master: self.redis_master_name.clone(),
+            }),
+        }
     }
 
     /// The address to listen on: `--bind`, with `--port` in place of its port.
@@ -423,9 +450,8 @@ impl Config {
         if let Some(secret) = &self.jwt_secret {
             check_jwt_secret(secret)?;
         }
-        if let Some(url) = &self.redis_url {
-            redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                .map_err(|e| format!("--redis-url `{url}` is not a Redis URL: {e}"))?;
+        if let Some(target) = self.redis_target() {
+            target.check()?;
         }
         if let Some(node) = &self.node_id {
             let fits = (1..=64).contains(&node.len())

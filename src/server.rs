@@ -20,7 +20,7 @@ use actix_web::{App, web};
 
 use crate::auth::api_keys::ApiKeys;
 use crate::backend::webhooks::Webhooks;
-use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::redis::{RedisBroker, RedisSettings, RedisTarget};
 use crate::broker::{Broker, ClusterLink};
 use crate::changes::logical::{self, LogicalSource};
 use crate::changes::poller::Tracker;
@@ -107,13 +107,13 @@ pub struct Controller {
 
 /// Connects this node to the cluster's Redis.
 fn start_broker(
-    url: &str,
+    target: RedisTarget,
     node: &Arc<str>,
     config: &Config,
     metrics: &Metrics,
 ) -> Result<RedisBroker, StartError> {
     RedisBroker::start(RedisSettings {
-        url: url.to_string(),
+        target,
         node: node.clone(),
         prefix: config
             .redis_prefix
@@ -225,8 +225,8 @@ where
         None => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]).into(),
     };
     metrics.set_node(&node);
-    let broker = match &config.redis_url {
-        Some(url) => Some(start_broker(url, &node, &config, &metrics)?),
+    let broker = match config.redis_target() {
+        Some(target) => Some(start_broker(target, &node, &config, &metrics)?),
         None => None,
     };
     let workers = config
@@ -326,7 +326,7 @@ where
         capture = listening.capture.report().mode,
         tables = %config.tables,
         node = %listening.node_id,
-        cluster = config.redis_url.is_some(),
+        cluster = config.redis_target().is_some(),
         "realtide listening"
     );
     if config.jwt_secret.is_none() {

@@ -221,28 +221,44 @@ async fn presence_spans_nodes_and_a_killed_nodes_entries_leave_once() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
+    presence_across_nodes(shared_database(), &redis, "room/who").await;
+}
+
+#[tokio::test]
+async fn presence_on_a_table_topic_spans_nodes_too() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let db = shared_database();
-    let doomed = NodeProcess::start(&db, &redis, "doomed").await;
-    let (b, c) = (node(&db, &redis, "b").await, node(&db, &redis, "c").await);
-    let track = json!({"type": "track", "topic": "room/who", "state": {"here": true}});
+    db.execute("CREATE TABLE dashboard (id BIGINT PRIMARY KEY)");
+    presence_across_nodes(db, &redis, "dashboard").await;
+}
+
+/// Alice on a node that is killed and on another, bob on a third: bob
+/// sees both of alice's entries, then the killed node's leave once.
+async fn presence_across_nodes(db: common::TestDb, redis: &RedisServer, topic: &str) {
+    let doomed = NodeProcess::start(&db, redis, "doomed").await;
+    let (b, c) = (node(&db, redis, "b").await, node(&db, redis, "c").await);
+    let track = json!({"type": "track", "topic": topic, "state": {"here": true}});
     let mut alice_1 = Client::connect(&format!("{}?userId=alice", doomed.ws_url())).await;
-    alice_1.subscribe("room/who").await;
+    alice_1.subscribe(topic).await;
     alice_1.send(track.clone()).await;
     let mut alice_2 = b.client_as("alice").await;
-    alice_2.subscribe("room/who").await;
+    alice_2.subscribe(topic).await;
     alice_2.send(track.clone()).await;
     let mut bob = c.client_as("bob").await;
     // Both of alice's entries reach bob's node.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let admin = format!("/admin/presence?topic={topic}");
     loop {
-        let (_, presence) = c.get_json("/admin/presence?topic=room/who").await;
+        let (_, presence) = c.get_json(&admin).await;
         if presence["presences"]["alice"].as_array().map(Vec::len) == Some(2) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{presence}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bob.subscribe("room/who").await;
+    bob.subscribe(topic).await;
     let sync = bob.recv().await;
     assert_eq!(sync["event"], "presence:sync", "{sync}");
     assert_eq!(
@@ -269,7 +285,7 @@ async fn presence_spans_nodes_and_a_killed_nodes_entries_leave_once() {
     assert_eq!(leave["data"]["conn"], doomed_conn);
     bob.expect_silence(Duration::from_millis(NODE_TIMEOUT_MS + 500))
         .await;
-    let (_, presence) = b.get_json("/admin/presence?topic=room/who").await;
+    let (_, presence) = b.get_json(&admin).await;
     let alice = presence["presences"]["alice"].as_array().unwrap().clone();
     assert_eq!(alice.len(), 1, "alice is still here through node b");
     assert_eq!(alice[0]["conn"], alice_2.welcome["conn"]);
@@ -688,8 +704,14 @@ async fn after_a_redis_restart_every_script_is_loaded_before_calls_go_through() 
     let db = shared_database();
     let a = node(&db, &redis, "scripts-a").await;
     let scripts = [
-        include_str!("../src/broker/redis/lua/publish.lua"),
-        include_str!("../src/broker/redis/lua/join.lua"),
+        concat!(
+            include_str!("../src/broker/redis/lua/epoch.lua"),
+            include_str!("../src/broker/redis/lua/publish.lua")
+        ),
+        concat!(
+            include_str!("../src/broker/redis/lua/epoch.lua"),
+            include_str!("../src/broker/redis/lua/join.lua")
+        ),
         include_str!("../src/broker/redis/lua/track.lua"),
         include_str!("../src/broker/redis/lua/untrack.lua"),
         include_str!("../src/broker/redis/lua/occupancy.lua"),

@@ -21,7 +21,9 @@
 //!   the seq tells them apart. A `publish` whose answer is lost (a timeout)
 //!   may still have happened: its event then arrives, once, unacknowledged.
 //! - Epoch: a new epoch means the broker lost the topic's past (Redis
-//!   restarted empty): seqs start again and no seq repeats within an epoch.
+//!   restarted empty, or a promoted replica lacks the latest events, seen
+//!   as a seq behind what a node has delivered): seqs start again and no
+//!   seq repeats within an epoch.
 //! - Presence: `track`/`untrack` store an entry cluster-wide and announce it
 //!   to every joined node as `FromBroker::Presence`, carrying the caller's
 //!   [`PresenceOp`] so the requesting node knows which request an
@@ -215,12 +217,26 @@ pub enum FromBroker {
 pub trait Broker: Send + Sync + 'static {
     /// Starts sending `topic`'s events and presence changes to `sink`, then
     /// answers where the topic stands (creating its epoch if it has none).
-    fn join(&self, topic: &str, sink: Recipient<FromBroker>) -> BrokerFuture<TopicState>;
+    /// `seen`, on a resync, is the epoch and latest seq this node has
+    /// delivered: a broker that is behind it lost events, and the topic
+    /// starts a new epoch.
+    fn join(
+        &self,
+        topic: &str,
+        sink: Recipient<FromBroker>,
+        seen: Option<(&str, u64)>,
+    ) -> BrokerFuture<TopicState>;
     /// Stops sending `topic`'s traffic to this node.
     fn leave(&self, topic: &str);
     /// Sequences `events` (contiguous seqs, in order) and sends them to
     /// every node that joined `topic`; answers the epoch and the first seq.
-    fn publish(&self, topic: &str, events: Vec<SharedEvent>) -> BrokerFuture<(String, u64)>;
+    /// `seen` is as for `join`: behind it, the events go to a new epoch.
+    fn publish(
+        &self,
+        topic: &str,
+        seen: (&str, u64),
+        events: Vec<SharedEvent>,
+    ) -> BrokerFuture<(String, u64)>;
     /// The events with `since < seq <= up_to` of `epoch`, or `None` when
     /// they are not all kept any more (or the epoch is not the current one).
     fn replay(

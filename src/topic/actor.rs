@@ -124,7 +124,8 @@ pub struct TopicActor {
     last_active: Instant,
     /// Shared by every topic (one pointer each, not a copy of every handle).
     metrics: Arc<Metrics>,
-    /// A pub/sub topic of a cluster: what it shares through the broker.
+    /// A topic of a cluster: what it shares through the broker (a table
+    /// topic, only its presence).
     shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
     unstored: ThinVec<storing::Unstored>,
@@ -142,13 +143,12 @@ impl TopicActor {
         let db = tracking.db.clone();
         let history = tracking.history.clone();
         let webhooks = tracking.webhooks.clone();
-        let shared = match name.kind() {
-            TopicKind::PubSub => tracking
-                .cluster
-                .clone()
-                .map(|link| Box::new(cluster::Shared::new(link))),
-            TopicKind::Table => None,
-        };
+        // A table topic shares only its presence: its changes come from
+        // the shared database, numbered there.
+        let shared = tracking
+            .cluster
+            .clone()
+            .map(|link| Box::new(cluster::Shared::new(link)));
         let table = match name.kind() {
             TopicKind::Table => Some(Box::new(TableState {
                 tracking,

@@ -16,7 +16,7 @@ impl RedisBroker {
     /// One beat: records this node, reaps dead ones. Answers whether this
     /// node was missing from `nodes` (reaped, or new).
     pub(super) async fn beat(&self) -> redis::RedisResult<bool> {
-        let mut conn = self.inner.commands.clone();
+        let mut conn = self.inner.current.commands()?;
         let node = self.inner.settings.node.to_string();
         let now = now_ms();
         let added: i64 = conn.zadd(self.nodes_key(), &node, now).await?;
@@ -51,8 +51,13 @@ impl RedisBroker {
         Ok(added == 1)
     }
 
-    /// Beats, notices a lost pub/sub link, and resyncs topics once it is back.
-    pub(super) async fn supervise(self, mut lost: mpsc::UnboundedReceiver<()>) {
+    /// Beats, notices a lost pub/sub link, follows a master that moved,
+    /// and resyncs topics once Redis is back.
+    pub(super) async fn supervise(
+        self,
+        mut lost: mpsc::UnboundedReceiver<()>,
+        mut switched: mpsc::UnboundedReceiver<()>,
+    ) {
         let period =
             (self.inner.settings.node_timeout / 4).clamp(Duration::from_millis(100), MAX_BEAT);
         let mut ticks = tokio::time::interval(period);
@@ -64,8 +69,15 @@ impl RedisBroker {
                 Some(()) = lost.recv() => {
                     // Only the pub/sub link: commands may still work.
                     // Resync as soon as it is back.
-                    resync = !self.relink().await;
+                    resync |= !self.relink().await;
                     continue;
+                }
+                Some(()) = switched.recv() => {
+                    // Sentinel switched a master: beat now if it was ours.
+                    if !self.follow_master().await {
+                        continue;
+                    }
+                    resync = true;
                 }
                 _ = ticks.tick() => {}
             }
@@ -83,17 +95,19 @@ impl RedisBroker {
                     }
                     first = false;
                 }
-                Ok(Err(e)) => {
-                    self.inner.settings.errors.inc();
+                failed => {
+                    if let Ok(Err(e)) = &failed {
+                        self.inner.settings.errors.inc();
+                        self.inner.link.still_down(Some(e));
+                    } else {
+                        self.inner.link.still_down(None);
+                    }
                     self.inner.link.set_up(false);
-                    self.inner.link.still_down(Some(&e));
                     resync = true;
-                    continue;
-                }
-                Err(_) => {
-                    self.inner.link.set_up(false);
-                    self.inner.link.still_down(None);
-                    resync = true;
+                    // The master may have moved (or come back as a replica).
+                    if self.follow_master().await {
+                        ticks.reset_immediately();
+                    }
                     continue;
                 }
             }
@@ -107,7 +121,13 @@ impl RedisBroker {
     /// Loads every script, before calls are let through again: after a
     /// restart Redis has none. Answers whether all loaded.
     pub(super) async fn load_scripts(&self) -> bool {
-        let mut conn = self.inner.commands.clone();
+        let mut conn = match self.inner.current.commands() {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.inner.link.still_down(Some(&e));
+                return false;
+            }
+        };
         for script in self.inner.scripts.all() {
             if let Err(e) = script.load_async(&mut conn).await {
                 self.inner.link.still_down(Some(&e));
@@ -120,7 +140,9 @@ impl RedisBroker {
     /// A PING through the pub/sub link: it resubscribes by itself once
     /// reconnected, so an answer proves it is back.
     async fn ping_pubsub(&self) -> bool {
-        let mut pubsub = self.inner.pubsub.clone();
+        let Ok(mut pubsub) = self.inner.current.pubsub() else {
+            return false;
+        };
         let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut pubsub).await;
         ping.is_ok()
     }
@@ -129,7 +151,8 @@ impl RedisBroker {
     /// has every joined topic look for what it missed.
     /// Answers whether it came back.
     async fn relink(&self) -> bool {
-        for _ in 0..20 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
             if self.ping_pubsub().await {
                 // A Redis that restarted has lost the scripts: they are
                 // back before the topics resync.
@@ -139,11 +162,15 @@ impl RedisBroker {
                 self.inner.routes.tell_all(FromBroker::Resync);
                 return true;
             }
-            let mut commands = self.inner.commands.clone();
-            let ping: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut commands).await;
+            let ping: redis::RedisResult<()> = match self.inner.current.commands() {
+                Ok(mut commands) => redis::cmd("PING").query_async(&mut commands).await,
+                Err(e) => Err(e),
+            };
             if ping.is_err() {
-                // Redis itself is gone, not just the link: say so now.
+                // Redis itself is gone, not just the link: say so now,
+                // and leave finding it again to the beats.
                 self.inner.link.set_up(false);
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -203,7 +230,9 @@ impl RedisBroker {
         let broker = self.clone();
         let node = self.inner.settings.node.to_string();
         let retire = async move {
-            let mut conn = broker.inner.commands.clone();
+            let Ok(mut conn) = broker.inner.current.commands() else {
+                return;
+            };
             let answer: redis::RedisResult<redis::Value> = broker
                 .inner
                 .scripts

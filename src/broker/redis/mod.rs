@@ -31,12 +31,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus::{IntCounter, IntGauge};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Value};
+use redis::{AsyncCommands, Value};
 use tokio::sync::mpsc;
 
 mod link;
 mod liveness;
+mod master;
 mod occupancy;
 mod presence;
 mod scripts;
@@ -44,8 +44,10 @@ mod streams;
 mod wire;
 
 use self::link::Link;
+pub use self::master::RedisTarget;
+use self::master::{Connections, Current, PushTarget};
 use self::scripts::Scripts;
-use self::wire::{array, bulk, decode_kept, route, text};
+use self::wire::{array, bulk, decode_kept, text};
 use super::{
     Broker, BrokerError, BrokerFuture, FromBroker, KeyEdges, NodeInfo, PresenceEntry, PresenceOp,
     RequestSink, Sequenced, SharedEvent, ToldSink, TopicState,
@@ -62,7 +64,7 @@ const MAX_BEAT: Duration = Duration::from_secs(2);
 /// What the cluster is configured with.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    pub target: RedisTarget,
     pub node: Arc<str>,
     /// Of every key and channel.
     pub prefix: String,
@@ -108,8 +110,10 @@ impl Routes {
 struct Inner {
     settings: RedisSettings,
     prefix: String,
-    commands: ConnectionManager,
-    pubsub: ConnectionManager,
+    /// The connections to the master in use.
+    current: Current,
+    /// Where a new pub/sub connection's pushes go.
+    pushes: PushTarget,
     routes: Arc<Routes>,
     /// Whether Redis answers, as the gauge and the logs say.
     link: Link,
@@ -142,19 +146,9 @@ impl RedisBroker {
     /// not answer yet is not an error: the node starts, reports it, and
     /// keeps trying.
     pub fn start(settings: RedisSettings) -> Result<RedisBroker, BrokerError> {
-        let url_for_logs = crate::config::redact_url(&settings.url);
+        settings.target.check().map_err(unavailable)?;
+        let described = settings.target.describe();
         let up_gauge = settings.up_gauge.clone();
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3))
-            .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
         let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("realtide-redis".into())
@@ -180,33 +174,28 @@ impl RedisBroker {
         let _entered = runtime.enter();
         let routes = Arc::new(Routes::default());
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-        let push_routes = routes.clone();
-        let config = || {
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500))
+        let pushes = PushTarget {
+            routes: routes.clone(),
+            lost: lost_tx,
         };
-        let pubsub_config = config()
-            .set_push_sender(move |push: PushInfo| {
-                route(&push_routes, &lost_tx, push);
-                Ok::<(), redis::aio::SendError>(())
-            })
-            .set_automatic_resubscription();
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config())
-            .map_err(unavailable)?;
-        let pubsub =
-            ConnectionManager::new_lazy_with_config(client, pubsub_config).map_err(unavailable)?;
+        // A fixed URL is connected to now; Sentinel is asked by the first beat.
+        let connections = match &settings.target {
+            RedisTarget::Url(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| unavailable(format!("--redis-url: {e}")))?;
+                Some(Connections::open(client, pushes.clone()).map_err(unavailable)?)
+            }
+            RedisTarget::Sentinel { .. } => None,
+        };
         let prefix = settings.prefix.clone();
         let broker = RedisBroker {
             inner: Arc::new(Inner {
                 settings,
                 prefix,
-                commands,
-                pubsub,
+                current: Current::new(connections),
+                pushes,
                 routes,
-                link: Link::new(&url_for_logs, up_gauge),
+                link: Link::new(&described, up_gauge),
                 runtime: runtime.clone(),
                 scripts: Scripts::new(),
                 started_at: now_ms(),
@@ -219,18 +208,21 @@ impl RedisBroker {
         let (beaten_tx, beaten_rx) = std::sync::mpsc::channel();
         let first = broker.clone();
         runtime.spawn(async move {
+            first.follow_master().await;
             let beaten = first.beat().await;
             let loaded = beaten.is_ok() && first.load_scripts().await;
             let _ = beaten_tx.send(beaten.map(|_| loaded));
         });
-        match beaten_rx.recv_timeout(CONNECT_TIMEOUT * 3) {
+        match beaten_rx.recv_timeout(CONNECT_TIMEOUT * 6) {
             Ok(Ok(true)) => broker.inner.link.set_up(true),
             // Scripts not loaded: the supervisor's next beat tries again.
             Ok(Ok(false)) => broker.inner.link.still_down(None),
             Ok(Err(e)) => broker.inner.link.still_down(Some(&e)),
             Err(_) => broker.inner.link.still_down(None),
         }
-        runtime.spawn(broker.clone().supervise(lost_rx));
+        let (switched_tx, switched_rx) = mpsc::unbounded_channel();
+        runtime.spawn(broker.clone().watch_sentinels(switched_tx));
+        runtime.spawn(broker.clone().supervise(lost_rx, switched_rx));
         Ok(broker)
     }
 
@@ -292,20 +284,27 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn join(&self, topic: &str, sink: Recipient<FromBroker>) -> BrokerFuture<TopicState> {
+    fn join(
+        &self,
+        topic: &str,
+        sink: Recipient<FromBroker>,
+        seen: Option<(&str, u64)>,
+    ) -> BrokerFuture<TopicState> {
         let channel = self.channel(topic);
         self.inner.routes.lock().insert(channel.clone(), sink);
         let broker = self.clone();
-        let (meta, presence, streams) = (
+        let (meta, presence, streams, log) = (
             self.key(topic, "meta"),
             self.key(topic, "pres"),
             self.key(topic, "streams"),
+            self.key(topic, "log"),
         );
+        let (seen_epoch, seen_seq) = seen.map_or((String::new(), 0), |(e, s)| (e.to_string(), s));
         let tokens = self.key(topic, "tok:");
         self.run(async move {
-            let mut pubsub = broker.inner.pubsub.clone();
+            let mut pubsub = broker.inner.current.pubsub()?;
             pubsub.subscribe(&channel).await?;
-            let mut conn = broker.inner.commands.clone();
+            let mut conn = broker.inner.current.commands()?;
             let answer: Value = broker
                 .inner
                 .scripts
@@ -313,9 +312,12 @@ impl Broker for RedisBroker {
                 .key(meta)
                 .key(presence)
                 .key(streams)
+                .key(log)
                 .arg(fresh_epoch())
                 .arg(tokens)
                 .arg(broker.inner.settings.replay_ttl.as_millis() as u64)
+                .arg(seen_epoch)
+                .arg(seen_seq)
                 .invoke_async(&mut conn)
                 .await?;
             let parts = array(&answer);
@@ -353,13 +355,21 @@ impl Broker for RedisBroker {
     fn leave(&self, topic: &str) {
         let channel = self.channel(topic);
         self.inner.routes.lock().remove(&channel);
-        let mut pubsub = self.inner.pubsub.clone();
+        let broker = self.clone();
         self.inner.runtime.spawn(async move {
-            let _ = pubsub.unsubscribe(&channel).await;
+            if let Ok(mut pubsub) = broker.inner.current.pubsub() {
+                let _ = pubsub.unsubscribe(&channel).await;
+            }
         });
     }
 
-    fn publish(&self, topic: &str, events: Vec<SharedEvent>) -> BrokerFuture<(String, u64)> {
+    fn publish(
+        &self,
+        topic: &str,
+        seen: (&str, u64),
+        events: Vec<SharedEvent>,
+    ) -> BrokerFuture<(String, u64)> {
+        let (seen_epoch, seen_seq) = (seen.0.to_string(), seen.1);
         let keys = [
             self.key(topic, "meta"),
             self.key(topic, "log"),
@@ -389,11 +399,13 @@ impl Broker for RedisBroker {
                 .arg(settings.replay_size.max(1))
                 .arg(settings.replay_ttl.as_millis().max(1) as u64)
                 .arg(fresh_epoch())
-                .arg(tokens);
+                .arg(tokens)
+                .arg(seen_epoch)
+                .arg(seen_seq);
             for (stream, ends, payload) in per_event {
                 invocation.arg(stream).arg(ends).arg(payload);
             }
-            let mut conn = broker.inner.commands.clone();
+            let mut conn = broker.inner.current.commands()?;
             let (epoch, first): (String, u64) = invocation.invoke_async(&mut conn).await?;
             Ok((epoch, first))
         })
@@ -408,8 +420,9 @@ impl Broker for RedisBroker {
     ) -> BrokerFuture<Option<Vec<Sequenced>>> {
         let (meta, log) = (self.key(topic, "meta"), self.key(topic, "log"));
         let epoch = epoch.to_string();
-        let mut conn = self.inner.commands.clone();
+        let broker = self.clone();
         self.run(async move {
+            let mut conn = broker.inner.current.commands()?;
             if up_to <= since {
                 return Ok(Some(Vec::new()));
             }
@@ -474,8 +487,9 @@ impl Broker for RedisBroker {
 
     fn presence(&self, topic: &str) -> BrokerFuture<Vec<PresenceEntry>> {
         let key = self.key(topic, "pres");
-        let mut conn = self.inner.commands.clone();
+        let broker = self.clone();
         self.run(async move {
+            let mut conn = broker.inner.current.commands()?;
             let entries: Vec<String> = conn.hvals(key).await?;
             Ok(entries
                 .iter()
@@ -486,8 +500,8 @@ impl Broker for RedisBroker {
 
     fn nodes(&self) -> BrokerFuture<Vec<NodeInfo>> {
         let broker = self.clone();
-        let mut conn = self.inner.commands.clone();
         self.run(async move {
+            let mut conn = broker.inner.current.commands()?;
             let beats: Vec<(String, i64)> =
                 conn.zrange_withscores(broker.nodes_key(), 0, -1).await?;
             let now = now_ms();

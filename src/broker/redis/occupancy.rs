@@ -28,7 +28,7 @@ impl RedisBroker {
         let topic = topic.to_string();
         let broker = self.clone();
         let recorded = self.run(async move {
-            let mut conn = broker.inner.commands.clone();
+            let mut conn = broker.inner.current.commands()?;
             let changed: redis::RedisResult<i64> = broker
                 .inner
                 .scripts

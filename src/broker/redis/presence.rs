@@ -53,7 +53,7 @@ impl RedisBroker {
         let broker = self.clone();
         let topic = topic.to_string();
         self.run(async move {
-            let mut conn = broker.inner.commands.clone();
+            let mut conn = broker.inner.current.commands()?;
             let answer: Value = broker
                 .inner
                 .scripts
@@ -86,7 +86,7 @@ impl RedisBroker {
         let broker = self.clone();
         let topic = topic.to_string();
         self.run(async move {
-            let mut conn = broker.inner.commands.clone();
+            let mut conn = broker.inner.current.commands()?;
             let answer: Value = broker
                 .inner
                 .scripts

@@ -33,8 +33,14 @@ impl Scripts {
 
     pub(super) fn new() -> Self {
         Scripts {
-            publish: Script::new(include_str!("lua/publish.lua")),
-            join: Script::new(include_str!("lua/join.lua")),
+            publish: Script::new(concat!(
+                include_str!("lua/epoch.lua"),
+                include_str!("lua/publish.lua")
+            )),
+            join: Script::new(concat!(
+                include_str!("lua/epoch.lua"),
+                include_str!("lua/join.lua")
+            )),
             track: Script::new(include_str!("lua/track.lua")),
             untrack: Script::new(include_str!("lua/untrack.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),

@@ -93,7 +93,7 @@ impl RedisBroker {
         );
         let broker = self.clone();
         self.run(async move {
-            let mut redis = broker.inner.commands.clone();
+            let mut redis = broker.inner.current.commands()?;
             let _: i64 = broker
                 .inner
                 .scripts
@@ -115,10 +115,13 @@ impl RedisBroker {
             self.streams_index(),
             conn.to_string(),
         );
-        let mut redis = self.inner.commands.clone();
+        let broker = self.clone();
         self.inner.runtime.spawn(async move {
             // A key left behind (Redis unreachable now) goes when a forward
             // finds no node taking it, or with this node at its reaping.
+            let Ok(mut redis) = broker.inner.current.commands() else {
+                return;
+            };
             let _ = redis::pipe()
                 .del(key)
                 .srem(index, conn)
@@ -148,7 +151,7 @@ impl RedisBroker {
         let (prefix, secret) = (self.inner.prefix.clone(), secret.to_string());
         let broker = self.clone();
         let passed = self.run(async move {
-            let mut redis = broker.inner.commands.clone();
+            let mut redis = broker.inner.current.commands()?;
             let taken: i64 = broker
                 .inner
                 .scripts
@@ -185,11 +188,17 @@ impl RedisBroker {
         let broker = self.clone();
         let reader: NodeChannel = Arc::new(move |payload| broker.read_node_message(&sink, payload));
         self.inner.routes.set_streams(channel.clone(), reader);
-        let mut pubsub = self.inner.pubsub.clone();
+        let broker = self.clone();
         self.inner.runtime.spawn(async move {
             // Retried until it holds: the pub/sub link resubscribes by
-            // itself after a reconnect, but only to what it once had.
-            while pubsub.subscribe(&channel).await.is_err() {
+            // itself after a reconnect, but only to what it once had (and
+            // a new master's link subscribes to it when it is made).
+            loop {
+                if let Ok(mut pubsub) = broker.inner.current.pubsub()
+                    && pubsub.subscribe(&channel).await.is_ok()
+                {
+                    break;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         });
@@ -204,9 +213,12 @@ impl RedisBroker {
                 let queued = sink(requests);
                 let channel = format!("{}:sse", self.node_key(&from));
                 let answer = serde_json::to_string(&NodeMessage::Queued { id }).unwrap_or_default();
-                let mut redis = self.inner.commands.clone();
+                let broker = self.clone();
                 self.inner.runtime.spawn(async move {
                     queued.await;
+                    let Ok(mut redis) = broker.inner.current.commands() else {
+                        return;
+                    };
                     let _ = redis::cmd("PUBLISH")
                         .arg(channel)
                         .arg(answer)

@@ -16,6 +16,8 @@
 //!   read from the replay log. If they are gone, or an event comes with an
 //!   epoch not seen before, this node's subscribers are closed with 1012
 //!   (their resume then says `recovered: false`).
+//! - A table topic joins too, for its presence alone: its epoch and seq
+//!   are the database's, and nothing is published through the broker.
 //! - Presence: `track` and `untrack` go to the broker; the join or leave
 //!   comes back to every node, and the client's ack goes just before its own
 //!   join or leave. Each node mirrors the whole topic's entries, so
@@ -130,6 +132,12 @@ impl TopicActor {
             .expect("cluster methods run on cluster topics")
     }
 
+    /// Whether the broker numbers this topic's events: a pub/sub topic's;
+    /// a table topic's come numbered from the database.
+    pub(super) fn numbered_by_broker(&self) -> bool {
+        self.name.kind() == crate::topic::name::TopicKind::PubSub
+    }
+
     /// Joins the topic, then runs `then` (with whether it worked), holding
     /// back everything else until then.
     pub(super) fn when_joined(
@@ -148,7 +156,7 @@ impl TopicActor {
         }
         let join = self
             .broker()
-            .join(self.name.as_str(), ctx.address().recipient());
+            .join(self.name.as_str(), ctx.address().recipient(), None);
         ctx.wait(join.into_actor(self).map(move |joined, topic, ctx| {
             let result = match joined {
                 Ok(state) => {
@@ -164,13 +172,16 @@ impl TopicActor {
     /// Takes the topic's state from the broker on joining.
     fn adopt(&mut self, state: TopicState) {
         self.shared().joined = true;
-        self.epoch = state.epoch.as_str().into();
-        self.seq = state.seq;
         self.presence = Default::default();
         for entry in state.presence {
             self.presence
                 .track_wire(&entry.key, &entry.conn, entry.state);
         }
+        if !self.numbered_by_broker() {
+            return;
+        }
+        self.epoch = state.epoch.as_str().into();
+        self.seq = state.seq;
         self.streams = Default::default();
         for token in state.stream_tokens {
             if let Some(mark) = &token.event.stream
@@ -263,7 +274,8 @@ impl TopicActor {
         let batch = std::mem::take(&mut shared.outgoing);
         let tokens: Vec<u64> = batch.iter().map(|e| e.token).collect();
         let stored: Vec<Option<String>> = batch.iter().map(|e| e.message_id.clone()).collect();
-        let publish = shared.link.broker.publish(self.name.as_str(), batch);
+        let seen = (self.epoch.as_str(), self.seq);
+        let publish = shared.link.broker.publish(self.name.as_str(), seen, batch);
         ctx.wait(
             publish
                 .into_actor(self)

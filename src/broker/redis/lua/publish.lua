@@ -3,20 +3,12 @@
 --       the last `replay size` entries),
 --       channel, streams (SET of running token streams)
 -- ARGV: replay size, replay ttl ms, a fresh epoch (used only when the topic
---       has none), the token lists' key prefix, then per event: stream id
+--       needs one: epoch.lua), the token lists' key prefix, the epoch and
+--       seq the publishing node has seen, then per event: stream id
 --       ('' when none), '1' when it ends the stream, payload.
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local seq = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
-if not epoch then
-  -- Nothing is known of this topic (new, expired, or Redis lost its data):
-  -- a new epoch, so no seq is ever given out twice within one.
-  epoch = ARGV[3]
-  seq = 0
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
-end
+local epoch, seq = current_epoch(KEYS[1], KEYS[2], KEYS[4], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
 local first = seq + 1
-for i = 5, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local stream, ends, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   seq = seq + 1
   -- The log entry goes first: a script that fails midway leaves no seq

@@ -44,6 +44,9 @@ impl TopicActor {
         event: Sequenced,
         ctx: &mut Context<Self>,
     ) {
+        if !self.numbered_by_broker() {
+            return;
+        }
         if *epoch != *self.epoch {
             self.restart(epoch, event.seq.saturating_sub(1));
         }
@@ -187,15 +190,17 @@ impl TopicActor {
     /// After the link dropped, or this node was taken for dead: catch up on
     /// events, and make presence right again.
     pub(in crate::topic::actor) fn resync(&mut self, ctx: &mut Context<Self>) {
+        let numbered = self.numbered_by_broker();
+        let seen = numbered.then_some((self.epoch.as_str(), self.seq));
         let join = self
             .broker()
-            .join(self.name.as_str(), ctx.address().recipient());
-        ctx.wait(join.into_actor(self).map(|joined, topic, ctx| {
+            .join(self.name.as_str(), ctx.address().recipient(), seen);
+        ctx.wait(join.into_actor(self).map(move |joined, topic, ctx| {
             // Still unreachable: the next resync tries again.
             let Ok(state) = joined else { return };
-            if *state.epoch != *topic.epoch {
+            if numbered && *state.epoch != *topic.epoch {
                 topic.restart(state.epoch.as_str().into(), state.seq);
-            } else if state.seq > topic.seq {
+            } else if numbered && state.seq > topic.seq {
                 // Published while the link was down.
                 topic.fill_up_to(state.seq, ctx);
             }
