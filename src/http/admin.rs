@@ -152,7 +152,7 @@ pub async fn presence(
     let presences = match (topic, &state.broker) {
         (Some(topic), _) => topic.send(GetPresence).await.unwrap_or_else(|_| json!({})),
         // Not running here: the cluster still knows its entries.
-        (None, Some(broker)) if name.kind() == crate::topic::TopicKind::PubSub => {
+        (None, Some(broker)) => {
             let entries = broker
                 .presence(name.as_str())
                 .await
