@@ -142,24 +142,13 @@ pub struct NewMessage {
     pub event: String,
     pub data: String,
     pub created_at: i64,
-    pub seq: u64,
+    /// The message's seq; in a cluster, until the broker numbers it, a
+    /// placeholder below zero, unique within its group (history never
+    /// shows a message whose seq is not above zero).
+    pub seq: i64,
 }
 
 const COLUMNS: &str = "num, room_id, user_id, event, data, created_at, seq";
-
-pub fn insert(conn: &mut DbConnection, message: &NewMessage) -> Result<StoredMessage, DbError> {
-    Ok(diesel::sql_query(format!(
-        "INSERT INTO _realtide_messages (room_id, user_id, event, data, created_at, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-    ))
-    .bind::<Text, _>(&message.room_id)
-    .bind::<Nullable<Text>, _>(message.user_id.as_deref())
-    .bind::<Text, _>(&message.event)
-    .bind::<Text, _>(&message.data)
-    .bind::<BigInt, _>(message.created_at)
-    .bind::<BigInt, _>(message.seq as i64)
-    .get_result(conn)?)
-}
 
 diesel::table! {
     /// The stored messages, for statements diesel prepares once per
@@ -189,7 +178,7 @@ fn insert_cached(
             m::event.eq(&message.event),
             m::data.eq(&message.data),
             m::created_at.eq(message.created_at),
-            m::seq.eq(message.seq as i64),
+            m::seq.eq(message.seq),
         ))
         .returning(m::num)
         .get_result(conn)?)
@@ -279,7 +268,7 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
             .bind::<Text, _>(&message.event)
             .bind::<Text, _>(&message.data)
             .bind::<BigInt, _>(message.created_at)
-            .bind::<BigInt, _>(message.seq as i64);
+            .bind::<BigInt, _>(message.seq);
     }
     let inserted: Vec<Inserted> = query.load(conn)?;
     let by_key: std::collections::HashMap<(String, i64), i64> = inserted
@@ -289,7 +278,7 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
     rows.iter()
         .map(|message| {
             by_key
-                .get(&(message.room_id.clone(), message.seq as i64))
+                .get(&(message.room_id.clone(), message.seq))
                 .map(|num| message_id(*num))
                 .ok_or_else(|| {
                     DbError::Task(format!(
@@ -301,20 +290,30 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
         .collect()
 }
 
-/// Gives a stored message its seq (a cluster numbers it after storing it).
-pub fn set_seq(conn: &mut DbConnection, id: &str, seq: u64) -> Result<(), DbError> {
-    diesel::sql_query("UPDATE _realtide_messages SET seq = $1 WHERE num = $2")
-        .bind::<BigInt, _>(seq as i64)
-        .bind::<BigInt, _>(parse_message_id(id).map_err(|e| DbError::Task(e.message))?)
-        .execute(conn)?;
-    Ok(())
+/// Gives stored messages their seqs (a cluster numbers them after storing
+/// them), in one transaction.
+pub fn set_seqs(conn: &mut DbConnection, numbered: &[(String, u64)]) -> Result<(), DbError> {
+    use self::_realtide_messages::dsl as m;
+    let nums: Vec<(i64, i64)> = numbered
+        .iter()
+        .map(|(id, seq)| Ok((parse_message_id(id)?, *seq as i64)))
+        .collect::<Result<_, ProtocolError>>()
+        .map_err(|e| DbError::Task(e.message))?;
+    conn.transaction(|conn| {
+        for (num, seq) in nums {
+            diesel::update(m::_realtide_messages.filter(m::num.eq(num)))
+                .set(m::seq.eq(seq))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
 }
 
-/// Deletes stored messages whose publish failed (still seq 0).
+/// Deletes stored messages whose publish failed (not yet numbered).
 pub fn forget_unpublished(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
     for id in ids {
         let num = parse_message_id(id).map_err(|e| DbError::Task(e.message))?;
-        diesel::sql_query("DELETE FROM _realtide_messages WHERE num = $1 AND seq = 0")
+        diesel::sql_query("DELETE FROM _realtide_messages WHERE num = $1 AND seq <= 0")
             .bind::<BigInt, _>(num)
             .execute(conn)?;
     }
@@ -329,7 +328,7 @@ pub fn page(
 ) -> Result<Vec<StoredMessage>, DbError> {
     Ok(diesel::sql_query(format!(
         "SELECT {COLUMNS} FROM _realtide_messages \
-         WHERE room_id = $1 AND created_at < $2 AND num < $3 \
+         WHERE room_id = $1 AND created_at < $2 AND num < $3 AND seq > 0 \
          ORDER BY num DESC LIMIT $4"
     ))
     .bind::<Text, _>(room)

@@ -354,7 +354,7 @@ impl Handler<Publish> for TopicActor {
 
 impl TopicActor {
     /// A publish as the message history stores it.
-    fn to_store(&self, msg: &Publish, at_ms: i64, seq: u64) -> NewMessage {
+    fn to_store(&self, msg: &Publish, at_ms: i64, seq: i64) -> NewMessage {
         NewMessage {
             room_id: self.name.to_string(),
             user_id: msg.user_id.as_deref().map(str::to_owned),

@@ -127,9 +127,19 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub async fn start(db: &TestDb, redis: &RedisServer, id: &str) -> NodeProcess {
+        Self::start_with(db, redis, id, &[]).await
+    }
+
+    /// With more arguments.
+    pub async fn start_with(
+        db: &TestDb,
+        redis: &RedisServer,
+        id: &str,
+        extra: &[&str],
+    ) -> NodeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
         let (redis_url, timeout) = (redis.url(), NODE_TIMEOUT_MS.to_string());
-        let args = [
+        let mut args = vec![
             "--database-url",
             db.url.as_str(),
             "--redis-url",
@@ -139,6 +149,7 @@ impl NodeProcess {
             "--node-timeout-ms",
             timeout.as_str(),
         ];
+        args.extend_from_slice(extra);
         let child = super::serve_binary(&addr, &args).await;
         NodeProcess { child, addr }
     }

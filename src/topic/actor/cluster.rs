@@ -8,7 +8,8 @@
 //!   handled until it knows the topic's epoch and latest seq.
 //! - Publishes of one mailbox turn go to the broker as one batch at the end
 //!   of the turn, under `ctx.wait`, so one node's publishes keep their
-//!   order. Nothing is delivered on the way out: every node, this one too,
+//!   order; the turn's persisted ones are stored first, in one transaction
+//!   (group commit, as on one node), unnumbered until the broker answers. Nothing is delivered on the way out: every node, this one too,
 //!   delivers only what comes back from the broker, in seq order. The
 //!   publisher's ack (and an emit's answer) goes when its event is
 //!   delivered here, just before it: never an ack for an undelivered event.
@@ -34,7 +35,7 @@ use crate::broker::{
     BrokerError, ClusterLink, PresenceEntry, PresenceOp, SharedEvent, StreamMark, TopicState,
 };
 use crate::clock::now_ms;
-use crate::history;
+use crate::history::{self, NewMessage};
 use crate::outbox::messages::ConnId;
 use crate::protocol::ProtocolError;
 use crate::protocol::server::TopicFrame;
@@ -65,6 +66,8 @@ pub struct Shared {
     next_token: u64,
     /// This turn's publishes, sent as one batch at its end.
     outgoing: Vec<SharedEvent>,
+    /// What of `outgoing` is stored first: its position there, the message.
+    to_store: Vec<(usize, NewMessage)>,
     /// This node's presence entries on the topic.
     local: HashMap<ConnId, PresenceEntry>,
     /// Acks of this node's track and untrack requests, each sent just
@@ -82,6 +85,7 @@ impl Shared {
             waiting: HashMap::new(),
             next_token: 1,
             outgoing: Vec::new(),
+            to_store: Vec::new(),
             local: HashMap::new(),
             presence_acks: HashMap::new(),
         }
@@ -195,45 +199,28 @@ impl TopicActor {
         }
     }
 
-    /// `publish`, `emit`, `stream`: queued for the turn's batch; a persisted
-    /// message is stored first (seq 0 until the broker numbers it).
+    /// `publish`, `emit`, `stream`: queued for the turn's batch.
     pub(super) fn publish_shared(&mut self, msg: Publish, ctx: &mut Context<Self>) {
-        self.when_joined(ctx, move |topic, ctx, joined| {
-            if let Err(error) = joined {
-                msg.reply.failed(error, &topic.metrics);
-                return;
-            }
-            let at_ms = now_ms();
-            if !msg.persist {
-                return topic.queue_shared(msg, at_ms, None);
-            }
-            // Seq 0 until the broker numbers it.
-            let message = topic.to_store(&msg, at_ms, 0);
-            let db = topic.db.clone();
-            let store = async move { db.run(move |conn| history::insert(conn, &message)).await };
-            ctx.wait(
-                store
-                    .into_actor(topic)
-                    .map(move |stored, topic, _| match stored {
-                        Ok(stored) => {
-                            topic.metrics.history_commits.inc();
-                            topic.metrics.messages_stored.inc();
-                            topic.queue_shared(msg, at_ms, Some(stored.id()))
-                        }
-                        Err(e) => msg.reply.failed(
-                            ProtocolError::unavailable(format!("the message was not stored: {e}")),
-                            &topic.metrics,
-                        ),
-                    }),
-            );
+        self.when_joined(ctx, move |topic, _, joined| match joined {
+            Ok(()) => topic.queue_shared(msg, now_ms()),
+            Err(error) => msg.reply.failed(error, &topic.metrics),
         });
     }
 
-    fn queue_shared(&mut self, msg: Publish, at_ms: i64, message_id: Option<String>) {
+    fn queue_shared(&mut self, msg: Publish, at_ms: i64) {
         let node = self.shared().link.node.to_string();
+        let token = self.shared().next_token;
+        // Unnumbered until the broker answers: a placeholder unique in the
+        // group, below zero.
+        let store = msg.persist.then(|| {
+            let placeholder = -(self.shared().to_store.len() as i64 + 1);
+            self.to_store(&msg, at_ms, placeholder)
+        });
         let shared = self.shared();
-        let token = shared.next_token;
         shared.next_token += 1;
+        if let Some(message) = store {
+            shared.to_store.push((shared.outgoing.len(), message));
+        }
         shared.outgoing.push(SharedEvent {
             origin: node,
             conn: msg.publisher.map(|c| c.0),
@@ -242,7 +229,7 @@ impl TopicActor {
             data: msg.data,
             user_id: msg.user_id.as_deref().map(str::to_owned),
             at_ms,
-            message_id,
+            message_id: None,
             stream: msg.stream.map(|part| match part {
                 StreamPart::Token { stream } => StreamMark {
                     id: stream.to_string(),
@@ -263,7 +250,12 @@ impl TopicActor {
         );
     }
 
-    /// Sends the turn's publishes as one batch; the next turn's wait behind it.
+    /// At a turn's end: stores the turn's persisted publishes in one
+    /// transaction (shared with other topics' groups by the history
+    /// writer), then sends the whole batch to the broker in one call; the
+    /// next turn waits behind both. A group that cannot be stored is
+    /// refused whole, before the broker numbers anything, so it leaves no
+    /// gap; the turn's other publishes still go.
     pub(super) fn send_outgoing(&mut self, ctx: &mut Context<Self>) {
         let Some(shared) = self.shared.as_mut() else {
             return;
@@ -271,11 +263,51 @@ impl TopicActor {
         if shared.outgoing.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut shared.outgoing);
+        let mut batch = std::mem::take(&mut shared.outgoing);
+        let (positions, messages): (Vec<usize>, Vec<NewMessage>) =
+            std::mem::take(&mut shared.to_store).into_iter().unzip();
+        if messages.is_empty() {
+            return self.publish_batch(batch, ctx);
+        }
+        let writer = self.history.clone();
+        let store = async move { writer.store(messages).await };
+        ctx.wait(store.into_actor(self).map(move |stored, topic, ctx| {
+            match stored {
+                Ok(ids) => {
+                    topic.metrics.messages_stored.inc_by(ids.len() as u64);
+                    for (position, id) in positions.into_iter().zip(ids) {
+                        batch[position].message_id = Some(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic.name, error = %e, "storing messages failed");
+                    let error =
+                        ProtocolError::unavailable(format!("the message was not stored: {e}"));
+                    let mut position = 0;
+                    batch.retain(|event| {
+                        let refused = positions.contains(&position);
+                        position += 1;
+                        if refused
+                            && let Some(waiting) = topic.shared().waiting.remove(&event.token)
+                        {
+                            waiting.reply.failed(error.clone(), &topic.metrics);
+                        }
+                        !refused
+                    });
+                }
+            }
+            if !batch.is_empty() {
+                topic.publish_batch(batch, ctx);
+            }
+        }));
+    }
+
+    /// Has the broker number and send `batch`, under `ctx.wait`.
+    fn publish_batch(&mut self, batch: Vec<SharedEvent>, ctx: &mut Context<Self>) {
         let tokens: Vec<u64> = batch.iter().map(|e| e.token).collect();
         let stored: Vec<Option<String>> = batch.iter().map(|e| e.message_id.clone()).collect();
         let seen = (self.epoch.as_str(), self.seq);
-        let publish = shared.link.broker.publish(self.name.as_str(), seen, batch);
+        let publish = self.broker().publish(self.name.as_str(), seen, batch);
         ctx.wait(
             publish
                 .into_actor(self)
@@ -375,15 +407,7 @@ impl TopicActor {
     /// deliveries wait), so a `history` read after an ack sees them.
     fn store_seqs(&mut self, numbered: Vec<(String, u64)>, ctx: &mut Context<Self>) {
         let db = self.db.clone();
-        let store = async move {
-            db.run(move |conn| {
-                for (id, seq) in &numbered {
-                    history::set_seq(conn, id, *seq)?;
-                }
-                Ok(())
-            })
-            .await
-        };
+        let store = async move { db.run(move |conn| history::set_seqs(conn, &numbered)).await };
         ctx.wait(store.into_actor(self).map(|stored, topic, _| {
             if let Err(e) = stored {
                 tracing::warn!(topic = %topic.name, error = %e, "storing message seqs failed");

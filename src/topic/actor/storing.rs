@@ -42,7 +42,7 @@ impl TopicActor {
         if !msg.persist && self.unstored.is_empty() {
             return self.complete_publish(msg, seq, at_ms, None);
         }
-        let message = msg.persist.then(|| self.to_store(&msg, at_ms, seq));
+        let message = msg.persist.then(|| self.to_store(&msg, at_ms, seq as i64));
         self.unstored.push(Unstored {
             msg,
             seq,
