@@ -23,7 +23,7 @@ async fn every_message_a_cluster_node_acked_survives_its_sigkill_with_its_seq() 
         return;
     };
     let db = shared_database();
-    let mut doomed =
+    let doomed =
         NodeProcess::start_with(&db, &redis, "ledger-a", &["--max-publish-rate", "100000"]).await;
     let reader = node(&db, &redis, "ledger-b").await;
     let mut writers = Vec::new();
