@@ -13,6 +13,8 @@
 mod capture;
 #[path = "load/changes.rs"]
 mod changes;
+#[path = "load/failover.rs"]
+mod failover;
 #[path = "load/fanout.rs"]
 mod fanout;
 #[path = "load/hooks.rs"]
@@ -106,6 +108,16 @@ enum Mode {
         #[arg(long, default_value = "docs/fanout-latency.svg")]
         svg: String,
     },
+    /// A Redis failover under publishes: how long publishing is
+    /// unavailable, and what subscribers see.
+    Failover {
+        /// Publishes a second, over both nodes.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Sentinel's `down-after-milliseconds`.
+        #[arg(long, default_value_t = 1000)]
+        down_after_ms: u64,
+    },
     /// The app's backend in the loop: connections/s through the connect
     /// proxy, publishes through the publish proxy, webhook deliveries/s,
     /// each beside the same load with no backend.
@@ -147,6 +159,13 @@ enum Mode {
         /// Topics the back-to-back publishes are spread over, round robin.
         #[arg(long, default_value_t = 1)]
         topics: u64,
+        /// With N > 1: N cluster nodes beside one node, windowed
+        /// publishes on one topic and on 100.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Interleaved runs (with --nodes).
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
         #[command(flatten)]
         db: Database,
     },
@@ -601,6 +620,10 @@ fn main() {
                 topics,
                 against,
             } => idle_compared(connections, &topics, against).await,
+            Mode::Failover {
+                rate,
+                down_after_ms,
+            } => failover::failover(rate, down_after_ms).await,
             Mode::Hooks {
                 connections,
                 publishes,
@@ -613,8 +636,10 @@ fn main() {
             Mode::Persist {
                 messages,
                 topics,
+                nodes,
+                runs,
                 db,
-            } => persist(&db.backend, messages, topics, &db.postgres_url).await,
+            } => persist(&db.backend, messages, topics, nodes, runs, &db.postgres_url).await,
             Mode::Snapshot { rows, db } => snapshot(&db.backend, rows, &db.postgres_url).await,
             Mode::Changes {
                 rows,

@@ -280,7 +280,8 @@ pub struct Config {
 
     /// Redis shared by several nodes (`redis://HOST:PORT[/DB]`); without it
     /// this process is the whole server (docs/scaling.md).
-    #[arg(long, env = "REALTIDE_REDIS_URL", conflicts_with = "redis_sentinels")]
+    /// (Empty counts as unset, so an environment can switch to Sentinel.)
+    #[arg(long, env = "REALTIDE_REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// Redis Sentinels (`host:port,host:port`) that name the cluster's
@@ -376,7 +377,12 @@ impl Config {
     /// Where the cluster's Redis is, when this node is one of several.
     pub fn redis_target(&self) -> Option<crate::broker::redis::RedisTarget> {
         use crate::broker::redis::RedisTarget;
-        match (&self.redis_url, self.redis_sentinels.as_slice()) {
+        let url = self.redis_url.as_ref().filter(|url| !url.is_empty());
+        let sentinels: &[String] = match self.redis_sentinels.as_slice() {
+            [only] if only.is_empty() => &[],
+            sentinels => sentinels,
+        };
+        match (url, sentinels) {
             (Some(url), _) => Some(RedisTarget::Url(url.clone())),
             (None, []) => None,
             (None, sentinels) => Some(RedisTarget::Sentinel {
@@ -449,6 +455,10 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if let Some(secret) = &self.jwt_secret {
             check_jwt_secret(secret)?;
+        }
+        let sentinels = self.redis_sentinels.iter().any(|s| !s.is_empty());
+        if self.redis_url.as_ref().is_some_and(|url| !url.is_empty()) && sentinels {
+            return Err("use --redis-url or --redis-sentinels, not both".into());
         }
         if let Some(target) = self.redis_target() {
             target.check()?;

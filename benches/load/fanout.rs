@@ -337,9 +337,9 @@ async fn sse_subscriber(addr: &str, topic: &str) -> std::net::TcpStream {
 }
 
 /// A `redis-server` of the bench's own, on a free port, killed on drop.
-struct BenchRedis {
+pub(super) struct BenchRedis {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -351,7 +351,7 @@ impl Drop for BenchRedis {
 }
 
 impl BenchRedis {
-    fn start() -> BenchRedis {
+    pub(super) fn start() -> BenchRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()

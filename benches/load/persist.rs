@@ -85,20 +85,23 @@ async fn paced(ws: &mut Socket, rate: f64, seconds: u64, topics: u64) -> Histogr
     h
 }
 
-/// `connections` publishers on one topic, each keeping `window` persisted
-/// publishes in flight until it has sent `per_connection`: acks/s, ack
-/// latency (µs histogram) and the server's CPU seconds meanwhile.
+/// `connections` publishers spread over `servers`, each keeping `window`
+/// persisted publishes in flight (round robin over `topics`) until it has
+/// sent `per_connection`: acks/s, ack latency (µs histogram) and the
+/// servers' CPU seconds meanwhile.
 async fn windowed(
-    server: &Server,
+    servers: &[Server],
     connections: usize,
     window: u64,
     per_connection: u64,
+    topics: u64,
 ) -> (f64, Histogram<u64>, f64) {
     let mut sockets = Vec::new();
-    for _ in 0..connections {
-        sockets.push(connect(&server.addr).await);
+    for c in 0..connections {
+        sockets.push(connect(&servers[c % servers.len()].addr).await);
     }
-    let cpu_before = server.cpu_exact();
+    let cpu = || servers.iter().map(Server::cpu_exact).sum::<f64>();
+    let cpu_before = cpu();
     let started = Instant::now();
     let publishers = sockets.into_iter().enumerate().map(|(c, mut ws)| {
         tokio::spawn(async move {
@@ -111,8 +114,9 @@ async fn windowed(
                     && (sent_at.len() as u64) - acked < window
                 {
                     let i = sent_at.len();
+                    let topic = (i as u64 + c as u64) % topics.max(1);
                     let frame = format!(
-                        r#"{{"type":"publish","topic":"bench/window","event":"m","data":{{"c":{c},"n":{i}}},"persist":true,"ref":{i}}}"#
+                        r#"{{"type":"publish","topic":"bench/window-{topic}","event":"m","data":{{"c":{c},"n":{i}}},"persist":true,"ref":{i}}}"#
                     );
                     ws.feed(Message::text(frame)).await.unwrap();
                     sent_at.push(Instant::now());
@@ -143,10 +147,96 @@ async fn windowed(
         all.add(publisher.await.unwrap()).unwrap();
     }
     let rate = (connections as u64 * per_connection) as f64 / started.elapsed().as_secs_f64();
-    (rate, all, server.cpu_exact() - cpu_before)
+    (rate, all, cpu() - cpu_before)
 }
 
-pub(super) async fn persist(backend: &str, messages: u64, topics: u64, postgres_url: &str) {
+const CONNECTIONS: usize = 8;
+const WINDOW: u64 = 64;
+
+/// One windowed run's line.
+fn windowed_line(label: &str, topics: u64, run: (f64, Histogram<u64>, f64), total: f64) -> f64 {
+    let (rate, acks, cpu) = run;
+    let ms = |q| acks.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  {label:<9} {topics:>3} topic(s)  {rate:>7.0} persisted/s: ack p50 {:.2} ms p99 {:.2} ms; server CPU {:.1} µs per ack (all nodes)",
+        ms(0.5),
+        ms(0.99),
+        cpu / total * 1e6
+    );
+    rate
+}
+
+/// Persisted publishes on `nodes` nodes sharing one Redis and one database,
+/// beside one node, interleaved in one run: 8 connections (spread over the
+/// nodes) with 64 in flight each, on one topic and on 100.
+async fn persist_cluster(
+    backend: &str,
+    messages: u64,
+    nodes: usize,
+    runs: usize,
+    postgres_url: &str,
+) {
+    let per_connection = messages / CONNECTIONS as u64;
+    let total = CONNECTIONS as f64 * per_connection as f64;
+    println!(
+        "persist: {backend}, {CONNECTIONS} connections x {WINDOW} in flight, {nodes} nodes beside one, {runs} run(s)"
+    );
+    let mut ratios: Vec<(u64, f64)> = Vec::new();
+    for run in 1..=runs {
+        for topics in [1u64, 100] {
+            let scratch = ScratchDb::new(backend, postgres_url);
+            let single = Server::start_on(&scratch.url, None).await;
+            let alone = windowed(
+                std::slice::from_ref(&single),
+                CONNECTIONS,
+                WINDOW,
+                per_connection,
+                topics,
+            )
+            .await;
+            drop(single);
+            drop(scratch);
+            let scratch = ScratchDb::new(backend, postgres_url);
+            let redis = super::fanout::BenchRedis::start();
+            let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+            let mut cluster = Vec::new();
+            for n in 0..nodes {
+                let id = format!("bench-{n}");
+                let extra = ["--redis-url", redis_url.as_str(), "--node-id", id.as_str()];
+                cluster.push(Server::start_with(&scratch.url, None, &extra).await);
+            }
+            let together = windowed(&cluster, CONNECTIONS, WINDOW, per_connection, topics).await;
+            println!("  run {run}");
+            let one = windowed_line("one node", topics, alone, total);
+            let many = windowed_line(&format!("{nodes} nodes"), topics, together, total);
+            ratios.push((topics, many / one));
+            drop(cluster);
+        }
+    }
+    for topics in [1u64, 100] {
+        let of: Vec<String> = ratios
+            .iter()
+            .filter(|(t, _)| *t == topics)
+            .map(|(_, r)| format!("{r:.2}x"))
+            .collect();
+        println!(
+            "  {nodes} nodes / one node, {topics} topic(s): {}",
+            of.join(", ")
+        );
+    }
+}
+
+pub(super) async fn persist(
+    backend: &str,
+    messages: u64,
+    topics: u64,
+    nodes: usize,
+    runs: usize,
+    postgres_url: &str,
+) {
+    if nodes > 1 {
+        return persist_cluster(backend, messages, nodes, runs, postgres_url).await;
+    }
     let mut scratch = ScratchDb::new(backend, postgres_url);
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
     let mut ws = connect(&server.addr).await;
@@ -176,10 +266,15 @@ pub(super) async fn persist(backend: &str, messages: u64, topics: u64, postgres_
         ms(&half, 0.99),
         half.max() as f64 / 1000.0
     );
-    const CONNECTIONS: usize = 8;
-    const WINDOW: u64 = 64;
     let per_connection = messages / CONNECTIONS as u64;
-    let (rate, acks, cpu) = windowed(&server, CONNECTIONS, WINDOW, per_connection).await;
+    let (rate, acks, cpu) = windowed(
+        std::slice::from_ref(&server),
+        CONNECTIONS,
+        WINDOW,
+        per_connection,
+        1,
+    )
+    .await;
     let total = CONNECTIONS as f64 * per_connection as f64;
     println!(
         "  {CONNECTIONS} x {WINDOW} in flight  {rate:.0} persisted/s on one topic: ack p50 {:.2} ms p99 {:.2} ms max {:.2} ms; server CPU {:.1} µs per ack",

@@ -24,7 +24,7 @@
 //!   join or leave. Each node mirrors the whole topic's entries, so
 //!   `presence:sync` lists every node's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,17 @@ struct Waiting {
     reply: PublishReply,
     /// Its seq, once the broker has answered.
     seq: Option<u64>,
+    /// Stored, and its seq not yet written to history: its ack waits.
+    numbering: bool,
+}
+
+/// A publish delivered before its seq was in history (or behind one that
+/// was): acked once it is, and every one before it.
+struct Delivered {
+    token: u64,
+    waiting: Waiting,
+    seq: u64,
+    message_id: Option<String>,
 }
 
 /// A cluster topic's part of the actor's state.
@@ -63,6 +74,9 @@ pub struct Shared {
     gap_check: Option<SpawnHandle>,
     /// This node's publishes, by token, until delivered.
     waiting: HashMap<u64, Waiting>,
+    /// Delivered publishes whose acks wait, in seq order: until its seq is
+    /// in history, and until every ack before it went.
+    delivered: VecDeque<Delivered>,
     next_token: u64,
     /// This turn's publishes, sent as one batch at its end.
     outgoing: Vec<SharedEvent>,
@@ -83,6 +97,7 @@ impl Shared {
             ahead: BTreeMap::new(),
             gap_check: None,
             waiting: HashMap::new(),
+            delivered: VecDeque::new(),
             next_token: 1,
             outgoing: Vec::new(),
             to_store: Vec::new(),
@@ -246,6 +261,7 @@ impl TopicActor {
             Waiting {
                 reply: msg.reply,
                 seq: None,
+                numbering: false,
             },
         );
     }
@@ -314,15 +330,18 @@ impl TopicActor {
                 .map(move |published, topic, ctx| match published {
                     Ok((_epoch, first)) => {
                         let mut numbered = Vec::new();
+                        let mut numbered_tokens = Vec::new();
                         for (i, (token, id)) in tokens.iter().zip(stored).enumerate() {
                             let seq = first + i as u64;
+                            let stored = id.is_some();
                             if let Some(id) = id {
                                 numbered.push((id, seq));
+                                numbered_tokens.push(*token);
                             }
-                            topic.numbered(*token, seq);
+                            topic.numbered(*token, seq, stored);
                         }
                         if !numbered.is_empty() {
-                            topic.store_seqs(numbered, ctx);
+                            topic.store_seqs(numbered, numbered_tokens, ctx);
                         }
                         topic.expect_up_to(first + tokens.len() as u64 - 1, ctx);
                     }
@@ -387,7 +406,7 @@ impl TopicActor {
 
     /// The broker gave a waiting publish its seq; if that seq was skipped
     /// as lost, the publisher is told it was not delivered.
-    fn numbered(&mut self, token: u64, seq: u64) {
+    fn numbered(&mut self, token: u64, seq: u64, stored: bool) {
         let current = self.seq;
         let shared = self.shared();
         let lost = seq <= current && shared.waiting.contains_key(&token);
@@ -400,19 +419,48 @@ impl TopicActor {
             }
         } else if let Some(waiting) = shared.waiting.get_mut(&token) {
             waiting.seq = Some(seq);
+            waiting.numbering = stored;
         }
     }
 
-    /// Writes the seqs of stored messages before they are delivered (the
-    /// deliveries wait), so a `history` read after an ack sees them.
-    fn store_seqs(&mut self, numbered: Vec<(String, u64)>, ctx: &mut Context<Self>) {
-        let db = self.db.clone();
-        let store = async move { db.run(move |conn| history::set_seqs(conn, &numbered)).await };
-        ctx.wait(store.into_actor(self).map(|stored, topic, _| {
+    /// Writes the seqs of stored messages to history (in the history
+    /// writer's shared transaction). Nothing waits for it but the acks of
+    /// these publishes, so a `history` read after an ack sees them; the
+    /// topic goes on with its next turn meanwhile.
+    fn store_seqs(
+        &mut self,
+        numbered: Vec<(String, u64)>,
+        tokens: Vec<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let writer = self.history.clone();
+        let store = async move { writer.number(numbered).await };
+        ctx.spawn(store.into_actor(self).map(move |stored, topic, _| {
             if let Err(e) = stored {
                 tracing::warn!(topic = %topic.name, error = %e, "storing message seqs failed");
             }
+            let shared = topic.shared();
+            for token in tokens {
+                if let Some(waiting) = shared.waiting.get_mut(&token) {
+                    waiting.numbering = false;
+                } else if let Some(d) = shared.delivered.iter_mut().find(|d| d.token == token) {
+                    d.waiting.numbering = false;
+                }
+            }
+            topic.ack_ready();
         }));
+    }
+
+    /// Acks the delivered publishes at the head of the queue whose seqs
+    /// are in history.
+    fn ack_ready(&mut self) {
+        while let Some(head) = self.shared().delivered.front()
+            && !head.waiting.numbering
+        {
+            if let Some(d) = self.shared().delivered.pop_front() {
+                self.ack(d.waiting, d.seq, d.message_id);
+            }
+        }
     }
 }
 

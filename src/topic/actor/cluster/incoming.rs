@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use compact_str::CompactString;
 
 use super::super::TopicActor;
-use super::{GAP_WAIT, frame_of, stream_part};
+use super::{Delivered, GAP_WAIT, Waiting, frame_of, stream_part};
 use crate::broker::{FromBroker, Sequenced, SharedEvent};
 use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
 use crate::protocol::ProtocolError;
@@ -128,24 +128,37 @@ impl TopicActor {
         let frame = frame_of(self.name.as_str(), seq, &event);
         let local = event.origin == *self.shared().link.node;
         if local && let Some(waiting) = self.shared().waiting.remove(&event.token) {
-            if let Some(ack) = waiting.reply.client() {
-                let reply = server::publish_ack(
-                    ack.reference.as_ref(),
-                    ack.id.as_ref(),
+            let message_id = event.message_id.clone();
+            // Acks go in seq order: behind any whose seq is not yet in history.
+            if waiting.numbering || !self.shared().delivered.is_empty() {
+                self.shared().delivered.push_back(Delivered {
+                    token: event.token,
+                    waiting,
                     seq,
-                    event.message_id.as_deref(),
-                );
-                self.send_to(&ack.handle, FrameKind::Reply, reply);
+                    message_id,
+                });
+            } else {
+                self.ack(waiting, seq, message_id);
             }
-            waiting.reply.published(Published {
-                seq,
-                message_id: event.message_id.clone(),
-            });
-            self.metrics.events_published.inc();
         }
         let publisher = if local { event.conn.map(ConnId) } else { None };
         let stream = event.stream.as_ref().map(stream_part);
         self.announce(seq, frame, publisher, stream.as_ref());
+    }
+
+    /// Answers a delivered publish of this node.
+    pub(super) fn ack(&mut self, waiting: Waiting, seq: u64, message_id: Option<String>) {
+        if let Some(ack) = waiting.reply.client() {
+            let reply = server::publish_ack(
+                ack.reference.as_ref(),
+                ack.id.as_ref(),
+                seq,
+                message_id.as_deref(),
+            );
+            self.send_to(&ack.handle, FrameKind::Reply, reply);
+        }
+        waiting.reply.published(Published { seq, message_id });
+        self.metrics.events_published.inc();
     }
 
     /// Closes this node's subscribers with 1012: they missed events that
