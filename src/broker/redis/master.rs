@@ -248,11 +248,14 @@ impl RedisBroker {
             self.inner.link.still_down(Some(&e));
             return false;
         }
-        tracing::warn!(
-            from = %self.inner.current.address(),
-            to = %address,
-            "Sentinel names a new Redis master; following it"
-        );
+        match self.inner.current.address().as_str() {
+            "" => tracing::info!(master = %address, "Sentinel names the Redis master"),
+            from => tracing::warn!(
+                from,
+                to = %address,
+                "Sentinel names a new Redis master; following it"
+            ),
+        }
         self.inner.link.set_up(false);
         self.inner.current.replace(connections);
         true
