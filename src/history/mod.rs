@@ -291,7 +291,9 @@ fn insert_rows(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<Vec<Strin
 }
 
 /// Gives stored messages their seqs (a cluster numbers them after storing
-/// them), in one transaction.
+/// them), in one transaction: on PostgreSQL one `UPDATE … FROM (VALUES …)`
+/// per [`ROWS_PER_INSERT`] messages (a round trip each), on SQLite the
+/// connection's cached UPDATE per message (in-process, no round trip).
 pub fn set_seqs(conn: &mut DbConnection, numbered: &[(String, u64)]) -> Result<(), DbError> {
     use self::_realtide_messages::dsl as m;
     let nums: Vec<(i64, i64)> = numbered
@@ -299,14 +301,51 @@ pub fn set_seqs(conn: &mut DbConnection, numbered: &[(String, u64)]) -> Result<(
         .map(|(id, seq)| Ok((parse_message_id(id)?, *seq as i64)))
         .collect::<Result<_, ProtocolError>>()
         .map_err(|e| DbError::Task(e.message))?;
+    if let DbConnection::Sqlite(conn) = conn {
+        return Ok(conn.transaction(|conn| {
+            for (num, seq) in nums {
+                diesel::update(m::_realtide_messages.filter(m::num.eq(num)))
+                    .set(m::seq.eq(seq))
+                    .execute(conn)?;
+            }
+            diesel::QueryResult::Ok(())
+        })?);
+    }
+    if nums.len() <= ROWS_PER_INSERT {
+        // One statement is its own transaction.
+        return set_seq_rows(conn, &nums);
+    }
     conn.transaction(|conn| {
-        for (num, seq) in nums {
-            diesel::update(m::_realtide_messages.filter(m::num.eq(num)))
-                .set(m::seq.eq(seq))
-                .execute(conn)?;
+        for rows in nums.chunks(ROWS_PER_INSERT) {
+            set_seq_rows(conn, rows)?;
         }
         Ok(())
     })
+}
+
+/// One `UPDATE … FROM (VALUES (num, seq), …)`.
+fn set_seq_rows(conn: &mut DbConnection, rows: &[(i64, i64)]) -> Result<(), DbError> {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("UPDATE _realtide_messages AS m SET seq = v.seq FROM (VALUES ");
+    for i in 0..rows.len() {
+        let comma = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{comma}(${}::bigint, ${}::bigint)",
+            2 * i + 1,
+            2 * i + 2
+        );
+    }
+    sql.push_str(") AS v(num, seq) WHERE m.num = v.num");
+    let mut query = diesel::sql_query(sql).into_boxed();
+    for (num, seq) in rows {
+        query = query.bind::<BigInt, _>(*num).bind::<BigInt, _>(*seq);
+    }
+    query.execute(conn)?;
+    Ok(())
 }
 
 /// Deletes stored messages whose publish failed (not yet numbered).
