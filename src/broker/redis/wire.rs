@@ -1,5 +1,7 @@
 //! What travels on the Redis connections, decoded: the pub/sub pushes
-//! routed to topics (`e|<epoch>|<seq>|<event>`, `j|<op>|<entry>`,
+//! routed to topics (`b|<epoch>|<first seq>|<event>\n<event>…`, one
+//! publish call's events in one message; `e|<epoch>|<seq>|<event>`, one
+//! event, as nodes of earlier versions send; `j|<op>|<entry>`,
 //! `l|<op>|<entry>`, the op empty when none),
 //! kept token events (`<seq>|<event>`), and the shapes of script answers.
 
@@ -27,12 +29,15 @@ pub(super) fn route(routes: &Routes, lost: &mpsc::UnboundedSender<()>, push: Pus
                 reader(payload);
                 return;
             }
-            let Some(message) = decode(payload) else {
+            let messages = decode(payload);
+            if messages.is_empty() {
                 tracing::warn!(channel, "an undecodable message on a topic channel");
                 return;
-            };
+            }
             if let Some(topic) = routes.lock().get(channel) {
-                topic.do_send(message);
+                for message in messages {
+                    topic.do_send(message);
+                }
             }
         }
         PushKind::Disconnection => {
@@ -61,22 +66,58 @@ pub(super) fn op_text(op: Option<PresenceOp>) -> String {
     op.map(|PresenceOp(n)| n.to_string()).unwrap_or_default()
 }
 
-/// A channel message: `e|<epoch>|<seq>|<event>`, `j|<op>|<entry>`, `l|<op>|<entry>`.
-pub(super) fn decode(payload: &[u8]) -> Option<FromBroker> {
-    let text = std::str::from_utf8(payload).ok()?;
+/// A channel message, as what it tells topics (nothing when undecodable):
+/// `b|<epoch>|<first seq>|<event>\n<event>…`, `e|<epoch>|<seq>|<event>`,
+/// `j|<op>|<entry>`, `l|<op>|<entry>`.
+pub(super) fn decode(payload: &[u8]) -> Vec<FromBroker> {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Vec::new();
+    };
+    match text.split_once('|') {
+        // Compact JSON has no raw newline, so it separates the events.
+        Some(("b", rest)) => decode_events(rest, rest.split('\n').count()),
+        Some(("e", rest)) => decode_events(rest, 1),
+        _ => decode_one(text).into_iter().collect(),
+    }
+}
+
+/// `<epoch>|<first seq>|<event>[\n<event>…]`: `count` events from the first seq on.
+fn decode_events(rest: &str, count: usize) -> Vec<FromBroker> {
+    let Some((epoch, rest)) = rest.split_once('|') else {
+        return Vec::new();
+    };
+    let Some((first, events)) = rest.split_once('|') else {
+        return Vec::new();
+    };
+    let Ok(first) = first.parse::<u64>() else {
+        return Vec::new();
+    };
+    let epoch: std::sync::Arc<str> = epoch.into();
+    let events: Vec<&str> = match count {
+        1 => vec![events],
+        _ => events.split('\n').collect(),
+    };
+    let mut decoded = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let Ok(event) = serde_json::from_str(event) else {
+            // A seq left out shows as a gap, which the replay log fills.
+            tracing::warn!("an undecodable event on a topic channel");
+            continue;
+        };
+        decoded.push(FromBroker::Event {
+            epoch: epoch.clone(),
+            event: Sequenced {
+                seq: first + i as u64,
+                event,
+            },
+        });
+    }
+    decoded
+}
+
+fn decode_one(text: &str) -> Option<FromBroker> {
     let (kind, rest) = text.split_once('|')?;
     match kind {
-        "e" => {
-            let (epoch, rest) = rest.split_once('|')?;
-            let (seq, event) = rest.split_once('|')?;
-            Some(FromBroker::Event {
-                epoch: epoch.into(),
-                event: Sequenced {
-                    seq: seq.parse().ok()?,
-                    event: serde_json::from_str(event).ok()?,
-                },
-            })
-        }
         "j" | "l" => {
             let (op, entry) = rest.split_once('|')?;
             let op = match op {
@@ -132,7 +173,7 @@ mod tests {
     #[test]
     fn channel_messages_decode() {
         let event = r#"e|ep1|7|{"o":"n1","k":3,"e":"msg","d":{"a":1},"t":5}"#;
-        match decode(event.as_bytes()) {
+        match decode(event.as_bytes()).pop() {
             Some(FromBroker::Event { epoch, event }) => {
                 assert_eq!(&*epoch, "ep1");
                 assert_eq!(event.seq, 7);
@@ -143,7 +184,7 @@ mod tests {
         }
         let leave = r#"l||{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
         assert!(matches!(
-            decode(leave.as_bytes()),
+            decode(leave.as_bytes()).pop(),
             Some(FromBroker::Presence {
                 joined: false,
                 op: None,
@@ -152,14 +193,31 @@ mod tests {
         ));
         let join = r#"j|42|{"key":"ann","conn":"c1","state":{},"node":"n1"}"#;
         assert!(matches!(
-            decode(join.as_bytes()),
+            decode(join.as_bytes()).pop(),
             Some(FromBroker::Presence {
                 joined: true,
                 op: Some(PresenceOp(42)),
                 ..
             })
         ));
-        assert!(decode(b"x|y").is_none());
-        assert!(decode(b"e|ep|notanumber|{}").is_none());
+        assert!(decode(b"x|y").is_empty());
+        assert!(decode(b"e|ep|notanumber|{}").is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_its_events_with_seqs_from_the_first_on() {
+        let batch = concat!(
+            r#"b|ep1|7|{"o":"n1","k":3,"e":"one","d":"a\nb","t":5}"#,
+            "\n",
+            r#"{"o":"n1","k":4,"e":"two","d":2,"t":5}"#
+        );
+        let seqs: Vec<(u64, String)> = decode(batch.as_bytes())
+            .into_iter()
+            .map(|m| match m {
+                FromBroker::Event { event, .. } => (event.seq, event.event.event),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![(7, "one".into()), (8, "two".into())]);
     }
 }

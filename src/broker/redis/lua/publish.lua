@@ -8,6 +8,7 @@
 --       ('' when none), '1' when it ends the stream, payload.
 local epoch, seq = current_epoch(KEYS[1], KEYS[2], KEYS[4], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
 local first = seq + 1
+local payloads = {}
 for i = 7, #ARGV, 3 do
   local stream, ends, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   seq = seq + 1
@@ -29,8 +30,10 @@ for i = 7, #ARGV, 3 do
       redis.call('PEXPIRE', KEYS[4], 3600000)
     end
   end
-  redis.call('PUBLISH', KEYS[3], 'e|' .. epoch .. '|' .. seq .. '|' .. payload)
+  table.insert(payloads, payload)
 end
+-- One message for the whole batch (compact JSON holds no raw newline).
+redis.call('PUBLISH', KEYS[3], 'b|' .. epoch .. '|' .. first .. '|' .. table.concat(payloads, '\n'))
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), 86400000))
 return {epoch, first}
