@@ -469,17 +469,10 @@ async fn a_burst_of_persisted_publishes_is_stored_in_groups_acked_in_order_and_k
         let stored = app.metric("realtide_messages_stored_total").await;
         let commits = app.metric("realtide_history_commits_total").await;
         assert_eq!(stored, (SENT - SENT / 5) as f64, "{backend}");
-        if std::env::var_os("REALTIDE_TEST_REDIS_URL").is_none() {
-            assert!(
-                commits < stored,
-                "{backend}: {stored} messages in {commits} commits"
-            );
-        } else {
-            common::skip(
-                "one node",
-                "grouping not checked: a cluster node stores each persisted publish on its own",
-            );
-        }
+        assert!(
+            commits < stored,
+            "{backend}: {stored} messages in {commits} commits"
+        );
         let mut kept = BTreeSet::new();
         let mut before: Option<String> = None;
         loop {
@@ -643,17 +636,10 @@ async fn persisted_publishes_of_many_rooms_waiting_on_the_database_share_commits
         released.join().unwrap();
 
         let commits = app.metric("realtide_history_commits_total").await - commits_before;
-        if std::env::var_os("REALTIDE_TEST_REDIS_URL").is_none() {
-            assert!(
-                commits <= 3.0,
-                "{backend}: {ROOMS} rooms' messages took {commits} commits"
-            );
-        } else {
-            common::skip(
-                "one node",
-                "shared commits not checked: a cluster node stores each persisted publish on its own",
-            );
-        }
+        assert!(
+            commits <= 3.0,
+            "{backend}: {ROOMS} rooms' messages took {commits} commits"
+        );
         for i in 0..ROOMS {
             let (status, body) = app
                 .get_json(&format!("/api/v1/public/realtime/history?room=room/{i}"))
