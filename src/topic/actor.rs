@@ -522,9 +522,10 @@ impl Handler<ReadTable> for TopicActor {
                 let _ = reply.send(Err(error));
                 return;
             }
-            topic.take_snapshot(filter, ctx, move |topic, taken| {
-                let rows = taken.map(|(snapshot, _)| TableRows {
-                    seq: snapshot.seq,
+            let whole = |snapshot: crate::changes::snapshot::Snapshot| snapshot;
+            topic.take_snapshot(filter, ctx, whole, move |topic, taken| {
+                let rows = taken.map(|(seq, snapshot, _)| TableRows {
+                    seq,
                     epoch: topic.epoch.to_string(),
                     key: snapshot.key,
                     rows: snapshot.rows,

@@ -299,37 +299,42 @@ impl TopicActor {
             .table
             .as_deref()
             .map_or(1, |t| t.tracking.snapshot_page_rows);
-        self.take_snapshot(msg.filter.clone(), ctx, move |topic, taken| {
-            let (snapshot, after) = match taken {
-                Ok(taken) => taken,
-                Err(error) => return topic.refuse(&msg, error),
-            };
+        let (reference, spelling) = (msg.reference.clone(), msg.spelling.clone());
+        // The rows become frames off the actor's thread, so a large table
+        // does not hold up the other topics and sessions sharing it.
+        let frame_rows = move |snapshot: Snapshot| {
             let pages: Vec<&[crate::changes::Row]> = match snapshot.rows.is_empty() {
                 true => vec![&[]],
                 false => snapshot.rows.chunks(page_rows.max(1)).collect(),
             };
             let count = pages.len();
-            let mut frames: Vec<ByteString> = pages
+            pages
                 .into_iter()
                 .enumerate()
                 .map(|(i, rows)| {
                     server::snapshot_page(
-                        msg.reference.as_ref(),
-                        &msg.spelling,
+                        reference.as_ref(),
+                        &spelling,
                         snapshot.seq,
                         &snapshot.key,
                         rows,
                         i + 1 == count,
                     )
                 })
-                .collect();
+                .collect::<Vec<ByteString>>()
+        };
+        self.take_snapshot(msg.filter.clone(), ctx, frame_rows, move |topic, taken| {
+            let (seq, mut frames, after) = match taken {
+                Ok(taken) => taken,
+                Err(error) => return topic.refuse(&msg, error),
+            };
             frames.extend(
                 after
                     .iter()
                     .filter(|change| change.visible_through(&msg.filter))
                     .map(|change| TopicFrame::db_change(change).for_spelling(&msg.spelling)),
             );
-            topic.admit_at(msg, false, snapshot.seq, frames);
+            topic.admit_at(msg, false, seq, frames);
         });
     }
 
@@ -341,11 +346,13 @@ impl TopicActor {
     /// they are handed to `then` with the rows: the changes after the cut
     /// that a new subscriber still needs. The topic handles nothing else
     /// meanwhile, so its seq is stable while the read runs.
-    pub(super) fn take_snapshot(
+    /// `prepare` turns the rows into what `then` needs, on a blocking thread.
+    pub(super) fn take_snapshot<S: Send + 'static>(
         &mut self,
         filter: Filter,
         ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, Result<(Snapshot, Vec<Change>), ProtocolError>) + 'static,
+        prepare: impl FnOnce(Snapshot) -> S + Send + 'static,
+        then: impl FnOnce(&mut Self, Result<(u64, S, Vec<Change>), ProtocolError>) + 'static,
     ) {
         let Some(TableState {
             tracking,
@@ -375,7 +382,7 @@ impl TopicActor {
         let known = self.seq;
         let reader = decoder.clone();
         let read = async move {
-            db.run(move |conn| {
+            let read = db.run(move |conn| {
                 let request = SnapshotRequest {
                     table: &table,
                     columns: &columns,
@@ -394,11 +401,21 @@ impl TopicActor {
                     false => Vec::new(),
                 };
                 Ok(Ok((snapshot, between)))
-            })
-            .await
+            });
+            match read.await {
+                Ok(Ok((snapshot, between))) => {
+                    let seq = snapshot.seq;
+                    let shaped = actix_web::rt::task::spawn_blocking(move || prepare(snapshot))
+                        .await
+                        .map_err(|e| crate::db::DbError::Task(e.to_string()))?;
+                    Ok(Ok((seq, shaped, between)))
+                }
+                Ok(Err(refused)) => Ok(Err(refused)),
+                Err(e) => Err(e),
+            }
         };
         ctx.wait(read.into_actor(self).map(move |result, topic, _ctx| {
-            let (snapshot, between) = match result {
+            let (seq, shaped, between) = match result {
                 Ok(Ok(read)) => read,
                 Ok(Err(refused)) => return then(topic, Err(refused.into())),
                 Err(e) => {
@@ -410,12 +427,12 @@ impl TopicActor {
                 .into_iter()
                 .filter_map(|row| row.decode(&decoder))
                 .collect();
-            if snapshot.seq <= topic.seq {
+            if seq <= topic.seq {
                 let after = between
                     .into_iter()
-                    .filter(|change| change.seq > snapshot.seq)
+                    .filter(|change| change.seq > seq)
                     .collect();
-                return then(topic, Ok((snapshot, after)));
+                return then(topic, Ok((seq, shaped, after)));
             }
             for change in between {
                 if change.seq > topic.seq {
@@ -423,10 +440,10 @@ impl TopicActor {
                     topic.publish_change(change);
                 }
             }
-            topic.seq = topic.seq.max(snapshot.seq);
+            topic.seq = topic.seq.max(seq);
             // Those went to the subscribers already here.
             topic.flush_fan_out();
-            then(topic, Ok((snapshot, Vec::new())));
+            then(topic, Ok((seq, shaped, Vec::new())));
         }));
     }
 }
