@@ -367,15 +367,7 @@ impl TopicActor {
 
     /// Acks the publisher, delivers the event, keeps it for resuming clients.
     fn complete_publish(&mut self, msg: Publish, seq: u64, at_ms: i64, message_id: Option<String>) {
-        if let Some(ack) = msg.reply.client() {
-            let reply = server::publish_ack(
-                ack.reference.as_ref(),
-                ack.id.as_ref(),
-                seq,
-                message_id.as_deref(),
-            );
-            self.send_to(&ack.handle, FrameKind::Reply, reply);
-        }
+        self.send_publish_ack(&msg.reply, seq, message_id.as_deref());
         let frame = TopicFrame::published(
             self.name.as_str(),
             &msg.event,
@@ -388,6 +380,20 @@ impl TopicActor {
         self.announce(seq, frame, msg.publisher, msg.stream.as_ref());
         self.metrics.events_published.inc();
         msg.reply.published(Published { seq, message_id });
+    }
+
+    /// Sends a publisher's `ack` (when it asked with a `ref`).
+    fn send_publish_ack(
+        &mut self,
+        reply: &crate::topic::messages::PublishReply,
+        seq: u64,
+        message_id: Option<&str>,
+    ) {
+        if let Some(ack) = reply.client() {
+            let frame =
+                server::publish_ack(ack.reference.as_ref(), ack.id.as_ref(), seq, message_id);
+            self.send_to(&ack.handle, FrameKind::Reply, frame);
+        }
     }
 
     /// Delivers event `seq` to the subscribers, keeps it for resuming

@@ -14,9 +14,8 @@ use compact_str::CompactString;
 use super::super::TopicActor;
 use super::{Delivered, GAP_WAIT, Waiting, frame_of, stream_part};
 use crate::broker::{FromBroker, Sequenced, SharedEvent};
-use crate::outbox::messages::{ConnId, Disconnect, FrameKind};
+use crate::outbox::messages::{ConnId, Disconnect};
 use crate::protocol::ProtocolError;
-use crate::protocol::server::{self};
 use crate::topic::messages::{Published, Subscribe};
 
 impl TopicActor {
@@ -148,15 +147,7 @@ impl TopicActor {
 
     /// Answers a delivered publish of this node.
     pub(super) fn ack(&mut self, waiting: Waiting, seq: u64, message_id: Option<String>) {
-        if let Some(ack) = waiting.reply.client() {
-            let reply = server::publish_ack(
-                ack.reference.as_ref(),
-                ack.id.as_ref(),
-                seq,
-                message_id.as_deref(),
-            );
-            self.send_to(&ack.handle, FrameKind::Reply, reply);
-        }
+        self.send_publish_ack(&waiting.reply, seq, message_id.as_deref());
         waiting.reply.published(Published { seq, message_id });
         self.metrics.events_published.inc();
     }
