@@ -183,6 +183,7 @@ async fn persist_cluster(
     );
     let mut ratios: Vec<(u64, f64)> = Vec::new();
     for run in 1..=runs {
+        println!("  run {run}");
         for topics in [1u64, 100] {
             let scratch = ScratchDb::new(backend, postgres_url);
             let single = Server::start_on(&scratch.url, None).await;
@@ -206,7 +207,6 @@ async fn persist_cluster(
                 cluster.push(Server::start_with(&scratch.url, None, &extra).await);
             }
             let together = windowed(&cluster, CONNECTIONS, WINDOW, per_connection, topics).await;
-            println!("  run {run}");
             let one = windowed_line("one node", topics, alone, total);
             let many = windowed_line(&format!("{nodes} nodes"), topics, together, total);
             ratios.push((topics, many / one));

@@ -115,7 +115,6 @@ fn sentinel_url(sentinel: &str) -> String {
 }
 
 /// The two connections to one master.
-#[derive(Clone)]
 pub(super) struct Connections {
     /// Multiplexed, for commands and scripts.
     pub(super) commands: ConnectionManager,
@@ -179,20 +178,27 @@ impl Current {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self) -> RedisResult<Connections> {
-        self.lock().clone().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Io, "no Redis master is known yet"))
-        })
+    /// One of the connections, cloned (the other is not).
+    fn pick(
+        &self,
+        which: fn(&Connections) -> &ConnectionManager,
+    ) -> RedisResult<ConnectionManager> {
+        self.lock()
+            .as_ref()
+            .map(|c| which(c).clone())
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Io, "no Redis master is known yet"))
+            })
     }
 
     /// The multiplexed connection for commands and scripts.
     pub(super) fn commands(&self) -> RedisResult<ConnectionManager> {
-        self.get().map(|c| c.commands)
+        self.pick(|c| &c.commands)
     }
 
     /// The pub/sub connection.
     pub(super) fn pubsub(&self) -> RedisResult<ConnectionManager> {
-        self.get().map(|c| c.pubsub)
+        self.pick(|c| &c.pubsub)
     }
 
     /// `host:port` of the master in use; empty when none is known.

@@ -54,14 +54,7 @@ impl RedisBroker {
         let topic = topic.to_string();
         self.run(async move {
             let mut conn = broker.inner.current.commands()?;
-            let answer: Value = broker
-                .inner
-                .scripts
-                .track
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
-                .key(&keys[3])
+            let answer: Value = with_keys(&broker.inner.scripts.track, &keys)
                 .arg(&entry.conn)
                 .arg(json)
                 .arg(member)
@@ -87,14 +80,7 @@ impl RedisBroker {
         let topic = topic.to_string();
         self.run(async move {
             let mut conn = broker.inner.current.commands()?;
-            let answer: Value = broker
-                .inner
-                .scripts
-                .untrack
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
-                .key(&keys[3])
+            let answer: Value = with_keys(&broker.inner.scripts.untrack, &keys)
                 .arg(conn_id)
                 .arg(member)
                 .arg(wire::op_text(op))
@@ -106,4 +92,13 @@ impl RedisBroker {
             Ok((removed, edges))
         })
     }
+}
+
+/// A presence script's call with its four keys ([`RedisBroker::presence_keys`]).
+fn with_keys<'a>(script: &'a redis::Script, keys: &[String; 4]) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(key);
+    }
+    invocation
 }

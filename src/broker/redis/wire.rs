@@ -75,14 +75,13 @@ pub(super) fn decode(payload: &[u8]) -> Vec<FromBroker> {
     };
     match text.split_once('|') {
         // Compact JSON has no raw newline, so it separates the events.
-        Some(("b", rest)) => decode_events(rest, rest.split('\n').count()),
-        Some(("e", rest)) => decode_events(rest, 1),
+        Some(("b" | "e", rest)) => decode_events(rest),
         _ => decode_one(text).into_iter().collect(),
     }
 }
 
-/// `<epoch>|<first seq>|<event>[\n<event>…]`: `count` events from the first seq on.
-fn decode_events(rest: &str, count: usize) -> Vec<FromBroker> {
+/// `<epoch>|<first seq>|<event>[\n<event>…]`: the events from the first seq on.
+fn decode_events(rest: &str) -> Vec<FromBroker> {
     let Some((epoch, rest)) = rest.split_once('|') else {
         return Vec::new();
     };
@@ -93,12 +92,8 @@ fn decode_events(rest: &str, count: usize) -> Vec<FromBroker> {
         return Vec::new();
     };
     let epoch: std::sync::Arc<str> = epoch.into();
-    let events: Vec<&str> = match count {
-        1 => vec![events],
-        _ => events.split('\n').collect(),
-    };
-    let mut decoded = Vec::with_capacity(events.len());
-    for (i, event) in events.into_iter().enumerate() {
+    let mut decoded = Vec::new();
+    for (i, event) in events.split('\n').enumerate() {
         let Ok(event) = serde_json::from_str(event) else {
             // A seq left out shows as a gap, which the replay log fills.
             tracing::warn!("an undecodable event on a topic channel");
