@@ -553,17 +553,22 @@ fn percentiles(h: &Histogram<u64>) -> String {
 /// The table the `changes` and `capture` modes write: `rows` rows of
 /// (id, value, sent_ns), made before realtide watches it.
 fn create_bench_rows(conn: &mut realtide::db::DbConnection, backend: &str, rows: u64) {
+    create_bench_table(conn, backend, "bench_rows", rows);
+}
+
+/// A table shaped as `bench_rows`, under another name.
+fn create_bench_table(conn: &mut realtide::db::DbConnection, backend: &str, name: &str, rows: u64) {
     use diesel::connection::SimpleConnection;
-    conn.batch_execute(
-        "CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)",
-    )
+    conn.batch_execute(&format!(
+        "CREATE TABLE {name} (id BIGINT PRIMARY KEY, value BIGINT NOT NULL, sent_ns BIGINT NOT NULL)",
+    ))
     .unwrap();
     let fill = if backend == "postgres" {
-        format!("INSERT INTO bench_rows SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
+        format!("INSERT INTO {name} SELECT x, 0, 0 FROM generate_series(1, {rows}) AS x")
     } else {
         format!(
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
-             INSERT INTO bench_rows SELECT x, 0, 0 FROM c"
+             INSERT INTO {name} SELECT x, 0, 0 FROM c"
         )
     };
     conn.batch_execute(&fill).unwrap();

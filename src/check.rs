@@ -1,6 +1,6 @@
 //! `realtide check`: what `serve` needs, tried without serving: the
-//! settings, the listening address, the database (without migrating it) and
-//! Redis. Each finding is one [`Finding`]; the command fails if any does.
+//! settings, the listening address, the database (without migrating it),
+//! how table changes would be captured there, and Redis. Each finding is one [`Finding`]; the command fails if any does.
 
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use diesel::sql_types::Text;
 
 use crate::auth::api_keys::ApiKeys;
 use crate::broker::redis::RedisTarget;
-use crate::config::Config;
+use crate::changes::logical;
+use crate::config::{CaptureMode, Config};
 use crate::db::{self, DatabaseUrl, DbConnection};
 
 /// How long Redis may take to answer a `PING`.
@@ -39,10 +40,12 @@ impl Finding {
 pub fn run(config: &Config) -> Vec<Finding> {
     let mut findings = vec![Finding::of("settings", settings(config))];
     findings.push(Finding::of("listen", listen(config)));
-    findings.push(Finding::of(
-        "database",
-        database(&config.database_url, &config.schema),
-    ));
+    let database = Finding::of("database", database(&config.database_url, &config.schema));
+    let reachable = database.ok;
+    findings.push(database);
+    if reachable && let Some(capture) = capture(&config.database_url, config.capture) {
+        findings.push(Finding::of("capture", capture));
+    }
     if let Some(target) = config.redis_target() {
         findings.push(Finding::of("redis", redis_ping(&target)));
     }
@@ -81,6 +84,43 @@ fn database(url: &str, schema: &str) -> Result<String, String> {
     Ok(match pending {
         0 => format!("{shown} answers; its schema is current"),
         n => format!("{shown} answers; serve will run {n} migration(s) at start"),
+    })
+}
+
+/// How `serve` would capture table changes, and on PostgreSQL whether
+/// logical decoding is there to choose and how to enable it. `None` for a
+/// SQLite file that does not exist yet.
+fn capture(url: &str, mode: CaptureMode) -> Option<Result<String, String>> {
+    let parsed = DatabaseUrl::parse(url).ok()?;
+    if let DatabaseUrl::Sqlite(path) = &parsed {
+        return path
+            .exists()
+            .then(|| Ok("triggers (SQLite has no logical decoding)".to_string()));
+    }
+    let mut conn = db::connect_to(&parsed).ok()?;
+    let unavailable = match logical::unavailable_because(&mut conn) {
+        Ok(unavailable) => unavailable,
+        Err(error) => {
+            return Some(Err(format!(
+                "cannot tell whether logical decoding is available: {error}"
+            )));
+        }
+    };
+    Some(match (mode, unavailable) {
+        (CaptureMode::Triggers, None) => Ok(
+            "triggers (--capture triggers); logical decoding is available: \
+             --capture auto would use it, and your writes would not run capture triggers"
+                .to_string(),
+        ),
+        (_, None) => Ok("logical decoding (the server allows it)".to_string()),
+        (CaptureMode::Logical, Some(why)) => Err(format!(
+            "--capture logical, but logical decoding is not available: {why}"
+        )),
+        (CaptureMode::Triggers, Some(_)) => Ok("triggers (--capture triggers)".to_string()),
+        (CaptureMode::Auto, Some(why)) => Ok(format!(
+            "triggers: logical decoding is not available: {why}; \
+             once it is, serve uses it and your writes no longer run capture triggers"
+        )),
     })
 }
 

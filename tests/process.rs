@@ -248,6 +248,69 @@ async fn check_reads_a_database_without_writing_and_counts_what_serve_will_migra
 }
 
 #[test]
+fn check_says_how_changes_would_be_captured_and_how_to_get_logical_decoding() {
+    let check = |url: &str, capture: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_realtide"))
+            .args(["check", "--port", "0", "--database-url", url])
+            .args(["--capture", capture])
+            .env_remove("REALTIDE_JWT_SECRET")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string();
+        (output.status.success(), said)
+    };
+    let sqlite = TestDb::sqlite();
+    sqlite.execute("CREATE TABLE app (id INTEGER PRIMARY KEY)");
+    let (ok, said) = check(&sqlite.url, "auto");
+    assert!(
+        ok && said.contains("ok   capture   triggers (SQLite"),
+        "{said}"
+    );
+
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let logical = common::capture::query_number(
+        &db.url,
+        "SELECT (current_setting('wal_level') = 'logical')::int::int8 AS value",
+    ) == 1;
+    if logical {
+        let (ok, said) = check(&db.url, "auto");
+        assert!(
+            ok && said.contains("ok   capture   logical decoding"),
+            "{said}"
+        );
+        let (ok, said) = check(&db.url, "triggers");
+        assert!(ok, "{said}");
+        assert!(said.contains("logical decoding is available"), "{said}");
+    } else {
+        println!(
+            "SKIP check_says_how_changes_would_be_captured (logical available): wal_level is not logical"
+        );
+    }
+    // A role that may not replicate: auto says why and how; logical fails.
+    db.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtide_no_replication') \
+         THEN CREATE ROLE realtide_no_replication LOGIN; END IF; END $$",
+    );
+    let url = db.url.replacen(
+        "postgres://postgres@",
+        "postgres://realtide_no_replication@",
+        1,
+    );
+    assert_ne!(url, db.url, "the test database url names the postgres role");
+    let (ok, said) = check(&url, "auto");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("ok   capture   triggers: logical decoding is not available"),
+        "{said}"
+    );
+    assert!(said.contains("ALTER"), "it says how: {said}");
+    let (ok, said) = check(&url, "logical");
+    assert!(!ok && said.contains("FAIL capture"), "{said}");
+}
+
+#[test]
 fn a_server_or_demo_on_a_busy_port_names_the_address_and_the_way_out() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();

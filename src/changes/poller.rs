@@ -5,8 +5,9 @@
 //! The loop. While at least one table topic watches, the actor's `Tick`
 //! handler loops: every `--poll-interval-ms` it asks its [`ChangeSource`]
 //! whether anything may have committed (SQLite: `PRAGMA data_version` and
-//! `schema_version`; PostgreSQL: pending notifications),
-//! which costs no read of the log, and reads the log after its cursor when
+//! `schema_version`; PostgreSQL with triggers: two lookups in small partial
+//! indexes; logical decoding: the replication stream), which costs no read
+//! of the log, and reads the log after its cursor when
 //! so, or when [`FULL_READ_EVERY`] has passed without a read. It leaves the
 //! loop (and lets its mailbox run) only when a [`Tracker`] call knocks, so an
 //! idle tracker costs one timed sleep per period and no message traffic. Changes go to each table's topic as one `TableChanged` per table per

@@ -1,8 +1,11 @@
 //! The PostgreSQL change source with triggers. One function serves every
 //! table (`row_to_json` follows schema changes by itself): AFTER statement
 //! triggers hand it each statement's rows as transition tables, and it
-//! writes them all with one INSERT ... SELECT, then notifies
-//! `_realtide_changes` at commit, so the tracker wakes without polling the log.
+//! writes them all with one INSERT ... SELECT. The triggers do not NOTIFY:
+//! a notifying transaction holds a database-wide lock through its commit, so
+//! the app's capturing writers would commit one at a time. The tracker asks
+//! instead, each poll period, whether committed changes wait for a seq or
+//! the log grew (one query over two small partial indexes).
 //!
 //! Change ids come from a sequence and can commit out of order, so the log is
 //! read through a sequencer: changes are numbered in id order, and only as
@@ -24,15 +27,12 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 
 use super::fresh::Fresh;
-use super::libpq::Listener;
 use super::tables::TableRef;
 use super::{Change, ChangeSource, LogRow, Probe, RowDecoder, TableShape};
 use crate::db::{DatabaseUrl, DbConnection, DbError};
 
 /// Key of the advisory lock that lets one sequencer run at a time per database.
 pub(super) const SEQUENCER_LOCK: i64 = 0x7265_616c_7469_6465; // "realtide"
-/// After a notification, how long the tracker lets more commits gather.
-const COALESCE: Duration = Duration::from_millis(5);
 /// Changes numbered per sequencer transaction, at most: each is a commit
 /// (a WAL flush), so a bulk statement's changes take few of them, however
 /// few the tracker reads at a time.
@@ -118,14 +118,11 @@ pub struct PostgresSource {
     conn: DbConnection,
     url: DatabaseUrl,
     watched: WatchedTables,
-    /// Changes were waiting for an older transaction at the last poll.
-    pending: bool,
+    /// The highest seq the log held at the last probe: another node's
+    /// numbering shows as a higher one.
+    top_seen: i64,
     /// What this node numbered last, until polled.
     fresh: Fresh,
-    listening: bool,
-    /// A connection of libpq's own LISTENing, so the tracker sleeps until
-    /// a commit's notification rather than a whole poll period.
-    listener: Option<Listener>,
     /// Tables that refused statement triggers and carry the row trigger.
     row_triggers_only: HashSet<String>,
 }
@@ -136,6 +133,16 @@ struct Column {
     name: String,
     #[diesel(sql_type = Text)]
     data_type: String,
+}
+
+/// What a probe reads of the log.
+#[derive(QueryableByName)]
+struct LogState {
+    /// Committed changes wait for their seq.
+    #[diesel(sql_type = Bool)]
+    waiting: bool,
+    #[diesel(sql_type = BigInt)]
+    top: i64,
 }
 
 #[derive(QueryableByName)]
@@ -151,10 +158,8 @@ impl PostgresSource {
             conn,
             url,
             watched: WatchedTables::new(),
-            pending: false,
+            top_seen: -1,
             fresh: Fresh::default(),
-            listening: false,
-            listener: None,
             row_triggers_only: HashSet::new(),
         }
     }
@@ -235,35 +240,6 @@ impl PostgresSource {
         }
     }
 
-    /// LISTENs on a libpq connection of its own, or (if that cannot be
-    /// opened) on the tracker's connection, which is only read at probes.
-    fn listen(&mut self) -> Result<(), DbError> {
-        if self.listener.is_some() || self.listening {
-            return Ok(());
-        }
-        if let DatabaseUrl::Postgres(url) = &self.url {
-            match Listener::open(url, "_realtide_changes") {
-                Ok(listener) => {
-                    self.listener = Some(listener);
-                    return Ok(());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "change tracker: cannot open a LISTEN connection; polling")
-                }
-            }
-        }
-        self.conn.batch_execute("LISTEN _realtide_changes")?;
-        self.listening = true;
-        Ok(())
-    }
-
-    fn pg(&mut self) -> Option<&mut PgConnection> {
-        match &mut self.conn {
-            DbConnection::Pg(pg) => Some(pg),
-            DbConnection::Sqlite(_) => None,
-        }
-    }
-
     /// Numbers every change whose transaction can no longer be overtaken.
     fn sequence(&mut self, limit: i64) -> Result<(), DbError> {
         let numbered = self.conn.transaction::<_, DbError, _>(|conn| {
@@ -273,7 +249,6 @@ impl PostgresSource {
             number_ready_changes(conn, limit)
         })?;
         self.fresh.hold(self.watched.decode(numbered));
-        self.pending = unnumbered_changes(&mut self.conn)?;
         Ok(())
     }
 }
@@ -359,7 +334,6 @@ pub(super) fn unnumbered_changes(conn: &mut DbConnection) -> Result<bool, DbErro
 
 impl ChangeSource for PostgresSource {
     fn watch(&mut self, table: &TableRef) -> Result<Option<TableShape>, DbError> {
-        self.listen()?;
         let Some(shape) = self.shape(table)? else {
             return Ok(None);
         };
@@ -369,28 +343,16 @@ impl ChangeSource for PostgresSource {
     }
 
     fn probe(&mut self) -> Result<Probe, DbError> {
-        self.listen()?;
-        let mut notified = false;
-        if let Some(pg) = self.pg() {
-            for notification in pg.notifications_iter() {
-                notification?;
-                notified = true;
-            }
-        }
-        if let Some(listener) = &mut self.listener {
-            match listener.notified() {
-                Ok(heard) => notified |= heard,
-                Err(error) => {
-                    tracing::warn!(%error, "change tracker: the LISTEN connection broke; reopening");
-                    self.listener = None;
-                    // What it would have heard may be in the log already.
-                    notified = true;
-                }
-            }
-        }
+        let log: LogState = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM _realtide_changes WHERE seq IS NULL) AS waiting, \
+             COALESCE((SELECT max(seq) FROM _realtide_changes), 0) AS top",
+        )
+        .get_result(&mut self.conn)?;
+        let grown = log.top > self.top_seen;
+        self.top_seen = log.top;
         let schema_changed = self.watched.refresh_if_due(&mut self.conn)?;
         Ok(Probe {
-            committed: notified || self.pending,
+            committed: log.waiting || grown,
             schema_changed,
         })
     }
@@ -407,18 +369,7 @@ impl ChangeSource for PostgresSource {
     }
 
     fn wait(&mut self, timeout: Duration) {
-        match &self.listener {
-            Some(listener) => {
-                let started = Instant::now();
-                listener.wait(timeout);
-                // Woken by a commit: let the commits of a burst gather a
-                // moment, so the sequencer numbers them together rather
-                // than racing the writers one commit at a time.
-                let left = timeout.saturating_sub(started.elapsed());
-                std::thread::sleep(left.min(COALESCE));
-            }
-            None => std::thread::sleep(timeout),
-        }
+        std::thread::sleep(timeout);
     }
 
     fn connection(&mut self) -> &mut DbConnection {
@@ -427,11 +378,8 @@ impl ChangeSource for PostgresSource {
 
     fn reconnect(&mut self) -> Result<(), DbError> {
         self.conn = crate::db::connect_to(&self.url)?;
-        self.listening = false;
-        self.listener = None;
-        self.listen()?;
-        // Notifications may have been missed while disconnected.
-        self.pending = true;
+        // Read the log once whatever the next probe finds.
+        self.top_seen = -1;
         Ok(())
     }
 }

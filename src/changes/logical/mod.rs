@@ -85,7 +85,10 @@ pub fn unavailable_because(conn: &mut DbConnection) -> Result<Option<String>, Db
             ability.wal_level
         ))
     } else if !ability.may_replicate {
-        Some("the database role has neither REPLICATION nor SUPERUSER".to_string())
+        Some(
+            "the database role has neither REPLICATION nor SUPERUSER (ALTER ROLE <role> REPLICATION)"
+                .to_string(),
+        )
     } else {
         None
     })
