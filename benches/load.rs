@@ -166,6 +166,9 @@ enum Mode {
         /// Interleaved runs (with --nodes).
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// Only the 8 x 64 in-flight measurement, --runs times on one server.
+        #[arg(long)]
+        windowed_only: bool,
         #[command(flatten)]
         db: Database,
     },
@@ -643,8 +646,18 @@ fn main() {
                 topics,
                 nodes,
                 runs,
+                windowed_only,
                 db,
-            } => persist(&db.backend, messages, topics, nodes, runs, &db.postgres_url).await,
+            } => {
+                let shape = persist::Shape {
+                    messages,
+                    topics,
+                    nodes,
+                    runs,
+                    windowed_only,
+                };
+                persist(&db.backend, shape, &db.postgres_url).await
+            }
             Mode::Snapshot { rows, db } => snapshot(&db.backend, rows, &db.postgres_url).await,
             Mode::Changes {
                 rows,

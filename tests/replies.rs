@@ -234,3 +234,81 @@ async fn many_clients_firing_mixed_requests_get_exactly_one_reply_each() {
         assert_eq!(task.await.unwrap(), REQUESTS);
     }
 }
+
+/// A topic acks a turn's publishes together, one write per connection:
+/// each publisher still gets every ack once, in its own send order, and
+/// ahead of the echo of that publish.
+#[tokio::test]
+async fn publishers_in_a_burst_get_each_ack_once_in_order_and_before_its_echo() {
+    const EACH: usize = 200;
+    for db in TestDb::all() {
+        let backend = db.backend();
+        let app = TestApp::spawn_on(db, |c| c.max_publish_rate = 10_000).await;
+        let mut publishers = Vec::new();
+        for name in ["ann", "bob", "cy"] {
+            let mut client = app.client_as(name).await;
+            client.subscribe("burst/acks").await;
+            publishers.push(client);
+        }
+        let frames = |who: usize| -> Vec<Value> {
+            (0..EACH)
+                .map(|n| {
+                    json!({"type": "publish", "topic": "burst/acks", "event": "e",
+                           "data": {"who": who, "n": n}, "persist": n % 3 != 0,
+                           "ref": format!("{who}-{n}")})
+                })
+                .collect()
+        };
+        let sends = publishers.iter_mut().enumerate().map(|(who, client)| {
+            let frames = frames(who);
+            async move {
+                use futures_util::SinkExt;
+                for frame in &frames {
+                    client
+                        .ws
+                        .feed(Message::text(frame.to_string()))
+                        .await
+                        .unwrap();
+                }
+                client.ws.flush().await.unwrap();
+                // Every publisher's frames, in arrival order, until its own
+                // acks and all three publishers' events are in.
+                let (mut acks, mut events, mut own_echo_before_ack) = (Vec::new(), 0, None);
+                while acks.len() < EACH || events < 3 * EACH {
+                    let frame = client.recv().await;
+                    match frame["type"].as_str() {
+                        Some("ack") => acks.push(frame["ref"].as_str().unwrap().to_string()),
+                        Some("event") => {
+                            events += 1;
+                            let data = &frame["data"];
+                            if data["who"] == who
+                                && data["n"].as_u64().unwrap() as usize >= acks.len()
+                            {
+                                own_echo_before_ack.get_or_insert(frame.clone());
+                            }
+                        }
+                        _ => panic!("unexpected {frame}"),
+                    }
+                }
+                (acks, own_echo_before_ack)
+            }
+        });
+        for (who, (acks, echo_first)) in futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let wanted: Vec<String> = (0..EACH).map(|n| format!("{who}-{n}")).collect();
+            assert_eq!(
+                acks, wanted,
+                "{backend}: publisher {who}'s acks, once each, in order"
+            );
+            assert!(
+                echo_first.is_none(),
+                "{backend}: an echo came before its ack: {echo_first:?}"
+            );
+        }
+        let stored = app.metric("realtide_messages_stored_total").await;
+        assert_eq!(stored, (3 * (EACH - EACH.div_ceil(3))) as f64, "{backend}");
+    }
+}

@@ -226,19 +226,45 @@ async fn persist_cluster(
     }
 }
 
-pub(super) async fn persist(
-    backend: &str,
-    messages: u64,
-    topics: u64,
-    nodes: usize,
-    runs: usize,
-    postgres_url: &str,
-) {
+/// What `persist` measures.
+pub(super) struct Shape {
+    pub messages: u64,
+    pub topics: u64,
+    pub nodes: usize,
+    pub runs: usize,
+    pub windowed_only: bool,
+}
+
+pub(super) async fn persist(backend: &str, shape: Shape, postgres_url: &str) {
+    let Shape {
+        messages,
+        topics,
+        nodes,
+        runs,
+        windowed_only,
+    } = shape;
     if nodes > 1 {
         return persist_cluster(backend, messages, nodes, runs, postgres_url).await;
     }
     let mut scratch = ScratchDb::new(backend, postgres_url);
     let server = Server::start_on(&scratch.url, scratch.dir.take()).await;
+    if windowed_only {
+        println!("persist: {backend}, {CONNECTIONS} connections x {WINDOW} in flight on one topic");
+        let per_connection = messages / CONNECTIONS as u64;
+        let total = CONNECTIONS as f64 * per_connection as f64;
+        for run in 1..=runs {
+            let result = windowed(
+                std::slice::from_ref(&server),
+                CONNECTIONS,
+                WINDOW,
+                per_connection,
+                1,
+            )
+            .await;
+            windowed_line(&format!("run {run}"), 1, result, total);
+        }
+        return;
+    }
     let mut ws = connect(&server.addr).await;
     let plain = ack_latency(&mut ws, false, messages / 4).await;
     let stored = ack_latency(&mut ws, true, messages / 4).await;

@@ -290,6 +290,14 @@ impl Outbox {
         })
     }
 
+    /// Sends whole frames that answer the client's requests (a topic's acks
+    /// of one turn, written at once).
+    pub fn deliver_replies(&self, topic: &Arc<str>, frames: &[u8]) -> Reserve {
+        self.deliver_checked(topic, FrameKind::Reply, |socket, limit, close| {
+            socket.offer_frames(frames, limit, close)
+        })
+    }
+
     /// Writes with `write` what `kind` allows past the subscription check.
     fn deliver_checked(
         &self,

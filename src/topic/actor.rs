@@ -4,6 +4,7 @@
 //! change tracker and resumes clients from the change log. Each event is
 //! encoded once; subscribers that spelled the topic alike share its bytes.
 
+mod acks;
 mod cluster;
 mod delivery;
 mod storing;
@@ -129,6 +130,8 @@ pub struct TopicActor {
     shared: Option<Box<cluster::Shared>>,
     /// This turn's publishes waiting for their group's store (`storing`).
     unstored: ThinVec<storing::Unstored>,
+    /// This turn's acks, per connection (`acks`).
+    acks: ThinVec<acks::TurnAcks>,
     /// Where occupancy and presence are told to the app's backend.
     webhooks: Webhooks,
 }
@@ -182,6 +185,7 @@ impl TopicActor {
             metrics,
             shared,
             unstored: ThinVec::new(),
+            acks: ThinVec::new(),
             webhooks,
         }
     }
@@ -392,7 +396,7 @@ impl TopicActor {
         if let Some(ack) = reply.client() {
             let frame =
                 server::publish_ack(ack.reference.as_ref(), ack.id.as_ref(), seq, message_id);
-            self.send_to(&ack.handle, FrameKind::Reply, frame);
+            self.queue_ack(&ack.handle, frame);
         }
     }
 

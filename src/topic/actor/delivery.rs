@@ -70,10 +70,11 @@ impl TopicActor {
         });
     }
 
-    /// Sends every queued event. Runs after each mailbox turn, and before
+    /// Sends the turn's acks, then every queued event. Runs after each mailbox turn, and before
     /// anything that must come after them (a new subscriber's `subscribed`
     /// carries a seq that counts them).
     pub(super) fn flush_fan_out(&mut self) {
+        self.flush_acks();
         // Taken whole (draining batch by batch from the front would move the
         // rest each time), and not kept: an idle topic holds no buffer.
         while !self.pending.is_empty() {
