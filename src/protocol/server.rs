@@ -186,17 +186,31 @@ impl TopicFrame {
         seq: u64,
         message_id: Option<&str>,
     ) -> Self {
-        let mut fields = json!({
-            "event": event,
-            "data": data,
-            "userId": user_id,
-            "timestamp": timestamp_ms,
-            "seq": seq,
-        });
-        if let Some(id) = message_id {
-            fields["message_id"] = id.into();
+        use std::fmt::Write;
+        // Written straight out, in the key order a `json!` object would
+        // have: building that object first deep-copied `data`, key by key,
+        // once for every publish.
+        fn put<T: serde::Serialize + ?Sized>(tail: &mut Vec<u8>, value: &T) {
+            serde_json::to_writer(&mut *tail, value).expect("JSON to memory");
         }
-        Self::from_fields(r#"{"type":"event","topic":"#, fields)
+        let mut tail = Vec::with_capacity(112 + event.len());
+        tail.extend_from_slice(br#","data":"#);
+        put(&mut tail, data);
+        tail.extend_from_slice(br#","event":"#);
+        put(&mut tail, event);
+        if let Some(id) = message_id {
+            tail.extend_from_slice(br#","message_id":"#);
+            put(&mut tail, id);
+        }
+        let mut tail = String::from_utf8(tail).expect("serde_json writes UTF-8");
+        let _ = write!(tail, r#","seq":{seq},"timestamp":{timestamp_ms},"userId":"#);
+        let mut tail = tail.into_bytes();
+        put(&mut tail, &user_id);
+        tail.push(b'}');
+        TopicFrame {
+            head: r#"{"type":"event","topic":"#,
+            tail: ByteString::try_from(tail).expect("serde_json writes UTF-8"),
+        }
     }
 
     /// An event published to `topic` (canonical): a `chat_message` frame for
@@ -289,6 +303,30 @@ mod tests {
             json!({"type":"event","topic":"chat/x/realtide","event":"msg","data":{"t":"a\"b"},
                    "userId":"ann","timestamp":5,"seq":9})
         );
+    }
+
+    #[test]
+    fn an_event_frame_is_written_as_a_json_object_of_the_same_fields_would_be() {
+        let data = json!({"b": [1, 2.5, null], "a": "\u{e9}\n"});
+        for (user, id) in [(Some("ann"), Some("00000000000000000042")), (None, None)] {
+            let frame = TopicFrame::event("msg", &data, user, 5, 9, id);
+            let mut fields = json!({"type": "event", "topic": "t", "event": "msg", "data": data,
+                                    "userId": user, "timestamp": 5, "seq": 9});
+            if let Some(id) = id {
+                fields["message_id"] = id.into();
+            }
+            let written = frame.for_spelling("t");
+            assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), fields);
+            // Byte for byte as the object would print, after type and topic.
+            let mut expected = fields.as_object().unwrap().clone();
+            expected.remove("type");
+            expected.remove("topic");
+            let expected = Value::Object(expected).to_string();
+            assert_eq!(
+                &written[written.find(r#","data""#).unwrap() + 1..],
+                &expected[1..]
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(super) struct Unstored {
     msg: Publish,
     seq: u64,
     at_ms: i64,
-    /// What is stored, for a persisted publish.
+    /// What is stored, for a persisted publish, until handed to the writer.
     message: Option<NewMessage>,
 }
 
@@ -58,8 +58,9 @@ impl TopicActor {
         if self.unstored.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.unstored);
-        let messages: Vec<NewMessage> = batch.iter().filter_map(|u| u.message.clone()).collect();
+        let mut batch = std::mem::take(&mut self.unstored);
+        // Moved to the writer: what is stored is not needed again here.
+        let messages: Vec<NewMessage> = batch.iter_mut().filter_map(|u| u.message.take()).collect();
         let writer = self.history.clone();
         let store = async move { writer.store(messages).await };
         ctx.wait(store.into_actor(self).map(move |stored, topic, _| {
@@ -68,7 +69,7 @@ impl TopicActor {
                     topic.metrics.messages_stored.inc_by(ids.len() as u64);
                     let mut ids = ids.into_iter();
                     for unstored in batch {
-                        let id = unstored.message.as_ref().and_then(|_| ids.next());
+                        let id = unstored.msg.persist.then(|| ids.next()).flatten();
                         topic.complete_publish(unstored.msg, unstored.seq, unstored.at_ms, id);
                     }
                 }
@@ -85,7 +86,7 @@ impl TopicActor {
         tracing::warn!(topic = %self.name, %error, "storing messages failed");
         self.seq = batch.first().map_or(self.seq, |first| first.seq - 1);
         for unstored in batch {
-            if unstored.message.is_some() {
+            if unstored.msg.persist {
                 let error =
                     ProtocolError::unavailable(format!("the message was not stored: {error}"));
                 unstored.msg.reply.failed(error, &self.metrics);
