@@ -379,6 +379,9 @@ impl TopicActor {
             if topic.seq < last && topic.shared().joined {
                 topic.fill_up_to(last, ctx);
             }
+            // A timer's callback may end the context's pass after the turn's
+            // flush already ran: what it queued goes now.
+            topic.flush_fan_out();
         });
     }
 
@@ -448,6 +451,9 @@ impl TopicActor {
                 }
             }
             topic.ack_ready();
+            // A spawned future may finish after the turn's flush ran in
+            // this pass of the context: its acks go now, not at the next.
+            topic.flush_fan_out();
         }));
     }
 

@@ -67,6 +67,8 @@ impl TopicActor {
             if let Some((&first, _)) = topic.shared().ahead.first_key_value() {
                 topic.fill_up_to(first - 1, ctx);
             }
+            // As in `expect_up_to`: a timer may run after the turn's flush.
+            topic.flush_fan_out();
         });
         self.shared().gap_check = Some(check);
     }
