@@ -241,16 +241,6 @@ async fn many_clients_firing_mixed_requests_get_exactly_one_reply_each() {
 #[tokio::test]
 async fn publishers_in_a_burst_get_each_ack_once_in_order_and_before_its_echo() {
     const EACH: usize = 200;
-    // A cluster node delivers a persisted publish as soon as Redis numbers
-    // it, and acks it once its seq is written to history: there the echo
-    // may come first.
-    let echo_after_ack = std::env::var_os("REALTIDE_TEST_REDIS_URL").is_none();
-    if !echo_after_ack {
-        println!(
-            "SKIP publishers_in_a_burst_get_each_ack_once_in_order_and_before_its_echo \
-             (the echo after the ack): a cluster node acks a persisted publish after delivering it"
-        );
-    }
     for db in TestDb::all() {
         let backend = db.backend();
         let app = TestApp::spawn_on(db, |c| c.max_publish_rate = 10_000).await;
@@ -314,7 +304,7 @@ async fn publishers_in_a_burst_get_each_ack_once_in_order_and_before_its_echo() 
                 "{backend}: publisher {who}'s acks, once each, in order"
             );
             assert!(
-                !echo_after_ack || echo_first.is_none(),
+                echo_first.is_none(),
                 "{backend}: an echo came before its ack: {echo_first:?}"
             );
         }

@@ -112,8 +112,7 @@ pub struct Publish {
 }
 
 /// Who hears how a publish ended, once: the publishing client (its `ack`,
-/// ahead of its own echo except for a cluster's persisted publishes, or an
-/// `error`, through its outbox), or a caller
+/// ahead of its own echo, or an `error`, through its outbox), or a caller
 /// awaiting the outcome (HTTP emit and streams). A client's publish is
 /// answered by the topic alone: nothing travels back to the session, so a
 /// publish costs no wake-up of the session's thread. Dropped unanswered

@@ -13,6 +13,10 @@
 //!   delivers only what comes back from the broker, in seq order. The
 //!   publisher's ack (and an emit's answer) goes when its event is
 //!   delivered here, just before it: never an ack for an undelivered event.
+//!   A persisted publish is acked only once its seq is in history, so from
+//!   its event on this node holds back every event (in seq order) until
+//!   then: its publisher sees the ack before the echo, and every subscriber
+//!   here sees seq order.
 //! - A seq that jumps is held for [`GAP_WAIT`]; then the missing events are
 //!   read from the replay log. If they are gone, or an event comes with an
 //!   epoch not seen before, this node's subscribers are closed with 1012
@@ -56,12 +60,21 @@ struct Waiting {
     numbering: bool,
 }
 
-/// A publish delivered before its seq was in history (or behind one that
-/// was): acked once it is, and every one before it.
-struct Delivered {
+/// An event held back, in seq order, behind an ack of this node whose seq
+/// is not yet in history: delivered (its ack just before it) once that ack
+/// and every one before it may go.
+struct Held {
+    seq: u64,
+    frame: TopicFrame,
+    publisher: Option<ConnId>,
+    stream: Option<StreamPart>,
+    /// This node's publish, when the event is one.
+    ack: Option<HeldAck>,
+}
+
+struct HeldAck {
     token: u64,
     waiting: Waiting,
-    seq: u64,
     message_id: Option<String>,
 }
 
@@ -74,9 +87,8 @@ pub struct Shared {
     gap_check: Option<SpawnHandle>,
     /// This node's publishes, by token, until delivered.
     waiting: HashMap<u64, Waiting>,
-    /// Delivered publishes whose acks wait, in seq order: until its seq is
-    /// in history, and until every ack before it went.
-    delivered: VecDeque<Delivered>,
+    /// Events held back behind an ack waiting for its seq in history.
+    held: VecDeque<Held>,
     next_token: u64,
     /// This turn's publishes, sent as one batch at its end.
     outgoing: Vec<SharedEvent>,
@@ -97,7 +109,7 @@ impl Shared {
             ahead: BTreeMap::new(),
             gap_check: None,
             waiting: HashMap::new(),
-            delivered: VecDeque::new(),
+            held: VecDeque::new(),
             next_token: 1,
             outgoing: Vec::new(),
             to_store: Vec::new(),
@@ -446,8 +458,13 @@ impl TopicActor {
             for token in tokens {
                 if let Some(waiting) = shared.waiting.get_mut(&token) {
                     waiting.numbering = false;
-                } else if let Some(d) = shared.delivered.iter_mut().find(|d| d.token == token) {
-                    d.waiting.numbering = false;
+                } else if let Some(ack) = shared
+                    .held
+                    .iter_mut()
+                    .filter_map(|h| h.ack.as_mut())
+                    .find(|ack| ack.token == token)
+                {
+                    ack.waiting.numbering = false;
                 }
             }
             topic.ack_ready();
@@ -457,16 +474,28 @@ impl TopicActor {
         }));
     }
 
-    /// Acks the delivered publishes at the head of the queue whose seqs
-    /// are in history.
-    fn ack_ready(&mut self) {
-        while let Some(head) = self.shared().delivered.front()
-            && !head.waiting.numbering
+    /// Delivers the held events up to the first whose ack still waits for
+    /// its seq in history, each of this node's just after its ack.
+    pub(super) fn ack_ready(&mut self) {
+        while let Some(head) = self.shared().held.front()
+            && !head.ack.as_ref().is_some_and(|ack| ack.waiting.numbering)
         {
-            if let Some(d) = self.shared().delivered.pop_front() {
-                self.ack(d.waiting, d.seq, d.message_id);
+            if let Some(held) = self.shared().held.pop_front() {
+                self.release(held);
             }
         }
+    }
+
+    fn release(&mut self, held: Held) {
+        if let Some(ack) = held.ack {
+            self.ack(ack.waiting, held.seq, ack.message_id);
+        }
+        self.announce(held.seq, held.frame, held.publisher, held.stream.as_ref());
+    }
+
+    /// The seq before the first held event: what subscribers have been sent.
+    pub(super) fn held_from(&self) -> Option<u64> {
+        self.shared.as_ref()?.held.front().map(|held| held.seq - 1)
     }
 }
 

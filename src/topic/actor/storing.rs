@@ -30,6 +30,9 @@ impl TopicActor {
     /// one admitted while a turn's publishes wait for storage is told this
     /// seq, and then gets those publishes as they are delivered.
     pub(super) fn announced_seq(&self) -> u64 {
+        if let Some(before_held) = self.held_from() {
+            return before_held;
+        }
         self.unstored
             .first()
             .map_or(self.seq, |first| first.seq - 1)

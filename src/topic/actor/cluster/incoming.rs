@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use compact_str::CompactString;
 
 use super::super::TopicActor;
-use super::{Delivered, GAP_WAIT, Waiting, frame_of, stream_part};
+use super::{GAP_WAIT, Held, HeldAck, Waiting, frame_of, stream_part};
 use crate::broker::{FromBroker, Sequenced, SharedEvent};
 use crate::outbox::messages::{ConnId, Disconnect};
 use crate::protocol::ProtocolError;
@@ -128,23 +128,32 @@ impl TopicActor {
         self.seq = seq;
         let frame = frame_of(self.name.as_str(), seq, &event);
         let local = event.origin == *self.shared().link.node;
-        if local && let Some(waiting) = self.shared().waiting.remove(&event.token) {
-            let message_id = event.message_id.clone();
-            // Acks go in seq order: behind any whose seq is not yet in history.
-            if waiting.numbering || !self.shared().delivered.is_empty() {
-                self.shared().delivered.push_back(Delivered {
+        let ack = match local {
+            true => self
+                .shared()
+                .waiting
+                .remove(&event.token)
+                .map(|waiting| HeldAck {
                     token: event.token,
                     waiting,
-                    seq,
-                    message_id,
-                });
-            } else {
-                self.ack(waiting, seq, message_id);
-            }
+                    message_id: event.message_id.clone(),
+                }),
+            false => None,
+        };
+        let held = Held {
+            seq,
+            frame,
+            publisher: if local { event.conn.map(ConnId) } else { None },
+            stream: event.stream.as_ref().map(stream_part),
+            ack,
+        };
+        // In seq order, behind any ack whose seq is not yet in history.
+        let waits = held.ack.as_ref().is_some_and(|ack| ack.waiting.numbering);
+        if waits || !self.shared().held.is_empty() {
+            self.shared().held.push_back(held);
+        } else {
+            self.release(held);
         }
-        let publisher = if local { event.conn.map(ConnId) } else { None };
-        let stream = event.stream.as_ref().map(stream_part);
-        self.announce(seq, frame, publisher, stream.as_ref());
     }
 
     /// Answers a delivered publish of this node.
@@ -171,6 +180,16 @@ impl TopicActor {
     pub(in crate::topic::actor) fn restart(&mut self, epoch: Arc<str>, seq: u64) {
         tracing::info!(topic = %self.name, %epoch, "the topic's epoch changed");
         self.lose_continuity();
+        // Held events of the old epoch go nowhere (every subscriber was
+        // just closed); their publishers are told, as below.
+        for held in std::mem::take(&mut self.shared().held) {
+            if let Some(ack) = held.ack {
+                ack.waiting.reply.failed(
+                    ProtocolError::unavailable("the event was lost: the topic's epoch changed"),
+                    &self.metrics,
+                );
+            }
+        }
         // Publishes numbered in the old epoch and not delivered are lost.
         let old_epoch: Vec<u64> = self
             .shared()
