@@ -12,9 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Sends every frame in one write, then reads until each `ref` has its
-/// reply; returns the replies in arrival order (other frames skipped).
-async fn replies_to(client: &mut Client, frames: &[Value]) -> Vec<Value> {
+/// Sends every frame in one write.
+async fn send_at_once(client: &mut Client, frames: &[Value]) {
     use futures_util::SinkExt;
     for frame in frames {
         client
@@ -24,6 +23,12 @@ async fn replies_to(client: &mut Client, frames: &[Value]) -> Vec<Value> {
             .unwrap();
     }
     client.ws.flush().await.unwrap();
+}
+
+/// Sends every frame in one write, then reads until each `ref` has its
+/// reply; returns the replies in arrival order (other frames skipped).
+async fn replies_to(client: &mut Client, frames: &[Value]) -> Vec<Value> {
+    send_at_once(client, frames).await;
     let mut replies = Vec::new();
     while replies.len() < frames.len() {
         let frame = client.recv().await;
@@ -262,15 +267,7 @@ async fn publishers_in_a_burst_get_each_ack_once_in_order_and_before_its_echo() 
         let sends = publishers.iter_mut().enumerate().map(|(who, client)| {
             let frames = frames(who);
             async move {
-                use futures_util::SinkExt;
-                for frame in &frames {
-                    client
-                        .ws
-                        .feed(Message::text(frame.to_string()))
-                        .await
-                        .unwrap();
-                }
-                client.ws.flush().await.unwrap();
+                send_at_once(client, &frames).await;
                 // Every publisher's frames, in arrival order, until its own
                 // acks and all three publishers' events are in.
                 let (mut acks, mut events, mut own_echo_before_ack) = (Vec::new(), 0, None);
