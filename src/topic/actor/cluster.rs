@@ -65,7 +65,8 @@ struct Waiting {
 /// and every one before it may go.
 struct Held {
     seq: u64,
-    frame: TopicFrame,
+    /// None once continuity was lost meanwhile: only its ack is left to go.
+    frame: Option<TopicFrame>,
     publisher: Option<ConnId>,
     stream: Option<StreamPart>,
     /// This node's publish, when the event is one.
@@ -476,7 +477,7 @@ impl TopicActor {
 
     /// Delivers the held events up to the first whose ack still waits for
     /// its seq in history, each of this node's just after its ack.
-    pub(super) fn ack_ready(&mut self) {
+    fn ack_ready(&mut self) {
         while let Some(head) = self.shared().held.front()
             && !head.ack.as_ref().is_some_and(|ack| ack.waiting.numbering)
         {
@@ -490,7 +491,9 @@ impl TopicActor {
         if let Some(ack) = held.ack {
             self.ack(ack.waiting, held.seq, ack.message_id);
         }
-        self.announce(held.seq, held.frame, held.publisher, held.stream.as_ref());
+        if let Some(frame) = held.frame {
+            self.announce(held.seq, frame, held.publisher, held.stream.as_ref());
+        }
     }
 
     /// The seq before the first held event: what subscribers have been sent.

@@ -142,7 +142,7 @@ impl TopicActor {
         };
         let held = Held {
             seq,
-            frame,
+            frame: Some(frame),
             publisher: if local { event.conn.map(ConnId) } else { None },
             stream: event.stream.as_ref().map(stream_part),
             ack,
@@ -174,6 +174,13 @@ impl TopicActor {
             self.remove(conn);
         }
         self.replay.clear();
+        // Held events would go to no one, and must not fill the cleared
+        // replay ring ahead of the gap: only their acks are left to send.
+        if let Some(shared) = self.shared.as_mut() {
+            for held in shared.held.iter_mut() {
+                held.frame = None;
+            }
+        }
     }
 
     /// The topic has a new epoch: what came before is gone.
