@@ -346,7 +346,8 @@ impl TopicActor {
     /// they are handed to `then` with the rows: the changes after the cut
     /// that a new subscriber still needs. The topic handles nothing else
     /// meanwhile, so its seq is stable while the read runs.
-    /// `prepare` turns the rows into what `then` needs, on a blocking thread.
+    /// `prepare` turns the rows into what `then` needs, on the read's
+    /// blocking thread.
     pub(super) fn take_snapshot<S: Send + 'static>(
         &mut self,
         filter: Filter,
@@ -380,13 +381,14 @@ impl TopicActor {
         );
         let max_rows = tracking.max_snapshot_rows;
         let known = self.seq;
-        let reader = decoder.clone();
+        // Read, framed and decoded on the pool's blocking thread: a large
+        // table's rows never hold up the actor's thread.
         let read = async move {
-            let read = db.run(move |conn| {
+            db.run(move |conn| {
                 let request = SnapshotRequest {
                     table: &table,
                     columns: &columns,
-                    decoder: &reader,
+                    decoder: &decoder,
                     filter: &filter,
                     max_rows,
                 };
@@ -396,23 +398,17 @@ impl TopicActor {
                     Err(refused) => return Ok(Err(refused)),
                 };
                 let (from, to) = (known.min(snapshot.seq), known.max(snapshot.seq));
-                let between = match from < to {
-                    true => changes::read_range(conn, &table.topic, from, to, i64::MAX)?,
+                let between: Vec<Change> = match from < to {
+                    true => changes::read_range(conn, &table.topic, from, to, i64::MAX)?
+                        .into_iter()
+                        .filter_map(|row| row.decode(&decoder))
+                        .collect(),
                     false => Vec::new(),
                 };
-                Ok(Ok((snapshot, between)))
-            });
-            match read.await {
-                Ok(Ok((snapshot, between))) => {
-                    let seq = snapshot.seq;
-                    let shaped = actix_web::rt::task::spawn_blocking(move || prepare(snapshot))
-                        .await
-                        .map_err(|e| crate::db::DbError::Task(e.to_string()))?;
-                    Ok(Ok((seq, shaped, between)))
-                }
-                Ok(Err(refused)) => Ok(Err(refused)),
-                Err(e) => Err(e),
-            }
+                let seq = snapshot.seq;
+                Ok(Ok((seq, prepare(snapshot), between)))
+            })
+            .await
         };
         ctx.wait(read.into_actor(self).map(move |result, topic, _ctx| {
             let (seq, shaped, between) = match result {
@@ -423,10 +419,6 @@ impl TopicActor {
                     return then(topic, Err(error));
                 }
             };
-            let between: Vec<Change> = between
-                .into_iter()
-                .filter_map(|row| row.decode(&decoder))
-                .collect();
             if seq <= topic.seq {
                 let after = between
                     .into_iter()
