@@ -20,20 +20,18 @@ use crate::db::{Database, DbError};
 /// commit waits for, far above a burst of one topic.
 const MESSAGES_PER_COMMIT: usize = 20_000;
 
-struct Group {
-    messages: Vec<NewMessage>,
-    reply: oneshot::Sender<Result<Vec<String>, DbError>>,
-}
-
-/// Seqs for stored messages, by id.
-struct Numbering {
-    numbered: Vec<(String, u64)>,
-    reply: oneshot::Sender<Result<(), DbError>>,
+/// One topic's request: its items, and where the outcome goes once
+/// committed.
+struct Request<T, R> {
+    items: Vec<T>,
+    reply: oneshot::Sender<Result<R, DbError>>,
 }
 
 enum Job {
-    Store(Group),
-    Number(Numbering),
+    /// Messages to store; answered with their ids, in order.
+    Store(Request<NewMessage, Vec<String>>),
+    /// Seqs for stored messages, by id.
+    Number(Request<(String, u64), ()>),
 }
 
 /// The handle topics hold; cloning it is cheap.
@@ -57,11 +55,11 @@ impl HistoryWriter {
                     while let Some(job) = next.take() {
                         match job {
                             Job::Store(group) => {
-                                count += group.messages.len();
+                                count += group.items.len();
                                 groups.push(group);
                             }
                             Job::Number(numbering) => {
-                                count += numbering.numbered.len();
+                                count += numbering.items.len();
                                 numberings.push(numbering);
                             }
                         }
@@ -69,12 +67,22 @@ impl HistoryWriter {
                             next = jobs.try_recv().ok();
                         }
                     }
-                    if !numberings.is_empty() {
-                        number(&db, numberings);
-                    }
-                    if !groups.is_empty() {
-                        store(&db, groups, &commits);
-                    }
+                    all_or_each(
+                        numberings,
+                        |numbered| db.blocking(|conn| set_seqs(conn, numbered)),
+                        |_, _| (),
+                    );
+                    all_or_each(
+                        groups,
+                        |messages| {
+                            let stored = db.blocking(|conn| insert_all(conn, messages));
+                            if stored.is_ok() {
+                                commits.inc();
+                            }
+                            stored
+                        },
+                        |ids, len| ids.drain(..len).collect(),
+                    );
                 }
             })?;
         Ok(HistoryWriter { queue })
@@ -83,82 +91,57 @@ impl HistoryWriter {
     /// Stores `messages` atomically; answers their ids, in order, once
     /// they are committed.
     pub async fn store(&self, messages: Vec<NewMessage>) -> Result<Vec<String>, DbError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job::Store(Group { messages, reply }))
-            .map_err(|_| DbError::Task("the history writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| DbError::Task("the history writer stopped".into()))?
+        self.ask(messages, Job::Store).await
     }
 
     /// Gives stored messages their seqs; answers once committed.
     pub async fn number(&self, numbered: Vec<(String, u64)>) -> Result<(), DbError> {
+        self.ask(numbered, Job::Number).await
+    }
+
+    async fn ask<T, R>(&self, items: Vec<T>, job: fn(Request<T, R>) -> Job) -> Result<R, DbError> {
+        let stopped = || DbError::Task("the history writer stopped".into());
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job::Number(Numbering { numbered, reply }))
-            .map_err(|_| DbError::Task("the history writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| DbError::Task("the history writer stopped".into()))?
+            .send(job(Request { items, reply }))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-/// One transaction for every numbering waiting; alone each when that fails.
-fn number(db: &Database, numberings: Vec<Numbering>) {
-    if let [_] = numberings.as_slice() {
-        for numbering in numberings {
-            let numbered = db.blocking(|conn| set_seqs(conn, &numbering.numbered));
-            let _ = numbering.reply.send(numbered);
-        }
+/// Runs `work` once over the items of every request, moved into one list
+/// (one transaction); if that fails, once per request, so one topic's
+/// failure is only its own. `share` takes a request's part of the outcome,
+/// in order, by its number of items.
+fn all_or_each<T, R, O>(
+    requests: Vec<Request<T, R>>,
+    work: impl Fn(&[T]) -> Result<O, DbError>,
+    share: impl Fn(&mut O, usize) -> R,
+) {
+    if requests.is_empty() {
         return;
     }
-    let all: Vec<(String, u64)> = numberings
-        .iter()
-        .flat_map(|n| n.numbered.iter().cloned())
-        .collect();
-    match db.blocking(|conn| set_seqs(conn, &all)) {
-        Ok(()) => {
-            for numbering in numberings {
-                let _ = numbering.reply.send(Ok(()));
-            }
-        }
-        Err(_) => {
-            for numbering in numberings {
-                let numbered = db.blocking(|conn| set_seqs(conn, &numbering.numbered));
-                let _ = numbering.reply.send(numbered);
-            }
+    let alone = requests.len() == 1;
+    // Moved, not copied, into one list (a lone request's is that list);
+    // each request is its run of it.
+    let mut all: Vec<T> = Vec::new();
+    let mut waiting = Vec::with_capacity(requests.len());
+    for request in requests {
+        waiting.push((request.items.len(), request.reply));
+        match all.is_empty() {
+            true => all = request.items,
+            false => all.extend(request.items),
         }
     }
-}
-
-/// One transaction for all `groups`; alone each when that fails.
-fn store(db: &Database, groups: Vec<Group>, commits: &IntCounter) {
-    let store_one = |messages: &[NewMessage]| {
-        let stored = db.blocking(|conn| insert_all(conn, messages));
-        if stored.is_ok() {
-            commits.inc();
-        }
-        stored
-    };
-    if let [_] = groups.as_slice() {
-        for group in groups {
-            let _ = group.reply.send(store_one(&group.messages));
-        }
-        return;
-    }
-    // Moved, not copied, into one list; each group is its run of it.
-    let mut all = Vec::with_capacity(groups.iter().map(|g| g.messages.len()).sum());
-    let mut waiting = Vec::with_capacity(groups.len());
-    for group in groups {
-        waiting.push((group.messages.len(), group.reply));
-        all.extend(group.messages);
-    }
-    match store_one(&all) {
-        Ok(ids) => {
-            let mut ids = ids.into_iter();
+    match work(&all) {
+        Ok(mut outcome) => {
             for (len, reply) in waiting {
-                let _ = reply.send(Ok(ids.by_ref().take(len).collect()));
+                let _ = reply.send(Ok(share(&mut outcome, len)));
+            }
+        }
+        Err(error) if alone => {
+            if let Some((_, reply)) = waiting.pop() {
+                let _ = reply.send(Err(error));
             }
         }
         Err(_) => {
@@ -166,7 +149,7 @@ fn store(db: &Database, groups: Vec<Group>, commits: &IntCounter) {
             for (len, reply) in waiting {
                 let (mine, after) = rest.split_at(len);
                 rest = after;
-                let _ = reply.send(store_one(mine));
+                let _ = reply.send(work(mine).map(|mut outcome| share(&mut outcome, len)));
             }
         }
     }
