@@ -186,7 +186,7 @@ impl TopicFrame {
         seq: u64,
         message_id: Option<&str>,
     ) -> Self {
-        use std::fmt::Write;
+        use std::io::Write;
         // Written straight out, in the key order a `json!` object would
         // have: building that object first deep-copied `data`, key by key,
         // once for every publish.
@@ -202,14 +202,13 @@ impl TopicFrame {
             tail.extend_from_slice(br#","message_id":"#);
             put(&mut tail, id);
         }
-        let mut tail = String::from_utf8(tail).expect("serde_json writes UTF-8");
         let _ = write!(tail, r#","seq":{seq},"timestamp":{timestamp_ms},"userId":"#);
-        let mut tail = tail.into_bytes();
         put(&mut tail, &user_id);
         tail.push(b'}');
+        let tail = String::from_utf8(tail).expect("serde_json writes UTF-8");
         TopicFrame {
             head: r#"{"type":"event","topic":"#,
-            tail: ByteString::try_from(tail).expect("serde_json writes UTF-8"),
+            tail: ByteString::from(tail),
         }
     }
 

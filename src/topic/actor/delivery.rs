@@ -213,7 +213,10 @@ fn deliver_each<'a>(
 
 /// Sends what a mailbox turn queued. actix polls an actor's spawned items
 /// after each turn of its mailbox, so this item, spawned once and never
-/// done, runs at the end of every turn.
+/// done, runs at the end of every turn. A `ctx.wait` callback is followed
+/// by another turn; the callback of another spawned item or of a timer may
+/// run after this one in the same pass, so such a callback that acks or
+/// delivers calls [`TopicActor::flush_fan_out`] itself.
 pub(super) struct FlushAfterEachTurn;
 
 impl ActorFuture<TopicActor> for FlushAfterEachTurn {
