@@ -40,11 +40,10 @@ impl Finding {
 pub fn run(config: &Config) -> Vec<Finding> {
     let mut findings = vec![Finding::of("settings", settings(config))];
     findings.push(Finding::of("listen", listen(config)));
-    let database = Finding::of("database", database(&config.database_url, &config.schema));
-    let reachable = database.ok;
-    findings.push(database);
-    if reachable && let Some(capture) = capture(&config.database_url, config.capture) {
-        findings.push(Finding::of("capture", capture));
+    let (database, conn) = database(&config.database_url, &config.schema);
+    findings.push(Finding::of("database", database));
+    if let Some(mut conn) = conn {
+        findings.push(Finding::of("capture", capture(&mut conn, config.capture)));
     }
     if let Some(target) = config.redis_target() {
         findings.push(Finding::of("redis", redis_ping(&target)));
@@ -68,45 +67,50 @@ fn listen(config: &Config) -> Result<String, String> {
         .map_err(|e| format!("cannot listen on {address}: {e}"))
 }
 
-fn database(url: &str, schema: &str) -> Result<String, String> {
-    let parsed = DatabaseUrl::parse(url).map_err(|e| e.to_string())?;
+/// What the database said, and its connection when it answered (read on
+/// by the capture check).
+fn database(url: &str, schema: &str) -> (Result<String, String>, Option<DbConnection>) {
+    let parsed = match DatabaseUrl::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => return (Err(e.to_string()), None),
+    };
     let shown = parsed.redacted();
     if let DatabaseUrl::Sqlite(path) = &parsed
         && !path.exists()
     {
-        return Ok(format!("{shown} does not exist yet; serve creates it"));
+        return (
+            Ok(format!("{shown} does not exist yet; serve creates it")),
+            None,
+        );
     }
-    let mut conn = db::connect_to(&parsed).map_err(|e| format!("{shown}: {e}"))?;
-    conn.batch_execute("SELECT 1")
-        .map_err(|e| format!("{shown}: {e}"))?;
-    let pending = pending_migrations(&mut conn, schema)
-        .map_err(|e| format!("{shown}: reading its migrations: {e}"))?;
-    Ok(match pending {
-        0 => format!("{shown} answers; its schema is current"),
-        n => format!("{shown} answers; serve will run {n} migration(s) at start"),
-    })
+    let mut conn = match db::connect_to(&parsed) {
+        Ok(conn) => conn,
+        Err(e) => return (Err(format!("{shown}: {e}")), None),
+    };
+    let answered = conn
+        .batch_execute("SELECT 1")
+        .map_err(|e| format!("{shown}: {e}"))
+        .and_then(|()| {
+            pending_migrations(&mut conn, schema)
+                .map_err(|e| format!("{shown}: reading its migrations: {e}"))
+        })
+        .map(|pending| match pending {
+            0 => format!("{shown} answers; its schema is current"),
+            n => format!("{shown} answers; serve will run {n} migration(s) at start"),
+        });
+    let conn = answered.is_ok().then_some(conn);
+    (answered, conn)
 }
 
 /// How `serve` would capture table changes, and on PostgreSQL whether
-/// logical decoding is there to choose and how to enable it. `None` for a
-/// SQLite file that does not exist yet.
-fn capture(url: &str, mode: CaptureMode) -> Option<Result<String, String>> {
-    let parsed = DatabaseUrl::parse(url).ok()?;
-    if let DatabaseUrl::Sqlite(path) = &parsed {
-        return path
-            .exists()
-            .then(|| Ok("triggers (SQLite has no logical decoding)".to_string()));
+/// logical decoding is there to choose and how to enable it.
+fn capture(conn: &mut DbConnection, mode: CaptureMode) -> Result<String, String> {
+    if let DbConnection::Sqlite(_) = conn {
+        return Ok("triggers (SQLite has no logical decoding)".to_string());
     }
-    let mut conn = db::connect_to(&parsed).ok()?;
-    let unavailable = match logical::unavailable_because(&mut conn) {
-        Ok(unavailable) => unavailable,
-        Err(error) => {
-            return Some(Err(format!(
-                "cannot tell whether logical decoding is available: {error}"
-            )));
-        }
-    };
-    Some(match (mode, unavailable) {
+    let unavailable = logical::unavailable_because(conn)
+        .map_err(|e| format!("cannot tell whether logical decoding is available: {e}"))?;
+    match (mode, unavailable) {
         (CaptureMode::Triggers, None) => Ok(
             "triggers (--capture triggers); logical decoding is available: \
              --capture auto would use it, and your writes would not run capture triggers"
@@ -121,7 +125,7 @@ fn capture(url: &str, mode: CaptureMode) -> Option<Result<String, String>> {
             "triggers: logical decoding is not available: {why}; \
              once it is, serve uses it and your writes no longer run capture triggers"
         )),
-    })
+    }
 }
 
 #[derive(QueryableByName)]
